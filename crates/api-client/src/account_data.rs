@@ -1,0 +1,9 @@
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::AppState;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+}

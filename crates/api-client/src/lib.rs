@@ -1,0 +1,157 @@
+//! # api-client — the Matrix client-server HTTP API of Pulse
+//!
+//! Axum handlers for `/_matrix/client/*` (plus `/.well-known/matrix/*` and the
+//! Synapse-compatible shared-secret registration endpoint). Handlers are thin: they
+//! validate input at the edge, call the services in [`AppState`] (accounts, rooms,
+//! later presence) and turn results into JSON or a [`MatrixError`].
+//!
+//! Cross-cutting behaviour lives in [`router`]: CORS for browsers, trailing-slash
+//! tolerance, body size limits (413 `M_TOO_LARGE`), rate limits (429
+//! `M_LIMIT_EXCEEDED`), and `M_UNRECOGNIZED` for unknown paths (404) and methods (405).
+//!
+//! Long-polling `/sync` waits on the [`notifier::SyncNotifier`]: writers wake exactly
+//! the users whose sync result changed.
+//!
+//! Modules by area: `meta` (versions, well-known, capabilities), `account`
+//! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
+//! `profile`, `account_data`, `filter`, `room` (room endpoints), `sync`.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower::ServiceExt;
+
+pub mod error;
+pub mod extract;
+pub mod notifier;
+pub mod ratelimit;
+
+mod account;
+mod account_data;
+mod admin;
+mod filter;
+mod meta;
+mod profile;
+mod room;
+mod sync;
+
+pub use error::{ApiResult, MatrixError};
+pub use notifier::SyncNotifier;
+pub use ratelimit::{RateLimitConfig, RateLimiter};
+
+/// Settings the client API needs (built by the `pulse` binary from its config file).
+#[derive(Debug, Clone)]
+pub struct ClientApiConfig {
+    pub server_name: ruma::OwnedServerName,
+    /// Base URL clients should use, advertised in `/.well-known/matrix/client`.
+    pub public_baseurl: String,
+    /// Requests with larger bodies get 413 `M_TOO_LARGE`.
+    pub max_request_bytes: usize,
+    /// Open registration through `POST /register` (`m.login.dummy`).
+    pub registration_enabled: bool,
+    /// Enables `/_synapse/admin/v1/register` when set.
+    pub registration_shared_secret: Option<String>,
+    pub rate_limit: RateLimitConfig,
+    /// Upper bound for a `/sync` `timeout`, in milliseconds.
+    pub max_sync_timeout_ms: u64,
+}
+
+/// Everything handlers need, passed explicitly as axum state.
+pub struct AppState {
+    pub config: ClientApiConfig,
+    pub db: Arc<storage::Db>,
+    pub accounts: Arc<accounts::AccountService>,
+    pub rooms: Arc<rooms::RoomService>,
+    pub notifier: Arc<SyncNotifier>,
+    pub limiter: RateLimiter,
+}
+
+pub type AppStateRef = State<Arc<AppState>>;
+
+/// The complete client API. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits can key on IP.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .merge(meta::routes())
+        .merge(account::routes())
+        .merge(admin::routes())
+        .merge(profile::routes())
+        .merge(account_data::routes())
+        .merge(filter::routes())
+        .merge(room::routes())
+        .merge(sync::routes())
+        .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .with_state(state);
+    // Strip a trailing slash *before* routing, so `/foo/` and `/foo` are the same
+    // endpoint (and `/state/{type}/` means the empty state key).
+    let api = api.map_request(|mut req: Request| {
+        let path = req.uri().path();
+        if path.len() > 1 && path.ends_with('/') {
+            let trimmed = path.trim_end_matches('/');
+            let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+            let pq = match req.uri().query() {
+                Some(q) => format!("{trimmed}?{q}"),
+                None => trimmed.to_owned(),
+            };
+            let mut parts = req.uri().clone().into_parts();
+            if let Ok(pq) = pq.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        req
+    });
+    Router::new().fallback_service(api).layer(axum::middleware::from_fn(cors))
+}
+
+/// CORS for browser clients, as the spec asks: any origin, the Matrix methods and headers.
+async fn cors(req: Request, next: Next) -> Response {
+    let mut resp = if req.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization, Date"),
+    );
+    resp
+}
+
+async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.config.rate_limit.enabled {
+        let (parts, body) = req.into_parts();
+        let key = match extract::access_token(&parts) {
+            Some(t) => t,
+            None => parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_default(),
+        };
+        if let Err(retry) = state.limiter.check(&key) {
+            return MatrixError::limit_exceeded(retry).into_response();
+        }
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    next.run(req).await
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

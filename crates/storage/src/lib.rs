@@ -1,0 +1,493 @@
+//! # storage — the only crate that knows RocksDB
+//!
+//! Pulse keeps everything in one RocksDB database, split into column families ([`Cf`]).
+//! Every other crate speaks to it through this small API:
+//!
+//! * [`Db::open`] opens (or creates) the database and checks the schema version;
+//! * [`Db::get`], [`Db::get_json`], [`Db::scan_prefix`], [`Db::scan_range`] read;
+//! * [`Batch`] collects puts and deletes that [`Db::write`] applies **atomically**
+//!   (one RocksDB write batch, written to the WAL before `write` returns), so a
+//!   multi-key change is either wholly there after a crash or not at all;
+//! * [`Db::write_with_position`] additionally allocates the next value of the single,
+//!   monotonically increasing **stream position** that sync tokens are made of, under
+//!   a lock, so readers never observe position N+1 while N is still being written;
+//! * [`Key`] builds keys with a typed codec: strings are separated by `0xFF` (a byte
+//!   that never occurs in UTF-8), integers are big-endian so byte order equals
+//!   numeric order and range scans over stream positions work.
+//!
+//! Durability: writes go to the WAL before returning (`kill -9` cannot lose them);
+//! with `fsync = true` the WAL is also fsynced, which survives power loss at the
+//! cost of latency.
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode, Options, SingleThreaded, WriteOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bumped whenever an on-disk layout changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The column families. Key layouts are documented per family; values are JSON unless noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// `meta`: `schema_version`, `stream_position` (u64 BE), `signing_key` and other singletons.
+    Meta,
+    /// `user_id` → account record.
+    Users,
+    /// `access_token` → session (user, device).
+    Tokens,
+    /// `user_id 0xFF device_id` → device record.
+    Devices,
+    /// `user_id 0xFF room_id-or-empty 0xFF type` → account data (with its stream position).
+    AccountData,
+    /// `user_id 0xFF pos` → account data change log (what changed at pos), for incremental sync.
+    AccountDataLog,
+    /// `user_id 0xFF filter_id` → filter JSON.
+    Filters,
+    /// `user_id 0xFF device_id 0xFF txn_id` → event id (send idempotency).
+    Txns,
+    /// `event_id` → PDU (canonical JSON) plus local metadata.
+    Events,
+    /// `room_id 0xFF pos` → event id: the room's timeline in stream order.
+    Timeline,
+    /// `room_id` → room summary (version, current state map, forward extremities, depth).
+    Rooms,
+    /// `event_id` → state snapshot *before* an event (state map of (type, state_key) → event id).
+    StateAt,
+    /// `user_id 0xFF room_id` → membership record (membership, pos, event id).
+    Memberships,
+    /// `pos` → room id: which rooms changed at a stream position (for incremental sync).
+    RoomStream,
+    /// `alias` → room id.
+    Aliases,
+    /// `user_id` → persisted presence snapshot.
+    Presence,
+    /// `pos` → presence change (user id) for incremental sync.
+    PresenceStream,
+    /// Anything else small: nonces, rate-limit state that must survive restarts.
+    Misc,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 18] = [
+        Cf::Meta,
+        Cf::Users,
+        Cf::Tokens,
+        Cf::Devices,
+        Cf::AccountData,
+        Cf::AccountDataLog,
+        Cf::Filters,
+        Cf::Txns,
+        Cf::Events,
+        Cf::Timeline,
+        Cf::Rooms,
+        Cf::StateAt,
+        Cf::Memberships,
+        Cf::RoomStream,
+        Cf::Aliases,
+        Cf::Presence,
+        Cf::PresenceStream,
+        Cf::Misc,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Users => "users",
+            Cf::Tokens => "tokens",
+            Cf::Devices => "devices",
+            Cf::AccountData => "account_data",
+            Cf::AccountDataLog => "account_data_log",
+            Cf::Filters => "filters",
+            Cf::Txns => "txns",
+            Cf::Events => "events",
+            Cf::Timeline => "timeline",
+            Cf::Rooms => "rooms",
+            Cf::StateAt => "state_at",
+            Cf::Memberships => "memberships",
+            Cf::RoomStream => "room_stream",
+            Cf::Aliases => "aliases",
+            Cf::Presence => "presence",
+            Cf::PresenceStream => "presence_stream",
+            Cf::Misc => "misc",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt value in {cf}: {reason}")]
+    Corrupt { cf: &'static str, reason: String },
+    #[error("database schema version {found} is not supported (this build reads {expected})")]
+    SchemaMismatch { found: u64, expected: u64 },
+    #[error("missing column family {0}")]
+    MissingCf(&'static str),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A key built from typed parts. Strings are terminated by `0xFF`; integers are big-endian.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Key(Vec<u8>);
+
+impl Key {
+    pub fn new() -> Self {
+        Key(Vec::with_capacity(64))
+    }
+    /// Append a string part followed by the `0xFF` separator.
+    pub fn str(mut self, s: &str) -> Self {
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(0xFF);
+        self
+    }
+    /// Append a big-endian u64 (fixed width, so it sorts numerically).
+    pub fn u64(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Reads a key built by [`Key`] back, part by part.
+pub struct KeyReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> KeyReader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        KeyReader { rest: bytes }
+    }
+    pub fn str(&mut self) -> Option<&'a str> {
+        let end = self.rest.iter().position(|b| *b == 0xFF)?;
+        let s = std::str::from_utf8(&self.rest[..end]).ok()?;
+        self.rest = &self.rest[end + 1..];
+        Some(s)
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        if self.rest.len() < 8 {
+            return None;
+        }
+        let (head, tail) = self.rest.split_at(8);
+        self.rest = tail;
+        Some(u64::from_be_bytes(head.try_into().ok()?))
+    }
+}
+
+/// Puts and deletes applied atomically by [`Db::write`].
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(cf, key.as_ref().to_vec(), value.into()));
+    }
+    pub fn put_json<T: Serialize + ?Sized>(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: &T) {
+        // Serialising our own in-memory types to JSON cannot fail (no non-string map keys).
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.put(cf, key, bytes);
+    }
+    pub fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
+        self.ops.push(Op::Delete(cf, key.as_ref().to_vec()));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+type Rocks = DBWithThreadMode<SingleThreaded>;
+
+pub struct Db {
+    rocks: Rocks,
+    fsync: bool,
+    /// Last stream position whose write has completed. Readers use this as "now".
+    position: AtomicU64,
+    /// Serialises position allocation with its write, so positions become visible in order.
+    writer: Mutex<()>,
+}
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_POSITION: &[u8] = b"stream_position";
+
+impl Db {
+    /// Open or create the database at `path`, creating missing column families and
+    /// checking the schema version.
+    pub fn open(path: &Path, fsync: bool) -> Result<Db> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(64 << 20);
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let rocks = Rocks::open_cf_descriptors(&opts, path, cfs)?;
+        let db = Db { rocks, fsync, position: AtomicU64::new(0), writer: Mutex::new(()) };
+        match db.get(Cf::Meta, META_SCHEMA)? {
+            Some(v) => {
+                let found = decode_u64(&v).ok_or(StorageError::Corrupt { cf: "meta", reason: "schema_version".into() })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StorageError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+                }
+            }
+            None => {
+                let mut b = Batch::new();
+                b.put(Cf::Meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+                db.write(b)?;
+            }
+        }
+        let pos = match db.get(Cf::Meta, META_POSITION)? {
+            Some(v) => decode_u64(&v).ok_or(StorageError::Corrupt { cf: "meta", reason: "stream_position".into() })?,
+            None => 0,
+        };
+        db.position.store(pos, Ordering::SeqCst);
+        Ok(db)
+    }
+
+    fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
+        self.rocks.cf_handle(cf.name()).ok_or(StorageError::MissingCf(cf.name()))
+    }
+
+    pub fn get(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        Ok(self.rocks.get_cf(self.cf(cf)?, key)?)
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+        match self.get(cf, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt { cf: cf.name(), reason: e.to_string() }),
+        }
+    }
+
+    pub fn exists(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.rocks.get_pinned_cf(self.cf(cf)?, key)?.is_some())
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, cf: Cf, prefix: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = prefix.as_ref();
+        let mut out = Vec::new();
+        let iter = self.rocks.iterator_cf(self.cf(cf)?, IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Entries with `start <= key < end`, forwards, or backwards from just below `end`
+    /// when `reverse`; at most `limit`.
+    pub fn scan_range(
+        &self,
+        cf: Cf,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (start, end) = (start.as_ref(), end.as_ref());
+        let mut out = Vec::new();
+        if limit == 0 || start >= end {
+            return Ok(out);
+        }
+        let handle = self.cf(cf)?;
+        if reverse {
+            let iter = self.rocks.iterator_cf(handle, IteratorMode::From(end, Direction::Reverse));
+            for item in iter {
+                let (k, v) = item?;
+                if &*k >= end {
+                    continue;
+                }
+                if &*k < start || out.len() >= limit {
+                    break;
+                }
+                out.push((k.into_vec(), v.into_vec()));
+            }
+        } else {
+            let iter = self.rocks.iterator_cf(handle, IteratorMode::From(start, Direction::Forward));
+            for item in iter {
+                let (k, v) = item?;
+                if &*k >= end || out.len() >= limit {
+                    break;
+                }
+                out.push((k.into_vec(), v.into_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_opts(&self) -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(self.fsync);
+        w
+    }
+
+    fn to_rocks(&self, batch: Batch) -> Result<rocksdb::WriteBatch> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.cf(cf)?, k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.cf(cf)?, k),
+            }
+        }
+        Ok(wb)
+    }
+
+    /// Apply a batch atomically. Returns once it is in the WAL.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let wb = self.to_rocks(batch)?;
+        self.rocks.write_opt(wb, &self.write_opts())?;
+        Ok(())
+    }
+
+    /// Allocate the next stream position, let `build` fill a batch that uses it, and
+    /// write batch + new position atomically. While this runs no other positioned write
+    /// can start, so [`Db::current_position`] only ever moves past fully written data.
+    pub fn write_with_position<T, E>(&self, build: impl FnOnce(u64, &mut Batch) -> Result<T, E>) -> Result<(u64, T), E>
+    where
+        E: From<StorageError>,
+    {
+        let _guard = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pos = self.position.load(Ordering::SeqCst) + 1;
+        let mut batch = Batch::new();
+        let value = build(pos, &mut batch)?;
+        batch.put(Cf::Meta, META_POSITION, pos.to_be_bytes().to_vec());
+        self.write(batch)?;
+        self.position.store(pos, Ordering::SeqCst);
+        Ok((pos, value))
+    }
+
+    /// The highest stream position whose data is fully written.
+    pub fn current_position(&self) -> u64 {
+        self.position.load(Ordering::SeqCst)
+    }
+
+    /// Flush memtables (used at shutdown; not needed for durability).
+    pub fn flush(&self) -> Result<()> {
+        for cf in Cf::ALL {
+            self.rocks.flush_cf(self.cf(cf)?)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), false).expect("open");
+        (dir, db)
+    }
+
+    #[test]
+    fn key_codec_round_trips_and_sorts_numerically() {
+        let a = Key::new().str("!room:x").u64(2);
+        let b = Key::new().str("!room:x").u64(10);
+        assert!(a.as_bytes() < b.as_bytes());
+        let mut r = KeyReader::new(b.as_bytes());
+        assert_eq!(r.str(), Some("!room:x"));
+        assert_eq!(r.u64(), Some(10));
+        assert_eq!(r.u64(), None);
+    }
+
+    #[test]
+    fn batch_is_atomic_and_persists_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Db::open(dir.path(), false).expect("open");
+            let (pos, ()) = db
+                .write_with_position::<_, StorageError>(|pos, b| {
+                    b.put(Cf::Users, "@a:x", b"1".to_vec());
+                    b.put(Cf::Timeline, Key::new().str("!r:x").u64(pos), b"$e".to_vec());
+                    Ok(())
+                })
+                .expect("write");
+            assert_eq!(pos, 1);
+        }
+        let db = Db::open(dir.path(), false).expect("reopen");
+        assert_eq!(db.current_position(), 1);
+        assert_eq!(db.get(Cf::Users, "@a:x").expect("get"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn failed_build_writes_nothing_and_does_not_advance() {
+        let (_d, db) = open();
+        let r = db.write_with_position::<(), StorageError>(|_, b| {
+            b.put(Cf::Users, "@a:x", b"1".to_vec());
+            Err(StorageError::MissingCf("test"))
+        });
+        assert!(r.is_err());
+        assert_eq!(db.current_position(), 0);
+        assert_eq!(db.get(Cf::Users, "@a:x").expect("get"), None);
+    }
+
+    #[test]
+    fn range_scans_both_directions() {
+        let (_d, db) = open();
+        let mut b = Batch::new();
+        for i in 1..=5u64 {
+            b.put(Cf::Timeline, Key::new().str("!r").u64(i), i.to_be_bytes().to_vec());
+        }
+        b.put(Cf::Timeline, Key::new().str("!s").u64(1), vec![0]);
+        db.write(b).expect("write");
+        let lo = Key::new().str("!r").u64(2);
+        let hi = Key::new().str("!r").u64(5);
+        let fwd = db.scan_range(Cf::Timeline, &lo, &hi, false, 10).expect("scan");
+        assert_eq!(fwd.len(), 3);
+        let back = db.scan_range(Cf::Timeline, &lo, &hi, true, 2).expect("scan");
+        let nums: Vec<u64> = back.iter().filter_map(|(_, v)| decode_u64(v)).collect();
+        assert_eq!(nums, vec![4, 3]);
+        assert_eq!(db.scan_prefix(Cf::Timeline, Key::new().str("!r")).expect("scan").len(), 5);
+    }
+
+    #[test]
+    fn schema_mismatch_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Db::open(dir.path(), false).expect("open");
+            let mut b = Batch::new();
+            b.put(Cf::Meta, META_SCHEMA, 99u64.to_be_bytes().to_vec());
+            db.write(b).expect("write");
+        }
+        assert!(matches!(Db::open(dir.path(), false), Err(StorageError::SchemaMismatch { found: 99, .. })));
+    }
+}
