@@ -1,0 +1,1 @@
+//! Audience index (phase 3).

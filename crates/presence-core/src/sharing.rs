@@ -1,0 +1,1 @@
+//! Sharing policy (phase 2).

@@ -1,0 +1,264 @@
+//! The configuration file (TOML). Every key is documented in `config.example.toml` at the
+//! repository root; unknown keys are an error that names the key. With no file at all,
+//! [`Config::default`] is a working single-user-machine setup on 127.0.0.1:8008.
+//!
+//! Environment overrides (for containers): `PULSE_SERVER_NAME`, `PULSE_DATA_DIR`,
+//! `PULSE_BIND` (replaces the first listener's address), `PULSE_LOG`.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tls::TlsConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after `:` in user IDs. Cannot change once users exist.
+    pub server_name: String,
+    /// Where RocksDB keeps its files; created if missing.
+    pub data_dir: PathBuf,
+    /// The base URL clients use, advertised in `/.well-known/matrix/client`.
+    /// Defaults to `http://<first listener>`.
+    pub public_baseurl: Option<String>,
+    pub listeners: Vec<Listener>,
+    pub registration: Registration,
+    pub accounts: Accounts,
+    pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub storage: StorageSettings,
+    pub log: Log,
+    /// Reserved for the presence engine (issue 4).
+    pub presence: Presence,
+    /// Reserved for federation.
+    pub federation: Federation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub bind: SocketAddr,
+    /// Serve HTTPS on this listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    /// Open registration with `m.login.dummy` on `POST /register`.
+    pub enabled: bool,
+    /// Enables Synapse-compatible `/_synapse/admin/v1/register` (HMAC-SHA1 with this secret).
+    pub shared_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Accounts {
+    /// Argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Argon2id parallelism.
+    pub argon2_parallelism: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Request bodies over this many bytes get 413 `M_TOO_LARGE`.
+    pub max_request_bytes: usize,
+    /// `/sync?timeout=` is capped at this many milliseconds.
+    pub max_sync_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub enabled: bool,
+    /// Sustained requests per second per access token (or IP without one).
+    pub per_second: f64,
+    /// Burst size.
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// fsync the write-ahead log on every write (survives power loss, costs latency).
+    /// Without it every acknowledged write is still in the WAL and survives `kill -9`.
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter: `info`, `debug`, `pulse=debug,info`, ...
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Presence {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".into(),
+            data_dir: PathBuf::from("pulse-data"),
+            public_baseurl: None,
+            listeners: vec![Listener { bind: SocketAddr::from(([127, 0, 0, 1], 8008)), tls: None }],
+            registration: Registration::default(),
+            accounts: Accounts::default(),
+            limits: Limits::default(),
+            rate_limits: RateLimits::default(),
+            storage: StorageSettings::default(),
+            log: Log::default(),
+            presence: Presence::default(),
+            federation: Federation::default(),
+        }
+    }
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Registration { enabled: true, shared_secret: None }
+    }
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        // OWASP's argon2id baseline (19 MiB, 2 iterations, 1 lane).
+        Accounts { argon2_memory_kib: 19 * 1024, argon2_iterations: 2, argon2_parallelism: 1 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_request_bytes: 1024 * 1024, max_sync_timeout_ms: 120_000 }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { enabled: true, per_second: 20.0, burst: 100.0 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Parse a config file's text. Unknown keys and wrong types are errors naming the key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(v) = var("PULSE_SERVER_NAME") {
+            self.server_name = v;
+        }
+        if let Some(v) = var("PULSE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("PULSE_BIND") {
+            let addr: SocketAddr = v.parse().map_err(|e| format!("PULSE_BIND={v}: {e}"))?;
+            match self.listeners.first_mut() {
+                Some(l) => l.bind = addr,
+                None => self.listeners.push(Listener { bind: addr, tls: None }),
+            }
+        }
+        if let Some(v) = var("PULSE_LOG") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        ruma::ServerName::parse(&self.server_name)
+            .map_err(|e| format!("server_name {:?} is not a valid Matrix server name: {e}", self.server_name))?;
+        if self.listeners.is_empty() {
+            return Err("at least one [[listeners]] entry is needed".into());
+        }
+        if self.limits.max_request_bytes < 65_536 {
+            return Err("limits.max_request_bytes must be at least 65536 (the event size limit)".into());
+        }
+        if self.rate_limits.enabled && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0) {
+            return Err("rate_limits.per_second must be > 0 and rate_limits.burst >= 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn public_baseurl(&self) -> String {
+        if let Some(u) = &self.public_baseurl {
+            return u.trim_end_matches('/').to_owned();
+        }
+        let l = &self.listeners[0];
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let host = if l.bind.ip().is_unspecified() { "127.0.0.1".to_owned() } else { l.bind.ip().to_string() };
+        if l.bind.is_ipv6() {
+            format!("{scheme}://[{host}]:{}", l.bind.port())
+        } else {
+            format!("{scheme}://{host}:{}", l.bind.port())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let c = Config::parse(include_str!("../../../config.example.toml")).expect("example parses");
+        c.validate().expect("example is valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("server_name = \"x\"\nservr = 1\n").expect_err("unknown key");
+        assert!(err.contains("servr"), "{err}");
+        let err = Config::parse("[registration]\nenabld = true\n").expect_err("unknown nested key");
+        assert!(err.contains("enabld"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "PULSE_SERVER_NAME" => Some("hs1".into()),
+            "PULSE_BIND" => Some("0.0.0.0:9000".into()),
+            _ => None,
+        })
+        .expect("env");
+        assert_eq!(c.server_name, "hs1");
+        assert_eq!(c.listeners[0].bind.port(), 9000);
+        assert_eq!(c.public_baseurl(), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn bad_server_name_is_refused() {
+        let c = Config { server_name: "not a name".into(), ..Config::default() };
+        assert!(c.validate().is_err());
+    }
+}
