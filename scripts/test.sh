@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, unit and integration tests (which start the real
+# binary), then the interop test with matrix-nio. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test" >&2
+cargo test --workspace
+if [ -x tests/interop/run.sh ]; then
+  echo "== interop (matrix-nio)" >&2
+  tests/interop/run.sh
+fi
