@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Interop test with an independent client library: matrix-nio (Python) drives a real
+# Pulse binary: register -> create room -> invite -> join -> send -> sync sees it,
+# then restart with kill -9 and check the message is still there.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+venv="$root/.venv-interop"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import nio" 2>/dev/null; then
+  "$venv/bin/pip" install -q "matrix-nio==0.26.0"
+fi
+cargo build -q -p pulse
+exec "$venv/bin/python" "$root/tests/interop/nio_roundtrip.py" "$root/target/debug/pulse"
