@@ -147,7 +147,9 @@ fn open_services(config: &Config) -> Result<Services, String> {
     let db = Arc::new(db);
     let server_name = ruma::ServerName::parse(&config.server_name).map_err(|e| e.to_string())?;
     let accounts = Arc::new(accounts::AccountService::new(db.clone(), server_name.clone()));
-    let rooms = Arc::new(rooms::RoomService::new(db.clone(), server_name.clone()));
+    let rooms = Arc::new(
+        rooms::RoomService::new(db.clone(), server_name.clone()).map_err(|e| format!("cannot open the room engine: {e}"))?,
+    );
     let client_config = api_client::ClientApiConfig {
         server_name,
         public_baseurl: config.public_baseurl(),

@@ -1,0 +1,567 @@
+//! # presence-service — drives the pure presence engine inside the server
+//!
+//! [`presence_core::PresenceEngine`] decides; this crate gives it a clock, a timer, storage
+//! and an audience:
+//!
+//! * **Inputs** come from the client API: [`PresenceService::sync_started`] (returns a
+//!   [`SyncGuard`] whose drop ends the sync, however the request ends — returned, timed out or
+//!   cancelled by a disconnect), [`PresenceService::set_status`] (rate limited per user),
+//!   [`PresenceService::set_override`], [`PresenceService::activity`].
+//! * **One timer task** sleeps until the engine's next deadline (or until an input arms an
+//!   earlier one) and fires every due timer at once — no task per user.
+//! * **Edge-triggered publishing**: only a [`presence_core::PresenceChange`] is written and
+//!   fanned out. A change is one RocksDB batch: the user's snapshot plus a stream entry at a
+//!   new stream position (the user's previous stream entry is deleted, so the stream holds at
+//!   most one entry per user and "who changed since position N" is one range scan). Then the
+//!   sync long-polls of exactly the users who may see the change are woken.
+//! * **Batched persistence**: inputs that change nothing visible (e.g. another sync) only mark
+//!   the user dirty; the timer task writes dirty snapshots every few seconds, so a restart keeps
+//!   overrides, status messages and last-active times without a write per sync.
+//! * **Audience**: who shares a joined room with whom, maintained from membership changes
+//!   ([`PresenceService::membership_changed`]); `may_see` is the single visibility decision
+//!   (the privacy policy plugs in there).
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use presence_core::{
+    Audience, DeviceState, EffectivePresence, PresenceChange, PresenceConfig, PresenceEngine, PresenceOverride,
+    PresenceSnapshot, StatusMsg, SyncTicket,
+};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use storage::{Batch, Cf, Db, Key, KeyReader, StorageError};
+use tokio::sync::Notify;
+
+/// Wakes the `/sync` long-polls of the given users (implemented by the client API).
+pub trait SyncWaker: Send + Sync + 'static {
+    fn wake_users(&self, users: &[&UserId], position: u64);
+}
+
+/// Settings of the presence service (the `[presence]` config section).
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceServiceConfig {
+    pub engine: PresenceConfig,
+    /// `PUT /presence/{userId}/status` per user: sustained updates per second.
+    pub status_per_second: f64,
+    /// ... and burst.
+    pub status_burst: f64,
+    /// How often snapshots of users with invisible changes are written.
+    pub persist_interval: Duration,
+}
+
+impl Default for PresenceServiceConfig {
+    fn default() -> Self {
+        PresenceServiceConfig {
+            engine: PresenceConfig::default(),
+            status_per_second: 1.0,
+            status_burst: 10.0,
+            persist_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `PUT .../status` came too fast; retry after this many milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited(pub u64);
+
+/// What is stored per user in `Cf::Presence`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredPresence {
+    snapshot: PresenceSnapshot,
+    /// Stream position of the user's latest published change (0: none).
+    #[serde(default)]
+    stream_pos: u64,
+}
+
+/// Who shares a joined room with whom. Memory is O(memberships); a lookup of one user's
+/// audience walks that user's rooms.
+#[derive(Default)]
+struct RoomIndex {
+    rooms_of: HashMap<OwnedUserId, HashSet<OwnedRoomId>>,
+    members_of: HashMap<OwnedRoomId, HashSet<OwnedUserId>>,
+}
+
+impl RoomIndex {
+    fn set(&mut self, room: &RoomId, user: &UserId, joined: bool) {
+        if joined {
+            self.rooms_of.entry(user.to_owned()).or_default().insert(room.to_owned());
+            self.members_of.entry(room.to_owned()).or_default().insert(user.to_owned());
+        } else {
+            if let Some(r) = self.rooms_of.get_mut(user) {
+                r.remove(room);
+                if r.is_empty() {
+                    self.rooms_of.remove(user);
+                }
+            }
+            if let Some(m) = self.members_of.get_mut(room) {
+                m.remove(user);
+                if m.is_empty() {
+                    self.members_of.remove(room);
+                }
+            }
+        }
+    }
+
+    fn shares_room(&self, a: &UserId, b: &UserId) -> bool {
+        let (Some(ra), Some(rb)) = (self.rooms_of.get(a), self.rooms_of.get(b)) else { return false };
+        let (small, large) = if ra.len() <= rb.len() { (ra, rb) } else { (rb, ra) };
+        small.iter().any(|r| large.contains(r))
+    }
+
+    /// Everyone sharing at least one joined room with `user`, `user` excluded.
+    fn co_members(&self, user: &UserId) -> HashSet<&UserId> {
+        let mut out = HashSet::new();
+        for room in self.rooms_of.get(user).into_iter().flatten() {
+            for m in self.members_of.get(room).into_iter().flatten() {
+                if m != user {
+                    out.insert(&**m);
+                }
+            }
+        }
+        out
+    }
+}
+
+pub struct PresenceService {
+    db: Arc<Db>,
+    config: PresenceServiceConfig,
+    engine: Mutex<PresenceEngine>,
+    rooms: RwLock<RoomIndex>,
+    /// Latest stream position per user (mirrors `StoredPresence::stream_pos`).
+    stream_pos: Mutex<HashMap<OwnedUserId, u64>>,
+    waker: Arc<dyn SyncWaker>,
+    /// Deadline the timer task is sleeping towards (ms; u64::MAX when none).
+    armed_deadline: AtomicU64,
+    kick: Notify,
+    status_buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl PresenceService {
+    /// Restore every stored user and return the service. Call [`PresenceService::spawn_timer`]
+    /// once the runtime runs.
+    pub fn open(db: Arc<Db>, config: PresenceServiceConfig, waker: Arc<dyn SyncWaker>) -> Result<Arc<Self>, StorageError> {
+        let mut engine = PresenceEngine::new(config.engine);
+        let mut stream_pos = HashMap::new();
+        let now = now_ms();
+        let mut restored_changes = Vec::new();
+        for (k, v) in db.scan_prefix(Cf::Presence, [])? {
+            let Some(user) = KeyReader::new(&k).str().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
+            let stored: StoredPresence = match serde_json::from_slice(&v) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%user, "unreadable stored presence ignored: {e}");
+                    continue;
+                }
+            };
+            stream_pos.insert(user.clone(), stored.stream_pos);
+            if let Some(change) = engine.restore(&user, stored.snapshot, now) {
+                restored_changes.push(change);
+            }
+        }
+        let _ = engine.take_dirty();
+        let service = Arc::new(PresenceService {
+            db,
+            config,
+            engine: Mutex::new(engine),
+            rooms: RwLock::new(RoomIndex::default()),
+            stream_pos: Mutex::new(stream_pos),
+            waker,
+            armed_deadline: AtomicU64::new(u64::MAX),
+            kick: Notify::new(),
+            status_buckets: Mutex::new(HashMap::new()),
+        });
+        service.publish(restored_changes);
+        Ok(service)
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, PresenceEngine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run the single timer task: fires due presence timers and persists dirty snapshots.
+    pub fn spawn_timer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut last_persist = Instant::now();
+            loop {
+                let now = now_ms();
+                let next = me.engine().next_deadline();
+                me.armed_deadline.store(next.unwrap_or(u64::MAX), Ordering::SeqCst);
+                let until_timer = next.map_or(Duration::from_secs(3600), |d| Duration::from_millis(d.saturating_sub(now)));
+                let until_persist = me.config.persist_interval.saturating_sub(last_persist.elapsed());
+                tokio::select! {
+                    _ = tokio::time::sleep(until_timer.min(until_persist)) => {}
+                    _ = me.kick.notified() => {}
+                }
+                let changes = me.engine().advance(now_ms());
+                me.publish(changes);
+                if last_persist.elapsed() >= me.config.persist_interval {
+                    last_persist = Instant::now();
+                    if let Err(e) = me.persist_dirty() {
+                        tracing::error!("persisting presence snapshots failed: {e}");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Write the snapshots of users whose state changed invisibly (at shutdown too).
+    pub fn persist_dirty(&self) -> Result<(), StorageError> {
+        let mut batch = Batch::new();
+        {
+            let stream_pos = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
+            let mut engine = self.engine();
+            for user in engine.take_dirty() {
+                let key = Key::new().str(user.as_str());
+                match engine.snapshot(&user) {
+                    Some(snapshot) => {
+                        let pos = stream_pos.get(&user).copied().unwrap_or(0);
+                        batch.put_json(Cf::Presence, &key, &StoredPresence { snapshot, stream_pos: pos });
+                    }
+                    None => batch.delete(Cf::Presence, &key),
+                }
+            }
+        }
+        self.db.write(batch)
+    }
+
+    /// Re-arm the timer task if the engine now has an earlier deadline than it sleeps towards.
+    fn rearm(&self, engine: &PresenceEngine) {
+        if let Some(d) = engine.next_deadline() {
+            if d < self.armed_deadline.load(Ordering::SeqCst) {
+                self.armed_deadline.store(d, Ordering::SeqCst);
+                self.kick.notify_one();
+            }
+        }
+    }
+
+    /// Persist and fan out visible changes: one batch, one stream position, then wake the
+    /// audience of every changed user.
+    fn publish(&self, changes: Vec<PresenceChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        // Lock order everywhere: stream_pos, then engine. Taking the snapshots under the
+        // stream_pos lock means two racing publishes of one user write in snapshot order.
+        let mut stream_pos = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshots: Vec<(OwnedUserId, Option<PresenceSnapshot>)> = {
+            let engine = self.engine();
+            changes.iter().map(|c| (c.user_id.clone(), engine.snapshot(&c.user_id))).collect()
+        };
+        let written = self.db.write_with_position::<_, StorageError>(|pos, batch| {
+            for (user, snapshot) in &snapshots {
+                if let Some(old) = stream_pos.get(user) {
+                    batch.delete(Cf::PresenceStream, Key::new().u64(*old).str(user.as_str()));
+                }
+                batch.put(Cf::PresenceStream, Key::new().u64(pos).str(user.as_str()), Vec::new());
+                let key = Key::new().str(user.as_str());
+                match snapshot {
+                    Some(snapshot) => {
+                        batch.put_json(Cf::Presence, &key, &StoredPresence { snapshot: snapshot.clone(), stream_pos: pos })
+                    }
+                    None => batch.delete(Cf::Presence, &key),
+                }
+            }
+            Ok(())
+        });
+        let pos = match written {
+            Ok((pos, ())) => pos,
+            Err(e) => {
+                // The in-memory engine already moved; viewers will see it on their next sync.
+                tracing::error!("writing presence changes failed: {e}");
+                return;
+            }
+        };
+        for (user, _) in &snapshots {
+            stream_pos.insert(user.clone(), pos);
+        }
+        drop(stream_pos);
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        let mut wake: HashSet<&UserId> = HashSet::new();
+        for c in &changes {
+            wake.insert(&c.user_id);
+            wake.extend(rooms.co_members(&c.user_id));
+        }
+        let wake: Vec<&UserId> = wake.into_iter().collect();
+        self.waker.wake_users(&wake, pos);
+    }
+
+    /// A `/sync` began. Keep the guard for the whole request.
+    pub fn sync_started(self: &Arc<Self>, user: &UserId, device: &str, set_presence: Option<DeviceState>) -> SyncGuard {
+        let started = {
+            let mut engine = self.engine();
+            let s = engine.sync_started(user, device, set_presence, now_ms());
+            self.rearm(&engine);
+            s
+        };
+        self.publish(started.change.into_iter().collect());
+        SyncGuard { service: self.clone(), ticket: started.ticket }
+    }
+
+    fn sync_ended(&self, ticket: SyncTicket) {
+        let change = {
+            let mut engine = self.engine();
+            let c = engine.sync_ended(ticket, now_ms());
+            self.rearm(&engine);
+            c
+        };
+        self.publish(change.into_iter().collect());
+    }
+
+    /// `PUT /presence/{userId}/status`.
+    pub fn set_status(
+        &self,
+        user: &UserId,
+        device: &str,
+        state: DeviceState,
+        status_msg: Option<StatusMsg>,
+    ) -> Result<(), RateLimited> {
+        self.check_status_rate(user)?;
+        let change = {
+            let mut engine = self.engine();
+            let c = engine.set_status(user, device, state, status_msg, now_ms());
+            self.rearm(&engine);
+            c
+        };
+        self.publish(change.into_iter().collect());
+        Ok(())
+    }
+
+    fn check_status_rate(&self, user: &UserId) -> Result<(), RateLimited> {
+        let (rate, burst) = (self.config.status_per_second, self.config.status_burst);
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.status_buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = buckets.entry(user.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(RateLimited(((1.0 - *tokens) / rate * 1000.0).ceil() as u64))
+        }
+    }
+
+    /// MSC4043: set (`Some`) or clear (`None`) the override. Written at once (not batched):
+    /// an override is a deliberate, rare act that must survive a crash.
+    pub fn set_override(&self, user: &UserId, presence_override: Option<PresenceOverride>) -> Result<(), StorageError> {
+        let change = {
+            let mut engine = self.engine();
+            let c = engine.set_override(user, presence_override, now_ms());
+            self.rearm(&engine);
+            c
+        };
+        match change {
+            Some(c) => self.publish(vec![c]),
+            None => self.persist_dirty()?,
+        }
+        Ok(())
+    }
+
+    pub fn get_override(&self, user: &UserId) -> Option<PresenceOverride> {
+        self.engine().get_override(user).cloned()
+    }
+
+    /// A pro-active action (sending an event, typing, a receipt).
+    pub fn activity(&self, user: &UserId, device: &str) {
+        let change = {
+            let mut engine = self.engine();
+            let c = engine.activity(user, device, now_ms());
+            self.rearm(&engine);
+            c
+        };
+        self.publish(change.into_iter().collect());
+    }
+
+    /// A device was logged out or deleted.
+    pub fn device_removed(&self, user: &UserId, device: &str) {
+        let change = self.engine().device_removed(user, device, now_ms());
+        self.publish(change.into_iter().collect());
+    }
+
+    pub fn current(&self, user: &UserId) -> EffectivePresence {
+        self.engine().current(user, now_ms())
+    }
+
+    /// A joined-membership change. Sync shows the presence of newly shared users from the
+    /// join events themselves, so nothing needs waking here.
+    pub fn membership_changed(&self, room: &RoomId, user: &UserId, joined: bool) {
+        self.rooms.write().unwrap_or_else(|p| p.into_inner()).set(room, user, joined);
+    }
+
+    /// May `viewer` see `user`'s presence?
+    pub fn may_see(&self, viewer: &UserId, user: &UserId) -> bool {
+        viewer == user || self.rooms.read().unwrap_or_else(|p| p.into_inner()).shares_room(viewer, user)
+    }
+
+    /// The `m.presence` event of `user` as a local client sees it now.
+    pub fn event_for(&self, user: &UserId) -> Value {
+        let now = now_ms();
+        let content = self.engine().current(user, now).content(now, Audience::Msc4042Client);
+        json!({ "type": "m.presence", "sender": user, "content": content })
+    }
+
+    /// Presence events for an initial sync: the viewer's own, and every visible user who is
+    /// not offline.
+    pub fn initial_events(&self, viewer: &UserId) -> Vec<Value> {
+        let now = now_ms();
+        let users: Vec<OwnedUserId> = {
+            let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+            rooms.co_members(viewer).into_iter().map(ToOwned::to_owned).collect()
+        };
+        let engine = self.engine();
+        let mut out = Vec::new();
+        let own = engine.current(viewer, now).content(now, Audience::Msc4042Client);
+        out.push(json!({ "type": "m.presence", "sender": viewer, "content": own }));
+        for user in users {
+            let p = engine.current(&user, now);
+            if p.state != presence_core::PresenceState::Offline {
+                out.push(json!({ "type": "m.presence", "sender": user, "content": p.content(now, Audience::Msc4042Client) }));
+            }
+        }
+        out
+    }
+
+    /// Presence events for an incremental sync: the latest presence of every visible user
+    /// whose presence changed in `(since, up_to]`.
+    pub fn events_since(&self, viewer: &UserId, since: u64, up_to: u64) -> Result<Vec<Value>, StorageError> {
+        if since >= up_to {
+            return Ok(Vec::new());
+        }
+        let changed = self.db.scan_range(
+            Cf::PresenceStream,
+            Key::new().u64(since + 1),
+            Key::new().u64(up_to.saturating_add(1)),
+            false,
+            usize::MAX,
+        )?;
+        let mut out = Vec::new();
+        for (k, _) in changed {
+            let mut r = KeyReader::new(&k);
+            let _pos = r.u64();
+            let Some(user) = r.str().and_then(|s| <&UserId>::try_from(s).ok()) else { continue };
+            if self.may_see(viewer, user) {
+                out.push(self.event_for(user));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of users the engine holds (metrics, benchmarks).
+    pub fn user_count(&self) -> usize {
+        self.engine().user_count()
+    }
+}
+
+/// Ends the sync it was created for when dropped.
+pub struct SyncGuard {
+    service: Arc<PresenceService>,
+    ticket: Option<SyncTicket>,
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.service.sync_ended(ticket);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct RecordingWaker(Mutex<Vec<(Vec<OwnedUserId>, u64)>>);
+    impl SyncWaker for RecordingWaker {
+        fn wake_users(&self, users: &[&UserId], position: u64) {
+            let mut users: Vec<OwnedUserId> = users.iter().map(|u| (*u).to_owned()).collect();
+            users.sort();
+            self.0.lock().expect("lock").push((users, position));
+        }
+    }
+
+    fn uid(s: &str) -> OwnedUserId {
+        OwnedUserId::try_from(s).expect("user id")
+    }
+
+    fn service(dir: &std::path::Path) -> (Arc<PresenceService>, Arc<RecordingWaker>) {
+        let db = Arc::new(Db::open(dir, false).expect("db"));
+        let waker = Arc::new(RecordingWaker::default());
+        let config = PresenceServiceConfig { status_per_second: 0.0, ..Default::default() };
+        (PresenceService::open(db, config, waker.clone()).expect("open"), waker)
+    }
+
+    #[test]
+    fn status_change_wakes_exactly_room_sharers_and_appears_once_in_the_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (svc, waker) = service(dir.path());
+        let room: OwnedRoomId = "!r:x".try_into().expect("room");
+        let (a, b, c) = (uid("@a:x"), uid("@b:x"), uid("@c:x"));
+        svc.membership_changed(&room, &a, true);
+        svc.membership_changed(&room, &b, true);
+        svc.set_status(&a, "D", DeviceState::Online, StatusMsg::new("hi").expect("msg")).expect("not limited");
+        svc.set_status(&a, "D", DeviceState::Unavailable, None).expect("not limited");
+        let wakes = waker.0.lock().expect("lock").clone();
+        assert_eq!(wakes.len(), 2);
+        assert_eq!(wakes[0].0, vec![a.clone(), b.clone()]);
+        let events = svc.events_since(&b, 0, svc.db.current_position()).expect("events");
+        assert_eq!(events.len(), 1, "latest only: {events:?}");
+        assert_eq!(events[0]["content"]["presence"], "unavailable");
+        assert!(svc.events_since(&c, 0, svc.db.current_position()).expect("events").is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_sync_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (svc, waker) = service(dir.path());
+        let a = uid("@a:x");
+        let g1 = svc.sync_started(&a, "D", None);
+        drop(g1);
+        let pos = svc.db.current_position();
+        let g2 = svc.sync_started(&a, "D", None);
+        drop(g2);
+        assert_eq!(svc.db.current_position(), pos, "second sync changed nothing visible");
+        assert_eq!(waker.0.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn override_and_status_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = uid("@a:x");
+        {
+            let (svc, _) = service(dir.path());
+            svc.set_status(&a, "D", DeviceState::Online, StatusMsg::new("lunch").expect("msg")).expect("ok");
+            svc.set_override(&a, Some(PresenceOverride::state(presence_core::PresenceState::Busy))).expect("ok");
+        }
+        let (svc, _) = service(dir.path());
+        assert_eq!(svc.current(&a).state, presence_core::PresenceState::Busy);
+        assert!(svc.get_override(&a).is_some());
+    }
+
+    #[test]
+    fn status_rate_limit_reports_retry_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(dir.path(), false).expect("db"));
+        let config = PresenceServiceConfig { status_per_second: 1.0, status_burst: 2.0, ..Default::default() };
+        let svc = PresenceService::open(db, config, Arc::new(RecordingWaker::default())).expect("open");
+        let a = uid("@a:x");
+        assert!(svc.set_status(&a, "D", DeviceState::Online, None).is_ok());
+        assert!(svc.set_status(&a, "D", DeviceState::Online, None).is_ok());
+        let RateLimited(ms) = svc.set_status(&a, "D", DeviceState::Online, None).expect_err("limited");
+        assert!(ms > 0 && ms <= 1000);
+    }
+}
