@@ -14,7 +14,8 @@
 //!
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
-//! `profile`, `account_data`, `filter`, `room` (room endpoints), `sync`.
+//! `profile`, `account_data`, `filter`, `presence` (status and MSC4043 override), `room`
+//! (room endpoints), `sync`.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ mod admin;
 mod filter;
 mod meta;
 mod profile;
+mod presence;
 mod room;
 mod sync;
 
@@ -67,6 +69,7 @@ pub struct AppState {
     pub accounts: Arc<accounts::AccountService>,
     pub rooms: Arc<rooms::RoomService>,
     pub notifier: Arc<SyncNotifier>,
+    pub presence: Arc<presence_service::PresenceService>,
     pub limiter: RateLimiter,
 }
 
@@ -82,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(profile::routes())
         .merge(account_data::routes())
         .merge(filter::routes())
+        .merge(presence::routes())
         .merge(room::routes())
         .merge(sync::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })

@@ -47,6 +47,12 @@ impl SyncNotifier {
     }
 }
 
+impl presence_service::SyncWaker for SyncNotifier {
+    fn wake_users(&self, users: &[&UserId], position: u64) {
+        self.wake(users.iter().copied(), position);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

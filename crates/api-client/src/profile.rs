@@ -1,9 +1,115 @@
+//! Profiles: `GET /profile/{userId}`, `GET/PUT /profile/{userId}/displayname`,
+//! `GET/PUT /profile/{userId}/avatar_url`.
+//!
+//! Reads need no access token (the spec makes profiles public). Writes only for one's
+//! own profile (403 `M_FORBIDDEN`); an empty string or `null` removes the field. A change
+//! is propagated as a new `m.room.member` event in every joined room, and the members of
+//! those rooms are woken. Unknown (or non-local) users are 404 `M_NOT_FOUND`; a field that
+//! is not set is 404 too, as the spec describes for the single-field endpoints.
 use std::sync::Arc;
 
-use axum::Router;
+use accounts::Profile;
+use axum::routing::get;
+use axum::{Json, Router};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use serde_json::{Map, Value, json};
 
-use crate::AppState;
+use crate::account::client_route;
+use crate::error::{ApiResult, MatrixError};
+use crate::extract::{Auth, JsonBody, Path};
+use crate::{AppState, AppStateRef};
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+    let r = Router::new();
+    let r = client_route(r, "/profile/{user_id}", get(get_profile));
+    let r = client_route(r, "/profile/{user_id}/displayname", get(get_displayname).put(put_displayname));
+    client_route(r, "/profile/{user_id}/avatar_url", get(get_avatar_url).put(put_avatar_url))
+}
+
+/// Wake `user` and the joined members of each room at its position (after writes to
+/// those rooms made on the user's behalf).
+pub(crate) fn wake_rooms(state: &AppState, user: &UserId, rooms: &[(OwnedRoomId, u64)]) {
+    let mut max_pos = 0;
+    for (room, pos) in rooms {
+        max_pos = max_pos.max(*pos);
+        match state.rooms.joined_members(room) {
+            Ok(members) => state.notifier.wake(members.iter().map(|m| &**m), *pos),
+            Err(e) => tracing::warn!(%room, error = %e, "could not list members to wake"),
+        }
+    }
+    if max_pos > 0 {
+        state.notifier.wake([user], max_pos);
+    }
+}
+
+fn parse_user(raw: &str) -> ApiResult<OwnedUserId> {
+    OwnedUserId::try_from(raw).map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
+}
+
+fn load(state: &AppState, raw: &str) -> ApiResult<Profile> {
+    let user = parse_user(raw)?;
+    state.accounts.profile(&user)?.ok_or_else(|| MatrixError::not_found("Profile not found"))
+}
+
+async fn get_profile(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(load(&state, &user_id)?)))
+}
+
+async fn get_displayname(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+    match load(&state, &user_id)?.displayname {
+        Some(d) => Ok(Json(json!({ "displayname": d }))),
+        None => Err(MatrixError::not_found("No display name set")),
+    }
+}
+
+async fn get_avatar_url(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+    match load(&state, &user_id)?.avatar_url {
+        Some(a) => Ok(Json(json!({ "avatar_url": a }))),
+        None => Err(MatrixError::not_found("No avatar URL set")),
+    }
+}
+
+/// The field from a `PUT` body: a string, or `null`/absent/empty for "remove".
+fn field(body: &Map<String, Value>, name: &str) -> ApiResult<Option<String>> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(MatrixError::bad_json(format!("{name} must be a string"))),
+    }
+}
+
+async fn put_field(state: &AppState, auth: &Auth, user_id: &str, name: &str, body: Map<String, Value>) -> ApiResult<Json<Value>> {
+    if auth.user_id.as_str() != user_id {
+        return Err(MatrixError::forbidden("Cannot change another user's profile"));
+    }
+    let value = field(&body, name)?;
+    let profile = if name == "displayname" {
+        state.accounts.set_displayname(&auth.user_id, value)?
+    } else {
+        state.accounts.set_avatar_url(&auth.user_id, value)?
+    };
+    // The profile is saved; propagation to rooms is best effort.
+    match state.rooms.update_member_profile(&auth.user_id, &profile) {
+        Ok(rooms) => wake_rooms(state, &auth.user_id, &rooms),
+        Err(e) => tracing::warn!(user = %auth.user_id, error = %e, "profile change not propagated to rooms"),
+    }
+    Ok(Json(json!({})))
+}
+
+async fn put_displayname(
+    state: AppStateRef,
+    auth: Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> ApiResult<Json<Value>> {
+    put_field(&state, &auth, &user_id, "displayname", body).await
+}
+
+async fn put_avatar_url(
+    state: AppStateRef,
+    auth: Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> ApiResult<Json<Value>> {
+    put_field(&state, &auth, &user_id, "avatar_url", body).await
 }

@@ -56,11 +56,15 @@ pub fn parse_token(t: &str) -> Option<u64> {
 
 async fn sync(auth: Auth, state: AppStateRef, Query(params): Query<SyncParams>) -> ApiResult<Json<Value>> {
     let state = state.0;
-    if let Some(p) = params.set_presence.as_deref() {
-        if !matches!(p, "online" | "offline" | "unavailable" | "org.matrix.msc3026.busy") {
-            return Err(MatrixError::invalid_param(format!("Unknown set_presence value {p:?}")));
-        }
-    }
+    let set_presence = match params.set_presence.as_deref() {
+        None | Some("") => None,
+        Some(p) => Some(
+            p.parse::<presence_core::PresenceState>()
+                .ok()
+                .and_then(|s| presence_core::DeviceState::try_from(s).ok())
+                .ok_or_else(|| MatrixError::invalid_param(format!("Unknown set_presence value {p:?}")))?,
+        ),
+    };
     let filter = load_filter(&state, &auth.user_id, params.filter.as_deref())?;
     let since = match params.since.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -70,6 +74,9 @@ async fn sync(auth: Auth, state: AppStateRef, Query(params): Query<SyncParams>) 
     let timeout = Duration::from_millis(params.timeout.unwrap_or(0).min(state.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
 
+    // The device counts as connected for as long as this request runs, however it ends
+    // (the guard's drop ends the sync, also when the client disconnects mid-poll).
+    let _presence = state.presence.sync_started(&auth.user_id, auth.device_id.as_str(), set_presence);
     let mut wake = state.notifier.subscribe(&auth.user_id);
     loop {
         let now = state.db.current_position();
@@ -95,7 +102,7 @@ fn load_filter(state: &AppState, user: &UserId, param: Option<&str>) -> ApiResul
     if param.trim_start().starts_with('{') {
         return Filter::from_str_json(param).map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")));
     }
-    state.accounts.filter(user, param)?.ok_or_else(|| MatrixError::not_found(format!("Unknown filter {param:?}")))
+    state.accounts.filter(user, param).map_err(MatrixError::internal)?.ok_or_else(|| MatrixError::not_found(format!("Unknown filter {param:?}")))
 }
 
 struct SyncBody {
@@ -146,8 +153,8 @@ fn build_response(
 
     // Account data: global goes to the top level, per-room into each joined room.
     let changes = match since {
-        None => state.accounts.all_account_data(user)?,
-        Some(s) => state.accounts.account_data_since(user, s, now)?,
+        None => state.accounts.all_account_data(user).map_err(MatrixError::internal)?,
+        Some(s) => state.accounts.account_data_since(user, s, now).map_err(MatrixError::internal)?,
     };
     let mut room_account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for c in changes {
@@ -162,6 +169,10 @@ fn build_response(
         }
     }
 
+    // Users whose presence this viewer must be shown because they newly share a room:
+    // every member of a room the viewer joined since `since`, and everyone whose join
+    // appears in an incremental timeline.
+    let mut newly_shared: HashSet<ruma::OwnedUserId> = HashSet::new();
     let room_filter = &filter.room;
     let timeline_limit = room_filter.timeline.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT);
     for ur in state.rooms.rooms_for_user(user).map_err(room_err)? {
@@ -173,6 +184,9 @@ fn build_response(
         match ur.membership {
             rooms::Membership::Join => {
                 let newly_joined = changed_since_token;
+                if newly_joined && since.is_some() {
+                    newly_shared.extend(state.rooms.joined_members(room_id).map_err(room_err)?);
+                }
                 let after = if newly_joined { None } else { since };
                 let section = joined_room(
                     state,
@@ -191,6 +205,11 @@ fn build_response(
                     .into_iter()
                     .filter(|e| room_filter.account_data.matches_json(room_id, e))
                     .collect();
+                if since.is_some() {
+                    if let Some(section) = &section {
+                        collect_joins(section, &mut newly_shared);
+                    }
+                }
                 if let Some(mut section) = section.or_else(|| (!account_data.is_empty()).then(empty_joined_room)) {
                     section["account_data"] = json!({ "events": account_data });
                     body.join.insert(room_id.to_string(), section);
@@ -198,7 +217,7 @@ fn build_response(
             }
             rooms::Membership::Invite => {
                 if changed_since_token {
-                    let events = state.rooms.invite_state(room_id).map_err(room_err)?;
+                    let events = state.rooms.invite_state(room_id, user).map_err(room_err)?;
                     body.invite.insert(room_id.to_string(), json!({ "invite_state": { "events": events } }));
                 }
             }
@@ -217,12 +236,59 @@ fn build_response(
             rooms::Membership::Knock => {}
         }
     }
+    body.presence = presence_events(state, user, filter, since, now, newly_shared)?;
     body.has_content = !body.join.is_empty()
         || !body.invite.is_empty()
         || !body.leave.is_empty()
         || !body.account_data.is_empty()
         || !body.presence.is_empty();
     Ok(body)
+}
+
+/// Senders of `m.room.member` join events in a room section's timeline.
+fn collect_joins(section: &Value, into: &mut HashSet<ruma::OwnedUserId>) {
+    let events = section["timeline"]["events"].as_array().into_iter().flatten();
+    for e in events {
+        if e["type"] == "m.room.member" && e["content"]["membership"] == "join" {
+            if let Some(u) = e["state_key"].as_str().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) {
+                into.insert(u);
+            }
+        }
+    }
+}
+
+/// The `presence` section: at most one (the current) `m.presence` event per user.
+fn presence_events(
+    state: &AppState,
+    viewer: &UserId,
+    filter: &Filter,
+    since: Option<u64>,
+    now: u64,
+    newly_shared: HashSet<ruma::OwnedUserId>,
+) -> ApiResult<Vec<Value>> {
+    if filter.presence.excludes_all() {
+        return Ok(Vec::new());
+    }
+    let mut events = match since {
+        None => state.presence.initial_events(viewer),
+        Some(s) => state.presence.events_since(viewer, s, now)?,
+    };
+    let mut seen: HashSet<String> =
+        events.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
+    for user in newly_shared {
+        if user != viewer && !seen.contains(user.as_str()) && state.presence.may_see(viewer, &user) {
+            seen.insert(user.to_string());
+            events.push(state.presence.event_for(&user));
+        }
+    }
+    events.retain(|e| {
+        let sender = e["sender"].as_str().and_then(|s| <&UserId>::try_from(s).ok());
+        filter.presence.matches("m.presence", sender)
+    });
+    if let Some(limit) = filter.presence.limit {
+        events.truncate(limit as usize);
+    }
+    Ok(events)
 }
 
 fn empty_joined_room() -> Value {
@@ -317,7 +383,7 @@ fn room_section(
     // (initial / newly joined / full_state), else only what changed in a gap that the
     // limited timeline skipped.
     let state_at_start = match events.first() {
-        Some(first) => state.rooms.state_before(first.event_id()).map_err(room_err)?,
+        Some(first) => state.rooms.state_before(&first.event_id).map_err(room_err)?,
         None => state.rooms.current_state(room_id).map_err(room_err)?,
     };
     let state_ids: Vec<OwnedEventId> = if include_full_state {

@@ -248,7 +248,9 @@ mod tests {
 
     #[test]
     fn unknown_strings_are_rejected() {
-        for bad in ["", "busy", "disabled", "Online", "away", "ONLINE", " online"] {
+        for bad in [
+            "", "busy", "disabled", "Online", "away", "ONLINE", " online",
+        ] {
             assert!(bad.parse::<PresenceState>().is_err(), "{bad:?} accepted");
             assert!(serde_json::from_str::<PresenceState>(&format!("{bad:?}")).is_err());
         }

@@ -67,7 +67,10 @@ impl<K: Clone + Eq + Hash> DeadlineQueue<K> {
 
     /// The earliest armed deadline.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.by_deadline.keys().next().map(|&(deadline, _)| deadline)
+        self.by_deadline
+            .keys()
+            .next()
+            .map(|&(deadline, _)| deadline)
     }
 
     /// Removes and returns every key whose deadline is `<= now`, earliest first.

@@ -120,7 +120,12 @@ mod tests {
     #[test]
     fn currently_active_only_for_online_and_busy() {
         for state in [PresenceState::Unavailable, PresenceState::Offline] {
-            assert_eq!(presence(state).content(2_000, Audience::LegacyClient).currently_active, None);
+            assert_eq!(
+                presence(state)
+                    .content(2_000, Audience::LegacyClient)
+                    .currently_active,
+                None
+            );
         }
         let busy = presence(PresenceState::Busy).content(2_000, Audience::LegacyClient);
         assert_eq!(busy.presence, PresenceState::Busy);

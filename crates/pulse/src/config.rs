@@ -97,9 +97,35 @@ pub struct Log {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Presence {}
+pub struct Presence {
+    /// A device stays online this long after its last `/sync` ended.
+    pub sync_online_timeout_ms: u64,
+    /// An online user with no activity for this long becomes `unavailable`.
+    pub idle_timeout_ms: u64,
+    /// Activity within this window makes a user `currently_active`.
+    pub last_active_granularity_ms: u64,
+    /// A busy device that stopped syncing stays busy this long.
+    pub busy_timeout_ms: u64,
+    /// `PUT /presence/{userId}/status`: sustained updates per second per user (0 = no limit).
+    pub status_per_second: f64,
+    /// ... and the burst allowed.
+    pub status_burst: f64,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence {
+            sync_online_timeout_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            last_active_granularity_ms: 60_000,
+            busy_timeout_ms: 3_600_000,
+            status_per_second: 1.0,
+            status_burst: 10.0,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -202,6 +228,13 @@ impl Config {
         }
         if self.limits.max_request_bytes < 65_536 {
             return Err("limits.max_request_bytes must be at least 65536 (the event size limit)".into());
+        }
+        let p = &self.presence;
+        if p.sync_online_timeout_ms == 0 || p.idle_timeout_ms == 0 || p.busy_timeout_ms == 0 {
+            return Err("presence timeouts must be greater than zero".into());
+        }
+        if p.status_per_second < 0.0 || (p.status_per_second > 0.0 && p.status_burst < 1.0) {
+            return Err("presence.status_per_second must be >= 0 and presence.status_burst >= 1".into());
         }
         if self.rate_limits.enabled && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0) {
             return Err("rate_limits.per_second must be > 0 and rate_limits.burst >= 1".into());

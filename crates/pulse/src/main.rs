@@ -146,7 +146,13 @@ fn open_services(config: &Config) -> Result<Services, String> {
     })?;
     let db = Arc::new(db);
     let server_name = ruma::ServerName::parse(&config.server_name).map_err(|e| e.to_string())?;
-    let accounts = Arc::new(accounts::AccountService::new(db.clone(), server_name.clone()));
+    let hashing = accounts::PasswordHashing {
+        m_cost: config.accounts.argon2_memory_kib,
+        t_cost: config.accounts.argon2_iterations,
+        p_cost: config.accounts.argon2_parallelism,
+    };
+    hashing.validate().map_err(|e| format!("[accounts] argon2 settings: {e}"))?;
+    let accounts = Arc::new(accounts::AccountService::new(db.clone(), server_name.clone(), hashing));
     let rooms = Arc::new(
         rooms::RoomService::new(db.clone(), server_name.clone()).map_err(|e| format!("cannot open the room engine: {e}"))?,
     );
@@ -163,13 +169,29 @@ fn open_services(config: &Config) -> Result<Services, String> {
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
     };
+    let notifier = Arc::new(api_client::SyncNotifier::new());
+    let p = &config.presence;
+    let presence_config = presence_service::PresenceServiceConfig {
+        engine: presence_core::PresenceConfig {
+            sync_online_timeout_ms: p.sync_online_timeout_ms,
+            last_active_granularity_ms: p.last_active_granularity_ms,
+            idle_timeout_ms: p.idle_timeout_ms,
+            busy_timeout_ms: p.busy_timeout_ms,
+        },
+        status_per_second: p.status_per_second,
+        status_burst: p.status_burst,
+        ..Default::default()
+    };
+    let presence = presence_service::PresenceService::open(db.clone(), presence_config, notifier.clone())
+        .map_err(|e| format!("cannot load presence: {e}"))?;
     let state = Arc::new(api_client::AppState {
         limiter: api_client::RateLimiter::new(client_config.rate_limit),
         config: client_config,
         db: db.clone(),
         accounts,
         rooms,
-        notifier: Arc::new(api_client::SyncNotifier::new()),
+        notifier,
+        presence,
     });
     Ok(Services { db, state })
 }
@@ -178,6 +200,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
     let services = open_services(&config)?;
     let app = api_client::router(services.state.clone());
+    let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for listener in &config.listeners {
@@ -235,6 +258,10 @@ async fn serve(config: Config) -> Result<(), String> {
     // Long-polls would hold a graceful shutdown open for their whole timeout; give
     // in-flight requests one second, then exit. Acknowledged writes are already durable.
     let _ = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(servers)).await;
+    presence_timer.abort();
+    if let Err(e) = services.state.presence.persist_dirty() {
+        error!("persisting presence at shutdown failed: {e}");
+    }
     if let Err(e) = services.db.flush() {
         error!("flush at shutdown failed: {e}");
     }
@@ -264,7 +291,35 @@ async fn shutdown_signal() {
 }
 
 fn register_user(config: &Config, username: &str, password: Option<String>, admin: bool) -> Result<String, String> {
-    let _services = open_services(config)?;
-    let _ = (username, password, admin);
-    Err("register-user: accounts service not wired yet".into())
+    let services = open_services(config)?;
+    // Accept "@alice:server" as well as "alice"; the server part must be ours.
+    let localpart = match username.strip_prefix('@') {
+        Some(rest) => {
+            let (local, server) = rest.split_once(':').ok_or("a full user ID looks like @alice:example.org")?;
+            if server != config.server_name {
+                return Err(format!("{username} does not belong to this server ({})", config.server_name));
+            }
+            local
+        }
+        None => username,
+    };
+    let (password, generated) = match password {
+        Some(p) => (p, false),
+        None => (random_password(), true),
+    };
+    let registered = services
+        .state
+        .accounts
+        .register(localpart, Some(&password), accounts::NewDevice::default(), admin, false)
+        .map_err(|e| format!("cannot register {username}: {e}"))?;
+    let mut msg = format!("registered {}{}", registered.user_id, if admin { " (admin)" } else { "" });
+    if generated {
+        msg.push_str(&format!("\npassword: {password}"));
+    }
+    Ok(msg)
+}
+
+fn random_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 20)
 }

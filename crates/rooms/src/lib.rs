@@ -1,19 +1,184 @@
 //! # rooms — rooms as signed PDUs
 //!
-//! (skeleton: being filled in)
-use std::sync::Arc;
+//! Every room event Pulse creates is a real federation PDU for room versions 10 and 11:
+//! a `hashes.sha256` content hash, the reference hash as event ID (`$` + URL-safe
+//! unpadded base64), `auth_events` chosen by the spec's auth-events selection,
+//! `prev_events` = the room's forward extremities, `depth`, and the server's ed25519
+//! signature (ruma-signatures). Before an event is stored it passes the room version's
+//! authorization rules (ruma-state-res), checked against the state before the event.
+//!
+//! ## Storage (all writes for one event are one [`storage::Db::write_with_position`])
+//!
+//! * `Events`: `event_id` → [`StoredEvent`] (stream position, canonical PDU, sending
+//!   device + txn id, `redacted_because`, and the replaced state event for `unsigned`).
+//! * `Timeline`: `room_id 0xFF pos` → event id.
+//! * `Rooms`: `room_id 0xFF` → room summary (version, creator, create event, forward
+//!   extremities, max depth); `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → event id
+//!   of the current state; `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership
+//!   string; `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → event id (log of every
+//!   accepted state event by stream position, used for history visibility).
+//! * `StateAt`: `event_id` → the state *before* the event, either a full snapshot or a
+//!   delta (≤ [`MAX_STATE_DELTA`] entries) on top of another event's full snapshot.
+//! * `Memberships`: `user_id 0xFF room_id 0xFF` → [`MembershipRecord`].
+//! * `RoomStream`: `pos` → room id.
+//! * `Aliases`: `alias` → alias record (room, creator); `room_id 0xFF alias 0xFF` → empty
+//!   (reverse index; room IDs start with `!`, aliases with `#`, so they never collide).
+//! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id, where scope
+//!   is `send <room_id>` or `redact <room_id>`.
+//! * `Meta`: `signing_key` → the server's ed25519 key (PKCS#8, base64) and its key id.
+//!
+//! ## Concurrency
+//!
+//! All room writes are serialised by one mutex in [`RoomService`] (building an event
+//! reads the forward extremities and state it then replaces), so the local DAG is
+//! linear. Events whose `prev_events` fork (federation, or the unit tests) go through
+//! state resolution v2.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use ruma::OwnedServerName;
-use storage::Db;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId};
+use serde::{Deserialize, Serialize};
+use storage::{Db, StorageError};
 
+mod client;
+mod create;
+mod keys;
+mod ops;
+mod pdu;
+mod persist;
+mod read;
+mod resolve;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
+pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
+pub use store::{MembershipRecord, PrevState, StoredEvent};
+
+/// Deltas in `StateAt` longer than this are replaced by a full snapshot.
+pub const MAX_STATE_DELTA: usize = 100;
+
+/// Largest allowed PDU, in bytes of canonical JSON (spec "size limits").
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// Room state: `(event type, state key)` → event id.
+pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
+
+/// The room version used when a client does not ask for one.
+pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V10;
+
+/// Room versions this server can create and join.
+pub fn supported_room_versions() -> [RoomVersionId; 2] {
+    [RoomVersionId::V10, RoomVersionId::V11]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// 403 `M_FORBIDDEN` (authorization rules, power levels, not a member).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The room is not known to this server (404, or 403 where the spec hides existence).
+    #[error("unknown room {0}")]
+    UnknownRoom(OwnedRoomId),
+    /// 404 `M_NOT_FOUND` (events, aliases).
+    #[error("{0}")]
+    NotFound(String),
+    /// 400 `M_UNSUPPORTED_ROOM_VERSION`.
+    #[error("room version {0} is not supported")]
+    UnsupportedRoomVersion(String),
+    /// 413 `M_TOO_LARGE`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The alias is taken: 400 `M_ROOM_IN_USE` on createRoom, 409 on `PUT /directory/room`.
+    #[error("room alias {0} is already in use")]
+    AliasInUse(String),
+    /// 400 `M_INVALID_PARAM`.
+    #[error("{0}")]
+    InvalidParam(String),
+    /// 400 `M_BAD_JSON`.
+    #[error("{0}")]
+    BadJson(String),
+    /// 400 `M_BAD_ALIAS` (canonical alias that does not point at the room).
+    #[error("{0}")]
+    BadAlias(String),
+    /// 400 `M_UNKNOWN`: the request is valid but not in this state (e.g. forget while joined).
+    #[error("{0}")]
+    BadState(String),
+    /// 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = RoomError> = std::result::Result<T, E>;
+
+/// A room membership state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    Join,
+    Invite,
+    Leave,
+    Ban,
+    Knock,
+}
+
+impl Membership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Join => "join",
+            Membership::Invite => "invite",
+            Membership::Leave => "leave",
+            Membership::Ban => "ban",
+            Membership::Knock => "knock",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Membership> {
+        Some(match s {
+            "join" => Membership::Join,
+            "invite" => Membership::Invite,
+            "leave" => Membership::Leave,
+            "ban" => Membership::Ban,
+            "knock" => Membership::Knock,
+            _ => return None,
+        })
+    }
+}
+
+/// One of a user's rooms, as sync sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRoom {
+    pub room_id: OwnedRoomId,
+    pub membership: Membership,
+    /// Stream position of the membership event.
+    pub pos: u64,
+    pub event_id: OwnedEventId,
+}
+
+/// The result of a successful write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentEvent {
+    pub event_id: OwnedEventId,
+    pub pos: u64,
+}
+
+/// Rooms, events and membership: the whole room engine.
 pub struct RoomService {
     db: Arc<Db>,
     server_name: OwnedServerName,
+    key: keys::SigningKey,
+    /// Serialises all room writes (see the crate docs).
+    write_lock: Mutex<()>,
 }
 
 impl RoomService {
-    pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Self {
-        RoomService { db, server_name }
+    /// Open the room engine: loads the server's ed25519 signing key from `Cf::Meta`,
+    /// generating and persisting one on first start.
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Result<Self> {
+        let key = keys::SigningKey::load_or_generate(&db)?;
+        Ok(RoomService { db, server_name, key, write_lock: Mutex::new(()) })
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -23,4 +188,44 @@ impl RoomService {
     pub fn db(&self) -> &Db {
         &self.db
     }
+
+    /// The id of the signing key, e.g. `ed25519:AbC123`.
+    pub fn signing_key_id(&self) -> &str {
+        &self.key.key_id
+    }
+
+    /// The public half of the signing key (raw 32 bytes).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.pair.public_key()
+    }
+
+    /// The public key as unpadded standard base64, as `/_matrix/key/v2/server` publishes it.
+    pub fn public_key_base64(&self) -> String {
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(self.public_key().to_vec()).encode()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
+    let v = RoomVersionId::try_from(s).map_err(|_| RoomError::UnsupportedRoomVersion(s.to_owned()))?;
+    if supported_room_versions().contains(&v) {
+        Ok(v)
+    } else {
+        Err(RoomError::UnsupportedRoomVersion(s.to_owned()))
+    }
+}
+
+pub(crate) fn owned_user(s: &str) -> Option<OwnedUserId> {
+    OwnedUserId::try_from(s).ok()
 }

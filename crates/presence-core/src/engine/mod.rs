@@ -189,7 +189,9 @@ impl DeviceRecord {
     fn contribution(&self) -> DeviceState {
         // A device record always has at least one of the two (it is created by a sync, a status
         // update or activity, and activity records an automatic `online`).
-        self.manual.or(self.automatic).unwrap_or(DeviceState::Online)
+        self.manual
+            .or(self.automatic)
+            .unwrap_or(DeviceState::Online)
     }
 
     /// The instant the device stops counting as connected, or `None` while a sync is in flight.
@@ -236,7 +238,9 @@ impl UserRecord {
             && self.status_msg.is_none()
             && self.last_active_ts.is_none()
             && self.presence_override.is_none()
-            && !self.published.visibly_differs(&EffectivePresence::unknown())
+            && !self
+                .published
+                .visibly_differs(&EffectivePresence::unknown())
     }
 
     fn bump_activity(&mut self, now: u64) {
@@ -496,9 +500,11 @@ impl PresenceEngine {
     ) -> Option<PresenceChange> {
         let now = self.tick(now);
         let (user, _) = self.prepare(user_id, now);
-        let unchanged = user.presence_override.as_ref().map(|o| &o.value) == presence_override.as_ref();
+        let unchanged =
+            user.presence_override.as_ref().map(|o| &o.value) == presence_override.as_ref();
         if !unchanged {
-            user.presence_override = presence_override.map(|value| OverrideSnapshot { value, set_at: now });
+            user.presence_override =
+                presence_override.map(|value| OverrideSnapshot { value, set_at: now });
         }
         self.settle(user_id, now)
     }
@@ -515,7 +521,12 @@ impl PresenceEngine {
     /// A pro-active action of `device`: sending an event, a receipt, a read marker, typing.
     /// Updates the last-active time and keeps the device connected; a device the engine did not
     /// know counts as online (Synapse does the same for clients that never sync).
-    pub fn activity(&mut self, user_id: &UserId, device_id: &str, now: u64) -> Option<PresenceChange> {
+    pub fn activity(
+        &mut self,
+        user_id: &UserId,
+        device_id: &str,
+        now: u64,
+    ) -> Option<PresenceChange> {
         let now = self.tick(now);
         let (user, generation) = self.prepare(user_id, now);
         let device = Self::device_entry(user, device_id, generation, now);
@@ -529,7 +540,12 @@ impl PresenceEngine {
 
     /// The device was logged out or deleted: it stops contributing at once, and any manual
     /// state it set ends.
-    pub fn device_removed(&mut self, user_id: &UserId, device_id: &str, now: u64) -> Option<PresenceChange> {
+    pub fn device_removed(
+        &mut self,
+        user_id: &UserId,
+        device_id: &str,
+        now: u64,
+    ) -> Option<PresenceChange> {
         let now = self.tick(now);
         self.users.get_mut(user_id)?.devices.remove(device_id)?;
         self.settle(user_id, now)
@@ -546,11 +562,13 @@ impl PresenceEngine {
             since_ts: now,
             ..EffectivePresence::unknown()
         };
-        user.published.visibly_differs(&current).then(|| PresenceChange {
-            user_id: user_id.to_owned(),
-            previous: user.published,
-            current,
-        })
+        user.published
+            .visibly_differs(&current)
+            .then(|| PresenceChange {
+                user_id: user_id.to_owned(),
+                previous: user.published,
+                current,
+            })
     }
 
     /// Fires every timer due at `now`: devices dropping out, idle, `currently_active` expiring.
@@ -575,7 +593,9 @@ impl PresenceEngine {
         let now = now.max(self.clock);
         self.users
             .get(user_id)
-            .map_or_else(EffectivePresence::unknown, |user| user.compute(&self.config, now))
+            .map_or_else(EffectivePresence::unknown, |user| {
+                user.compute(&self.config, now)
+            })
     }
 
     /// The user's persistent state, or `None` for a user the engine knows nothing about.
@@ -590,7 +610,12 @@ impl PresenceEngine {
     /// they drop out, instead of everyone going offline and straight back online. Returns a
     /// change only if the presence differs from what viewers were last told (e.g. the user
     /// went idle during the downtime).
-    pub fn restore(&mut self, user_id: &UserId, snapshot: PresenceSnapshot, now: u64) -> Option<PresenceChange> {
+    pub fn restore(
+        &mut self,
+        user_id: &UserId,
+        snapshot: PresenceSnapshot,
+        now: u64,
+    ) -> Option<PresenceChange> {
         let now = self.tick(now);
         let mut user = UserRecord::new();
         for (device_id, device) in snapshot.devices {
@@ -670,11 +695,13 @@ impl PresenceEngine {
         let user = self.users.get_mut(user_id)?;
         user.prune(&self.config, now);
         let current = user.compute(&self.config, now);
-        let change = current.visibly_differs(&user.published).then(|| PresenceChange {
-            user_id: user_id.to_owned(),
-            previous: std::mem::replace(&mut user.published, current.clone()),
-            current,
-        });
+        let change = current
+            .visibly_differs(&user.published)
+            .then(|| PresenceChange {
+                user_id: user_id.to_owned(),
+                previous: std::mem::replace(&mut user.published, current.clone()),
+                current,
+            });
         let deadline = user.next_deadline(&self.config, now);
         let key = user_id.to_owned();
         if change.is_some() {
@@ -689,3 +716,9 @@ impl PresenceEngine {
         change
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod proptests;

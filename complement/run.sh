@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Runs Complement, the Matrix black-box test suite, against the current tree.
+#
+#   complement/run.sh                    full run: ./tests/... ; rewrites complement/results.jsonl
+#   complement/run.sh --ci               CI subset (ci-subset.txt); exits 1 on a regression against
+#                                        the committed complement/results.jsonl, records new passes
+#   complement/run.sh [go test args]     e.g. -run 'TestPresence' ./tests/csapi ; results are merged
+#                                        into complement/results.jsonl (by test name)
+#
+# Options (before the go test args): --no-build (reuse the image), --ci.
+# Environment: PULSE_BINARY=path (use this binary instead of building), PULSE_PROFILE=release|dev
+# (cargo profile, default dev), COMPLEMENT_SRC=dir (a Complement checkout to use, see below),
+# plus any COMPLEMENT_* variable Complement reads (e.g. COMPLEMENT_DEBUG=1,
+# COMPLEMENT_ALWAYS_PRINT_SERVER_LOGS=1).
+#
+# Exit status: 0 no regression; 1 regression against the baseline; 2 the run could not be done.
+# Everything the run makes goes to complement/.work (git-ignored): logs.jsonl is the raw
+# `go test -json` output, including the homeservers' logs for failed tests.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+work=$here/.work
+image=pulse-complement:dev
+mkdir -p "$work"
+
+ci=0
+build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ci) ci=1; shift ;;
+    --no-build) build=0; shift ;;
+    --) shift; break ;;
+    *) break ;;
+  esac
+done
+
+log() { echo "complement/run.sh: $*" >&2; }
+die() { log "$*"; exit 2; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. Docker engine. Debian's docker.io (20.10, API 1.41) is enough: Complement negotiates the API
+# version. Findings on this kind of machine (Debian 12 VM, kernel 6.x, cgroup v1, root, no
+# systemd): dockerd starts as is with the overlay2 storage driver, the cgroupfs cgroup driver and
+# iptables (nf_tables backend) NAT, which Complement needs (published ports, container -> host
+# traffic for its mock federation servers via host.docker.internal = host-gateway). If overlay2
+# is refused (e.g. /var/lib/docker on overlayfs), we retry with vfs (slow but always works).
+docker_ready() { docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
+
+start_dockerd() {
+  local driver=$1
+  log "starting dockerd${driver:+ (storage driver $driver)}"
+  # setsid + redirections: dockerd outlives this script and holds none of its output pipes.
+  setsid dockerd --log-level=warn ${driver:+--storage-driver=$driver} \
+    </dev/null >"$work/dockerd.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 60); do
+    docker_ready && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.5
+  done
+  return 1
+}
+
+ensure_docker() {
+  docker_ready && return 0
+  if ! command -v dockerd >/dev/null; then
+    log "installing docker.io (Debian)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq docker.io >/dev/null \
+      || die "cannot install docker.io"
+  fi
+  start_dockerd "" && return 0
+  log "dockerd did not come up with the default storage driver; $(tail -n 3 "$work/dockerd.log" | tr '\n' ' ')"
+  if pgrep -x dockerd >/dev/null; then
+    die "a dockerd is running but does not answer; see $work/dockerd.log"
+  fi
+  start_dockerd vfs || die "cannot start dockerd; see $work/dockerd.log"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. Complement as a Go module pinned in complement/go.mod (GOTOOLCHAIN=local: never download a
+# toolchain). Its source must come from somewhere: the Go module proxy refuses this module here
+# (403 "This module version is not available"), so go.mod carries a `replace` to
+# complement/.work/complement-src, which we fill with exactly the pinned commit from a local git
+# mirror of github.com/matrix-org/complement (COMPLEMENT_SRC, or the fetched mirror at
+# /work/.mirror/matrix-org+complement/repo). Nothing of Complement is committed to this repository.
+export GOTOOLCHAIN=local
+pinned=$(sed -n 's/^[[:space:]]*\(require \)\{0,1\}github.com\/matrix-org\/complement v0\.0\.0-[0-9]*-\([0-9a-f]\{12\}\)$/\2/p' "$here/go.mod")
+[ -n "$pinned" ] || die "no pinned Complement pseudo-version in complement/go.mod"
+src=$work/complement-src
+
+ensure_complement_source() {
+  if [ -f "$src/.pinned" ] && [ "$(cat "$src/.pinned")" = "$pinned" ]; then
+    return 0
+  fi
+  local from=${COMPLEMENT_SRC:-}
+  local mirror=/work/.mirror/matrix-org+complement/repo
+  rm -rf "$src" && mkdir -p "$src"
+  if [ -n "$from" ] && [ -d "$from" ]; then
+    if git -C "$from" rev-parse --git-dir >/dev/null 2>&1; then
+      git -C "$from" archive "$pinned" | tar -x -C "$src" || die "$from has no commit $pinned"
+    else
+      cp -r "$from"/. "$src"/   # a plain source tree; assumed to be the pinned version
+    fi
+  elif git --git-dir="$mirror" cat-file -e "$pinned^{commit}" 2>/dev/null; then
+    git --git-dir="$mirror" archive "$pinned" | tar -x -C "$src"
+  else
+    rm -rf "$src"
+    die "no source for Complement $pinned: the module proxy refuses it; set COMPLEMENT_SRC to a
+    git clone of github.com/matrix-org/complement (or fetch its mirror)"
+  fi
+  echo "$pinned" >"$src/.pinned"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. The image: FROM scratch + the binary + what it needs (see image/Dockerfile).
+build_image() {
+  local bin=${PULSE_BINARY:-}
+  if [ -z "$bin" ]; then
+    local profile=${PULSE_PROFILE:-dev}
+    log "cargo build -p pulse --profile $profile"
+    (cd "$root" && cargo build -q -p pulse --profile "$profile") || die "cargo build failed"
+    local dir=$profile; [ "$profile" = dev ] && dir=debug
+    bin=${CARGO_TARGET_DIR:-$root/target}/$dir/pulse
+  fi
+  [ -x "$bin" ] || die "no pulse binary at $bin"
+
+  local ctx=$work/image
+  rm -rf "$ctx" && mkdir -p "$ctx/rootfs/pulse/bin" "$ctx/rootfs/bin" "$ctx/rootfs/etc/ssl/certs" \
+    "$ctx/rootfs/data" "$ctx/rootfs/tmp"
+  chmod 1777 "$ctx/rootfs/tmp"
+  # Debug info is not needed in the container (and makes every image layer larger).
+  objcopy --strip-debug "$bin" "$ctx/rootfs/pulse/bin/pulse" 2>/dev/null || cp "$bin" "$ctx/rootfs/pulse/bin/pulse"
+  cp "$(command -v dash)" "$ctx/rootfs/bin/sh"
+  # Shared libraries (and the dynamic loader) at the paths the binaries were linked against.
+  local lib
+  for lib in $( { ldd "$bin"; ldd "$(command -v dash)"; } | awk '/=> \//{print $3} /^[ \t]*\/[^ ]*ld-linux/{print $1}' | sort -u); do
+    mkdir -p "$ctx/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$ctx/rootfs$lib"
+  done
+  if ldd "$bin" | grep -q 'not found'; then die "$bin: missing libraries: $(ldd "$bin" | grep 'not found')"; fi
+  # glibc's resolver: /etc/hosts first (Complement's host.docker.internal is only there), then DNS.
+  echo 'hosts: files dns' >"$ctx/rootfs/etc/nsswitch.conf"
+  [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
+  cp "$here/image/entrypoint.sh" "$here/image/pulse.toml" "$ctx/rootfs/pulse/"
+  cp "$here/image/Dockerfile" "$ctx/Dockerfile"
+  log "docker build $image ($(du -sh "$ctx/rootfs" | cut -f1))"
+  # (The legacy builder prints a deprecation notice on every build: shown only on failure.)
+  DOCKER_BUILDKIT=0 docker build -q -t "$image" "$ctx" >"$work/docker-build.log" 2>&1 \
+    || { cat "$work/docker-build.log" >&2; die "docker build failed"; }
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. What to run. Go test args may name packages as ./tests/... (Complement's own spelling).
+pkg_prefix=github.com/matrix-org/complement
+full_set="$pkg_prefix/tests/..."
+go_args=()
+pkgs=()
+filtered=0
+for a in "$@"; do
+  case "$a" in
+    ./tests*) pkgs+=("$pkg_prefix/${a#./}") ;;
+    tests*) pkgs+=("$pkg_prefix/$a") ;;
+    "$pkg_prefix"/*) pkgs+=("$a") ;;
+    -run|-run=*|-skip|-skip=*) filtered=1; go_args+=("$a") ;;
+    *) go_args+=("$a") ;;
+  esac
+done
+
+# Shared settings. Dirty runs: one container per hsN per package, reused by every test that
+# deploys N servers (no blueprint commits) - halves the run time. -p 1: one package at a time
+# (2 cores; each package process has its own CA and containers).
+export COMPLEMENT_BASE_IMAGE=$image
+export COMPLEMENT_ENABLE_DIRTY_RUNS=${COMPLEMENT_ENABLE_DIRTY_RUNS:-1}
+export COMPLEMENT_SPAWN_HS_TIMEOUT_SECS=${COMPLEMENT_SPAWN_HS_TIMEOUT_SECS:-30}
+
+ensure_docker
+ensure_complement_source
+[ "$build" = 1 ] && build_image
+docker image inspect "$image" >/dev/null 2>&1 || die "no image $image (run without --no-build)"
+
+cd "$here"
+results=$here/results.jsonl
+logs=$work/logs.jsonl
+selected=$work/selected.txt
+: >"$logs"
+: >"$selected"
+go build -o "$work/results" ./cmd/results || die "cannot build the results checker"
+
+# run_pkg TIMEOUT RUN_REGEX PACKAGE...: one go test invocation, appended to logs.jsonl.
+run_pkg() {
+  local timeout=$1 regex=$2; shift 2
+  local run=()
+  [ -n "$regex" ] && run=(-run "$regex")
+  # The top-level tests this selects (for "selected but did not run" detection in --ci).
+  local p
+  for p in "$@"; do
+    go test -count=1 -list "${regex:-.}" "$p" 2>/dev/null | grep -E '^Test' \
+      | sed "s|^|$(pkg_label "$p")|" >>"$selected" || true
+  done
+  go test -count=1 -p 1 -json -timeout "$timeout" "${run[@]}" "${go_args[@]}" "$@" 2>&1 \
+    | tee -a "$logs" | "$work/results" progress || true
+}
+
+# The results-file prefix of a package's tests (see cmd/results): none for tests and tests/csapi.
+pkg_label() {
+  case "$1" in
+    "$pkg_prefix/tests" | "$pkg_prefix/tests/csapi") echo "" ;;
+    *) echo "${1##*/}." ;;
+  esac
+}
+
+start=$(date +%s)
+if [ "$ci" = 1 ]; then
+  # ci-subset.txt: lines "PACKAGE TIMEOUT [RUN_REGEX]" (PACKAGE relative to Complement's root).
+  while read -r pkg timeout regex; do
+    case "$pkg" in ''|'#'*) continue ;; esac
+    log "go test $pkg ${regex:+-run '$regex'}"
+    run_pkg "$timeout" "$regex" "$pkg_prefix/$pkg"
+  done <"$here/ci-subset.txt"
+  mode=ci
+else
+  [ ${#pkgs[@]} -gt 0 ] || pkgs=("$full_set")
+  if [ "$filtered" = 0 ] && [ "${pkgs[*]}" = "$full_set" ]; then mode=replace; else mode=merge; fi
+  log "go test ${go_args[*]} ${pkgs[*]}"
+  go test -count=1 -p 1 -json -timeout "${COMPLEMENT_TIMEOUT:-60m}" "${go_args[@]}" "${pkgs[@]}" 2>&1 \
+    | tee "$logs" | "$work/results" progress || true
+fi
+log "wall time: $(( $(date +%s) - start )) s"
+
+sel=()
+[ -s "$selected" ] && sel=(-selected "$selected")
+"$work/results" check -baseline "$results" -out "$results" -mode "$mode" "${sel[@]}" "$logs"

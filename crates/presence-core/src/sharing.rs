@@ -1,1 +1,0 @@
-//! Sharing policy (phase 2).

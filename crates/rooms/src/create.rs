@@ -1,0 +1,283 @@
+//! `createRoom`: the spec's event sequence for a new room.
+use accounts::Profile;
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use storage::Cf;
+
+use crate::persist::{AppendOpts, NewEvent};
+use crate::store::{AliasRecord, alias_reverse_key, summary_key};
+use crate::{DEFAULT_ROOM_VERSION, Result, RoomError, RoomService};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    PrivateChat,
+    PublicChat,
+    TrustedPrivateChat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Public,
+    #[default]
+    Private,
+}
+
+/// One `initial_state` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InitialStateEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub state_key: String,
+    pub content: Map<String, Value>,
+}
+
+/// The body of `POST /createRoom` (deserialise it straight from the request), plus the
+/// creator's profile for their member event.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateRoomRequest {
+    #[serde(default)]
+    pub preset: Option<Preset>,
+    #[serde(default)]
+    pub visibility: Option<Visibility>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub invite: Vec<String>,
+    /// Accepted and ignored: no identity server support.
+    #[serde(default)]
+    pub invite_3pid: Vec<Value>,
+    #[serde(default)]
+    pub is_direct: bool,
+    #[serde(default)]
+    pub initial_state: Vec<InitialStateEvent>,
+    #[serde(default)]
+    pub creation_content: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub power_level_content_override: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub room_version: Option<String>,
+    #[serde(default)]
+    pub room_alias_name: Option<String>,
+    /// Not part of the request body: the creator's displayname/avatar for their member event.
+    #[serde(skip)]
+    pub creator_profile: Profile,
+}
+
+pub(crate) fn member_content(membership: &str, profile: Option<&Profile>, reason: Option<&str>) -> Value {
+    let mut c = Map::new();
+    c.insert("membership".into(), Value::from(membership));
+    if let Some(p) = profile {
+        if let Some(d) = &p.displayname {
+            c.insert("displayname".into(), Value::from(d.as_str()));
+        }
+        if let Some(a) = &p.avatar_url {
+            c.insert("avatar_url".into(), Value::from(a.as_str()));
+        }
+    }
+    if let Some(r) = reason {
+        c.insert("reason".into(), Value::from(r));
+    }
+    Value::Object(c)
+}
+
+fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Value> {
+    let mut users = Map::new();
+    users.insert(creator.to_string(), json!(100));
+    for u in ops {
+        users.insert(u.to_string(), json!(100));
+    }
+    let v = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 50
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Validate a `room_alias_name` and turn it into a local alias.
+pub(crate) fn local_alias(server: &ruma::ServerName, name: &str) -> Result<OwnedRoomAliasId> {
+    if name.is_empty() || name.contains(':') || name.contains('#') || name.chars().any(char::is_whitespace) {
+        return Err(RoomError::InvalidParam(format!("invalid room alias name {name:?}")));
+    }
+    OwnedRoomAliasId::try_from(format!("#{name}:{server}"))
+        .map_err(|e| RoomError::InvalidParam(format!("invalid room alias name {name:?}: {e}")))
+}
+
+impl RoomService {
+    /// Create a room per `POST /createRoom`: `m.room.create`, the creator's join, power
+    /// levels (default + `power_level_content_override`), canonical alias, the preset's
+    /// join rules / history visibility / guest access, `initial_state`, name, topic,
+    /// then invites. Each event is its own positioned write.
+    pub fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
+        let version = match &req.room_version {
+            Some(v) => crate::parse_room_version(v)?,
+            None => DEFAULT_ROOM_VERSION,
+        };
+        let mut invites = Vec::new();
+        for i in &req.invite {
+            let u = crate::owned_user(i).ok_or_else(|| RoomError::InvalidParam(format!("invalid user id {i:?}")))?;
+            if !invites.contains(&u) && *u != *creator {
+                invites.push(u);
+            }
+        }
+        let alias = match &req.room_alias_name {
+            Some(n) => Some(local_alias(&self.server_name, n)?),
+            None => None,
+        };
+        let visibility = req.visibility.unwrap_or_default();
+        let preset = req.preset.unwrap_or(match visibility {
+            Visibility::Public => Preset::PublicChat,
+            Visibility::Private => Preset::PrivateChat,
+        });
+        let mut initial_state = req.initial_state.clone();
+        for ev in &initial_state {
+            if ev.kind == "m.room.create" {
+                return Err(RoomError::BadJson("initial_state may not contain m.room.create".into()));
+            }
+        }
+
+        let _guard = self.lock();
+        if let Some(a) = &alias
+            && self.db.exists(Cf::Aliases, a.as_str())?
+        {
+            return Err(RoomError::AliasInUse(a.to_string()));
+        }
+        let room_id = loop {
+            let id = RoomId::new_v1(&self.server_name);
+            if !self.room_exists(&id)? {
+                break id;
+            }
+        };
+
+        // 1. m.room.create
+        let mut create = req.creation_content.clone().unwrap_or_default();
+        create.insert("room_version".into(), Value::from(version.as_str()));
+        if version == ruma::RoomVersionId::V10 {
+            create.insert("creator".into(), Value::from(creator.as_str()));
+        } else {
+            create.remove("creator");
+        }
+        let new = NewEvent::state("m.room.create", "", Value::Object(create));
+        let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
+        self.append(id, obj, AppendOpts::default())?;
+
+        // 2. the creator joins
+        let content = member_content("join", Some(&req.creator_profile), None);
+        self.send_locked(&room_id, creator, NewEvent::state("m.room.member", creator.as_str(), content), AppendOpts::default())?;
+
+        // 3. power levels
+        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat { &invites } else { &[] };
+        let mut pl = match initial_state.iter().position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty()) {
+            Some(i) => initial_state.remove(i).content,
+            None => default_power_levels(creator, ops),
+        };
+        if let Some(over) = &req.power_level_content_override {
+            for (k, v) in over {
+                pl.insert(k.clone(), v.clone());
+            }
+        }
+        self.send_locked(&room_id, creator, NewEvent::state("m.room.power_levels", "", Value::Object(pl)), AppendOpts::default())?;
+
+        // 4. canonical alias, reserving the alias in the same write
+        if let Some(a) = &alias {
+            let rec = AliasRecord { room_id: room_id.clone(), creator: creator.to_owned() };
+            let (alias_s, room_s) = (a.to_string(), room_id.clone());
+            let extra = Box::new(move |_pos: u64, b: &mut storage::Batch| {
+                b.put_json(Cf::Aliases, alias_s.as_str(), &rec);
+                b.put(Cf::Aliases, alias_reverse_key(&room_s, &alias_s), Vec::new());
+            });
+            let content = json!({ "alias": a.as_str() });
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.canonical_alias", "", content),
+                AppendOpts { txn: None, extra: Some(extra) },
+            )?;
+        }
+
+        // 5. the preset's state, unless initial_state sets it
+        let overridden = |t: &str| initial_state.iter().any(|e| e.kind == t && e.state_key.is_empty());
+        let (join_rule, guest) = match preset {
+            Preset::PublicChat => ("public", None),
+            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
+        };
+        let mut preset_events = vec![
+            NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
+            NewEvent::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })),
+        ];
+        if let Some(g) = guest {
+            preset_events.push(NewEvent::state("m.room.guest_access", "", json!({ "guest_access": g })));
+        }
+        for ev in preset_events {
+            if !overridden(&ev.kind) {
+                self.send_locked(&room_id, creator, ev, AppendOpts::default())?;
+            }
+        }
+
+        // 6. initial_state
+        for ev in initial_state {
+            let new = NewEvent::state(&ev.kind, &ev.state_key, Value::Object(ev.content));
+            self.send_locked(&room_id, creator, new, AppendOpts::default())?;
+        }
+
+        // 7. name, topic
+        if let Some(name) = &req.name {
+            self.send_locked(&room_id, creator, NewEvent::state("m.room.name", "", json!({ "name": name })), AppendOpts::default())?;
+        }
+        if let Some(topic) = &req.topic {
+            let content = json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] });
+            self.send_locked(&room_id, creator, NewEvent::state("m.room.topic", "", content), AppendOpts::default())?;
+        }
+
+        // 8. invites
+        for u in &invites {
+            let mut content = member_content("invite", None, None);
+            if req.is_direct
+                && let Some(o) = content.as_object_mut()
+            {
+                o.insert("is_direct".into(), Value::Bool(true));
+            }
+            self.send_locked(&room_id, creator, NewEvent::state("m.room.member", u.as_str(), content), AppendOpts::default())?;
+        }
+
+        if visibility == Visibility::Public {
+            self.set_public_locked(&room_id, true)?;
+        }
+        Ok(room_id)
+    }
+
+    pub(crate) fn set_public_locked(&self, room: &RoomId, public: bool) -> Result<()> {
+        let mut s = self.require_summary(room)?;
+        if s.public != public {
+            s.public = public;
+            let mut b = storage::Batch::new();
+            b.put_json(Cf::Rooms, summary_key(room), &s);
+            self.db.write(b)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,432 @@
+//! Client writes: messages, state, membership, redactions, aliases, profile updates.
+use accounts::Profile;
+use ruma::{DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use serde_json::{Map, Value};
+use storage::{Batch, Cf};
+
+use crate::create::member_content;
+use crate::persist::{AppendOpts, NewEvent};
+use crate::store::{AliasRecord, RoomSummary, alias_reverse_key, membership_key, txn_key};
+use crate::{Membership, Result, RoomError, RoomService, SentEvent, UserRoom};
+
+/// The room's power levels, read leniently for local permission checks (the
+/// authorization rules proper are ruma-state-res's).
+pub(crate) struct PowerLevels {
+    content: Option<Value>,
+    creator: String,
+}
+
+fn as_level(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+impl PowerLevels {
+    pub fn user(&self, user: &str) -> i64 {
+        match &self.content {
+            Some(c) => c
+                .get("users")
+                .and_then(|u| u.get(user))
+                .and_then(as_level)
+                .or_else(|| c.get("users_default").and_then(as_level))
+                .unwrap_or(0),
+            None => {
+                if user == self.creator {
+                    100
+                } else {
+                    0
+                }
+            }
+        }
+    }
+    /// `kick`, `ban`, `redact` (default 50) or `invite` (default 0).
+    pub fn action(&self, name: &str) -> i64 {
+        let default = if name == "invite" { 0 } else { 50 };
+        self.content.as_ref().and_then(|c| c.get(name)).and_then(as_level).unwrap_or(default)
+    }
+    pub fn event(&self, kind: &str, state: bool) -> i64 {
+        match &self.content {
+            Some(c) => c.get("events").and_then(|e| e.get(kind)).and_then(as_level).unwrap_or_else(|| {
+                let (k, d) = if state { ("state_default", 50) } else { ("events_default", 0) };
+                c.get(k).and_then(as_level).unwrap_or(d)
+            }),
+            None => 0,
+        }
+    }
+}
+
+fn txn_scope(kind: &str, room: &RoomId) -> String {
+    format!("{kind} {room}")
+}
+
+impl RoomService {
+    pub(crate) fn power_levels(&self, room: &RoomId, summary: &RoomSummary) -> Result<PowerLevels> {
+        let content = self.current_state_event(room, "m.room.power_levels", "")?.map(|e| e.content());
+        Ok(PowerLevels { content, creator: summary.creator.to_string() })
+    }
+
+    fn txn_hit(&self, key: &storage::Key) -> Result<Option<SentEvent>> {
+        let Some(id) = self.db.get(Cf::Txns, key)? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(id)
+            .ok()
+            .and_then(|s| OwnedEventId::try_from(s).ok())
+            .ok_or_else(|| RoomError::Internal("corrupt txn entry".into()))?;
+        let ev = self.require_event(&id)?;
+        Ok(Some(SentEvent { event_id: id, pos: ev.pos }))
+    }
+
+    /// Send a message (non-state) event. With `txn = (device, txn_id)` the call is
+    /// idempotent: repeating it returns the first event.
+    pub fn send_message_event(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        kind: &str,
+        content: Value,
+        txn: Option<(&DeviceId, &str)>,
+    ) -> Result<SentEvent> {
+        if kind == "m.room.redaction"
+            && let Some(target) = content.get("redacts").and_then(|r| r.as_str())
+        {
+            let target = OwnedEventId::try_from(target)
+                .map_err(|_| RoomError::BadJson("content.redacts is not an event id".into()))?;
+            let reason = content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+            return self.redact(sender, room, &target, reason.as_deref(), txn);
+        }
+        let key = txn.map(|(d, t)| (txn_key(sender, d.as_str(), &txn_scope("send", room), t), d.to_owned(), t.to_owned()));
+        if let Some((k, _, _)) = &key
+            && let Some(hit) = self.txn_hit(k)?
+        {
+            return Ok(hit);
+        }
+        let _guard = self.lock();
+        if let Some((k, _, _)) = &key
+            && let Some(hit) = self.txn_hit(k)?
+        {
+            return Ok(hit);
+        }
+        let new = NewEvent { kind: kind.to_owned(), state_key: None, content, redacts: None };
+        self.send_locked(room, sender, new, AppendOpts { txn: key, extra: None })
+    }
+
+    /// Send a state event. Sending the same content again by the same sender returns
+    /// the existing event instead of a new one.
+    pub fn send_state_event(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        kind: &str,
+        state_key: &str,
+        content: Value,
+    ) -> Result<SentEvent> {
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        if kind == "m.room.canonical_alias" {
+            self.check_canonical_alias(room, &content)?;
+        }
+        self.state_locked(sender, room, kind, state_key, content)
+    }
+
+    fn state_locked(&self, sender: &UserId, room: &RoomId, kind: &str, state_key: &str, content: Value) -> Result<SentEvent> {
+        if let Some(cur) = self.current_state_event(room, kind, state_key)?
+            && cur.sender() == sender.as_str()
+            && cur.content() == content
+        {
+            return Ok(SentEvent { event_id: cur.event_id.clone(), pos: cur.pos });
+        }
+        self.send_locked(room, sender, NewEvent::state(kind, state_key, content), AppendOpts::default())
+    }
+
+    fn check_canonical_alias(&self, room: &RoomId, content: &Value) -> Result<()> {
+        let mut aliases: Vec<&Value> = Vec::new();
+        if let Some(a) = content.get("alias")
+            && !a.is_null()
+        {
+            aliases.push(a);
+        }
+        match content.get("alt_aliases") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(alts)) => aliases.extend(alts.iter()),
+            Some(_) => return Err(RoomError::InvalidParam("alt_aliases must be a list".into())),
+        }
+        for a in aliases {
+            let s = a.as_str().ok_or_else(|| RoomError::InvalidParam("aliases must be strings".into()))?;
+            let alias = RoomAliasId::parse(s).map_err(|_| RoomError::InvalidParam(format!("invalid alias {s:?}")))?;
+            if alias.server_name() == self.server_name && self.resolve_alias(&alias)?.as_deref() != Some(room) {
+                return Err(RoomError::BadAlias(format!("{s} does not point to this room")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A membership change by `sender` for `target`; a repeat of the current member event
+    /// (same sender, same content) returns it instead of sending a new one.
+    fn member_locked(&self, sender: &UserId, room: &RoomId, target: &UserId, content: Value) -> Result<SentEvent> {
+        self.require_summary(room)?;
+        self.state_locked(sender, room, "m.room.member", target.as_str(), content)
+    }
+
+    /// Resolve `!room:server` or `#alias:server` to a known room id.
+    pub fn resolve_room_or_alias(&self, room_or_alias: &str) -> Result<OwnedRoomId> {
+        if room_or_alias.starts_with('#') {
+            let alias = RoomAliasId::parse(room_or_alias)
+                .map_err(|_| RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}")))?;
+            self.resolve_alias(&alias)?.ok_or_else(|| RoomError::NotFound(format!("room alias {alias} not found")))
+        } else {
+            let room = RoomId::parse(room_or_alias)
+                .map_err(|_| RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}")))?;
+            if !self.room_exists(&room)? {
+                return Err(RoomError::UnknownRoom(room));
+            }
+            Ok(room)
+        }
+    }
+
+    /// Join a room (by id or alias), putting the user's profile in the member event.
+    pub fn join(
+        &self,
+        user: &UserId,
+        room_or_alias: &str,
+        profile: &Profile,
+        reason: Option<&str>,
+    ) -> Result<(OwnedRoomId, SentEvent)> {
+        let room = self.resolve_room_or_alias(room_or_alias)?;
+        let _guard = self.lock();
+        let sent = self.member_locked(user, &room, user, member_content("join", Some(profile), reason))?;
+        Ok((room, sent))
+    }
+
+    /// Leave a room, or reject an invite. Leaving a room already left is a no-op.
+    pub fn leave(&self, user: &UserId, room: &RoomId, reason: Option<&str>) -> Result<SentEvent> {
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        if let Some(rec) = self.membership(room, user)?
+            && rec.membership == Membership::Leave
+            && reason.is_none()
+        {
+            return Ok(SentEvent { event_id: rec.event_id, pos: rec.pos });
+        }
+        self.member_locked(user, room, user, member_content("leave", None, reason))
+    }
+
+    /// Invite `target`.
+    pub fn invite(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        self.member_locked(sender, room, target, member_content("invite", None, reason))
+    }
+
+    /// Kick `target` (who must be joined, invited or knocking).
+    pub fn kick(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        match self.membership_state(room, target)? {
+            Some(Membership::Join | Membership::Invite | Membership::Knock) => {}
+            _ => return Err(RoomError::Forbidden(format!("{target} is not in the room"))),
+        }
+        self.send_locked(room, sender, NewEvent::state("m.room.member", target.as_str(), member_content("leave", None, reason)), AppendOpts::default())
+    }
+
+    /// Ban `target`.
+    pub fn ban(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        self.member_locked(sender, room, target, member_content("ban", None, reason))
+    }
+
+    /// Unban `target` (who must be banned).
+    pub fn unban(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        if self.membership_state(room, target)? != Some(Membership::Ban) {
+            return Err(RoomError::Forbidden(format!("{target} is not banned")));
+        }
+        self.send_locked(room, sender, NewEvent::state("m.room.member", target.as_str(), member_content("leave", None, reason)), AppendOpts::default())
+    }
+
+    /// Forget a room the user has left (or was banned from): it disappears from
+    /// [`RoomService::rooms_for_user`] until the membership changes again.
+    pub fn forget(&self, user: &UserId, room: &RoomId) -> Result<()> {
+        let _guard = self.lock();
+        let Some(mut rec) = self.membership(room, user)? else {
+            return Ok(());
+        };
+        match rec.membership {
+            Membership::Leave | Membership::Ban => {
+                if !rec.forgotten {
+                    rec.forgotten = true;
+                    let mut b = Batch::new();
+                    b.put_json(Cf::Memberships, membership_key(user.as_str(), room), &rec);
+                    self.db.write(b)?;
+                }
+                Ok(())
+            }
+            _ => Err(RoomError::BadState(format!("{user} is still in room {room}"))),
+        }
+    }
+
+    /// Redact an event. Allowed for the event's sender, or anyone with the room's
+    /// `redact` power level. With `txn` the call is idempotent.
+    pub fn redact(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        event_id: &EventId,
+        reason: Option<&str>,
+        txn: Option<(&DeviceId, &str)>,
+    ) -> Result<SentEvent> {
+        let key = txn.map(|(d, t)| (txn_key(sender, d.as_str(), &txn_scope("redact", room), t), d.to_owned(), t.to_owned()));
+        if let Some((k, _, _)) = &key
+            && let Some(hit) = self.txn_hit(k)?
+        {
+            return Ok(hit);
+        }
+        let _guard = self.lock();
+        if let Some((k, _, _)) = &key
+            && let Some(hit) = self.txn_hit(k)?
+        {
+            return Ok(hit);
+        }
+        let summary = self.require_summary(room)?;
+        if !self.is_joined(room, sender)? {
+            return Err(RoomError::Forbidden(format!("{sender} is not in room {room}")));
+        }
+        let target = self.event(event_id)?.filter(|e| e.room_id() == room.as_str());
+        let own = target.as_ref().is_some_and(|t| t.sender() == sender.as_str());
+        if !own {
+            let pl = self.power_levels(room, &summary)?;
+            if pl.user(sender.as_str()) < pl.action("redact") {
+                return Err(RoomError::Forbidden("you may not redact other users' events".into()));
+            }
+        }
+        let mut content = Map::new();
+        if let Some(r) = reason {
+            content.insert("reason".into(), Value::from(r));
+        }
+        let rules = crate::persist::rules_for(&summary.version)?;
+        if rules.redaction.keep_room_redaction_redacts {
+            content.insert("redacts".into(), Value::from(event_id.as_str()));
+        }
+        let new = NewEvent {
+            kind: "m.room.redaction".into(),
+            state_key: None,
+            content: Value::Object(content),
+            redacts: Some(event_id.to_owned()),
+        };
+        self.send_locked(room, sender, new, AppendOpts { txn: key, extra: None })
+    }
+
+    /// New `m.room.member` join events carrying the new displayname/avatar in every room
+    /// the user is joined to. Returns the rooms and stream positions written.
+    pub fn update_member_profile(&self, user: &UserId, profile: &Profile) -> Result<Vec<(OwnedRoomId, u64)>, RoomError> {
+        let rooms: Vec<UserRoom> =
+            self.rooms_for_user(user)?.into_iter().filter(|r| r.membership == Membership::Join).collect();
+        let _guard = self.lock();
+        let mut out = Vec::new();
+        for r in rooms {
+            let mut content = match self.current_state_event(&r.room_id, "m.room.member", user.as_str())? {
+                Some(ev) if ev.membership() == Some(Membership::Join) => ev.content(),
+                _ => continue,
+            };
+            let Some(o) = content.as_object_mut() else { continue };
+            o.remove("reason");
+            for (field, value) in [("displayname", &profile.displayname), ("avatar_url", &profile.avatar_url)] {
+                match value {
+                    Some(v) => o.insert(field.into(), Value::from(v.as_str())),
+                    None => o.remove(field),
+                };
+            }
+            match self.member_locked(user, &r.room_id, user, content) {
+                Ok(sent) if sent.pos > r.pos => out.push((r.room_id, sent.pos)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(room = %r.room_id, %user, error = %e, "profile update not sent"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Point a local alias at a room. The user must be joined to the room.
+    pub fn set_alias(&self, user: &UserId, alias: &RoomAliasId, room: &RoomId) -> Result<()> {
+        if alias.server_name() != self.server_name {
+            return Err(RoomError::InvalidParam("room aliases must be on this server".into()));
+        }
+        let _guard = self.lock();
+        self.require_summary(room)?;
+        if !self.is_joined(room, user)? {
+            return Err(RoomError::Forbidden(format!("{user} is not in room {room}")));
+        }
+        if self.db.exists(Cf::Aliases, alias.as_str())? {
+            return Err(RoomError::AliasInUse(alias.to_string()));
+        }
+        let mut b = Batch::new();
+        b.put_json(Cf::Aliases, alias.as_str(), &AliasRecord { room_id: room.to_owned(), creator: user.to_owned() });
+        b.put(Cf::Aliases, alias_reverse_key(room, alias.as_str()), Vec::new());
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// The room a local alias points at.
+    pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        Ok(self.db.get_json::<AliasRecord>(Cf::Aliases, alias.as_str())?.map(|r| r.room_id))
+    }
+
+    /// Delete an alias: allowed for its creator and for users who may change the room's
+    /// canonical alias.
+    pub fn delete_alias(&self, user: &UserId, alias: &RoomAliasId) -> Result<()> {
+        let _guard = self.lock();
+        let rec: AliasRecord = self
+            .db
+            .get_json(Cf::Aliases, alias.as_str())?
+            .ok_or_else(|| RoomError::NotFound(format!("room alias {alias} not found")))?;
+        if *rec.creator != *user {
+            let allowed = match self.summary(&rec.room_id)? {
+                Some(s) => {
+                    let pl = self.power_levels(&rec.room_id, &s)?;
+                    self.is_joined(&rec.room_id, user)?
+                        && pl.user(user.as_str()) >= pl.event("m.room.canonical_alias", true)
+                }
+                None => false,
+            };
+            if !allowed {
+                return Err(RoomError::Forbidden("you may not delete this alias".into()));
+            }
+        }
+        let mut b = Batch::new();
+        b.delete(Cf::Aliases, alias.as_str());
+        b.delete(Cf::Aliases, alias_reverse_key(&rec.room_id, alias.as_str()));
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// The local aliases pointing at a room.
+    pub fn room_aliases(&self, room: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let prefix = storage::Key::new().str(room.as_str());
+        let plen = prefix.as_bytes().len();
+        let mut out = Vec::new();
+        for (k, _) in self.db.scan_prefix(Cf::Aliases, &prefix)? {
+            let mut r = storage::KeyReader::new(&k[plen..]);
+            if let Some(a) = r.str().and_then(|s| OwnedRoomAliasId::try_from(s).ok()) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publish a room in (or remove it from) the room directory.
+    pub fn set_room_public(&self, room: &RoomId, public: bool) -> Result<()> {
+        let _guard = self.lock();
+        self.set_public_locked(room, public)
+    }
+
+    /// Whether the room is published in the room directory.
+    pub fn room_is_public(&self, room: &RoomId) -> Result<bool> {
+        Ok(self.require_summary(room)?.public)
+    }
+
+    /// The user's power level in a room.
+    pub fn user_power_level(&self, room: &RoomId, user: &UserId) -> Result<i64> {
+        let s = self.require_summary(room)?;
+        Ok(self.power_levels(room, &s)?.user(user.as_str()))
+    }
+}

@@ -1,0 +1,122 @@
+//! A parsed PDU implementing ruma-state-res's [`Event`] trait, so the authorization
+//! rules and state resolution can run over our stored events.
+use ruma::events::TimelineEventType;
+use ruma::state_res::Event;
+use ruma::{
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{RoomError, Result};
+
+#[derive(Debug)]
+pub(crate) struct Pdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub kind: TimelineEventType,
+    pub content: Box<RawValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub redacts: Option<OwnedEventId>,
+    pub depth: u64,
+    pub rejected: bool,
+}
+
+#[derive(Deserialize)]
+struct RawPdu {
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    content: Box<RawValue>,
+    state_key: Option<String>,
+    #[serde(default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    auth_events: Vec<OwnedEventId>,
+    redacts: Option<OwnedEventId>,
+    #[serde(default)]
+    depth: u64,
+}
+
+#[derive(Deserialize)]
+struct RedactsInContent {
+    redacts: Option<OwnedEventId>,
+}
+
+impl Pdu {
+    pub fn parse(event_id: OwnedEventId, pdu: &CanonicalJsonObject) -> Result<Pdu> {
+        let text = serde_json::to_string(pdu).map_err(|e| RoomError::Internal(e.to_string()))?;
+        let raw: RawPdu =
+            serde_json::from_str(&text).map_err(|e| RoomError::BadJson(format!("malformed PDU {event_id}: {e}")))?;
+        let redacts = match raw.redacts {
+            Some(r) => Some(r),
+            None if raw.kind == TimelineEventType::RoomRedaction => {
+                serde_json::from_str::<RedactsInContent>(raw.content.get()).ok().and_then(|c| c.redacts)
+            }
+            None => None,
+        };
+        Ok(Pdu {
+            event_id,
+            room_id: raw.room_id,
+            sender: raw.sender,
+            origin_server_ts: raw.origin_server_ts,
+            kind: raw.kind,
+            content: raw.content,
+            state_key: raw.state_key,
+            prev_events: raw.prev_events,
+            auth_events: raw.auth_events,
+            redacts,
+            depth: raw.depth,
+            rejected: false,
+        })
+    }
+
+    /// `(type, state_key)` for state events.
+    pub fn state_pair(&self) -> Option<(String, String)> {
+        self.state_key.as_ref().map(|k| (self.kind.to_string(), k.clone()))
+    }
+}
+
+impl Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &OwnedEventId {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        Some(&self.room_id)
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&OwnedEventId> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}

@@ -1,0 +1,253 @@
+//! Reads for the HTTP layer and `/sync`: a user's rooms, timelines, pagination,
+//! members, invite state and history visibility.
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+use storage::{Cf, KeyReader};
+
+use crate::store::{MembershipRecord, StoredEvent, log_prefix, member_prefix, timeline_key, timeline_prefix};
+use crate::{Membership, Result, RoomError, RoomService, UserRoom};
+
+/// Who may read a room's history and state, and up to where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// Currently joined: everything current.
+    Joined,
+    /// Was in the room (left, kicked, banned, or invited): state as of this stream
+    /// position (their latest membership event).
+    Former { until_pos: u64, membership: Membership },
+    /// Not a member, but the room is `world_readable`: current state, visible history.
+    WorldReadable,
+    /// No access.
+    None,
+}
+
+/// The state types included in invite (stripped) state.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+fn parse_event_id(v: Vec<u8>) -> Result<OwnedEventId> {
+    String::from_utf8(v)
+        .ok()
+        .and_then(|s| OwnedEventId::try_from(s).ok())
+        .ok_or_else(|| RoomError::Internal("corrupt event id in index".into()))
+}
+
+impl RoomService {
+    /// Every room the user has a membership in (forgotten rooms excluded).
+    pub fn rooms_for_user(&self, user: &UserId) -> Result<Vec<UserRoom>> {
+        let prefix = storage::Key::new().str(user.as_str());
+        let plen = prefix.as_bytes().len();
+        let mut out = Vec::new();
+        for (k, v) in self.db.scan_prefix(Cf::Memberships, &prefix)? {
+            let mut r = KeyReader::new(&k[plen..]);
+            let Some(room_id) = r.str().and_then(|s| OwnedRoomId::try_from(s).ok()) else {
+                continue;
+            };
+            let rec: MembershipRecord =
+                serde_json::from_slice(&v).map_err(|e| RoomError::Internal(format!("corrupt membership: {e}")))?;
+            if rec.forgotten {
+                continue;
+            }
+            out.push(UserRoom { room_id, membership: rec.membership, pos: rec.pos, event_id: rec.event_id });
+        }
+        Ok(out)
+    }
+
+    /// Rooms the user is joined to.
+    pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .rooms_for_user(user)?
+            .into_iter()
+            .filter(|r| r.membership == Membership::Join)
+            .map(|r| r.room_id)
+            .collect())
+    }
+
+    fn load_ids(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<StoredEvent>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            let id = parse_event_id(v)?;
+            out.push(self.require_event(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// The most recent `limit` events of the room with `after_exclusive < pos <=
+    /// up_to_inclusive`, oldest first; `limited` is true when older events exist in the range.
+    pub fn timeline(
+        &self,
+        room: &RoomId,
+        after_exclusive: Option<u64>,
+        up_to_inclusive: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, bool)> {
+        let lo = timeline_key(room, after_exclusive.map_or(0, |a| a.saturating_add(1)));
+        let hi = timeline_key(room, up_to_inclusive.saturating_add(1));
+        let mut rows = self.db.scan_range(Cf::Timeline, &lo, &hi, true, limit.saturating_add(1))?;
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        Ok((self.load_ids(rows)?, limited))
+    }
+
+    /// Paginate a room's timeline. Backwards: events with `to < pos <= from`, newest
+    /// first. Forwards: events with `from < pos <= to`, oldest first. At most `limit`.
+    pub fn paginate(
+        &self,
+        room: &RoomId,
+        from: u64,
+        to: Option<u64>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = if backwards {
+            let lo = timeline_key(room, to.map_or(0, |t| t.saturating_add(1)));
+            let hi = timeline_key(room, from.saturating_add(1));
+            self.db.scan_range(Cf::Timeline, &lo, &hi, true, limit)?
+        } else {
+            let lo = timeline_key(room, from.saturating_add(1));
+            let hi = match to {
+                Some(t) => timeline_key(room, t.saturating_add(1)),
+                None => timeline_prefix(room).u64(u64::MAX),
+            };
+            self.db.scan_range(Cf::Timeline, &lo, &hi, false, limit)?
+        };
+        self.load_ids(rows)
+    }
+
+    /// Current memberships of a room: user → membership.
+    pub fn members(&self, room: &RoomId) -> Result<Vec<(OwnedUserId, Membership)>> {
+        let prefix = member_prefix(room);
+        let plen = prefix.as_bytes().len();
+        let mut out = Vec::new();
+        for (k, v) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
+            let mut r = KeyReader::new(&k[plen..]);
+            let user = r.str().and_then(|s| OwnedUserId::try_from(s).ok());
+            let m = std::str::from_utf8(&v).ok().and_then(Membership::parse);
+            if let (Some(u), Some(m)) = (user, m) {
+                out.push((u, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Users currently joined to the room.
+    pub fn joined_members(&self, room: &RoomId) -> Result<Vec<OwnedUserId>> {
+        Ok(self.members(room)?.into_iter().filter(|(_, m)| *m == Membership::Join).map(|(u, _)| u).collect())
+    }
+
+    /// Stripped state for an invite: create, join rules, name, avatar, canonical alias,
+    /// encryption, topic, the inviter's member event and the invitee's member event.
+    pub fn invite_state(&self, room: &RoomId, invitee: &UserId) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for t in STRIPPED_STATE_TYPES {
+            if let Some(ev) = self.current_state_event(room, t, "")? {
+                out.push(ev.to_stripped_state());
+            }
+        }
+        if let Some(invite) = self.current_state_event(room, "m.room.member", invitee.as_str())? {
+            if let Ok(inviter) = UserId::parse(invite.sender())
+                && *inviter != *invitee
+                && let Some(ev) = self.current_state_event(room, "m.room.member", inviter.as_str())?
+            {
+                out.push(ev.to_stripped_state());
+            }
+            out.push(invite.to_stripped_state());
+        }
+        Ok(out)
+    }
+
+    /// The latest entry of the state log for `(kind, state_key)` strictly before `pos`.
+    fn logged_state_before(&self, room: &RoomId, kind: &str, skey: &str, pos: u64) -> Result<Option<StoredEvent>> {
+        let prefix = log_prefix(room, kind, skey);
+        let rows = self.db.scan_range(Cf::Rooms, prefix.clone().u64(0), prefix.u64(pos), true, 1)?;
+        match rows.into_iter().next() {
+            None => Ok(None),
+            Some((_, v)) => self.event(&parse_event_id(v)?),
+        }
+    }
+
+    /// `history_visibility` in force for an event at stream position `pos`.
+    pub fn history_visibility_at(&self, room: &RoomId, pos: u64) -> Result<String> {
+        Ok(self
+            .logged_state_before(room, "m.room.history_visibility", "", pos)?
+            .and_then(|e| e.content_str("history_visibility").map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned()))
+    }
+
+    /// A user's membership just before stream position `pos`.
+    pub fn membership_at(&self, room: &RoomId, user: &UserId, pos: u64) -> Result<Option<Membership>> {
+        Ok(self.logged_state_before(room, "m.room.member", user.as_str(), pos)?.and_then(|e| e.membership()))
+    }
+
+    /// May `user` see `ev`? The spec's history visibility rules, evaluated with the
+    /// state log (stream order, so exact for this server's linear DAG; a coarse
+    /// approximation for forks):
+    /// `world_readable` → yes; the user's own member events → yes; joined at the event → yes;
+    /// `shared` and joined now → yes; `invited` or `shared` and invited at the event → yes.
+    pub fn visible_to(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
+        if ev.kind() == "m.room.member" && ev.state_key() == Some(user.as_str()) {
+            return Ok(true);
+        }
+        let room = RoomId::parse(ev.room_id()).map_err(|_| RoomError::Internal("event without room".into()))?;
+        let vis = self.history_visibility_at(&room, ev.pos)?;
+        if vis == "world_readable" {
+            return Ok(true);
+        }
+        let at = self.membership_at(&room, user, ev.pos)?;
+        if at == Some(Membership::Join) {
+            return Ok(true);
+        }
+        match vis.as_str() {
+            "shared" => Ok(self.is_joined(&room, user)? || at == Some(Membership::Invite)),
+            "invited" => Ok(at == Some(Membership::Invite)),
+            _ => Ok(false),
+        }
+    }
+
+    /// Keep the events `user` may see.
+    pub fn filter_visible(&self, user: &UserId, events: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            if self.visible_to(user, &ev)? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `user` may read of a room (for state, members, aliases).
+    pub fn room_access(&self, room: &RoomId, user: &UserId) -> Result<RoomAccess> {
+        if !self.room_exists(room)? {
+            return Err(RoomError::UnknownRoom(room.to_owned()));
+        }
+        if let Some(rec) = self.membership(room, user)? {
+            match rec.membership {
+                Membership::Join => return Ok(RoomAccess::Joined),
+                Membership::Leave | Membership::Ban => {
+                    return Ok(RoomAccess::Former { until_pos: rec.pos, membership: rec.membership });
+                }
+                Membership::Invite | Membership::Knock => {}
+            }
+        }
+        let vis = self
+            .current_state_event(room, "m.room.history_visibility", "")?
+            .and_then(|e| e.content_str("history_visibility").map(str::to_owned));
+        if vis.as_deref() == Some("world_readable") {
+            return Ok(RoomAccess::WorldReadable);
+        }
+        Ok(RoomAccess::None)
+    }
+
+    /// The latest stream position of the room (its newest event).
+    pub fn room_last_pos(&self, room: &RoomId) -> Result<u64> {
+        Ok(self.require_summary(room)?.last_pos)
+    }
+}
