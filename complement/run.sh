@@ -194,10 +194,10 @@ run_pkg() {
   local run=()
   [ -n "$regex" ] && run=(-run "$regex")
   # The top-level tests this selects (for "selected but did not run" detection in --ci).
-  local p
+  local p list
   for p in "$@"; do
-    go test -count=1 -list "${regex:-.}" "$p" 2>/dev/null | grep -E '^Test' \
-      | sed "s|^|$(pkg_label "$p")|" >>"$selected" || true
+    list=$(go test -count=1 -list "${regex:-.}" "$p" 2>&1) || die "cannot list the tests of $p: $list"
+    grep -E '^Test' <<<"$list" | sed "s|^|$(pkg_label "$p")|" >>"$selected" || true
   done
   go test -count=1 -p 1 -json -timeout "$timeout" "${run[@]}" "${go_args[@]}" "$@" 2>&1 \
     | tee -a "$logs" | "$work/results" progress || true

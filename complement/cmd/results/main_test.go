@@ -88,7 +88,7 @@ func TestCheckEndToEnd(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, out.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if last := lines[len(lines)-1]; last != "complement: 2 passed, 0 failed, 1 skipped" {
+	if last := lines[len(lines)-1]; last != "complement-ci: 2 passed, 0 failed, 1 skipped" {
 		t.Errorf("closing line %q", last)
 	}
 	got, _ := os.ReadFile(baseline)
@@ -104,6 +104,19 @@ func TestCheckEndToEnd(t *testing.T) {
 	}
 	if got2, _ := os.ReadFile(baseline); string(got2) != want {
 		t.Errorf("ci run recorded a regression:\n%s", got2)
+	}
+	if !strings.HasSuffix(out.String(), "complement-ci: 0 passed, 1 failed, 0 skipped\n") {
+		t.Errorf("gate line:\n%s", out.String())
+	}
+	// A failure that is already in the baseline counts as skipped on the gate line.
+	os.WriteFile(log, []byte(`{"Action":"fail","Package":"github.com/matrix-org/complement/tests","Test":"TestNew"}`+"\n"), 0o644)
+	os.WriteFile(baseline, []byte(`{"Action":"fail","Test":"TestNew"}`+"\n"), 0o644)
+	out.Reset()
+	if code := checkMain([]string{"-baseline", baseline, "-out", baseline, "-mode", "ci", log}, &out); code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, out.String())
+	}
+	if !strings.HasSuffix(out.String(), "complement-ci: 0 passed, 0 failed, 1 skipped\n") {
+		t.Errorf("gate line:\n%s", out.String())
 	}
 }
 

@@ -158,7 +158,8 @@ impl Filter {
 
     /// Parse a filter from a JSON string (e.g. a `/sync?filter={...}` parameter).
     pub fn from_str_json(s: &str) -> Result<Filter, String> {
-        let value: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("filter is not JSON: {e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| format!("filter is not JSON: {e}"))?;
         Filter::from_json(value)
     }
 }
@@ -194,7 +195,11 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
     pi == p.len()
 }
 
-fn types_match(types: &Option<Vec<String>>, not_types: &Option<Vec<String>>, event_type: &str) -> bool {
+fn types_match(
+    types: &Option<Vec<String>>,
+    not_types: &Option<Vec<String>>,
+    event_type: &str,
+) -> bool {
     if let Some(not) = not_types
         && not.iter().any(|p| glob_match(p, event_type))
     {
@@ -206,7 +211,11 @@ fn types_match(types: &Option<Vec<String>>, not_types: &Option<Vec<String>>, eve
     }
 }
 
-fn senders_match(senders: &Option<Vec<OwnedUserId>>, not_senders: &Option<Vec<OwnedUserId>>, sender: &UserId) -> bool {
+fn senders_match(
+    senders: &Option<Vec<OwnedUserId>>,
+    not_senders: &Option<Vec<OwnedUserId>>,
+    sender: &UserId,
+) -> bool {
     if let Some(not) = not_senders
         && not.iter().any(|s| s == sender)
     {
@@ -218,7 +227,11 @@ fn senders_match(senders: &Option<Vec<OwnedUserId>>, not_senders: &Option<Vec<Ow
     }
 }
 
-fn rooms_match(rooms: &Option<Vec<OwnedRoomId>>, not_rooms: &Option<Vec<OwnedRoomId>>, room: &RoomId) -> bool {
+fn rooms_match(
+    rooms: &Option<Vec<OwnedRoomId>>,
+    not_rooms: &Option<Vec<OwnedRoomId>>,
+    room: &RoomId,
+) -> bool {
     if let Some(not) = not_rooms
         && not.iter().any(|r| r == room)
     {
@@ -234,7 +247,9 @@ fn rooms_match(rooms: &Option<Vec<OwnedRoomId>>, not_rooms: &Option<Vec<OwnedRoo
 fn clamp_limit(limit: Option<u64>, default: usize, max: usize) -> usize {
     match limit {
         None => default.min(max),
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).clamp(1, max.max(1)),
+        Some(n) => usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .clamp(1, max.max(1)),
     }
 }
 
@@ -255,7 +270,10 @@ impl EventFilter {
     /// so the section can be skipped without computing it.
     pub fn excludes_all(&self) -> bool {
         self.types.as_ref().is_some_and(Vec::is_empty)
-            || self.not_types.as_ref().is_some_and(|n| n.iter().any(|t| t == "*"))
+            || self
+                .not_types
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|t| t == "*"))
     }
 }
 
@@ -274,7 +292,13 @@ impl RoomEventFilter {
 
     /// Does an event pass this filter? `sender` is `None` for per-room account data;
     /// `contains_url` is whether the event's content has a string `url` key.
-    pub fn matches(&self, room: &RoomId, event_type: &str, sender: Option<&UserId>, contains_url: bool) -> bool {
+    pub fn matches(
+        &self,
+        room: &RoomId,
+        event_type: &str,
+        sender: Option<&UserId>,
+        contains_url: bool,
+    ) -> bool {
         self.matches_room(room)
             && types_match(&self.types, &self.not_types, event_type)
             && sender.is_none_or(|s| senders_match(&self.senders, &self.not_senders, s))
@@ -283,9 +307,18 @@ impl RoomEventFilter {
 
     /// Does a full client-format event (JSON) pass this filter in `room`?
     pub fn matches_json(&self, room: &RoomId, event: &serde_json::Value) -> bool {
-        let event_type = event.get("type").and_then(|v| v.as_str()).unwrap_or_default();
-        let sender = event.get("sender").and_then(|v| v.as_str()).and_then(|s| <&UserId>::try_from(s).ok());
-        let contains_url = event.get("content").and_then(|c| c.get("url")).is_some_and(|u| u.is_string());
+        let event_type = event
+            .get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let sender = event
+            .get("sender")
+            .and_then(|v| v.as_str())
+            .and_then(|s| <&UserId>::try_from(s).ok());
+        let contains_url = event
+            .get("content")
+            .and_then(|c| c.get("url"))
+            .is_some_and(|u| u.is_string());
         self.matches(room, event_type, sender, contains_url)
     }
 
@@ -297,7 +330,10 @@ impl RoomEventFilter {
     /// True when the filter excludes every event type (`types: []` or `not_types: ["*"]`).
     pub fn excludes_all(&self) -> bool {
         self.types.as_ref().is_some_and(Vec::is_empty)
-            || self.not_types.as_ref().is_some_and(|n| n.iter().any(|t| t == "*"))
+            || self
+                .not_types
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|t| t == "*"))
             || self.rooms.as_ref().is_some_and(Vec::is_empty)
     }
 }
@@ -334,7 +370,10 @@ mod tests {
         }))
         .expect("valid filter");
         assert_eq!(f.event_format, EventFormat::Federation);
-        assert_eq!(f.event_fields.as_deref(), Some(&["type".to_owned(), "content.body".to_owned()][..]));
+        assert_eq!(
+            f.event_fields.as_deref(),
+            Some(&["type".to_owned(), "content.body".to_owned()][..])
+        );
         assert_eq!(f.presence.limit, Some(3));
         assert!(f.account_data.excludes_all());
         assert!(f.room.include_leave);
@@ -349,7 +388,10 @@ mod tests {
 
     #[test]
     fn nulls_and_empty_objects_are_defaults() {
-        let f = Filter::from_json(json!({"room": null, "presence": {"types": null}, "event_format": null})).expect("ok");
+        let f = Filter::from_json(
+            json!({"room": null, "presence": {"types": null}, "event_format": null}),
+        )
+        .expect("ok");
         assert_eq!(f, Filter::default());
         assert_eq!(Filter::from_json(json!({})).expect("ok"), Filter::default());
     }
@@ -413,13 +455,20 @@ mod tests {
         assert!(!f.matches(&r, "m.room.message", Some(&user("@spam:x")), false));
         assert!(f.matches(&r, "m.room.message", None, false));
 
-        let urls = RoomEventFilter { contains_url: Some(true), ..Default::default() };
+        let urls = RoomEventFilter {
+            contains_url: Some(true),
+            ..Default::default()
+        };
         assert!(urls.matches(&r, "m.room.message", Some(&a), true));
         assert!(!urls.matches(&r, "m.room.message", Some(&a), false));
-        let ev = json!({"type": "m.room.message", "sender": "@a:x", "content": {"url": "mxc://x/y"}});
+        let ev =
+            json!({"type": "m.room.message", "sender": "@a:x", "content": {"url": "mxc://x/y"}});
         assert!(urls.matches_json(&r, &ev));
 
-        let none = EventFilter { types: Some(vec![]), ..Default::default() };
+        let none = EventFilter {
+            types: Some(vec![]),
+            ..Default::default()
+        };
         assert!(!none.matches("m.presence", Some(&a)));
         assert!(none.excludes_all());
         assert!(EventFilter::default().matches("anything", None));
@@ -427,9 +476,15 @@ mod tests {
 
     #[test]
     fn limits_are_clamped() {
-        let f = RoomEventFilter { limit: Some(0), ..Default::default() };
+        let f = RoomEventFilter {
+            limit: Some(0),
+            ..Default::default()
+        };
         assert_eq!(f.limit_or(10, 100), 1);
-        let f = RoomEventFilter { limit: Some(1_000_000), ..Default::default() };
+        let f = RoomEventFilter {
+            limit: Some(1_000_000),
+            ..Default::default()
+        };
         assert_eq!(f.limit_or(10, 100), 100);
         assert_eq!(RoomEventFilter::default().limit_or(10, 100), 10);
     }

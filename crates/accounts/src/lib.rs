@@ -205,7 +205,10 @@ fn user_prefix(user: &UserId) -> Key {
 }
 
 fn account_data_key(user: &UserId, room: Option<&RoomId>, event_type: &str) -> Key {
-    Key::new().str(user.as_str()).str(room.map(RoomId::as_str).unwrap_or("")).str(event_type)
+    Key::new()
+        .str(user.as_str())
+        .str(room.map(RoomId::as_str).unwrap_or(""))
+        .str(event_type)
 }
 
 fn account_data_log_key(user: &UserId, pos: u64) -> Key {
@@ -227,6 +230,11 @@ fn random_string(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
+/// (user, device) — the key of the last-seen cache.
+type DeviceKey = (OwnedUserId, OwnedDeviceId);
+/// When a device's `last_seen_*` was last written, and the IP written.
+type LastSeen = (u64, Option<String>);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -241,7 +249,7 @@ pub struct AccountService {
     /// Shared-secret registration nonces and when they were issued.
     nonces: Mutex<HashMap<String, Instant>>,
     /// When each device's `last_seen_*` was last written, and with which IP.
-    seen: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (u64, Option<String>)>>,
+    seen: Mutex<HashMap<DeviceKey, LastSeen>>,
     /// A hash verified against when the user does not exist, so that a failed login
     /// takes as long for unknown users as for wrong passwords.
     dummy_hash: OnceLock<Option<String>>,
@@ -296,15 +304,22 @@ impl AccountService {
     pub fn validate_localpart(&self, localpart: &str) -> Result<String> {
         let lower = localpart.to_lowercase();
         if lower.is_empty() {
-            return Err(AccountError::InvalidUsername("the username must not be empty".into()));
+            return Err(AccountError::InvalidUsername(
+                "the username must not be empty".into(),
+            ));
         }
-        if let Some(bad) = lower.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+')) {
+        if let Some(bad) = lower
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+        {
             return Err(AccountError::InvalidUsername(format!(
                 "the username may only contain a-z, 0-9 and ._=-/+ (found {bad:?})"
             )));
         }
         if lower.len() + self.server_name.as_str().len() + 2 > MAX_USER_ID_LEN {
-            return Err(AccountError::InvalidUsername(format!("the user ID must be at most {MAX_USER_ID_LEN} bytes")));
+            return Err(AccountError::InvalidUsername(format!(
+                "the user ID must be at most {MAX_USER_ID_LEN} bytes"
+            )));
         }
         Ok(lower)
     }
@@ -357,7 +372,10 @@ impl AccountService {
         if login {
             check_new_device(&device)?;
         }
-        let password_hash = password.map(|p| self.hashing.hash(p)).transpose().map_err(AccountError::Hashing)?;
+        let password_hash = password
+            .map(|p| self.hashing.hash(p))
+            .transpose()
+            .map_err(AccountError::Hashing)?;
         let _guard = lock(&self.write_lock);
         if self.db.exists(Cf::Users, user_id.as_str())? {
             return Err(AccountError::UserInUse);
@@ -367,7 +385,10 @@ impl AccountService {
             admin,
             deactivated: false,
             created_ts: now_ms(),
-            profile: Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None },
+            profile: Profile {
+                displayname: Some(user_id.localpart().to_owned()),
+                avatar_url: None,
+            },
         };
         let mut batch = Batch::new();
         batch.put_json(Cf::Users, user_id.as_str(), &record);
@@ -379,7 +400,11 @@ impl AccountService {
         };
         self.db.write(batch)?;
         tracing::info!(%user_id, admin, "registered user");
-        Ok(Registered { user_id, device_id, access_token })
+        Ok(Registered {
+            user_id,
+            device_id,
+            access_token,
+        })
     }
 
     fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, StorageError> {
@@ -393,7 +418,9 @@ impl AccountService {
 
     /// Whether the user is a server admin (false for unknown users).
     pub fn is_admin(&self, user: &UserId) -> Result<bool, StorageError> {
-        Ok(self.user_record(user)?.is_some_and(|r| r.admin && !r.deactivated))
+        Ok(self
+            .user_record(user)?
+            .is_some_and(|r| r.admin && !r.deactivated))
     }
 
     /// Whether the user has been deactivated (false for unknown users).
@@ -405,7 +432,9 @@ impl AccountService {
     /// into an existing local user ID. `None` if it is not a known local user.
     pub fn resolve_user(&self, user: &str) -> Result<Option<OwnedUserId>, StorageError> {
         let localpart = if let Some(rest) = user.strip_prefix('@') {
-            let Some((lp, server)) = rest.split_once(':') else { return Ok(None) };
+            let Some((lp, server)) = rest.split_once(':') else {
+                return Ok(None);
+            };
             if server != self.server_name.as_str() {
                 return Ok(None);
             }
@@ -413,13 +442,19 @@ impl AccountService {
         } else {
             user
         };
-        let Ok(localpart) = self.validate_localpart(localpart) else { return Ok(None) };
-        let Ok(user_id) = self.user_id_for(&localpart) else { return Ok(None) };
+        let Ok(localpart) = self.validate_localpart(localpart) else {
+            return Ok(None);
+        };
+        let Ok(user_id) = self.user_id_for(&localpart) else {
+            return Ok(None);
+        };
         Ok(self.user_exists(&user_id)?.then_some(user_id))
     }
 
     fn burn_hash_time(&self, password: &str) {
-        let dummy = self.dummy_hash.get_or_init(|| self.hashing.hash("pulse-dummy-password").ok());
+        let dummy = self
+            .dummy_hash
+            .get_or_init(|| self.hashing.hash("pulse-dummy-password").ok());
         if let Some(h) = dummy {
             let _ = PasswordHashing::verify(password, h);
         }
@@ -436,7 +471,11 @@ impl AccountService {
             return Err(AccountError::UserDeactivated);
         }
         match &record.password_hash {
-            Some(h) if password.len() <= MAX_PASSWORD_LEN && PasswordHashing::verify(password, h) => Ok(()),
+            Some(h)
+                if password.len() <= MAX_PASSWORD_LEN && PasswordHashing::verify(password, h) =>
+            {
+                Ok(())
+            }
             Some(_) => Err(AccountError::Forbidden),
             None => {
                 self.burn_hash_time(password);
@@ -447,7 +486,13 @@ impl AccountService {
 
     /// `m.login.password`: `user` is a localpart or a user ID (case-insensitive). On
     /// success creates (or reuses) a device and returns a new access token.
-    pub fn login_password(&self, user: &str, password: &str, device: NewDevice, ip: Option<&str>) -> Result<LoggedIn> {
+    pub fn login_password(
+        &self,
+        user: &str,
+        password: &str,
+        device: NewDevice,
+        ip: Option<&str>,
+    ) -> Result<LoggedIn> {
         check_new_device(&device)?;
         let Some(user_id) = self.resolve_user(user)? else {
             self.burn_hash_time(password);
@@ -459,7 +504,12 @@ impl AccountService {
 
     /// Create (or reuse) a device for an existing, active user and issue an access token,
     /// without checking any credentials (callers have done that).
-    pub fn create_session(&self, user: &UserId, device: NewDevice, ip: Option<&str>) -> Result<LoggedIn> {
+    pub fn create_session(
+        &self,
+        user: &UserId,
+        device: NewDevice,
+        ip: Option<&str>,
+    ) -> Result<LoggedIn> {
         check_new_device(&device)?;
         let _guard = lock(&self.write_lock);
         match self.user_record(user)? {
@@ -470,7 +520,11 @@ impl AccountService {
         let mut batch = Batch::new();
         let (device_id, access_token) = self.add_session(&mut batch, user, device, ip)?;
         self.db.write(batch)?;
-        Ok(LoggedIn { user_id: user.to_owned(), device_id, access_token })
+        Ok(LoggedIn {
+            user_id: user.to_owned(),
+            device_id,
+            access_token,
+        })
     }
 
     /// Add a token (and the device, if new) to `batch`. Caller holds `write_lock`.
@@ -511,22 +565,45 @@ impl AccountService {
         let token = random_string(TOKEN_LEN);
         record.tokens.push(token.clone());
         batch.put_json(Cf::Devices, &key, &record);
-        batch.put_json(Cf::Tokens, &token, &Session { user_id: user.to_owned(), device_id: device_id.clone() });
-        lock(&self.seen).insert((user.to_owned(), device_id.clone()), (now, ip.map(str::to_owned)));
+        batch.put_json(
+            Cf::Tokens,
+            &token,
+            &Session {
+                user_id: user.to_owned(),
+                device_id: device_id.clone(),
+            },
+        );
+        lock(&self.seen).insert(
+            (user.to_owned(), device_id.clone()),
+            (now, ip.map(str::to_owned)),
+        );
         Ok((device_id, token))
     }
 
     /// Change a password. With `logout_devices`, every other device of the user is
     /// deleted and every other access token revoked; the device and token of
     /// `keep_token` (the request's own, if any) survive.
-    pub fn change_password(&self, user: &UserId, new_password: &str, logout_devices: bool, keep_token: Option<&str>) -> Result<()> {
+    pub fn change_password(
+        &self,
+        user: &UserId,
+        new_password: &str,
+        logout_devices: bool,
+        keep_token: Option<&str>,
+    ) -> Result<()> {
         check_password_len(new_password)?;
         if new_password.is_empty() {
-            return Err(AccountError::InvalidParam("the new password must not be empty".into()));
+            return Err(AccountError::InvalidParam(
+                "the new password must not be empty".into(),
+            ));
         }
-        let hash = self.hashing.hash(new_password).map_err(AccountError::Hashing)?;
+        let hash = self
+            .hashing
+            .hash(new_password)
+            .map_err(AccountError::Hashing)?;
         let _guard = lock(&self.write_lock);
-        let Some(mut record) = self.user_record(user)? else { return Err(AccountError::UnknownUser) };
+        let Some(mut record) = self.user_record(user)? else {
+            return Err(AccountError::UnknownUser);
+        };
         if record.deactivated {
             return Err(AccountError::UserDeactivated);
         }
@@ -559,7 +636,9 @@ impl AccountService {
     /// all devices and tokens are deleted, and the user ID stays reserved. Idempotent.
     pub fn deactivate(&self, user: &UserId) -> Result<()> {
         let _guard = lock(&self.write_lock);
-        let Some(mut record) = self.user_record(user)? else { return Err(AccountError::UnknownUser) };
+        let Some(mut record) = self.user_record(user)? else {
+            return Err(AccountError::UnknownUser);
+        };
         record.deactivated = true;
         record.admin = false;
         record.password_hash = None;
@@ -582,13 +661,21 @@ impl AccountService {
             .map(|(k, v)| {
                 serde_json::from_slice::<DeviceRecord>(&v)
                     .map(|r| (k, r))
-                    .map_err(|e| StorageError::Corrupt { cf: Cf::Devices.name(), reason: e.to_string() })
+                    .map_err(|e| StorageError::Corrupt {
+                        cf: Cf::Devices.name(),
+                        reason: e.to_string(),
+                    })
             })
             .collect()
     }
 
     /// Delete a device, its tokens and its transaction IDs into `batch`. Caller holds `write_lock`.
-    fn delete_device_into(&self, batch: &mut Batch, user: &UserId, dev: &DeviceRecord) -> Result<(), StorageError> {
+    fn delete_device_into(
+        &self,
+        batch: &mut Batch,
+        user: &UserId,
+        dev: &DeviceRecord,
+    ) -> Result<(), StorageError> {
         for t in &dev.tokens {
             batch.delete(Cf::Tokens, t);
         }
@@ -604,21 +691,39 @@ impl AccountService {
 
     /// All devices of a user, ordered by device ID.
     pub fn devices(&self, user: &UserId) -> Result<Vec<Device>, StorageError> {
-        Ok(self.device_records(user)?.into_iter().map(|(_, r)| r.device).collect())
+        Ok(self
+            .device_records(user)?
+            .into_iter()
+            .map(|(_, r)| r.device)
+            .collect())
     }
 
     /// One device of a user.
-    pub fn device(&self, user: &UserId, device_id: &DeviceId) -> Result<Option<Device>, StorageError> {
-        Ok(self.db.get_json::<DeviceRecord>(Cf::Devices, device_key(user, device_id))?.map(|r| r.device))
+    pub fn device(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Option<Device>, StorageError> {
+        Ok(self
+            .db
+            .get_json::<DeviceRecord>(Cf::Devices, device_key(user, device_id))?
+            .map(|r| r.device))
     }
 
     /// Set a device's display name (`None` leaves it unchanged). `UnknownDevice` if the
     /// user has no such device.
-    pub fn update_device(&self, user: &UserId, device_id: &DeviceId, display_name: Option<String>) -> Result<()> {
+    pub fn update_device(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
         if let Some(n) = &display_name
             && n.chars().count() > MAX_DEVICE_NAME_LEN
         {
-            return Err(AccountError::InvalidParam(format!("display_name is longer than {MAX_DEVICE_NAME_LEN} characters")));
+            return Err(AccountError::InvalidParam(format!(
+                "display_name is longer than {MAX_DEVICE_NAME_LEN} characters"
+            )));
         }
         let _guard = lock(&self.write_lock);
         let key = device_key(user, device_id);
@@ -636,12 +741,18 @@ impl AccountService {
 
     /// Delete devices (and their tokens). Unknown device IDs are ignored. Returns the
     /// IDs that existed and were deleted.
-    pub fn delete_devices(&self, user: &UserId, device_ids: &[OwnedDeviceId]) -> Result<Vec<OwnedDeviceId>> {
+    pub fn delete_devices(
+        &self,
+        user: &UserId,
+        device_ids: &[OwnedDeviceId],
+    ) -> Result<Vec<OwnedDeviceId>> {
         let _guard = lock(&self.write_lock);
         let mut batch = Batch::new();
         let mut deleted = Vec::new();
         for d in device_ids {
-            if let Some(record) = self.db.get_json::<DeviceRecord>(Cf::Devices, device_key(user, d))?
+            if let Some(record) = self
+                .db
+                .get_json::<DeviceRecord>(Cf::Devices, device_key(user, d))?
                 && !deleted.contains(d)
             {
                 self.delete_device_into(&mut batch, user, &record)?;
@@ -654,17 +765,24 @@ impl AccountService {
 
     /// Delete one device (and its tokens). Returns whether it existed.
     pub fn delete_device(&self, user: &UserId, device_id: &DeviceId) -> Result<bool> {
-        Ok(!self.delete_devices(user, &[device_id.to_owned()])?.is_empty())
+        Ok(!self
+            .delete_devices(user, &[device_id.to_owned()])?
+            .is_empty())
     }
 
     /// `POST /logout`: revoke this token and delete its device (with the device's other
     /// tokens). Returns false if the token was not valid.
     pub fn logout(&self, access_token: &str) -> Result<bool> {
-        let Some(session) = self.authenticate(access_token)? else { return Ok(false) };
+        let Some(session) = self.authenticate(access_token)? else {
+            return Ok(false);
+        };
         let _guard = lock(&self.write_lock);
         let mut batch = Batch::new();
         batch.delete(Cf::Tokens, access_token);
-        if let Some(record) = self.db.get_json::<DeviceRecord>(Cf::Devices, device_key(&session.user_id, &session.device_id))? {
+        if let Some(record) = self.db.get_json::<DeviceRecord>(
+            Cf::Devices,
+            device_key(&session.user_id, &session.device_id),
+        )? {
             self.delete_device_into(&mut batch, &session.user_id, &record)?;
         }
         self.db.write(batch)?;
@@ -684,7 +802,12 @@ impl AccountService {
 
     /// Record that a device was used now from `ip`. Cheap: writes at most once per
     /// [`LAST_SEEN_INTERVAL_MS`] per device unless the IP changes. Unknown devices are ignored.
-    pub fn touch_device(&self, user: &UserId, device_id: &DeviceId, ip: Option<&str>) -> Result<(), StorageError> {
+    pub fn touch_device(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        ip: Option<&str>,
+    ) -> Result<(), StorageError> {
         let now = now_ms();
         let cache_key = (user.to_owned(), device_id.to_owned());
         {
@@ -698,7 +821,9 @@ impl AccountService {
         }
         let _guard = lock(&self.write_lock);
         let key = device_key(user, device_id);
-        let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? else { return Ok(()) };
+        let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? else {
+            return Ok(());
+        };
         record.device.last_seen_ts = Some(now);
         if let Some(ip) = ip {
             record.device.last_seen_ip = Some(ip.to_owned());
@@ -723,7 +848,9 @@ impl AccountService {
 
     fn update_profile(&self, user: &UserId, change: impl FnOnce(&mut Profile)) -> Result<Profile> {
         let _guard = lock(&self.write_lock);
-        let Some(mut record) = self.user_record(user)? else { return Err(AccountError::UnknownUser) };
+        let Some(mut record) = self.user_record(user)? else {
+            return Err(AccountError::UnknownUser);
+        };
         change(&mut record.profile);
         let mut batch = Batch::new();
         batch.put_json(Cf::Users, user.as_str(), &record);
@@ -737,7 +864,9 @@ impl AccountService {
         if let Some(d) = &displayname
             && d.chars().count() > MAX_DISPLAYNAME_LEN
         {
-            return Err(AccountError::InvalidParam(format!("displayname is longer than {MAX_DISPLAYNAME_LEN} characters")));
+            return Err(AccountError::InvalidParam(format!(
+                "displayname is longer than {MAX_DISPLAYNAME_LEN} characters"
+            )));
         }
         self.update_profile(user, |p| p.displayname = displayname)
     }
@@ -748,7 +877,9 @@ impl AccountService {
         if let Some(a) = &avatar_url
             && a.len() > MAX_AVATAR_URL_LEN
         {
-            return Err(AccountError::InvalidParam(format!("avatar_url is longer than {MAX_AVATAR_URL_LEN} bytes")));
+            return Err(AccountError::InvalidParam(format!(
+                "avatar_url is longer than {MAX_AVATAR_URL_LEN} bytes"
+            )));
         }
         self.update_profile(user, |p| p.avatar_url = avatar_url)
     }
@@ -757,9 +888,17 @@ impl AccountService {
 
     /// Store account data (global when `room` is `None`) at a new stream position, which
     /// is returned (wake the user's syncs with it). `content` must be a JSON object.
-    pub fn set_account_data(&self, user: &UserId, room: Option<&RoomId>, event_type: &str, content: &Value) -> Result<u64> {
+    pub fn set_account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<u64> {
         if !content.is_object() {
-            return Err(AccountError::BadJson("account data content must be a JSON object".into()));
+            return Err(AccountError::BadJson(
+                "account data content must be a JSON object".into(),
+            ));
         }
         if event_type.is_empty() || event_type.len() > MAX_ACCOUNT_DATA_TYPE_LEN {
             return Err(AccountError::InvalidParam(format!(
@@ -767,31 +906,63 @@ impl AccountService {
             )));
         }
         let key = account_data_key(user, room, event_type);
-        let (pos, ()) = self.db.write_with_position::<_, AccountError>(|pos, batch| {
-            // Keep one log entry per (room, type): drop the previous write's entry.
-            if let Some(prev) = self.db.get_json::<AccountDataRecord>(Cf::AccountData, &key)? {
-                batch.delete(Cf::AccountDataLog, account_data_log_key(user, prev.pos));
-            }
-            batch.put_json(Cf::AccountData, &key, &AccountDataRecord { pos, content: content.clone() });
-            batch.put_json(
-                Cf::AccountDataLog,
-                account_data_log_key(user, pos),
-                &AccountDataLogRecord { room_id: room.map(ToOwned::to_owned), event_type: event_type.to_owned(), content: content.clone() },
-            );
-            Ok(())
-        })?;
+        let (pos, ()) = self
+            .db
+            .write_with_position::<_, AccountError>(|pos, batch| {
+                // Keep one log entry per (room, type): drop the previous write's entry.
+                if let Some(prev) = self
+                    .db
+                    .get_json::<AccountDataRecord>(Cf::AccountData, &key)?
+                {
+                    batch.delete(Cf::AccountDataLog, account_data_log_key(user, prev.pos));
+                }
+                batch.put_json(
+                    Cf::AccountData,
+                    &key,
+                    &AccountDataRecord {
+                        pos,
+                        content: content.clone(),
+                    },
+                );
+                batch.put_json(
+                    Cf::AccountDataLog,
+                    account_data_log_key(user, pos),
+                    &AccountDataLogRecord {
+                        room_id: room.map(ToOwned::to_owned),
+                        event_type: event_type.to_owned(),
+                        content: content.clone(),
+                    },
+                );
+                Ok(())
+            })?;
         Ok(pos)
     }
 
     /// One piece of account data, if set.
-    pub fn account_data(&self, user: &UserId, room: Option<&RoomId>, event_type: &str) -> Result<Option<Value>, StorageError> {
-        Ok(self.db.get_json::<AccountDataRecord>(Cf::AccountData, account_data_key(user, room, event_type))?.map(|r| r.content))
+    pub fn account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        event_type: &str,
+    ) -> Result<Option<Value>, StorageError> {
+        Ok(self
+            .db
+            .get_json::<AccountDataRecord>(
+                Cf::AccountData,
+                account_data_key(user, room, event_type),
+            )?
+            .map(|r| r.content))
     }
 
     /// Account data whose latest write has a stream position in `(since_pos, up_to]`,
     /// with that write's content, in position order. A (room, type) written again after
     /// `up_to` is left out here and reported by the next call that covers its position.
-    pub fn account_data_since(&self, user: &UserId, since_pos: u64, up_to: u64) -> Result<Vec<AccountDataChange>> {
+    pub fn account_data_since(
+        &self,
+        user: &UserId,
+        since_pos: u64,
+        up_to: u64,
+    ) -> Result<Vec<AccountDataChange>> {
         let up_to = up_to.min(u64::MAX - 1);
         if since_pos >= up_to {
             return Ok(Vec::new());
@@ -799,16 +970,31 @@ impl AccountService {
         let start = account_data_log_key(user, since_pos + 1);
         let end = account_data_log_key(user, up_to + 1);
         let mut latest: BTreeMap<(Option<OwnedRoomId>, String), (u64, Value)> = BTreeMap::new();
-        for (k, v) in self.db.scan_range(Cf::AccountDataLog, start, end, false, usize::MAX)? {
+        for (k, v) in self
+            .db
+            .scan_range(Cf::AccountDataLog, start, end, false, usize::MAX)?
+        {
             let mut r = KeyReader::new(&k);
             let pos = r.str().and_then(|_| r.u64()).unwrap_or(0);
-            let rec: AccountDataLogRecord = serde_json::from_slice(&v)
-                .map_err(|e| StorageError::Corrupt { cf: Cf::AccountDataLog.name(), reason: e.to_string() })?;
+            let rec: AccountDataLogRecord =
+                serde_json::from_slice(&v).map_err(|e| StorageError::Corrupt {
+                    cf: Cf::AccountDataLog.name(),
+                    reason: e.to_string(),
+                })?;
             latest.insert((rec.room_id, rec.event_type), (pos, rec.content));
         }
         let mut out: Vec<(u64, AccountDataChange)> = latest
             .into_iter()
-            .map(|((room_id, event_type), (pos, content))| (pos, AccountDataChange { room_id, event_type, content }))
+            .map(|((room_id, event_type), (pos, content))| {
+                (
+                    pos,
+                    AccountDataChange {
+                        room_id,
+                        event_type,
+                        content,
+                    },
+                )
+            })
             .collect();
         out.sort_by_key(|(pos, _)| *pos);
         Ok(out.into_iter().map(|(_, c)| c).collect())
@@ -819,14 +1005,28 @@ impl AccountService {
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Cf::AccountData, user_prefix(user))? {
             let mut r = KeyReader::new(&k);
-            let corrupt = || StorageError::Corrupt { cf: Cf::AccountData.name(), reason: "bad key".into() };
+            let corrupt = || StorageError::Corrupt {
+                cf: Cf::AccountData.name(),
+                reason: "bad key".into(),
+            };
             r.str().ok_or_else(corrupt)?;
             let room = r.str().ok_or_else(corrupt)?;
             let event_type = r.str().ok_or_else(corrupt)?.to_owned();
-            let room_id = if room.is_empty() { None } else { Some(OwnedRoomId::try_from(room).map_err(|_| corrupt())?) };
-            let rec: AccountDataRecord = serde_json::from_slice(&v)
-                .map_err(|e| StorageError::Corrupt { cf: Cf::AccountData.name(), reason: e.to_string() })?;
-            out.push(AccountDataChange { room_id, event_type, content: rec.content });
+            let room_id = if room.is_empty() {
+                None
+            } else {
+                Some(OwnedRoomId::try_from(room).map_err(|_| corrupt())?)
+            };
+            let rec: AccountDataRecord =
+                serde_json::from_slice(&v).map_err(|e| StorageError::Corrupt {
+                    cf: Cf::AccountData.name(),
+                    reason: e.to_string(),
+                })?;
+            out.push(AccountDataChange {
+                room_id,
+                event_type,
+                content: rec.content,
+            });
         }
         Ok(out)
     }
@@ -854,14 +1054,22 @@ impl AccountService {
     pub fn filter(&self, user: &UserId, filter_id: &str) -> Result<Option<Filter>> {
         match self.filter_json(user, filter_id)? {
             None => Ok(None),
-            Some(v) => Filter::from_json(v)
-                .map(Some)
-                .map_err(|e| StorageError::Corrupt { cf: Cf::Filters.name(), reason: e }.into()),
+            Some(v) => Filter::from_json(v).map(Some).map_err(|e| {
+                StorageError::Corrupt {
+                    cf: Cf::Filters.name(),
+                    reason: e,
+                }
+                .into()
+            }),
         }
     }
 
     /// A stored filter of this user, as uploaded.
-    pub fn filter_json(&self, user: &UserId, filter_id: &str) -> Result<Option<Value>, StorageError> {
+    pub fn filter_json(
+        &self,
+        user: &UserId,
+        filter_id: &str,
+    ) -> Result<Option<Value>, StorageError> {
         if filter_id.is_empty() {
             return Ok(None);
         }
@@ -888,13 +1096,17 @@ impl AccountService {
 
     /// Consume a nonce: true if it was issued, is unexpired and not used before.
     pub fn take_registration_nonce(&self, nonce: &str) -> bool {
-        lock(&self.nonces).remove(nonce).is_some_and(|at| at.elapsed() < NONCE_TTL)
+        lock(&self.nonces)
+            .remove(nonce)
+            .is_some_and(|at| at.elapsed() < NONCE_TTL)
     }
 }
 
 fn check_password_len(password: &str) -> Result<()> {
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(AccountError::InvalidParam(format!("the password is longer than {MAX_PASSWORD_LEN} bytes")));
+        return Err(AccountError::InvalidParam(format!(
+            "the password is longer than {MAX_PASSWORD_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -903,7 +1115,9 @@ fn check_new_device(device: &NewDevice) -> Result<()> {
     if let Some(d) = &device.device_id
         && d.len() > MAX_DEVICE_ID_LEN
     {
-        return Err(AccountError::InvalidParam(format!("device_id is longer than {MAX_DEVICE_ID_LEN} bytes")));
+        return Err(AccountError::InvalidParam(format!(
+            "device_id is longer than {MAX_DEVICE_ID_LEN} bytes"
+        )));
     }
     if let Some(n) = &device.display_name
         && n.chars().count() > MAX_DEVICE_NAME_LEN

@@ -21,7 +21,11 @@ pub struct PasswordHashing {
 impl Default for PasswordHashing {
     /// The argon2 crate's recommended defaults (OWASP's Argon2id minimum): 19 MiB, 2 passes, 1 lane.
     fn default() -> Self {
-        PasswordHashing { m_cost: Params::DEFAULT_M_COST, t_cost: Params::DEFAULT_T_COST, p_cost: Params::DEFAULT_P_COST }
+        PasswordHashing {
+            m_cost: Params::DEFAULT_M_COST,
+            t_cost: Params::DEFAULT_T_COST,
+            p_cost: Params::DEFAULT_P_COST,
+        }
     }
 }
 
@@ -29,7 +33,11 @@ impl PasswordHashing {
     /// Deliberately cheap parameters for tests and test deployments (Complement):
     /// microseconds per hash. Never use in production.
     pub const fn insecure_fast() -> Self {
-        PasswordHashing { m_cost: 8, t_cost: 1, p_cost: 1 }
+        PasswordHashing {
+            m_cost: 8,
+            t_cost: 1,
+            p_cost: 1,
+        }
     }
 
     /// Check that argon2 accepts these parameters.
@@ -38,19 +46,25 @@ impl PasswordHashing {
     }
 
     fn params(&self) -> Result<Params, String> {
-        Params::new(self.m_cost, self.t_cost, self.p_cost, None).map_err(|e| format!("invalid argon2 parameters: {e}"))
+        Params::new(self.m_cost, self.t_cost, self.p_cost, None)
+            .map_err(|e| format!("invalid argon2 parameters: {e}"))
     }
 
     /// Hash a password into a PHC string (`$argon2id$v=19$m=...`) with a random salt.
     pub fn hash(&self, password: &str) -> Result<String, String> {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params()?);
-        argon.hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
+        argon
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| e.to_string())
     }
 
     /// Verify a password against a stored PHC string (using the string's own parameters).
     /// A malformed stored hash verifies nothing.
     pub fn verify(password: &str, phc: &str) -> bool {
-        Argon2::default().verify_password(password.as_bytes(), phc).is_ok()
+        Argon2::default()
+            .verify_password(password.as_bytes(), phc)
+            .is_ok()
     }
 }
 
@@ -74,7 +88,23 @@ mod tests {
     fn params_are_validated() {
         assert!(PasswordHashing::default().validate().is_ok());
         assert!(PasswordHashing::insecure_fast().validate().is_ok());
-        assert!(PasswordHashing { m_cost: 1, t_cost: 1, p_cost: 1 }.validate().is_err());
-        assert!(PasswordHashing { m_cost: 64, t_cost: 0, p_cost: 1 }.validate().is_err());
+        assert!(
+            PasswordHashing {
+                m_cost: 1,
+                t_cost: 1,
+                p_cost: 1
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            PasswordHashing {
+                m_cost: 64,
+                t_cost: 0,
+                p_cost: 1
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -12,13 +12,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use accounts::{AccountError, NewDevice};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
-use accounts::{AccountError, NewDevice};
 use ruma::{OwnedDeviceId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,7 +49,11 @@ pub fn routes() -> Router<Arc<AppState>> {
     r = client_route(r, "/account/password", post(change_password));
     r = client_route(r, "/account/deactivate", post(deactivate));
     r = client_route(r, "/devices", get(list_devices));
-    r = client_route(r, "/devices/{device_id}", get(get_device).put(put_device).delete(delete_device));
+    r = client_route(
+        r,
+        "/devices/{device_id}",
+        get(get_device).put(put_device).delete(delete_device),
+    );
     r = client_route(r, "/delete_devices", post(delete_devices));
     r
 }
@@ -59,10 +63,16 @@ impl From<AccountError> for MatrixError {
     fn from(e: AccountError) -> Self {
         let msg = e.to_string();
         match e {
-            AccountError::InvalidUsername(_) => MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", msg),
-            AccountError::UserInUse => MatrixError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", msg),
+            AccountError::InvalidUsername(_) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", msg)
+            }
+            AccountError::UserInUse => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", msg)
+            }
             AccountError::Forbidden => MatrixError::forbidden(msg),
-            AccountError::UserDeactivated => MatrixError::new(StatusCode::FORBIDDEN, "M_USER_DEACTIVATED", msg),
+            AccountError::UserDeactivated => {
+                MatrixError::new(StatusCode::FORBIDDEN, "M_USER_DEACTIVATED", msg)
+            }
             AccountError::UnknownUser | AccountError::UnknownDevice => MatrixError::not_found(msg),
             AccountError::BadJson(_) => MatrixError::bad_json(msg),
             AccountError::InvalidParam(_) => MatrixError::invalid_param(msg),
@@ -72,8 +82,12 @@ impl From<AccountError> for MatrixError {
 }
 
 /// Run blocking work (password hashing) off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(MatrixError::internal)
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(MatrixError::internal)
 }
 
 /// The client's IP address, when the server was started with connect info.
@@ -82,7 +96,12 @@ pub(crate) struct ClientIp(pub Option<String>);
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())))
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+        ))
     }
 }
 
@@ -158,37 +177,76 @@ fn challenge(stage: &str, session: Option<&str>, error: Option<(&str, &str)>) ->
 }
 
 /// Require an `m.login.password` UIA stage proving the requester is `user`.
-pub(crate) async fn require_password(state: &AppState, user: &UserId, auth: Option<AuthData>) -> ReplyResult<()> {
+pub(crate) async fn require_password(
+    state: &AppState,
+    user: &UserId,
+    auth: Option<AuthData>,
+) -> ReplyResult<()> {
     const STAGE: &str = "m.login.password";
-    let Some(auth) = auth else { return Err(challenge(STAGE, None, None)) };
+    let Some(auth) = auth else {
+        return Err(challenge(STAGE, None, None));
+    };
     let session = auth.session.as_deref();
     match auth.kind.as_deref() {
         None => return Err(challenge(STAGE, session, None)),
         Some(STAGE) => {}
-        Some(_) => return Err(challenge(STAGE, session, Some(("M_UNRECOGNIZED", "Unsupported authentication type")))),
+        Some(_) => {
+            return Err(challenge(
+                STAGE,
+                session,
+                Some(("M_UNRECOGNIZED", "Unsupported authentication type")),
+            ));
+        }
     }
     let who = match (&auth.identifier, &auth.user) {
         (Some(id), _) if id.kind != "m.id.user" => {
-            return Err(challenge(STAGE, session, Some(("M_UNKNOWN", "Unsupported identifier type"))));
+            return Err(challenge(
+                STAGE,
+                session,
+                Some(("M_UNKNOWN", "Unsupported identifier type")),
+            ));
         }
         (Some(id), _) => id.user.clone(),
         (None, legacy) => legacy.clone(),
     };
     if let Some(who) = who {
-        match state.accounts.resolve_user(&who).map_err(MatrixError::from)? {
+        match state
+            .accounts
+            .resolve_user(&who)
+            .map_err(MatrixError::from)?
+        {
             Some(u) if u == user => {}
-            Some(_) => return Err(MatrixError::forbidden("The authenticated user does not match the requester").into()),
-            None => return Err(challenge(STAGE, session, Some(("M_FORBIDDEN", "Invalid username or password")))),
+            Some(_) => {
+                return Err(MatrixError::forbidden(
+                    "The authenticated user does not match the requester",
+                )
+                .into());
+            }
+            None => {
+                return Err(challenge(
+                    STAGE,
+                    session,
+                    Some(("M_FORBIDDEN", "Invalid username or password")),
+                ));
+            }
         }
     }
     let Some(password) = auth.password else {
-        return Err(challenge(STAGE, session, Some(("M_MISSING_PARAM", "Missing password"))));
+        return Err(challenge(
+            STAGE,
+            session,
+            Some(("M_MISSING_PARAM", "Missing password")),
+        ));
     };
     let accounts = state.accounts.clone();
     let owned = user.to_owned();
     match blocking(move || accounts.check_password(&owned, &password)).await? {
         Ok(()) => Ok(()),
-        Err(AccountError::Forbidden) => Err(challenge(STAGE, session, Some(("M_FORBIDDEN", "Invalid password")))),
+        Err(AccountError::Forbidden) => Err(challenge(
+            STAGE,
+            session,
+            Some(("M_FORBIDDEN", "Invalid password")),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -219,9 +277,18 @@ async fn register(
     match q.kind.as_deref() {
         None | Some("user") => {}
         Some("guest") => {
-            return Err(MatrixError::new(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not supported").into());
+            return Err(MatrixError::new(
+                StatusCode::FORBIDDEN,
+                "M_GUEST_ACCESS_FORBIDDEN",
+                "Guest access is not supported",
+            )
+            .into());
         }
-        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown registration kind {other:?}")).into()),
+        Some(other) => {
+            return Err(
+                MatrixError::invalid_param(format!("Unknown registration kind {other:?}")).into(),
+            );
+        }
     }
     if !state.config.registration_enabled {
         return Err(MatrixError::forbidden("Registration is disabled").into());
@@ -236,7 +303,11 @@ async fn register(
         Some(STAGE) => {}
         None => return Err(challenge(STAGE, auth.session.as_deref(), None)),
         Some(_) => {
-            return Err(challenge(STAGE, auth.session.as_deref(), Some(("M_UNRECOGNIZED", "Unsupported authentication type"))));
+            return Err(challenge(
+                STAGE,
+                auth.session.as_deref(),
+                Some(("M_UNRECOGNIZED", "Unsupported authentication type")),
+            ));
         }
     }
     let accounts = state.accounts.clone();
@@ -245,11 +316,19 @@ async fn register(
         None => accounts.generate_localpart()?,
     };
     let login = !body.inhibit_login.unwrap_or(false);
-    let device = NewDevice { device_id: body.device_id, display_name: body.initial_device_display_name };
+    let device = NewDevice {
+        device_id: body.device_id,
+        display_name: body.initial_device_display_name,
+    };
     let password = body.password;
-    let registered = blocking(move || accounts.register(&localpart, password.as_deref(), device, false, login)).await??;
+    let registered =
+        blocking(move || accounts.register(&localpart, password.as_deref(), device, false, login))
+            .await??;
     if let Some(d) = &registered.device_id {
-        state.accounts.touch_device(&registered.user_id, d, ip.as_deref()).map_err(MatrixError::from)?;
+        state
+            .accounts
+            .touch_device(&registered.user_id, d, ip.as_deref())
+            .map_err(MatrixError::from)?;
     }
     let mut resp = json!({
         "user_id": registered.user_id,
@@ -267,11 +346,16 @@ struct AvailableQuery {
     username: Option<String>,
 }
 
-async fn register_available(state: AppStateRef, Query(q): Query<AvailableQuery>) -> ApiResult<Json<Value>> {
+async fn register_available(
+    state: AppStateRef,
+    Query(q): Query<AvailableQuery>,
+) -> ApiResult<Json<Value>> {
     if !state.config.registration_enabled {
         return Err(MatrixError::forbidden("Registration is disabled"));
     }
-    let Some(username) = q.username else { return Err(MatrixError::missing_param("Missing username")) };
+    let Some(username) = q.username else {
+        return Err(MatrixError::missing_param("Missing username"));
+    };
     state.accounts.check_username_available(&username)?;
     Ok(Json(json!({ "available": true })))
 }
@@ -294,12 +378,20 @@ struct LoginBody {
     initial_device_display_name: Option<String>,
 }
 
-async fn login(state: AppStateRef, ClientIp(ip): ClientIp, JsonBody(body): JsonBody<LoginBody>) -> ApiResult<Json<Value>> {
+async fn login(
+    state: AppStateRef,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult<Json<Value>> {
     match body.kind.as_deref() {
         None => return Err(MatrixError::missing_param("Missing login type")),
         Some("m.login.password") => {}
         Some(other) => {
-            return Err(MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Unsupported login type {other:?}")));
+            return Err(MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!("Unsupported login type {other:?}"),
+            ));
         }
     }
     let user = match (body.identifier, body.user) {
@@ -313,11 +405,20 @@ async fn login(state: AppStateRef, ClientIp(ip): ClientIp, JsonBody(body): JsonB
         (Some(id), _) => id.user,
         (None, legacy) => legacy,
     };
-    let Some(user) = user else { return Err(MatrixError::missing_param("Missing user identifier")) };
-    let Some(password) = body.password else { return Err(MatrixError::missing_param("Missing password")) };
-    let device = NewDevice { device_id: body.device_id, display_name: body.initial_device_display_name };
+    let Some(user) = user else {
+        return Err(MatrixError::missing_param("Missing user identifier"));
+    };
+    let Some(password) = body.password else {
+        return Err(MatrixError::missing_param("Missing password"));
+    };
+    let device = NewDevice {
+        device_id: body.device_id,
+        display_name: body.initial_device_display_name,
+    };
     let accounts = state.accounts.clone();
-    let session = blocking(move || accounts.login_password(&user, &password, device, ip.as_deref())).await??;
+    let session =
+        blocking(move || accounts.login_password(&user, &password, device, ip.as_deref()))
+            .await??;
     Ok(Json(json!({
         "user_id": session.user_id,
         "access_token": session.access_token,
@@ -350,13 +451,20 @@ struct PasswordBody {
     logout_devices: Option<bool>,
 }
 
-async fn change_password(state: AppStateRef, auth: Auth, JsonBody(body): JsonBody<PasswordBody>) -> ReplyResult<Json<Value>> {
+async fn change_password(
+    state: AppStateRef,
+    auth: Auth,
+    JsonBody(body): JsonBody<PasswordBody>,
+) -> ReplyResult<Json<Value>> {
     require_password(&state, &auth.user_id, body.auth).await?;
-    let Some(new_password) = body.new_password else { return Err(MatrixError::missing_param("Missing new_password").into()) };
+    let Some(new_password) = body.new_password else {
+        return Err(MatrixError::missing_param("Missing new_password").into());
+    };
     let logout_devices = body.logout_devices.unwrap_or(true);
     let accounts = state.accounts.clone();
     let (user, token) = (auth.user_id.clone(), auth.access_token.clone());
-    blocking(move || accounts.change_password(&user, &new_password, logout_devices, Some(&token))).await??;
+    blocking(move || accounts.change_password(&user, &new_password, logout_devices, Some(&token)))
+        .await??;
     Ok(Json(json!({})))
 }
 
@@ -365,22 +473,36 @@ struct DeactivateBody {
     auth: Option<AuthData>,
 }
 
-async fn deactivate(state: AppStateRef, auth: Auth, JsonBody(body): JsonBody<DeactivateBody>) -> ReplyResult<Json<Value>> {
+async fn deactivate(
+    state: AppStateRef,
+    auth: Auth,
+    JsonBody(body): JsonBody<DeactivateBody>,
+) -> ReplyResult<Json<Value>> {
     require_password(&state, &auth.user_id, body.auth).await?;
     state.accounts.deactivate(&auth.user_id)?;
     // Leave every joined or invited room, so the deactivated account disappears from member lists.
     match state.rooms.rooms_for_user(&auth.user_id) {
         Ok(rooms) => {
             let mut left = Vec::new();
-            for r in rooms {
+            let current = rooms.into_iter().filter(|r| {
+                matches!(
+                    r.membership,
+                    rooms::Membership::Join | rooms::Membership::Invite | rooms::Membership::Knock
+                )
+            });
+            for r in current {
                 match state.rooms.leave(&auth.user_id, &r.room_id, None) {
                     Ok(sent) => left.push((r.room_id, sent.pos)),
-                    Err(e) => tracing::debug!(room = %r.room_id, error = %e, "deactivation: could not leave room"),
+                    Err(e) => {
+                        tracing::debug!(room = %r.room_id, error = %e, "deactivation: could not leave room")
+                    }
                 }
             }
             crate::profile::wake_rooms(&state, &auth.user_id, &left);
         }
-        Err(e) => tracing::warn!(user = %auth.user_id, error = %e, "deactivation: could not list rooms"),
+        Err(e) => {
+            tracing::warn!(user = %auth.user_id, error = %e, "deactivation: could not list rooms")
+        }
     }
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }
@@ -392,8 +514,15 @@ async fn list_devices(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> 
     Ok(Json(json!({ "devices": devices })))
 }
 
-async fn get_device(state: AppStateRef, auth: Auth, Path(device_id): Path<String>) -> ApiResult<Json<Value>> {
-    match state.accounts.device(&auth.user_id, device_id.as_str().into())? {
+async fn get_device(
+    state: AppStateRef,
+    auth: Auth,
+    Path(device_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    match state
+        .accounts
+        .device(&auth.user_id, device_id.as_str().into())?
+    {
         Some(d) => Ok(Json(json!(d))),
         None => Err(MatrixError::not_found("Unknown device")),
     }
@@ -410,7 +539,9 @@ async fn put_device(
     Path(device_id): Path<String>,
     JsonBody(body): JsonBody<PutDeviceBody>,
 ) -> ApiResult<Json<Value>> {
-    state.accounts.update_device(&auth.user_id, device_id.as_str().into(), body.display_name)?;
+    state
+        .accounts
+        .update_device(&auth.user_id, device_id.as_str().into(), body.display_name)?;
     Ok(Json(json!({})))
 }
 
@@ -426,7 +557,9 @@ async fn delete_device(
     JsonBody(body): JsonBody<DeleteDeviceBody>,
 ) -> ReplyResult<Json<Value>> {
     require_password(&state, &auth.user_id, body.auth).await?;
-    state.accounts.delete_device(&auth.user_id, device_id.as_str().into())?;
+    state
+        .accounts
+        .delete_device(&auth.user_id, device_id.as_str().into())?;
     Ok(Json(json!({})))
 }
 
@@ -436,8 +569,14 @@ struct DeleteDevicesBody {
     devices: Option<Vec<String>>,
 }
 
-async fn delete_devices(state: AppStateRef, auth: Auth, JsonBody(body): JsonBody<DeleteDevicesBody>) -> ReplyResult<Json<Value>> {
-    let Some(devices) = body.devices else { return Err(MatrixError::missing_param("Missing devices").into()) };
+async fn delete_devices(
+    state: AppStateRef,
+    auth: Auth,
+    JsonBody(body): JsonBody<DeleteDevicesBody>,
+) -> ReplyResult<Json<Value>> {
+    let Some(devices) = body.devices else {
+        return Err(MatrixError::missing_param("Missing devices").into());
+    };
     require_password(&state, &auth.user_id, body.auth).await?;
     let ids: Vec<OwnedDeviceId> = devices.into_iter().map(OwnedDeviceId::from).collect();
     state.accounts.delete_devices(&auth.user_id, &ids)?;

@@ -7,9 +7,9 @@
 //! `M_NOT_FOUND`. Writes get a stream position and wake the user's `/sync`.
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use axum::http::StatusCode;
 use ruma::{OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 
@@ -23,25 +23,45 @@ pub const SERVER_MANAGED_TYPES: &[&str] = &["m.fully_read", "m.push_rules"];
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
-    let r = client_route(r, "/user/{user_id}/account_data/{event_type}", get(get_global).put(put_global));
-    client_route(r, "/user/{user_id}/rooms/{room_id}/account_data/{event_type}", get(get_room).put(put_room))
+    let r = client_route(
+        r,
+        "/user/{user_id}/account_data/{event_type}",
+        get(get_global).put(put_global),
+    );
+    client_route(
+        r,
+        "/user/{user_id}/rooms/{room_id}/account_data/{event_type}",
+        get(get_room).put(put_room),
+    )
 }
 
 /// The path's user must be the caller.
 pub(crate) fn own_user(auth: &Auth, user_id: &str, what: &str) -> ApiResult<()> {
     if auth.user_id.as_str() != user_id {
-        return Err(MatrixError::forbidden(format!("Cannot {what} for other users")));
+        return Err(MatrixError::forbidden(format!(
+            "Cannot {what} for other users"
+        )));
     }
     Ok(())
 }
 
 fn parse_room(room_id: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param(format!("Invalid room ID {room_id:?}")))
+    RoomId::parse(room_id)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid room ID {room_id:?}")))
 }
 
-async fn read(state: &AppState, auth: &Auth, user_id: &str, room: Option<&RoomId>, event_type: &str) -> ApiResult<Json<Value>> {
+async fn read(
+    state: &AppState,
+    auth: &Auth,
+    user_id: &str,
+    room: Option<&RoomId>,
+    event_type: &str,
+) -> ApiResult<Json<Value>> {
     own_user(auth, user_id, "read account data")?;
-    match state.accounts.account_data(&auth.user_id, room, event_type)? {
+    match state
+        .accounts
+        .account_data(&auth.user_id, room, event_type)?
+    {
         Some(content) => Ok(Json(content)),
         None => Err(MatrixError::not_found("Account data not found")),
     }
@@ -64,14 +84,22 @@ async fn write(
         ));
     }
     if !content.is_object() {
-        return Err(MatrixError::bad_json("Account data content must be a JSON object"));
+        return Err(MatrixError::bad_json(
+            "Account data content must be a JSON object",
+        ));
     }
-    let pos = state.accounts.set_account_data(&auth.user_id, room, event_type, &content)?;
+    let pos = state
+        .accounts
+        .set_account_data(&auth.user_id, room, event_type, &content)?;
     state.notifier.wake([&*auth.user_id], pos);
     Ok(Json(json!({})))
 }
 
-async fn get_global(state: AppStateRef, auth: Auth, Path((user_id, event_type)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn get_global(
+    state: AppStateRef,
+    auth: Auth,
+    Path((user_id, event_type)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     read(&state, &auth, &user_id, None, &event_type).await
 }
 

@@ -8,11 +8,11 @@
 //! (username and password exactly as sent). It works even when open registration is off.
 use std::sync::Arc;
 
+use accounts::NewDevice;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use hmac::{Hmac, KeyInit, Mac};
-use accounts::NewDevice;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Sha1;
@@ -37,7 +37,9 @@ fn secret(state: &AppState) -> ApiResult<&str> {
 
 async fn nonce(state: AppStateRef) -> ApiResult<Json<Value>> {
     secret(&state)?;
-    Ok(Json(json!({ "nonce": state.accounts.new_registration_nonce() })))
+    Ok(Json(
+        json!({ "nonce": state.accounts.new_registration_nonce() }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -51,9 +53,20 @@ struct SharedSecretBody {
 }
 
 /// Hex HMAC-SHA1 check, in constant time.
-pub(crate) fn mac_matches(secret: &str, nonce: &str, username: &str, password: &str, admin: bool, mac_hex: &str) -> bool {
-    let Ok(expected) = hex::decode(mac_hex.trim()) else { return false };
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret.as_bytes()) else { return false };
+pub(crate) fn mac_matches(
+    secret: &str,
+    nonce: &str,
+    username: &str,
+    password: &str,
+    admin: bool,
+    mac_hex: &str,
+) -> bool {
+    let Ok(expected) = hex::decode(mac_hex.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
     mac.update(nonce.as_bytes());
     mac.update(b"\x00");
     mac.update(username.as_bytes());
@@ -64,15 +77,30 @@ pub(crate) fn mac_matches(secret: &str, nonce: &str, username: &str, password: &
     mac.verify_slice(&expected).is_ok()
 }
 
-async fn register(state: AppStateRef, JsonBody(body): JsonBody<SharedSecretBody>) -> ApiResult<Json<Value>> {
+async fn register(
+    state: AppStateRef,
+    JsonBody(body): JsonBody<SharedSecretBody>,
+) -> ApiResult<Json<Value>> {
     let secret = secret(&state)?.to_owned();
-    let Some(nonce) = body.nonce else { return Err(MatrixError::missing_param("nonce must be specified")) };
-    let Some(username) = body.username else { return Err(MatrixError::missing_param("username must be specified")) };
-    let Some(password) = body.password else { return Err(MatrixError::missing_param("password must be specified")) };
-    let Some(mac) = body.mac else { return Err(MatrixError::missing_param("mac must be specified")) };
+    let Some(nonce) = body.nonce else {
+        return Err(MatrixError::missing_param("nonce must be specified"));
+    };
+    let Some(username) = body.username else {
+        return Err(MatrixError::missing_param("username must be specified"));
+    };
+    let Some(password) = body.password else {
+        return Err(MatrixError::missing_param("password must be specified"));
+    };
+    let Some(mac) = body.mac else {
+        return Err(MatrixError::missing_param("mac must be specified"));
+    };
     let admin = body.admin.unwrap_or(false);
     if !state.accounts.take_registration_nonce(&nonce) {
-        return Err(MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unrecognised nonce"));
+        return Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Unrecognised nonce",
+        ));
     }
     if password.contains('\0') {
         return Err(MatrixError::invalid_param("Invalid password"));
@@ -81,10 +109,20 @@ async fn register(state: AppStateRef, JsonBody(body): JsonBody<SharedSecretBody>
         return Err(MatrixError::forbidden("HMAC incorrect"));
     }
     let accounts = state.accounts.clone();
-    let registered =
-        blocking(move || accounts.register(&username, Some(&password), NewDevice::default(), admin, true)).await??;
+    let registered = blocking(move || {
+        accounts.register(
+            &username,
+            Some(&password),
+            NewDevice::default(),
+            admin,
+            true,
+        )
+    })
+    .await??;
     if let Some(name) = body.displayname.filter(|n| !n.is_empty()) {
-        state.accounts.set_displayname(&registered.user_id, Some(name))?;
+        state
+            .accounts
+            .set_displayname(&registered.user_id, Some(name))?;
     }
     Ok(Json(json!({
         "user_id": registered.user_id,
@@ -100,13 +138,44 @@ mod tests {
 
     #[test]
     fn hmac_matches_synapse_construction() {
-        // Computed independently: HMAC-SHA1(key="complement", "n\0alice\0pw\0notadmin").
-        let mut mac = Hmac::<Sha1>::new_from_slice(b"complement").expect("key");
-        mac.update(b"n\x00alice\x00pw\x00notadmin");
-        let hex_mac = hex::encode(mac.finalize().into_bytes());
-        assert!(mac_matches("complement", "n", "alice", "pw", false, &hex_mac));
-        assert!(!mac_matches("complement", "n", "alice", "pw", true, &hex_mac));
-        assert!(!mac_matches("other", "n", "alice", "pw", false, &hex_mac));
+        // Reference values from Python: hmac.new(b"complement", b"n\0alice\0pw\0notadmin", sha1).
+        let notadmin = "b29dd3c8c9750b094bdcb10d74ea272e018cf81b";
+        let admin = "f263c22dae8179037eda2ae4bd5f2892664cbb52";
+        assert!(mac_matches(
+            "complement",
+            "n",
+            "alice",
+            "pw",
+            false,
+            notadmin
+        ));
+        assert!(mac_matches("complement", "n", "alice", "pw", true, admin));
+        assert!(mac_matches(
+            "complement",
+            "n",
+            "alice",
+            "pw",
+            true,
+            &admin.to_uppercase()
+        ));
+        assert!(!mac_matches(
+            "complement",
+            "n",
+            "alice",
+            "pw",
+            true,
+            notadmin
+        ));
+        assert!(!mac_matches("other", "n", "alice", "pw", false, notadmin));
+        assert!(!mac_matches(
+            "complement",
+            "n",
+            "Alice",
+            "pw",
+            false,
+            notadmin
+        ));
         assert!(!mac_matches("complement", "n", "alice", "pw", false, "zz"));
+        assert!(!mac_matches("complement", "n", "alice", "pw", false, ""));
     }
 }

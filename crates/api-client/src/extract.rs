@@ -39,10 +39,18 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = MatrixError;
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, MatrixError> {
         let token = access_token(parts).ok_or_else(MatrixError::missing_token)?;
-        match state.accounts.authenticate(&token)? {
-            Some(session) => Ok(Auth { user_id: session.user_id, device_id: session.device_id, access_token: token }),
-            None => Err(MatrixError::unknown_token()),
+        let Some(session) = state.accounts.authenticate(&token)? else {
+            return Err(MatrixError::unknown_token());
+        };
+        // Device "last seen" (cached: writes at most every few minutes per device).
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        if let Err(e) = state.accounts.touch_device(&session.user_id, &session.device_id, ip.as_deref()) {
+            tracing::warn!("recording device last-seen failed: {e}");
         }
+        Ok(Auth { user_id: session.user_id, device_id: session.device_id, access_token: token })
     }
 }
 

@@ -12,7 +12,8 @@ use crate::{AppState, AppStateRef};
 
 /// Spec versions this server speaks (advertised by `/versions`).
 pub const SUPPORTED_VERSIONS: &[&str] = &[
-    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12",
 ];
 
 /// The `unstable_features` map of `/versions`: MSC flag → enabled. Add a line here for
@@ -45,13 +46,19 @@ async fn well_known_client(state: AppStateRef) -> Json<Value> {
 /// answer, peers would fall back to port 8448.
 async fn well_known_server(state: AppStateRef) -> Json<Value> {
     let name = state.config.server_name.as_str();
-    let m_server = if state.config.server_name.port().is_some() { name.to_owned() } else { format!("{name}:443") };
+    let m_server = if state.config.server_name.port().is_some() {
+        name.to_owned()
+    } else {
+        format!("{name}:443")
+    };
     Json(json!({ "m.server": m_server }))
 }
 
 async fn capabilities(_auth: Auth) -> Json<Value> {
-    let available: Map<String, Value> =
-        rooms::supported_room_versions().iter().map(|v| (v.to_string(), Value::from("stable"))).collect();
+    let available: Map<String, Value> = rooms::supported_room_versions()
+        .iter()
+        .map(|v| (v.to_string(), Value::from("stable")))
+        .collect();
     Json(json!({
         "capabilities": {
             "m.room_versions": {
@@ -74,7 +81,9 @@ mod tests {
     #[test]
     fn versions_match_the_spec_grammar() {
         for v in SUPPORTED_VERSIONS {
-            let ok = v.strip_prefix("r0.").is_some() || v.strip_prefix("v1.").is_some_and(|m| m.parse::<u32>().is_ok());
+            let ok = v.strip_prefix("r0.").is_some()
+                || v.strip_prefix("v1.")
+                    .is_some_and(|m| m.parse::<u32>().is_ok());
             assert!(ok, "{v}");
         }
         assert!(unstable_features().values().all(Value::is_boolean));

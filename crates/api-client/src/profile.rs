@@ -4,8 +4,9 @@
 //! Reads need no access token (the spec makes profiles public). Writes only for one's
 //! own profile (403 `M_FORBIDDEN`); an empty string or `null` removes the field. A change
 //! is propagated as a new `m.room.member` event in every joined room, and the members of
-//! those rooms are woken. Unknown (or non-local) users are 404 `M_NOT_FOUND`; a field that
-//! is not set is 404 too, as the spec describes for the single-field endpoints.
+//! those rooms are woken. Unknown (or non-local) users are 404 `M_NOT_FOUND`; for an
+//! existing user, a field that is not set is simply absent (`200 {}`), as Synapse answers
+//! and ruma-based clients expect.
 use std::sync::Arc;
 
 use accounts::Profile;
@@ -22,8 +23,16 @@ use crate::{AppState, AppStateRef};
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = client_route(r, "/profile/{user_id}", get(get_profile));
-    let r = client_route(r, "/profile/{user_id}/displayname", get(get_displayname).put(put_displayname));
-    client_route(r, "/profile/{user_id}/avatar_url", get(get_avatar_url).put(put_avatar_url))
+    let r = client_route(
+        r,
+        "/profile/{user_id}/displayname",
+        get(get_displayname).put(put_displayname),
+    );
+    client_route(
+        r,
+        "/profile/{user_id}/avatar_url",
+        get(get_avatar_url).put(put_avatar_url),
+    )
 }
 
 /// Wake `user` and the joined members of each room at its position (after writes to
@@ -43,30 +52,39 @@ pub(crate) fn wake_rooms(state: &AppState, user: &UserId, rooms: &[(OwnedRoomId,
 }
 
 fn parse_user(raw: &str) -> ApiResult<OwnedUserId> {
-    OwnedUserId::try_from(raw).map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
+    OwnedUserId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
 }
 
 fn load(state: &AppState, raw: &str) -> ApiResult<Profile> {
     let user = parse_user(raw)?;
-    state.accounts.profile(&user)?.ok_or_else(|| MatrixError::not_found("Profile not found"))
+    state
+        .accounts
+        .profile(&user)?
+        .ok_or_else(|| MatrixError::not_found("Profile not found"))
 }
 
 async fn get_profile(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
     Ok(Json(json!(load(&state, &user_id)?)))
 }
 
-async fn get_displayname(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
-    match load(&state, &user_id)?.displayname {
-        Some(d) => Ok(Json(json!({ "displayname": d }))),
-        None => Err(MatrixError::not_found("No display name set")),
-    }
+async fn get_displayname(
+    state: AppStateRef,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let profile = load(&state, &user_id)?;
+    Ok(Json(json!(Profile {
+        displayname: profile.displayname,
+        avatar_url: None
+    })))
 }
 
 async fn get_avatar_url(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
-    match load(&state, &user_id)?.avatar_url {
-        Some(a) => Ok(Json(json!({ "avatar_url": a }))),
-        None => Err(MatrixError::not_found("No avatar URL set")),
-    }
+    let profile = load(&state, &user_id)?;
+    Ok(Json(json!(Profile {
+        displayname: None,
+        avatar_url: profile.avatar_url
+    })))
 }
 
 /// The field from a `PUT` body: a string, or `null`/absent/empty for "remove".
@@ -78,9 +96,17 @@ fn field(body: &Map<String, Value>, name: &str) -> ApiResult<Option<String>> {
     }
 }
 
-async fn put_field(state: &AppState, auth: &Auth, user_id: &str, name: &str, body: Map<String, Value>) -> ApiResult<Json<Value>> {
+async fn put_field(
+    state: &AppState,
+    auth: &Auth,
+    user_id: &str,
+    name: &str,
+    body: Map<String, Value>,
+) -> ApiResult<Json<Value>> {
     if auth.user_id.as_str() != user_id {
-        return Err(MatrixError::forbidden("Cannot change another user's profile"));
+        return Err(MatrixError::forbidden(
+            "Cannot change another user's profile",
+        ));
     }
     let value = field(&body, name)?;
     let profile = if name == "displayname" {
@@ -91,7 +117,9 @@ async fn put_field(state: &AppState, auth: &Auth, user_id: &str, name: &str, bod
     // The profile is saved; propagation to rooms is best effort.
     match state.rooms.update_member_profile(&auth.user_id, &profile) {
         Ok(rooms) => wake_rooms(state, &auth.user_id, &rooms),
-        Err(e) => tracing::warn!(user = %auth.user_id, error = %e, "profile change not propagated to rooms"),
+        Err(e) => {
+            tracing::warn!(user = %auth.user_id, error = %e, "profile change not propagated to rooms")
+        }
     }
     Ok(Json(json!({})))
 }

@@ -65,16 +65,14 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Two significant digits (no more than the value needs).
 fn fmt_tick(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}").trim_end_matches(".0").to_string()
-    } else {
-        format!("{v:.2}")
+    if v == 0.0 || !v.is_finite() {
+        return "0".into();
     }
+    let digits = (1 - v.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 /// Draws lines; a log axis is drawn as log10 of the value with the value on its ticks.
@@ -164,7 +162,7 @@ fn cdf_points(cdf: &Value) -> Vec<(f64, f64)> {
 pub fn run(a: PlotArgs) -> Res<()> {
     let results = load(&a.results)?;
     std::fs::create_dir_all(&a.out_dir)?;
-    let of = |s: &str| results.iter().filter(move |(_, v)| v["scenario"] == s).map(|(_, v)| v);
+    let of = |s: &'static str| results.iter().filter(move |(_, v)| v["scenario"] == s).map(|(_, v)| v);
 
     // Presence delivery latency CDF, one line per run.
     let mut fan: Vec<&Value> = of("presence-fanout").collect();

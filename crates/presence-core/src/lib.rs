@@ -82,10 +82,11 @@
 //!   means idle, busy is accepted, and `offline` means the request does not count at all. A
 //!   plain (omitted) sync never downgrades a busy the same device reported.
 //! * **Manual states** come from `PUT /status` and belong to the device that set them. A manual
-//!   state holds against plain syncs and repeated signals; it ends when the same device sets
-//!   another one, when the device's *explicit* `set_presence` changes value (newer automatic
-//!   information, e.g. the user came back), when the device drops out, or when it is removed.
-//!   A manual busy ignores automatic signals entirely.
+//!   state holds against plain syncs (which say only "I am here"); it ends when the same
+//!   device sets another one, when the same device's *explicit* `set_presence` contradicts it
+//!   (a newer statement), when the device drops out, or when it is removed. A manual busy
+//!   ignores automatic signals entirely. Users who want a state no client can change use the
+//!   override.
 //! * **Active vs connected.** Activity (and becoming online or busy) sets `last_active_ts`;
 //!   a sync by itself does not. `currently_active` is true for online/busy users active within
 //!   `last_active_granularity` (60 s). An online user idle for `idle_timeout` (5 min) is
@@ -93,6 +94,43 @@
 //! * **Edge-triggered.** A change is reported when the state, the status message,
 //!   `currently_active`, or whether activity is hidden changes — never for `last_active_ts`
 //!   alone, which views compute at serving time.
+//!
+//! ## Sharing and audience, from the server's side
+//!
+//! ```
+//! use presence_core::audience::AudienceIndex;
+//! use presence_core::sharing::{AllowedRecipients, IncomingRecipients, SharingConfig, SharingPolicy};
+//! use ruma::{room_id, server_name, user_id};
+//! use serde_json::json;
+//!
+//! let (u, bob, bea) = (user_id!("@u:home.org"), user_id!("@bob:remote.org"), user_id!("@bea:remote.org"));
+//! let room = room_id!("!r:home.org");
+//!
+//! // Membership changes keep the index current and say whose visibility changed.
+//! let mut index = AudienceIndex::new();
+//! index.apply_membership(room, u, true);
+//! assert_eq!(index.apply_membership(room, bob, true).gained, vec![u.to_owned()]);
+//! index.apply_membership(room, bea, true);
+//!
+//! // PUT account data: validate (a 400 names the bad entry), store, compile once.
+//! let content = json!({"allowed_users": ["@b*:remote.org"], "denied_users": ["@bob:remote.org"]});
+//! let policy = SharingPolicy::compile(&SharingConfig::from_json(&content).unwrap());
+//!
+//! // Local fan-out: the room audience (plus policy.explicitly_allowed_users()), filtered.
+//! let viewers: Vec<_> = index.audience(u).filter(|v| policy.may_see(u, v, &index)).collect();
+//! assert_eq!(viewers, vec![bea]);
+//!
+//! // Federation: one call per destination in index.audience_servers(u).
+//! let remote = server_name!("remote.org");
+//! let recipients = policy.allowed_recipients(u, remote, index.members_on_server(u, remote));
+//! assert_eq!(recipients, AllowedRecipients::Chunks(vec![vec!["@bea:remote.org".to_owned()]]));
+//!
+//! // Receiving side: filter local delivery by the entry's `allowed_recipients`.
+//! let incoming = IncomingRecipients::from_json(Some(&json!(["@bea:remote.org"])));
+//! assert!(incoming.allows(bea) && !incoming.allows(bob));
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod audience;
 mod config;

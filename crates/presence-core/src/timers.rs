@@ -5,6 +5,7 @@
 //! popping are O(log n), and there is no lazily-invalidated garbage to accumulate.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, HashMap},
     hash::Hash,
 };
@@ -30,14 +31,19 @@ impl<K> Default for DeadlineQueue<K> {
     }
 }
 
-impl<K: Clone + Eq + Hash> DeadlineQueue<K> {
+impl<K: Eq + Hash> DeadlineQueue<K> {
     /// An empty queue.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Arms (or re-arms) `key` for `deadline`; `None` cancels it.
-    pub fn set(&mut self, key: &K, deadline: Option<u64>) {
+    /// Arms (or re-arms) `key` for `deadline`; `None` cancels it. Allocates an owned key only
+    /// when the deadline actually changes.
+    pub fn set<Q>(&mut self, key: &Q, deadline: Option<u64>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         match deadline {
             None => self.cancel(key),
             Some(deadline) => {
@@ -47,21 +53,29 @@ impl<K: Clone + Eq + Hash> DeadlineQueue<K> {
                 self.cancel(key);
                 let entry = (deadline, self.next_seq);
                 self.next_seq += 1;
-                self.by_deadline.insert(entry, key.clone());
-                self.by_key.insert(key.clone(), entry);
+                self.by_deadline.insert(entry, key.to_owned());
+                self.by_key.insert(key.to_owned(), entry);
             }
         }
     }
 
     /// Removes `key`'s deadline, if any.
-    pub fn cancel(&mut self, key: &K) {
+    pub fn cancel<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if let Some(entry) = self.by_key.remove(key) {
             self.by_deadline.remove(&entry);
         }
     }
 
     /// The deadline currently armed for `key`.
-    pub fn deadline_of(&self, key: &K) -> Option<u64> {
+    pub fn deadline_of<Q>(&self, key: &Q) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.by_key.get(key).map(|&(deadline, _)| deadline)
     }
 

@@ -25,11 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use presence_core::audience::AudienceIndex;
 use presence_core::{
     Audience, DeviceState, EffectivePresence, PresenceChange, PresenceConfig, PresenceEngine, PresenceOverride,
     PresenceSnapshot, StatusMsg, SyncTicket,
 };
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use storage::{Batch, Cf, Db, Key, KeyReader, StorageError};
@@ -76,60 +77,12 @@ struct StoredPresence {
     stream_pos: u64,
 }
 
-/// Who shares a joined room with whom. Memory is O(memberships); a lookup of one user's
-/// audience walks that user's rooms.
-#[derive(Default)]
-struct RoomIndex {
-    rooms_of: HashMap<OwnedUserId, HashSet<OwnedRoomId>>,
-    members_of: HashMap<OwnedRoomId, HashSet<OwnedUserId>>,
-}
-
-impl RoomIndex {
-    fn set(&mut self, room: &RoomId, user: &UserId, joined: bool) {
-        if joined {
-            self.rooms_of.entry(user.to_owned()).or_default().insert(room.to_owned());
-            self.members_of.entry(room.to_owned()).or_default().insert(user.to_owned());
-        } else {
-            if let Some(r) = self.rooms_of.get_mut(user) {
-                r.remove(room);
-                if r.is_empty() {
-                    self.rooms_of.remove(user);
-                }
-            }
-            if let Some(m) = self.members_of.get_mut(room) {
-                m.remove(user);
-                if m.is_empty() {
-                    self.members_of.remove(room);
-                }
-            }
-        }
-    }
-
-    fn shares_room(&self, a: &UserId, b: &UserId) -> bool {
-        let (Some(ra), Some(rb)) = (self.rooms_of.get(a), self.rooms_of.get(b)) else { return false };
-        let (small, large) = if ra.len() <= rb.len() { (ra, rb) } else { (rb, ra) };
-        small.iter().any(|r| large.contains(r))
-    }
-
-    /// Everyone sharing at least one joined room with `user`, `user` excluded.
-    fn co_members(&self, user: &UserId) -> HashSet<&UserId> {
-        let mut out = HashSet::new();
-        for room in self.rooms_of.get(user).into_iter().flatten() {
-            for m in self.members_of.get(room).into_iter().flatten() {
-                if m != user {
-                    out.insert(&**m);
-                }
-            }
-        }
-        out
-    }
-}
-
 pub struct PresenceService {
     db: Arc<Db>,
     config: PresenceServiceConfig,
     engine: Mutex<PresenceEngine>,
-    rooms: RwLock<RoomIndex>,
+    /// Who shares a joined room with whom (presence-core's incremental index).
+    rooms: RwLock<AudienceIndex>,
     /// Latest stream position per user (mirrors `StoredPresence::stream_pos`).
     stream_pos: Mutex<HashMap<OwnedUserId, u64>>,
     waker: Arc<dyn SyncWaker>,
@@ -173,7 +126,7 @@ impl PresenceService {
             db,
             config,
             engine: Mutex::new(engine),
-            rooms: RwLock::new(RoomIndex::default()),
+            rooms: RwLock::new(AudienceIndex::new()),
             stream_pos: Mutex::new(stream_pos),
             waker,
             armed_deadline: AtomicU64::new(u64::MAX),
@@ -237,11 +190,11 @@ impl PresenceService {
 
     /// Re-arm the timer task if the engine now has an earlier deadline than it sleeps towards.
     fn rearm(&self, engine: &PresenceEngine) {
-        if let Some(d) = engine.next_deadline() {
-            if d < self.armed_deadline.load(Ordering::SeqCst) {
-                self.armed_deadline.store(d, Ordering::SeqCst);
-                self.kick.notify_one();
-            }
+        if let Some(d) = engine.next_deadline()
+            && d < self.armed_deadline.load(Ordering::SeqCst)
+        {
+            self.armed_deadline.store(d, Ordering::SeqCst);
+            self.kick.notify_one();
         }
     }
 
@@ -290,7 +243,7 @@ impl PresenceService {
         let mut wake: HashSet<&UserId> = HashSet::new();
         for c in &changes {
             wake.insert(&c.user_id);
-            wake.extend(rooms.co_members(&c.user_id));
+            wake.extend(rooms.audience(&c.user_id));
         }
         let wake: Vec<&UserId> = wake.into_iter().collect();
         self.waker.wake_users(&wake, pos);
@@ -399,7 +352,7 @@ impl PresenceService {
     /// A joined-membership change. Sync shows the presence of newly shared users from the
     /// join events themselves, so nothing needs waking here.
     pub fn membership_changed(&self, room: &RoomId, user: &UserId, joined: bool) {
-        self.rooms.write().unwrap_or_else(|p| p.into_inner()).set(room, user, joined);
+        let _ = self.rooms.write().unwrap_or_else(|p| p.into_inner()).apply_membership(room, user, joined);
     }
 
     /// May `viewer` see `user`'s presence?
@@ -420,7 +373,7 @@ impl PresenceService {
         let now = now_ms();
         let users: Vec<OwnedUserId> = {
             let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-            rooms.co_members(viewer).into_iter().map(ToOwned::to_owned).collect()
+            rooms.audience(viewer).map(ToOwned::to_owned).collect()
         };
         let engine = self.engine();
         let mut out = Vec::new();
@@ -509,7 +462,7 @@ mod tests {
     fn status_change_wakes_exactly_room_sharers_and_appears_once_in_the_stream() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (svc, waker) = service(dir.path());
-        let room: OwnedRoomId = "!r:x".try_into().expect("room");
+        let room: ruma::OwnedRoomId = "!r:x".try_into().expect("room");
         let (a, b, c) = (uid("@a:x"), uid("@b:x"), uid("@c:x"));
         svc.membership_changed(&room, &a, true);
         svc.membership_changed(&room, &b, true);

@@ -9,7 +9,11 @@ impl StoredEvent {
     /// `type`, `state_key`, `content`, `origin_server_ts`, `redacts`, and `unsigned` with
     /// `age`, `transaction_id` (only for the sending device), `prev_content`,
     /// `prev_sender`, `replaces_state` and `redacted_because`.
-    pub fn to_client_event(&self, viewer_device: Option<(&UserId, &DeviceId)>, now_ms: u64) -> Value {
+    pub fn to_client_event(
+        &self,
+        viewer_device: Option<(&UserId, &DeviceId)>,
+        now_ms: u64,
+    ) -> Value {
         self.client_event(viewer_device, Some(now_ms))
     }
 
@@ -32,7 +36,11 @@ impl StoredEvent {
         })
     }
 
-    pub(crate) fn client_event(&self, viewer_device: Option<(&UserId, &DeviceId)>, now_ms: Option<u64>) -> Value {
+    pub(crate) fn client_event(
+        &self,
+        viewer_device: Option<(&UserId, &DeviceId)>,
+        now_ms: Option<u64>,
+    ) -> Value {
         let mut o = Map::new();
         o.insert("event_id".into(), Value::from(self.event_id.as_str()));
         o.insert("room_id".into(), Value::from(self.room_id()));

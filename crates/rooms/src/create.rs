@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use storage::Cf;
 
 use crate::persist::{AppendOpts, NewEvent};
-use crate::store::{AliasRecord, alias_reverse_key, summary_key};
+use crate::store::{AliasRecord, PUBLIC_PREFIX, alias_reverse_key, public_key, summary_key};
 use crate::{DEFAULT_ROOM_VERSION, Result, RoomError, RoomService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -69,7 +69,11 @@ pub struct CreateRoomRequest {
     pub creator_profile: Profile,
 }
 
-pub(crate) fn member_content(membership: &str, profile: Option<&Profile>, reason: Option<&str>) -> Value {
+pub(crate) fn member_content(
+    membership: &str,
+    profile: Option<&Profile>,
+    reason: Option<&str>,
+) -> Value {
     let mut c = Map::new();
     c.insert("membership".into(), Value::from(membership));
     if let Some(p) = profile {
@@ -120,8 +124,14 @@ fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Va
 
 /// Validate a `room_alias_name` and turn it into a local alias.
 pub(crate) fn local_alias(server: &ruma::ServerName, name: &str) -> Result<OwnedRoomAliasId> {
-    if name.is_empty() || name.contains(':') || name.contains('#') || name.chars().any(char::is_whitespace) {
-        return Err(RoomError::InvalidParam(format!("invalid room alias name {name:?}")));
+    if name.is_empty()
+        || name.contains(':')
+        || name.contains('#')
+        || name.chars().any(char::is_whitespace)
+    {
+        return Err(RoomError::InvalidParam(format!(
+            "invalid room alias name {name:?}"
+        )));
     }
     OwnedRoomAliasId::try_from(format!("#{name}:{server}"))
         .map_err(|e| RoomError::InvalidParam(format!("invalid room alias name {name:?}: {e}")))
@@ -139,7 +149,8 @@ impl RoomService {
         };
         let mut invites = Vec::new();
         for i in &req.invite {
-            let u = crate::owned_user(i).ok_or_else(|| RoomError::InvalidParam(format!("invalid user id {i:?}")))?;
+            let u = crate::owned_user(i)
+                .ok_or_else(|| RoomError::InvalidParam(format!("invalid user id {i:?}")))?;
             if !invites.contains(&u) && *u != *creator {
                 invites.push(u);
             }
@@ -156,7 +167,9 @@ impl RoomService {
         let mut initial_state = req.initial_state.clone();
         for ev in &initial_state {
             if ev.kind == "m.room.create" {
-                return Err(RoomError::BadJson("initial_state may not contain m.room.create".into()));
+                return Err(RoomError::BadJson(
+                    "initial_state may not contain m.room.create".into(),
+                ));
             }
         }
 
@@ -187,11 +200,23 @@ impl RoomService {
 
         // 2. the creator joins
         let content = member_content("join", Some(&req.creator_profile), None);
-        self.send_locked(&room_id, creator, NewEvent::state("m.room.member", creator.as_str(), content), AppendOpts::default())?;
+        self.send_locked(
+            &room_id,
+            creator,
+            NewEvent::state("m.room.member", creator.as_str(), content),
+            AppendOpts::default(),
+        )?;
 
         // 3. power levels
-        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat { &invites } else { &[] };
-        let mut pl = match initial_state.iter().position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty()) {
+        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
+            &invites
+        } else {
+            &[]
+        };
+        let mut pl = match initial_state
+            .iter()
+            .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
+        {
             Some(i) => initial_state.remove(i).content,
             None => default_power_levels(creator, ops),
         };
@@ -200,37 +225,64 @@ impl RoomService {
                 pl.insert(k.clone(), v.clone());
             }
         }
-        self.send_locked(&room_id, creator, NewEvent::state("m.room.power_levels", "", Value::Object(pl)), AppendOpts::default())?;
+        self.send_locked(
+            &room_id,
+            creator,
+            NewEvent::state("m.room.power_levels", "", Value::Object(pl)),
+            AppendOpts::default(),
+        )?;
 
         // 4. canonical alias, reserving the alias in the same write
         if let Some(a) = &alias {
-            let rec = AliasRecord { room_id: room_id.clone(), creator: creator.to_owned() };
+            let rec = AliasRecord {
+                room_id: room_id.clone(),
+                creator: creator.to_owned(),
+            };
             let (alias_s, room_s) = (a.to_string(), room_id.clone());
             let extra = Box::new(move |_pos: u64, b: &mut storage::Batch| {
                 b.put_json(Cf::Aliases, alias_s.as_str(), &rec);
-                b.put(Cf::Aliases, alias_reverse_key(&room_s, &alias_s), Vec::new());
+                b.put(
+                    Cf::Aliases,
+                    alias_reverse_key(&room_s, &alias_s),
+                    Vec::new(),
+                );
             });
             let content = json!({ "alias": a.as_str() });
             self.send_locked(
                 &room_id,
                 creator,
                 NewEvent::state("m.room.canonical_alias", "", content),
-                AppendOpts { txn: None, extra: Some(extra) },
+                AppendOpts {
+                    txn: None,
+                    extra: Some(extra),
+                },
             )?;
         }
 
         // 5. the preset's state, unless initial_state sets it
-        let overridden = |t: &str| initial_state.iter().any(|e| e.kind == t && e.state_key.is_empty());
+        let overridden = |t: &str| {
+            initial_state
+                .iter()
+                .any(|e| e.kind == t && e.state_key.is_empty())
+        };
         let (join_rule, guest) = match preset {
             Preset::PublicChat => ("public", None),
             Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
         };
         let mut preset_events = vec![
             NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
-            NewEvent::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })),
+            NewEvent::state(
+                "m.room.history_visibility",
+                "",
+                json!({ "history_visibility": "shared" }),
+            ),
         ];
         if let Some(g) = guest {
-            preset_events.push(NewEvent::state("m.room.guest_access", "", json!({ "guest_access": g })));
+            preset_events.push(NewEvent::state(
+                "m.room.guest_access",
+                "",
+                json!({ "guest_access": g }),
+            ));
         }
         for ev in preset_events {
             if !overridden(&ev.kind) {
@@ -246,11 +298,21 @@ impl RoomService {
 
         // 7. name, topic
         if let Some(name) = &req.name {
-            self.send_locked(&room_id, creator, NewEvent::state("m.room.name", "", json!({ "name": name })), AppendOpts::default())?;
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.name", "", json!({ "name": name })),
+                AppendOpts::default(),
+            )?;
         }
         if let Some(topic) = &req.topic {
-            let content = json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] });
-            self.send_locked(&room_id, creator, NewEvent::state("m.room.topic", "", content), AppendOpts::default())?;
+            let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] } });
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.topic", "", content),
+                AppendOpts::default(),
+            )?;
         }
 
         // 8. invites
@@ -261,7 +323,12 @@ impl RoomService {
             {
                 o.insert("is_direct".into(), Value::Bool(true));
             }
-            self.send_locked(&room_id, creator, NewEvent::state("m.room.member", u.as_str(), content), AppendOpts::default())?;
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.member", u.as_str(), content),
+                AppendOpts::default(),
+            )?;
         }
 
         if visibility == Visibility::Public {
@@ -276,8 +343,27 @@ impl RoomService {
             s.public = public;
             let mut b = storage::Batch::new();
             b.put_json(Cf::Rooms, summary_key(room), &s);
+            if public {
+                b.put(Cf::Rooms, public_key(room), Vec::new());
+            } else {
+                b.delete(Cf::Rooms, public_key(room));
+            }
             self.db.write(b)?;
         }
         Ok(())
+    }
+
+    /// Rooms published in the room directory.
+    pub fn public_rooms(&self) -> Result<Vec<OwnedRoomId>> {
+        let prefix = storage::Key::new().str(PUBLIC_PREFIX);
+        let plen = prefix.as_bytes().len();
+        let mut out = Vec::new();
+        for (k, _) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
+            let mut r = storage::KeyReader::new(&k[plen..]);
+            if let Some(room) = r.str().and_then(|s| OwnedRoomId::try_from(s).ok()) {
+                out.push(room);
+            }
+        }
+        Ok(out)
     }
 }

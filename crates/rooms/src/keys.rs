@@ -5,7 +5,7 @@ use ruma::signatures::Ed25519KeyPair;
 use serde::{Deserialize, Serialize};
 use storage::{Batch, Cf, Db};
 
-use crate::{RoomError, Result};
+use crate::{Result, RoomError};
 
 const META_SIGNING_KEY: &[u8] = b"signing_key";
 
@@ -28,23 +28,38 @@ impl SigningKey {
             let version = stored
                 .key_id
                 .strip_prefix("ed25519:")
-                .ok_or_else(|| RoomError::Internal(format!("bad signing key id {}", stored.key_id)))?
+                .ok_or_else(|| {
+                    RoomError::Internal(format!("bad signing key id {}", stored.key_id))
+                })?
                 .to_owned();
             let der: Base64 = Base64::parse(&stored.pkcs8)
                 .map_err(|e| RoomError::Internal(format!("signing key is not base64: {e}")))?;
             let pair = Ed25519KeyPair::from_der(der.as_bytes(), version)
                 .map_err(|e| RoomError::Internal(format!("signing key does not parse: {e}")))?;
-            return Ok(SigningKey { key_id: stored.key_id, pair });
+            return Ok(SigningKey {
+                key_id: stored.key_id,
+                pair,
+            });
         }
-        let version: String = rand::rng().sample_iter(&rand::distr::Alphanumeric).map(char::from).take(8).collect();
+        let version: String = rand::rng()
+            .sample_iter(&rand::distr::Alphanumeric)
+            .map(char::from)
+            .take(8)
+            .collect();
         let der = Ed25519KeyPair::generate();
         let pair = Ed25519KeyPair::from_der(&der, version.clone())
             .map_err(|e| RoomError::Internal(format!("generated key does not parse: {e}")))?;
-        let stored = StoredKey { key_id: format!("ed25519:{version}"), pkcs8: Base64::<ruma::serde::base64::Standard, &[u8]>::new(&der[..]).encode() };
+        let stored = StoredKey {
+            key_id: format!("ed25519:{version}"),
+            pkcs8: Base64::<ruma::serde::base64::Standard, &[u8]>::new(&der[..]).encode(),
+        };
         let mut batch = Batch::new();
         batch.put_json(Cf::Meta, META_SIGNING_KEY, &stored);
         db.write(batch)?;
         tracing::info!(key_id = %stored.key_id, "generated a new server signing key");
-        Ok(SigningKey { key_id: stored.key_id, pair })
+        Ok(SigningKey {
+            key_id: stored.key_id,
+            pair,
+        })
     }
 }

@@ -16,7 +16,8 @@
 //!   extremities, max depth); `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → event id
 //!   of the current state; `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership
 //!   string; `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → event id (log of every
-//!   accepted state event by stream position, used for history visibility).
+//!   accepted state event by stream position, used for history visibility);
+//!   `"public" 0xFF room_id 0xFF` → empty (the room directory).
 //! * `StateAt`: `event_id` → the state *before* the event, either a full snapshot or a
 //!   delta (≤ [`MAX_STATE_DELTA`] entries) on top of another event's full snapshot.
 //! * `Memberships`: `user_id 0xFF room_id 0xFF` → [`MembershipRecord`].
@@ -26,6 +27,35 @@
 //! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id, where scope
 //!   is `send <room_id>` or `redact <room_id>`.
 //! * `Meta`: `signing_key` → the server's ed25519 key (PKCS#8, base64) and its key id.
+//!
+//! ## API
+//!
+//! * Writes: [`RoomService::create_room`], [`RoomService::send_message_event`] (idempotent
+//!   per device + txn id), [`RoomService::send_state_event`] (repeating identical state is a
+//!   no-op), [`RoomService::join`], [`RoomService::leave`], [`RoomService::invite`],
+//!   [`RoomService::kick`], [`RoomService::ban`], [`RoomService::unban`],
+//!   [`RoomService::forget`], [`RoomService::redact`], [`RoomService::update_member_profile`],
+//!   aliases ([`RoomService::set_alias`], [`RoomService::resolve_alias`],
+//!   [`RoomService::delete_alias`], [`RoomService::room_aliases`]) and the directory
+//!   ([`RoomService::set_room_public`], [`RoomService::public_rooms`]).
+//! * Reads for `/sync` and the HTTP layer: [`RoomService::rooms_for_user`],
+//!   [`RoomService::timeline`], [`RoomService::paginate`], [`RoomService::state_before`],
+//!   [`RoomService::state_after`], [`RoomService::current_state`],
+//!   [`RoomService::state_at_position`], [`RoomService::event`],
+//!   [`RoomService::invite_state`], [`RoomService::joined_members`],
+//!   [`RoomService::members`], [`RoomService::room_access`], [`RoomService::visible_to`],
+//!   [`RoomService::client_event_for`]; [`StoredEvent::to_client_event`] formats events.
+//! * Errors are [`RoomError`]; the HTTP layer maps them to Matrix error codes.
+//!
+//! Size limit: events over [`MAX_PDU_BYTES`] of canonical JSON are [`RoomError::TooLarge`]
+//! (ruma-signatures refuses to hash PDUs over 65,535 bytes, so that is the effective limit).
+//!
+//! Federation entry point: [`RoomService::append_pdu`] takes a complete remote PDU (the
+//! caller verifies signatures and fetches missing events first) through the same
+//! authorization and state-resolution path as local events.
+//!
+//! Not yet: the federation endpoints themselves, knocking and restricted joins through
+//! the API, third-party invites, room upgrades, room versions other than 10 and 11.
 //!
 //! ## Concurrency
 //!
@@ -155,6 +185,9 @@ pub struct UserRoom {
     /// Stream position of the membership event.
     pub pos: u64,
     pub event_id: OwnedEventId,
+    /// The user forgot the room (only ever set by
+    /// [`RoomService::rooms_for_user_with_forgotten`]).
+    pub forgotten: bool,
 }
 
 /// The result of a successful write.
@@ -178,7 +211,12 @@ impl RoomService {
     /// generating and persisting one on first start.
     pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Result<Self> {
         let key = keys::SigningKey::load_or_generate(&db)?;
-        Ok(RoomService { db, server_name, key, write_lock: Mutex::new(()) })
+        Ok(RoomService {
+            db,
+            server_name,
+            key,
+            write_lock: Mutex::new(()),
+        })
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -201,7 +239,8 @@ impl RoomService {
 
     /// The public key as unpadded standard base64, as `/_matrix/key/v2/server` publishes it.
     pub fn public_key_base64(&self) -> String {
-        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(self.public_key().to_vec()).encode()
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(self.public_key().to_vec())
+            .encode()
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -218,7 +257,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
-    let v = RoomVersionId::try_from(s).map_err(|_| RoomError::UnsupportedRoomVersion(s.to_owned()))?;
+    let v =
+        RoomVersionId::try_from(s).map_err(|_| RoomError::UnsupportedRoomVersion(s.to_owned()))?;
     if supported_room_versions().contains(&v) {
         Ok(v)
     } else {

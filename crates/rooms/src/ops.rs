@@ -1,6 +1,8 @@
 //! Client writes: messages, state, membership, redactions, aliases, profile updates.
 use accounts::Profile;
-use ruma::{DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{
+    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId,
+};
 use serde_json::{Map, Value};
 use storage::{Batch, Cf};
 
@@ -17,7 +19,8 @@ pub(crate) struct PowerLevels {
 }
 
 fn as_level(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 impl PowerLevels {
@@ -41,14 +44,26 @@ impl PowerLevels {
     /// `kick`, `ban`, `redact` (default 50) or `invite` (default 0).
     pub fn action(&self, name: &str) -> i64 {
         let default = if name == "invite" { 0 } else { 50 };
-        self.content.as_ref().and_then(|c| c.get(name)).and_then(as_level).unwrap_or(default)
+        self.content
+            .as_ref()
+            .and_then(|c| c.get(name))
+            .and_then(as_level)
+            .unwrap_or(default)
     }
     pub fn event(&self, kind: &str, state: bool) -> i64 {
         match &self.content {
-            Some(c) => c.get("events").and_then(|e| e.get(kind)).and_then(as_level).unwrap_or_else(|| {
-                let (k, d) = if state { ("state_default", 50) } else { ("events_default", 0) };
-                c.get(k).and_then(as_level).unwrap_or(d)
-            }),
+            Some(c) => c
+                .get("events")
+                .and_then(|e| e.get(kind))
+                .and_then(as_level)
+                .unwrap_or_else(|| {
+                    let (k, d) = if state {
+                        ("state_default", 50)
+                    } else {
+                        ("events_default", 0)
+                    };
+                    c.get(k).and_then(as_level).unwrap_or(d)
+                }),
             None => 0,
         }
     }
@@ -60,8 +75,13 @@ fn txn_scope(kind: &str, room: &RoomId) -> String {
 
 impl RoomService {
     pub(crate) fn power_levels(&self, room: &RoomId, summary: &RoomSummary) -> Result<PowerLevels> {
-        let content = self.current_state_event(room, "m.room.power_levels", "")?.map(|e| e.content());
-        Ok(PowerLevels { content, creator: summary.creator.to_string() })
+        let content = self
+            .current_state_event(room, "m.room.power_levels", "")?
+            .map(|e| e.content());
+        Ok(PowerLevels {
+            content,
+            creator: summary.creator.to_string(),
+        })
     }
 
     fn txn_hit(&self, key: &storage::Key) -> Result<Option<SentEvent>> {
@@ -73,7 +93,10 @@ impl RoomService {
             .and_then(|s| OwnedEventId::try_from(s).ok())
             .ok_or_else(|| RoomError::Internal("corrupt txn entry".into()))?;
         let ev = self.require_event(&id)?;
-        Ok(Some(SentEvent { event_id: id, pos: ev.pos }))
+        Ok(Some(SentEvent {
+            event_id: id,
+            pos: ev.pos,
+        }))
     }
 
     /// Send a message (non-state) event. With `txn = (device, txn_id)` the call is
@@ -91,10 +114,19 @@ impl RoomService {
         {
             let target = OwnedEventId::try_from(target)
                 .map_err(|_| RoomError::BadJson("content.redacts is not an event id".into()))?;
-            let reason = content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+            let reason = content
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned);
             return self.redact(sender, room, &target, reason.as_deref(), txn);
         }
-        let key = txn.map(|(d, t)| (txn_key(sender, d.as_str(), &txn_scope("send", room), t), d.to_owned(), t.to_owned()));
+        let key = txn.map(|(d, t)| {
+            (
+                txn_key(sender, d.as_str(), &txn_scope("send", room), t),
+                d.to_owned(),
+                t.to_owned(),
+            )
+        });
         if let Some((k, _, _)) = &key
             && let Some(hit) = self.txn_hit(k)?
         {
@@ -106,8 +138,21 @@ impl RoomService {
         {
             return Ok(hit);
         }
-        let new = NewEvent { kind: kind.to_owned(), state_key: None, content, redacts: None };
-        self.send_locked(room, sender, new, AppendOpts { txn: key, extra: None })
+        let new = NewEvent {
+            kind: kind.to_owned(),
+            state_key: None,
+            content,
+            redacts: None,
+        };
+        self.send_locked(
+            room,
+            sender,
+            new,
+            AppendOpts {
+                txn: key,
+                extra: None,
+            },
+        )
     }
 
     /// Send a state event. Sending the same content again by the same sender returns
@@ -128,14 +173,29 @@ impl RoomService {
         self.state_locked(sender, room, kind, state_key, content)
     }
 
-    fn state_locked(&self, sender: &UserId, room: &RoomId, kind: &str, state_key: &str, content: Value) -> Result<SentEvent> {
+    fn state_locked(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        kind: &str,
+        state_key: &str,
+        content: Value,
+    ) -> Result<SentEvent> {
         if let Some(cur) = self.current_state_event(room, kind, state_key)?
             && cur.sender() == sender.as_str()
             && cur.content() == content
         {
-            return Ok(SentEvent { event_id: cur.event_id.clone(), pos: cur.pos });
+            return Ok(SentEvent {
+                event_id: cur.event_id.clone(),
+                pos: cur.pos,
+            });
         }
-        self.send_locked(room, sender, NewEvent::state(kind, state_key, content), AppendOpts::default())
+        self.send_locked(
+            room,
+            sender,
+            NewEvent::state(kind, state_key, content),
+            AppendOpts::default(),
+        )
     }
 
     fn check_canonical_alias(&self, room: &RoomId, content: &Value) -> Result<()> {
@@ -151,10 +211,17 @@ impl RoomService {
             Some(_) => return Err(RoomError::InvalidParam("alt_aliases must be a list".into())),
         }
         for a in aliases {
-            let s = a.as_str().ok_or_else(|| RoomError::InvalidParam("aliases must be strings".into()))?;
-            let alias = RoomAliasId::parse(s).map_err(|_| RoomError::InvalidParam(format!("invalid alias {s:?}")))?;
-            if alias.server_name() == self.server_name && self.resolve_alias(&alias)?.as_deref() != Some(room) {
-                return Err(RoomError::BadAlias(format!("{s} does not point to this room")));
+            let s = a
+                .as_str()
+                .ok_or_else(|| RoomError::InvalidParam("aliases must be strings".into()))?;
+            let alias = RoomAliasId::parse(s)
+                .map_err(|_| RoomError::InvalidParam(format!("invalid alias {s:?}")))?;
+            if alias.server_name() == self.server_name
+                && self.resolve_alias(&alias)?.as_deref() != Some(room)
+            {
+                return Err(RoomError::BadAlias(format!(
+                    "{s} does not point to this room"
+                )));
             }
         }
         Ok(())
@@ -162,7 +229,13 @@ impl RoomService {
 
     /// A membership change by `sender` for `target`; a repeat of the current member event
     /// (same sender, same content) returns it instead of sending a new one.
-    fn member_locked(&self, sender: &UserId, room: &RoomId, target: &UserId, content: Value) -> Result<SentEvent> {
+    fn member_locked(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<SentEvent> {
         self.require_summary(room)?;
         self.state_locked(sender, room, "m.room.member", target.as_str(), content)
     }
@@ -170,12 +243,15 @@ impl RoomService {
     /// Resolve `!room:server` or `#alias:server` to a known room id.
     pub fn resolve_room_or_alias(&self, room_or_alias: &str) -> Result<OwnedRoomId> {
         if room_or_alias.starts_with('#') {
-            let alias = RoomAliasId::parse(room_or_alias)
-                .map_err(|_| RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}")))?;
-            self.resolve_alias(&alias)?.ok_or_else(|| RoomError::NotFound(format!("room alias {alias} not found")))
+            let alias = RoomAliasId::parse(room_or_alias).map_err(|_| {
+                RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}"))
+            })?;
+            self.resolve_alias(&alias)?
+                .ok_or_else(|| RoomError::NotFound(format!("room alias {alias} not found")))
         } else {
-            let room = RoomId::parse(room_or_alias)
-                .map_err(|_| RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}")))?;
+            let room = RoomId::parse(room_or_alias).map_err(|_| {
+                RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}"))
+            })?;
             if !self.room_exists(&room)? {
                 return Err(RoomError::UnknownRoom(room));
             }
@@ -183,17 +259,32 @@ impl RoomService {
         }
     }
 
-    /// Join a room (by id or alias), putting the user's profile in the member event.
+    /// Join a room (by id or alias). `content` is the request body's extra member content
+    /// (e.g. `reason`); `membership` is set to `join` and the user's displayname/avatar
+    /// are filled in from `profile` unless the content sets them.
     pub fn join(
         &self,
         user: &UserId,
         room_or_alias: &str,
         profile: &Profile,
-        reason: Option<&str>,
+        content: Option<Map<String, Value>>,
     ) -> Result<(OwnedRoomId, SentEvent)> {
         let room = self.resolve_room_or_alias(room_or_alias)?;
+        let mut c = content.unwrap_or_default();
+        c.remove("third_party_signed");
+        c.insert("membership".into(), Value::from("join"));
+        for (field, value) in [
+            ("displayname", &profile.displayname),
+            ("avatar_url", &profile.avatar_url),
+        ] {
+            if let Some(v) = value
+                && !c.contains_key(field)
+            {
+                c.insert(field.into(), Value::from(v.as_str()));
+            }
+        }
         let _guard = self.lock();
-        let sent = self.member_locked(user, &room, user, member_content("join", Some(profile), reason))?;
+        let sent = self.member_locked(user, &room, user, Value::Object(c))?;
         Ok((room, sent))
     }
 
@@ -203,46 +294,90 @@ impl RoomService {
         self.require_summary(room)?;
         if let Some(rec) = self.membership(room, user)?
             && rec.membership == Membership::Leave
-            && reason.is_none()
         {
-            return Ok(SentEvent { event_id: rec.event_id, pos: rec.pos });
+            return Ok(SentEvent {
+                event_id: rec.event_id,
+                pos: rec.pos,
+            });
         }
         self.member_locked(user, room, user, member_content("leave", None, reason))
     }
 
     /// Invite `target`.
-    pub fn invite(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+    pub fn invite(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SentEvent> {
         let _guard = self.lock();
         self.require_summary(room)?;
         self.member_locked(sender, room, target, member_content("invite", None, reason))
     }
 
     /// Kick `target` (who must be joined, invited or knocking).
-    pub fn kick(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+    pub fn kick(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SentEvent> {
         let _guard = self.lock();
         self.require_summary(room)?;
         match self.membership_state(room, target)? {
             Some(Membership::Join | Membership::Invite | Membership::Knock) => {}
             _ => return Err(RoomError::Forbidden(format!("{target} is not in the room"))),
         }
-        self.send_locked(room, sender, NewEvent::state("m.room.member", target.as_str(), member_content("leave", None, reason)), AppendOpts::default())
+        self.send_locked(
+            room,
+            sender,
+            NewEvent::state(
+                "m.room.member",
+                target.as_str(),
+                member_content("leave", None, reason),
+            ),
+            AppendOpts::default(),
+        )
     }
 
     /// Ban `target`.
-    pub fn ban(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+    pub fn ban(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SentEvent> {
         let _guard = self.lock();
         self.require_summary(room)?;
         self.member_locked(sender, room, target, member_content("ban", None, reason))
     }
 
     /// Unban `target` (who must be banned).
-    pub fn unban(&self, sender: &UserId, room: &RoomId, target: &UserId, reason: Option<&str>) -> Result<SentEvent> {
+    pub fn unban(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SentEvent> {
         let _guard = self.lock();
         self.require_summary(room)?;
         if self.membership_state(room, target)? != Some(Membership::Ban) {
             return Err(RoomError::Forbidden(format!("{target} is not banned")));
         }
-        self.send_locked(room, sender, NewEvent::state("m.room.member", target.as_str(), member_content("leave", None, reason)), AppendOpts::default())
+        self.send_locked(
+            room,
+            sender,
+            NewEvent::state(
+                "m.room.member",
+                target.as_str(),
+                member_content("leave", None, reason),
+            ),
+            AppendOpts::default(),
+        )
     }
 
     /// Forget a room the user has left (or was banned from): it disappears from
@@ -262,7 +397,9 @@ impl RoomService {
                 }
                 Ok(())
             }
-            _ => Err(RoomError::BadState(format!("{user} is still in room {room}"))),
+            _ => Err(RoomError::BadState(format!(
+                "{user} is still in room {room}"
+            ))),
         }
     }
 
@@ -276,7 +413,13 @@ impl RoomService {
         reason: Option<&str>,
         txn: Option<(&DeviceId, &str)>,
     ) -> Result<SentEvent> {
-        let key = txn.map(|(d, t)| (txn_key(sender, d.as_str(), &txn_scope("redact", room), t), d.to_owned(), t.to_owned()));
+        let key = txn.map(|(d, t)| {
+            (
+                txn_key(sender, d.as_str(), &txn_scope("redact", room), t),
+                d.to_owned(),
+                t.to_owned(),
+            )
+        });
         if let Some((k, _, _)) = &key
             && let Some(hit) = self.txn_hit(k)?
         {
@@ -290,14 +433,22 @@ impl RoomService {
         }
         let summary = self.require_summary(room)?;
         if !self.is_joined(room, sender)? {
-            return Err(RoomError::Forbidden(format!("{sender} is not in room {room}")));
+            return Err(RoomError::Forbidden(format!(
+                "{sender} is not in room {room}"
+            )));
         }
-        let target = self.event(event_id)?.filter(|e| e.room_id() == room.as_str());
-        let own = target.as_ref().is_some_and(|t| t.sender() == sender.as_str());
+        let target = self
+            .event(event_id)?
+            .filter(|e| e.room_id() == room.as_str());
+        let own = target
+            .as_ref()
+            .is_some_and(|t| t.sender() == sender.as_str());
         if !own {
             let pl = self.power_levels(room, &summary)?;
             if pl.user(sender.as_str()) < pl.action("redact") {
-                return Err(RoomError::Forbidden("you may not redact other users' events".into()));
+                return Err(RoomError::Forbidden(
+                    "you may not redact other users' events".into(),
+                ));
             }
         }
         let mut content = Map::new();
@@ -314,24 +465,45 @@ impl RoomService {
             content: Value::Object(content),
             redacts: Some(event_id.to_owned()),
         };
-        self.send_locked(room, sender, new, AppendOpts { txn: key, extra: None })
+        self.send_locked(
+            room,
+            sender,
+            new,
+            AppendOpts {
+                txn: key,
+                extra: None,
+            },
+        )
     }
 
     /// New `m.room.member` join events carrying the new displayname/avatar in every room
     /// the user is joined to. Returns the rooms and stream positions written.
-    pub fn update_member_profile(&self, user: &UserId, profile: &Profile) -> Result<Vec<(OwnedRoomId, u64)>, RoomError> {
-        let rooms: Vec<UserRoom> =
-            self.rooms_for_user(user)?.into_iter().filter(|r| r.membership == Membership::Join).collect();
+    pub fn update_member_profile(
+        &self,
+        user: &UserId,
+        profile: &Profile,
+    ) -> Result<Vec<(OwnedRoomId, u64)>, RoomError> {
+        let rooms: Vec<UserRoom> = self
+            .rooms_for_user(user)?
+            .into_iter()
+            .filter(|r| r.membership == Membership::Join)
+            .collect();
         let _guard = self.lock();
         let mut out = Vec::new();
         for r in rooms {
-            let mut content = match self.current_state_event(&r.room_id, "m.room.member", user.as_str())? {
-                Some(ev) if ev.membership() == Some(Membership::Join) => ev.content(),
-                _ => continue,
+            let mut content =
+                match self.current_state_event(&r.room_id, "m.room.member", user.as_str())? {
+                    Some(ev) if ev.membership() == Some(Membership::Join) => ev.content(),
+                    _ => continue,
+                };
+            let Some(o) = content.as_object_mut() else {
+                continue;
             };
-            let Some(o) = content.as_object_mut() else { continue };
             o.remove("reason");
-            for (field, value) in [("displayname", &profile.displayname), ("avatar_url", &profile.avatar_url)] {
+            for (field, value) in [
+                ("displayname", &profile.displayname),
+                ("avatar_url", &profile.avatar_url),
+            ] {
                 match value {
                     Some(v) => o.insert(field.into(), Value::from(v.as_str())),
                     None => o.remove(field),
@@ -340,7 +512,9 @@ impl RoomService {
             match self.member_locked(user, &r.room_id, user, content) {
                 Ok(sent) if sent.pos > r.pos => out.push((r.room_id, sent.pos)),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(room = %r.room_id, %user, error = %e, "profile update not sent"),
+                Err(e) => {
+                    tracing::warn!(room = %r.room_id, %user, error = %e, "profile update not sent")
+                }
             }
         }
         Ok(out)
@@ -349,31 +523,54 @@ impl RoomService {
     /// Point a local alias at a room. The user must be joined to the room.
     pub fn set_alias(&self, user: &UserId, alias: &RoomAliasId, room: &RoomId) -> Result<()> {
         if alias.server_name() != self.server_name {
-            return Err(RoomError::InvalidParam("room aliases must be on this server".into()));
+            return Err(RoomError::InvalidParam(
+                "room aliases must be on this server".into(),
+            ));
         }
         let _guard = self.lock();
         self.require_summary(room)?;
         if !self.is_joined(room, user)? {
-            return Err(RoomError::Forbidden(format!("{user} is not in room {room}")));
+            return Err(RoomError::Forbidden(format!(
+                "{user} is not in room {room}"
+            )));
         }
         if self.db.exists(Cf::Aliases, alias.as_str())? {
             return Err(RoomError::AliasInUse(alias.to_string()));
         }
         let mut b = Batch::new();
-        b.put_json(Cf::Aliases, alias.as_str(), &AliasRecord { room_id: room.to_owned(), creator: user.to_owned() });
-        b.put(Cf::Aliases, alias_reverse_key(room, alias.as_str()), Vec::new());
+        b.put_json(
+            Cf::Aliases,
+            alias.as_str(),
+            &AliasRecord {
+                room_id: room.to_owned(),
+                creator: user.to_owned(),
+            },
+        );
+        b.put(
+            Cf::Aliases,
+            alias_reverse_key(room, alias.as_str()),
+            Vec::new(),
+        );
         self.db.write(b)?;
         Ok(())
     }
 
     /// The room a local alias points at.
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-        Ok(self.db.get_json::<AliasRecord>(Cf::Aliases, alias.as_str())?.map(|r| r.room_id))
+        Ok(self
+            .db
+            .get_json::<AliasRecord>(Cf::Aliases, alias.as_str())?
+            .map(|r| r.room_id))
     }
 
     /// Delete an alias: allowed for its creator and for users who may change the room's
-    /// canonical alias.
-    pub fn delete_alias(&self, user: &UserId, alias: &RoomAliasId) -> Result<()> {
+    /// canonical alias. If the room's `m.room.canonical_alias` names the alias, a new one
+    /// without it is sent on the user's behalf when they may (returned for waking).
+    pub fn delete_alias(
+        &self,
+        user: &UserId,
+        alias: &RoomAliasId,
+    ) -> Result<Option<(OwnedRoomId, SentEvent)>> {
         let _guard = self.lock();
         let rec: AliasRecord = self
             .db
@@ -396,7 +593,49 @@ impl RoomService {
         b.delete(Cf::Aliases, alias.as_str());
         b.delete(Cf::Aliases, alias_reverse_key(&rec.room_id, alias.as_str()));
         self.db.write(b)?;
-        Ok(())
+
+        let Some(ev) = self.current_state_event(&rec.room_id, "m.room.canonical_alias", "")? else {
+            return Ok(None);
+        };
+        let mut content = ev.content();
+        let Some(o) = content.as_object_mut() else {
+            return Ok(None);
+        };
+        let mut changed = false;
+        if o.get("alias").and_then(|a| a.as_str()) == Some(alias.as_str()) {
+            o.remove("alias");
+            changed = true;
+        }
+        if let Some(Value::Array(alts)) = o.get("alt_aliases").cloned()
+            && alts.iter().any(|a| a.as_str() == Some(alias.as_str()))
+        {
+            let kept: Vec<Value> = alts
+                .into_iter()
+                .filter(|a| a.as_str() != Some(alias.as_str()))
+                .collect();
+            if kept.is_empty() {
+                o.remove("alt_aliases");
+            } else {
+                o.insert("alt_aliases".into(), Value::Array(kept));
+            }
+            changed = true;
+        }
+        if !changed {
+            return Ok(None);
+        }
+        match self.send_locked(
+            &rec.room_id,
+            user,
+            NewEvent::state("m.room.canonical_alias", "", content),
+            AppendOpts::default(),
+        ) {
+            Ok(sent) => Ok(Some((rec.room_id, sent))),
+            Err(RoomError::Forbidden(reason)) => {
+                tracing::info!(%alias, %reason, "alias deleted; canonical alias left unchanged");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The local aliases pointing at a room.
@@ -422,6 +661,16 @@ impl RoomService {
     /// Whether the room is published in the room directory.
     pub fn room_is_public(&self, room: &RoomId) -> Result<bool> {
         Ok(self.require_summary(room)?.public)
+    }
+
+    /// Whether `user` is joined and has the power to send state events of type `kind`.
+    pub fn may_send_state(&self, room: &RoomId, user: &UserId, kind: &str) -> Result<bool> {
+        let s = self.require_summary(room)?;
+        if !self.is_joined(room, user)? {
+            return Ok(false);
+        }
+        let pl = self.power_levels(room, &s)?;
+        Ok(pl.user(user.as_str()) >= pl.event(kind, true))
     }
 
     /// The user's power level in a room.

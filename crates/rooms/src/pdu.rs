@@ -3,12 +3,13 @@
 use ruma::events::TimelineEventType;
 use ruma::state_res::Event;
 use ruma::{
-    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UserId,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::{RoomError, Result};
+use crate::{Result, RoomError};
 
 #[derive(Debug)]
 pub(crate) struct Pdu {
@@ -52,12 +53,14 @@ struct RedactsInContent {
 impl Pdu {
     pub fn parse(event_id: OwnedEventId, pdu: &CanonicalJsonObject) -> Result<Pdu> {
         let text = serde_json::to_string(pdu).map_err(|e| RoomError::Internal(e.to_string()))?;
-        let raw: RawPdu =
-            serde_json::from_str(&text).map_err(|e| RoomError::BadJson(format!("malformed PDU {event_id}: {e}")))?;
+        let raw: RawPdu = serde_json::from_str(&text)
+            .map_err(|e| RoomError::BadJson(format!("malformed PDU {event_id}: {e}")))?;
         let redacts = match raw.redacts {
             Some(r) => Some(r),
             None if raw.kind == TimelineEventType::RoomRedaction => {
-                serde_json::from_str::<RedactsInContent>(raw.content.get()).ok().and_then(|c| c.redacts)
+                serde_json::from_str::<RedactsInContent>(raw.content.get())
+                    .ok()
+                    .and_then(|c| c.redacts)
             }
             None => None,
         };
@@ -79,7 +82,9 @@ impl Pdu {
 
     /// `(type, state_key)` for state events.
     pub fn state_pair(&self) -> Option<(String, String)> {
-        self.state_key.as_ref().map(|k| (self.kind.to_string(), k.clone()))
+        self.state_key
+            .as_ref()
+            .map(|k| (self.kind.to_string(), k.clone()))
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
-use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules};
+use ruma::state_res::{
+    auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, Int, OwnedDeviceId, OwnedEventId,
     OwnedRoomId, RoomId, RoomVersionId, UserId,
@@ -17,10 +19,12 @@ use storage::{Batch, Cf, Key};
 use crate::pdu::Pdu;
 use crate::resolve::EventCache;
 use crate::store::{
-    MembershipRecord, PrevState, RoomSummary, StateAtRecord, StoredEvent, log_prefix, map_to_entries, member_key,
-    membership_key, state_key, summary_key, timeline_key,
+    MembershipRecord, PrevState, RoomSummary, StateAtRecord, StoredEvent, log_prefix,
+    map_to_entries, member_key, membership_key, state_key, summary_key, timeline_key,
 };
-use crate::{MAX_PDU_BYTES, MAX_STATE_DELTA, Membership, Result, RoomError, RoomService, SentEvent, StateMap};
+use crate::{
+    MAX_PDU_BYTES, MAX_STATE_DELTA, Membership, Result, RoomError, RoomService, SentEvent, StateMap,
+};
 
 /// Spec size limit for `type`, `state_key`, ids.
 const MAX_ID_BYTES: usize = 255;
@@ -37,9 +41,17 @@ pub(crate) struct NewEvent {
 
 impl NewEvent {
     pub fn state(kind: &str, state_key: &str, content: Value) -> NewEvent {
-        NewEvent { kind: kind.to_owned(), state_key: Some(state_key.to_owned()), content, redacts: None }
+        NewEvent {
+            kind: kind.to_owned(),
+            state_key: Some(state_key.to_owned()),
+            content,
+            redacts: None,
+        }
     }
 }
+
+/// Extra writes for the batch of an event, given its stream position.
+pub(crate) type ExtraWrites = Box<dyn FnOnce(u64, &mut Batch)>;
 
 /// Local extras written together with an event.
 #[derive(Default)]
@@ -47,23 +59,32 @@ pub(crate) struct AppendOpts {
     /// `(Cf::Txns key, device, txn id)` for send idempotency and `unsigned.transaction_id`.
     pub txn: Option<(Key, OwnedDeviceId, String)>,
     /// More writes for the same batch (alias records on room creation).
-    pub extra: Option<Box<dyn FnOnce(u64, &mut Batch)>>,
+    pub extra: Option<ExtraWrites>,
 }
 
 pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version.rules().ok_or_else(|| RoomError::UnsupportedRoomVersion(version.to_string()))
+    version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedRoomVersion(version.to_string()))
 }
 
 pub(crate) fn to_canonical(v: Value) -> Result<CanonicalJsonValue> {
-    CanonicalJsonValue::try_from(v).map_err(|e| RoomError::BadJson(format!("content is not canonical JSON: {e}")))
+    CanonicalJsonValue::try_from(v)
+        .map_err(|e| RoomError::BadJson(format!("content is not canonical JSON: {e}")))
 }
 
 fn int(n: u64) -> Result<CanonicalJsonValue> {
-    Int::try_from(n).map(CanonicalJsonValue::Integer).map_err(|_| RoomError::Internal("integer out of range".into()))
+    Int::try_from(n)
+        .map(CanonicalJsonValue::Integer)
+        .map_err(|_| RoomError::Internal("integer out of range".into()))
 }
 
 fn id_array(ids: &[OwnedEventId]) -> CanonicalJsonValue {
-    CanonicalJsonValue::Array(ids.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect())
+    CanonicalJsonValue::Array(
+        ids.iter()
+            .map(|e| CanonicalJsonValue::String(e.to_string()))
+            .collect(),
+    )
 }
 
 impl RoomService {
@@ -73,21 +94,38 @@ impl RoomService {
         rules: &RoomVersionRules,
         mut obj: CanonicalJsonObject,
     ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
-        let unsigned_size = serde_json::to_string(&obj).map_err(|e| RoomError::Internal(e.to_string()))?.len();
+        let unsigned_size = serde_json::to_string(&obj)
+            .map_err(|e| RoomError::Internal(e.to_string()))?
+            .len();
         if unsigned_size > MAX_PDU_BYTES {
-            return Err(RoomError::TooLarge(format!("event is {unsigned_size} bytes, the limit is {MAX_PDU_BYTES}")));
+            return Err(RoomError::TooLarge(format!(
+                "event is {unsigned_size} bytes, the limit is {MAX_PDU_BYTES}"
+            )));
         }
-        ruma::signatures::hash_and_sign_event(self.server_name.as_str(), &self.key.pair, &mut obj, &rules.redaction)
-            .map_err(|e| match e {
-                ruma::signatures::JsonError::PduTooLarge => RoomError::TooLarge("event too large".into()),
-                e => RoomError::BadJson(format!("cannot sign event: {e}")),
-            })?;
-        let size = serde_json::to_string(&obj).map_err(|e| RoomError::Internal(e.to_string()))?.len();
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.key.pair,
+            &mut obj,
+            &rules.redaction,
+        )
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => {
+                RoomError::TooLarge("event too large".into())
+            }
+            e => RoomError::BadJson(format!("cannot sign event: {e}")),
+        })?;
+        let size = serde_json::to_string(&obj)
+            .map_err(|e| RoomError::Internal(e.to_string()))?
+            .len();
         if size > MAX_PDU_BYTES {
-            return Err(RoomError::TooLarge(format!("event is {size} bytes, the limit is {MAX_PDU_BYTES}")));
+            return Err(RoomError::TooLarge(format!(
+                "event is {size} bytes, the limit is {MAX_PDU_BYTES}"
+            )));
         }
         let hash = ruma::signatures::reference_hash(&obj, rules).map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => RoomError::TooLarge("event too large".into()),
+            ruma::signatures::JsonError::PduTooLarge => {
+                RoomError::TooLarge("event too large".into())
+            }
             e => RoomError::Internal(format!("reference hash: {e}")),
         })?;
         let event_id = OwnedEventId::try_from(format!("${hash}"))
@@ -109,9 +147,14 @@ impl RoomService {
             None => self.build_event_on(version, room, sender, new, &[], |_, _| Ok(None)),
             Some(s) => {
                 let start = s.extremities.len().saturating_sub(20);
-                self.build_event_on(version, room, sender, new, &s.extremities[start..], |t, k| {
-                    self.current_state_event_id(room, t, k)
-                })
+                self.build_event_on(
+                    version,
+                    room,
+                    sender,
+                    new,
+                    &s.extremities[start..],
+                    |t, k| self.current_state_event_id(room, t, k),
+                )
             }
         }
     }
@@ -129,10 +172,18 @@ impl RoomService {
     ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
         let rules = rules_for(version)?;
         if new.kind.len() > MAX_ID_BYTES {
-            return Err(RoomError::TooLarge("event type is longer than 255 bytes".into()));
+            return Err(RoomError::TooLarge(
+                "event type is longer than 255 bytes".into(),
+            ));
         }
-        if new.state_key.as_ref().is_some_and(|k| k.len() > MAX_ID_BYTES) {
-            return Err(RoomError::TooLarge("state key is longer than 255 bytes".into()));
+        if new
+            .state_key
+            .as_ref()
+            .is_some_and(|k| k.len() > MAX_ID_BYTES)
+        {
+            return Err(RoomError::TooLarge(
+                "state key is longer than 255 bytes".into(),
+            ));
         }
         let content = to_canonical(new.content.clone())?;
         if !matches!(content, CanonicalJsonValue::Object(_)) {
@@ -141,7 +192,8 @@ impl RoomService {
         let mut auth_events = Vec::new();
         let mut depth = 0;
         if new.kind != "m.room.create" {
-            let raw = serde_json::value::to_raw_value(&new.content).map_err(|e| RoomError::BadJson(e.to_string()))?;
+            let raw = serde_json::value::to_raw_value(&new.content)
+                .map_err(|e| RoomError::BadJson(e.to_string()))?;
             let types = auth_types_for_event(
                 &TimelineEventType::from(new.kind.as_str()),
                 sender,
@@ -167,8 +219,14 @@ impl RoomService {
         obj.insert("content".into(), content);
         obj.insert("depth".into(), int(depth + 1)?);
         obj.insert("origin_server_ts".into(), int(crate::now_ms())?);
-        obj.insert("room_id".into(), CanonicalJsonValue::String(room.to_string()));
-        obj.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
+        obj.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room.to_string()),
+        );
+        obj.insert(
+            "sender".into(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
         obj.insert("type".into(), CanonicalJsonValue::String(new.kind.clone()));
         if let Some(k) = &new.state_key {
             obj.insert("state_key".into(), CanonicalJsonValue::String(k.clone()));
@@ -182,6 +240,27 @@ impl RoomService {
         self.sign_pdu(&rules, obj)
     }
 
+    /// Append a complete PDU received from elsewhere (federation): its event id is its
+    /// reference hash; it must pass the authorization rules against its auth events and
+    /// the state before it (forks are resolved with state resolution v2). The caller
+    /// must have checked its signatures and hashes (`ruma::signatures::verify_event`)
+    /// and fetched missing `prev_events`/`auth_events` first.
+    pub fn append_pdu(&self, pdu: CanonicalJsonObject) -> Result<SentEvent> {
+        let room = match pdu.get("room_id") {
+            Some(CanonicalJsonValue::String(r)) => OwnedRoomId::try_from(r.as_str())
+                .map_err(|_| RoomError::BadJson("invalid room_id".into()))?,
+            _ => return Err(RoomError::BadJson("PDU without room_id".into())),
+        };
+        let _guard = self.lock();
+        let version = self.require_summary(&room)?.version;
+        let rules = rules_for(&version)?;
+        let hash = ruma::signatures::reference_hash(&pdu, &rules)
+            .map_err(|e| RoomError::BadJson(format!("cannot hash PDU: {e}")))?;
+        let event_id = OwnedEventId::try_from(format!("${hash}"))
+            .map_err(|e| RoomError::Internal(format!("reference hash is not an event id: {e}")))?;
+        self.append(event_id, pdu, AppendOpts::default())
+    }
+
     /// Build a local event and append it. Caller holds the write lock.
     pub(crate) fn send_locked(
         &self,
@@ -191,7 +270,8 @@ impl RoomService {
         opts: AppendOpts,
     ) -> Result<SentEvent> {
         let summary = self.require_summary(room)?;
-        let (event_id, obj) = self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
+        let (event_id, obj) =
+            self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
         self.append(event_id, obj, opts)
     }
 
@@ -201,9 +281,14 @@ impl RoomService {
         let rec = self
             .state_at_record(prev)?
             .ok_or_else(|| RoomError::Internal(format!("no state stored for {prev}")))?;
-        let entry = p.state_key().map(|k| (p.kind().to_owned(), k.to_owned(), p.event_id.clone()));
+        let entry = p
+            .state_key()
+            .map(|k| (p.kind().to_owned(), k.to_owned(), p.event_id.clone()));
         Ok(match rec {
-            StateAtRecord::Full { .. } => StateAtRecord::Delta { base: prev.to_owned(), changes: entry.into_iter().collect() },
+            StateAtRecord::Full { .. } => StateAtRecord::Delta {
+                base: prev.to_owned(),
+                changes: entry.into_iter().collect(),
+            },
             StateAtRecord::Delta { base, mut changes } => {
                 if let Some(e) = entry {
                     match changes.iter_mut().find(|c| c.0 == e.0 && c.1 == e.1) {
@@ -213,7 +298,9 @@ impl RoomService {
                 }
                 if changes.len() > MAX_STATE_DELTA {
                     let map = self.materialize(&StateAtRecord::Delta { base, changes })?;
-                    StateAtRecord::Full { state: map_to_entries(&map) }
+                    StateAtRecord::Full {
+                        state: map_to_entries(&map),
+                    }
                 } else {
                     StateAtRecord::Delta { base, changes }
                 }
@@ -224,10 +311,18 @@ impl RoomService {
     /// Append a signed PDU to its room: authorization rules against the auth events and
     /// the state before the event (resolving forked `prev_events` with state resolution
     /// v2), then one atomic positioned write. Caller holds the write lock.
-    pub(crate) fn append(&self, event_id: OwnedEventId, obj: CanonicalJsonObject, opts: AppendOpts) -> Result<SentEvent> {
+    pub(crate) fn append(
+        &self,
+        event_id: OwnedEventId,
+        obj: CanonicalJsonObject,
+        opts: AppendOpts,
+    ) -> Result<SentEvent> {
         if self.db.exists(Cf::Events, event_id.as_str())? {
             let ev = self.require_event(&event_id)?;
-            return Ok(SentEvent { event_id, pos: ev.pos });
+            return Ok(SentEvent {
+                event_id,
+                pos: ev.pos,
+            });
         }
         let pdu = Arc::new(Pdu::parse(event_id.clone(), &obj)?);
         let room: OwnedRoomId = pdu.room_id.clone();
@@ -245,7 +340,11 @@ impl RoomService {
             None => {
                 let v = serde_json::from_str::<Value>(pdu.content.get())
                     .ok()
-                    .and_then(|c| c.get("room_version").and_then(|v| v.as_str()).map(str::to_owned))
+                    .and_then(|c| {
+                        c.get("room_version")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned)
+                    })
                     .unwrap_or_else(|| "1".to_owned());
                 crate::parse_room_version(&v)?
             }
@@ -255,7 +354,8 @@ impl RoomService {
         cache.insert(pdu.clone());
 
         // 1. State-independent rules (the auth events themselves).
-        check_state_independent_auth_rules(&rules.authorization, &*pdu, |id| cache.get(id)).map_err(RoomError::Forbidden)?;
+        check_state_independent_auth_rules(&rules.authorization, &*pdu, |id| cache.get(id))
+            .map_err(RoomError::Forbidden)?;
 
         // 2. The state before the event.
         let linear = match &summary {
@@ -296,19 +396,29 @@ impl RoomService {
                     auth_state.insert(pair, ev);
                 }
             }
-            check_state_dependent_auth_rules(&rules.authorization, &*pdu, |t: &StateEventType, k: &str| {
-                auth_state.get(&(t.to_string(), k.to_owned())).cloned()
-            })
+            check_state_dependent_auth_rules(
+                &rules.authorization,
+                &*pdu,
+                |t: &StateEventType, k: &str| {
+                    auth_state.get(&(t.to_string(), k.to_owned())).cloned()
+                },
+            )
             .map_err(RoomError::Forbidden)?;
-            check_state_dependent_auth_rules(&rules.authorization, &*pdu, |t: &StateEventType, k: &str| {
-                lookup_before(&t.to_string(), k).and_then(|id| cache.get(&id))
-            })
+            check_state_dependent_auth_rules(
+                &rules.authorization,
+                &*pdu,
+                |t: &StateEventType, k: &str| {
+                    lookup_before(&t.to_string(), k).and_then(|id| cache.get(&id))
+                },
+            )
             .map_err(RoomError::Forbidden)?;
         }
 
         // 4. Record of the state before this event.
         let state_rec = match (&before_map, &summary) {
-            (Some(m), _) => StateAtRecord::Full { state: map_to_entries(m) },
+            (Some(m), _) => StateAtRecord::Full {
+                state: map_to_entries(m),
+            },
             (None, Some(s)) => self.state_after_record(&s.extremities[0])?,
             (None, None) => StateAtRecord::Full { state: Vec::new() },
         };
@@ -316,7 +426,8 @@ impl RoomService {
             Some((t, k)) => match lookup_before(&t, &k) {
                 Some(id) => self.event(&id)?.map(|p| PrevState {
                     event_id: p.event_id.clone(),
-                    sender: ruma::OwnedUserId::try_from(p.sender()).unwrap_or_else(|_| pdu.sender.clone()),
+                    sender: ruma::OwnedUserId::try_from(p.sender())
+                        .unwrap_or_else(|_| pdu.sender.clone()),
                     content: p.content(),
                 }),
                 None => None,
@@ -325,8 +436,15 @@ impl RoomService {
         };
 
         // 5. New forward extremities and the current-state changes.
-        let old_ext: Vec<OwnedEventId> = summary.as_ref().map(|s| s.extremities.clone()).unwrap_or_default();
-        let mut new_ext: Vec<OwnedEventId> = old_ext.iter().filter(|e| !pdu.prev_events.contains(e)).cloned().collect();
+        let old_ext: Vec<OwnedEventId> = summary
+            .as_ref()
+            .map(|s| s.extremities.clone())
+            .unwrap_or_default();
+        let mut new_ext: Vec<OwnedEventId> = old_ext
+            .iter()
+            .filter(|e| !pdu.prev_events.contains(e))
+            .cloned()
+            .collect();
         new_ext.push(event_id.clone());
         let mut changes: Vec<(String, String, Option<OwnedEventId>)> = Vec::new();
         if is_create || linear {
@@ -374,10 +492,17 @@ impl RoomService {
                 Some(id) if *id == event_id => {
                     let m = serde_json::from_str::<Value>(pdu.content.get())
                         .ok()
-                        .and_then(|c| c.get("membership").and_then(|m| m.as_str()).and_then(Membership::parse));
+                        .and_then(|c| {
+                            c.get("membership")
+                                .and_then(|m| m.as_str())
+                                .and_then(Membership::parse)
+                        });
                     m.map(|m| (m, id.clone()))
                 }
-                Some(id) => self.event(id)?.and_then(|e| e.membership()).map(|m| (m, id.clone())),
+                Some(id) => self
+                    .event(id)?
+                    .and_then(|e| e.membership())
+                    .map(|m| (m, id.clone())),
             };
             member_changes.push((k.clone(), m));
         }
@@ -387,7 +512,11 @@ impl RoomService {
             (Some(target), true) => self.event(target)?.filter(|t| t.room_id() == room.as_str()),
             _ => None,
         };
-        let max_depth = summary.as_ref().map(|s| s.max_depth).unwrap_or(0).max(pdu.depth);
+        let max_depth = summary
+            .as_ref()
+            .map(|s| s.max_depth)
+            .unwrap_or(0)
+            .max(pdu.depth);
         let AppendOpts { txn, extra } = opts;
         let state_pair = pdu.state_pair();
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
@@ -400,20 +529,41 @@ impl RoomService {
                 prev_state,
             };
             b.put_json(Cf::Events, event_id.as_str(), &record);
-            b.put(Cf::Timeline, timeline_key(&room, pos), event_id.as_str().as_bytes().to_vec());
+            b.put(
+                Cf::Timeline,
+                timeline_key(&room, pos),
+                event_id.as_str().as_bytes().to_vec(),
+            );
             b.put_json(Cf::StateAt, event_id.as_str(), &state_rec);
-            b.put(Cf::RoomStream, Key::new().u64(pos), room.as_str().as_bytes().to_vec());
+            b.put(
+                Cf::RoomStream,
+                Key::new().u64(pos),
+                room.as_str().as_bytes().to_vec(),
+            );
             for (t, k, id) in &changes {
                 match id {
-                    Some(id) => b.put(Cf::Rooms, state_key(&room, t, k), id.as_str().as_bytes().to_vec()),
+                    Some(id) => b.put(
+                        Cf::Rooms,
+                        state_key(&room, t, k),
+                        id.as_str().as_bytes().to_vec(),
+                    ),
                     None => b.delete(Cf::Rooms, state_key(&room, t, k)),
                 }
             }
             for (user, m) in &member_changes {
                 match m {
                     Some((m, id)) => {
-                        b.put(Cf::Rooms, member_key(&room, user), m.as_str().as_bytes().to_vec());
-                        let rec = MembershipRecord { membership: *m, pos, event_id: id.clone(), forgotten: false };
+                        b.put(
+                            Cf::Rooms,
+                            member_key(&room, user),
+                            m.as_str().as_bytes().to_vec(),
+                        );
+                        let rec = MembershipRecord {
+                            membership: *m,
+                            pos,
+                            event_id: id.clone(),
+                            forgotten: false,
+                        };
                         b.put_json(Cf::Memberships, membership_key(user, &room), &rec);
                     }
                     None => {
@@ -423,10 +573,19 @@ impl RoomService {
                 }
             }
             if let Some((t, k)) = &state_pair {
-                b.put(Cf::Rooms, log_prefix(&room, t, k).u64(pos), event_id.as_str().as_bytes().to_vec());
+                b.put(
+                    Cf::Rooms,
+                    log_prefix(&room, t, k).u64(pos),
+                    event_id.as_str().as_bytes().to_vec(),
+                );
             }
             let new_summary = match summary {
-                Some(s) => RoomSummary { extremities: new_ext, max_depth, last_pos: pos, ..s },
+                Some(s) => RoomSummary {
+                    extremities: new_ext,
+                    max_depth,
+                    last_pos: pos,
+                    ..s
+                },
                 None => RoomSummary {
                     version: version.clone(),
                     creator: pdu.sender.clone(),
@@ -442,8 +601,9 @@ impl RoomService {
                 b.put(Cf::Txns, key, event_id.as_str().as_bytes().to_vec());
             }
             if let Some(mut target) = redaction_target {
-                let redacted = ruma::canonical_json::redact(target.pdu.clone(), &rules.redaction, None)
-                    .map_err(|e| RoomError::Internal(format!("redaction failed: {e}")))?;
+                let redacted =
+                    ruma::canonical_json::redact(target.pdu.clone(), &rules.redaction, None)
+                        .map_err(|e| RoomError::Internal(format!("redaction failed: {e}")))?;
                 target.pdu = redacted;
                 target.redacted_because = Some(record.client_event(None, None));
                 b.put_json(Cf::Events, target.event_id.as_str(), &target);
@@ -474,7 +634,12 @@ impl RoomService {
                 continue;
             }
             if let Some(ev) = cache.get(&id) {
-                stack.extend(ev.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
+                stack.extend(
+                    ev.auth_events
+                        .iter()
+                        .filter(|a| !seen.contains(*a))
+                        .cloned(),
+                );
             }
         }
         seen

@@ -4,7 +4,9 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use storage::{Cf, KeyReader};
 
-use crate::store::{MembershipRecord, StoredEvent, log_prefix, member_prefix, timeline_key, timeline_prefix};
+use crate::store::{
+    MembershipRecord, StoredEvent, log_prefix, member_prefix, timeline_key, timeline_prefix,
+};
 use crate::{Membership, Result, RoomError, RoomService, UserRoom};
 
 /// Who may read a room's history and state, and up to where.
@@ -14,7 +16,10 @@ pub enum RoomAccess {
     Joined,
     /// Was in the room (left, kicked, banned, or invited): state as of this stream
     /// position (their latest membership event).
-    Former { until_pos: u64, membership: Membership },
+    Former {
+        until_pos: u64,
+        membership: Membership,
+    },
     /// Not a member, but the room is `world_readable`: current state, visible history.
     WorldReadable,
     /// No access.
@@ -40,8 +45,19 @@ fn parse_event_id(v: Vec<u8>) -> Result<OwnedEventId> {
 }
 
 impl RoomService {
-    /// Every room the user has a membership in (forgotten rooms excluded).
+    /// Every room the user has a membership in, forgotten rooms excluded.
     pub fn rooms_for_user(&self, user: &UserId) -> Result<Vec<UserRoom>> {
+        Ok(self
+            .rooms_for_user_with_forgotten(user)?
+            .into_iter()
+            .filter(|r| !r.forgotten)
+            .collect())
+    }
+
+    /// Every room the user has a membership in, including forgotten ones (flagged): an
+    /// incremental sync still reports a leave that happened after `since` even when the
+    /// room was forgotten since.
+    pub fn rooms_for_user_with_forgotten(&self, user: &UserId) -> Result<Vec<UserRoom>> {
         let prefix = storage::Key::new().str(user.as_str());
         let plen = prefix.as_bytes().len();
         let mut out = Vec::new();
@@ -50,12 +66,15 @@ impl RoomService {
             let Some(room_id) = r.str().and_then(|s| OwnedRoomId::try_from(s).ok()) else {
                 continue;
             };
-            let rec: MembershipRecord =
-                serde_json::from_slice(&v).map_err(|e| RoomError::Internal(format!("corrupt membership: {e}")))?;
-            if rec.forgotten {
-                continue;
-            }
-            out.push(UserRoom { room_id, membership: rec.membership, pos: rec.pos, event_id: rec.event_id });
+            let rec: MembershipRecord = serde_json::from_slice(&v)
+                .map_err(|e| RoomError::Internal(format!("corrupt membership: {e}")))?;
+            out.push(UserRoom {
+                room_id,
+                membership: rec.membership,
+                pos: rec.pos,
+                event_id: rec.event_id,
+                forgotten: rec.forgotten,
+            });
         }
         Ok(out)
     }
@@ -90,7 +109,9 @@ impl RoomService {
     ) -> Result<(Vec<StoredEvent>, bool)> {
         let lo = timeline_key(room, after_exclusive.map_or(0, |a| a.saturating_add(1)));
         let hi = timeline_key(room, up_to_inclusive.saturating_add(1));
-        let mut rows = self.db.scan_range(Cf::Timeline, &lo, &hi, true, limit.saturating_add(1))?;
+        let mut rows = self
+            .db
+            .scan_range(Cf::Timeline, &lo, &hi, true, limit.saturating_add(1))?;
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
@@ -140,7 +161,12 @@ impl RoomService {
 
     /// Users currently joined to the room.
     pub fn joined_members(&self, room: &RoomId) -> Result<Vec<OwnedUserId>> {
-        Ok(self.members(room)?.into_iter().filter(|(_, m)| *m == Membership::Join).map(|(u, _)| u).collect())
+        Ok(self
+            .members(room)?
+            .into_iter()
+            .filter(|(_, m)| *m == Membership::Join)
+            .map(|(u, _)| u)
+            .collect())
     }
 
     /// Stripped state for an invite: create, join rules, name, avatar, canonical alias,
@@ -155,7 +181,8 @@ impl RoomService {
         if let Some(invite) = self.current_state_event(room, "m.room.member", invitee.as_str())? {
             if let Ok(inviter) = UserId::parse(invite.sender())
                 && *inviter != *invitee
-                && let Some(ev) = self.current_state_event(room, "m.room.member", inviter.as_str())?
+                && let Some(ev) =
+                    self.current_state_event(room, "m.room.member", inviter.as_str())?
             {
                 out.push(ev.to_stripped_state());
             }
@@ -165,9 +192,17 @@ impl RoomService {
     }
 
     /// The latest entry of the state log for `(kind, state_key)` strictly before `pos`.
-    fn logged_state_before(&self, room: &RoomId, kind: &str, skey: &str, pos: u64) -> Result<Option<StoredEvent>> {
+    fn logged_state_before(
+        &self,
+        room: &RoomId,
+        kind: &str,
+        skey: &str,
+        pos: u64,
+    ) -> Result<Option<StoredEvent>> {
         let prefix = log_prefix(room, kind, skey);
-        let rows = self.db.scan_range(Cf::Rooms, prefix.clone().u64(0), prefix.u64(pos), true, 1)?;
+        let rows =
+            self.db
+                .scan_range(Cf::Rooms, prefix.clone().u64(0), prefix.u64(pos), true, 1)?;
         match rows.into_iter().next() {
             None => Ok(None),
             Some((_, v)) => self.event(&parse_event_id(v)?),
@@ -183,8 +218,15 @@ impl RoomService {
     }
 
     /// A user's membership just before stream position `pos`.
-    pub fn membership_at(&self, room: &RoomId, user: &UserId, pos: u64) -> Result<Option<Membership>> {
-        Ok(self.logged_state_before(room, "m.room.member", user.as_str(), pos)?.and_then(|e| e.membership()))
+    pub fn membership_at(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        pos: u64,
+    ) -> Result<Option<Membership>> {
+        Ok(self
+            .logged_state_before(room, "m.room.member", user.as_str(), pos)?
+            .and_then(|e| e.membership()))
     }
 
     /// May `user` see `ev`? The spec's history visibility rules, evaluated with the
@@ -196,7 +238,8 @@ impl RoomService {
         if ev.kind() == "m.room.member" && ev.state_key() == Some(user.as_str()) {
             return Ok(true);
         }
-        let room = RoomId::parse(ev.room_id()).map_err(|_| RoomError::Internal("event without room".into()))?;
+        let room = RoomId::parse(ev.room_id())
+            .map_err(|_| RoomError::Internal("event without room".into()))?;
         let vis = self.history_visibility_at(&room, ev.pos)?;
         if vis == "world_readable" {
             return Ok(true);
@@ -213,7 +256,11 @@ impl RoomService {
     }
 
     /// Keep the events `user` may see.
-    pub fn filter_visible(&self, user: &UserId, events: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
+    pub fn filter_visible(
+        &self,
+        user: &UserId,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<StoredEvent>> {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             if self.visible_to(user, &ev)? {
@@ -229,10 +276,16 @@ impl RoomService {
             return Err(RoomError::UnknownRoom(room.to_owned()));
         }
         if let Some(rec) = self.membership(room, user)? {
+            if rec.forgotten {
+                return Ok(RoomAccess::None);
+            }
             match rec.membership {
                 Membership::Join => return Ok(RoomAccess::Joined),
                 Membership::Leave | Membership::Ban => {
-                    return Ok(RoomAccess::Former { until_pos: rec.pos, membership: rec.membership });
+                    return Ok(RoomAccess::Former {
+                        until_pos: rec.pos,
+                        membership: rec.membership,
+                    });
                 }
                 Membership::Invite | Membership::Knock => {}
             }
@@ -244,6 +297,34 @@ impl RoomService {
             return Ok(RoomAccess::WorldReadable);
         }
         Ok(RoomAccess::None)
+    }
+
+    /// The event in client format for `viewer`, with `unsigned.membership` (the viewer's
+    /// membership at the event, MSC4115; `leave` when they had none) and, for their own
+    /// device, `unsigned.transaction_id`.
+    pub fn client_event_for(
+        &self,
+        ev: &StoredEvent,
+        viewer: &UserId,
+        device: Option<&ruma::DeviceId>,
+        now_ms: u64,
+    ) -> Result<Value> {
+        let mut v = ev.to_client_event(device.map(|d| (viewer, d)), now_ms);
+        let membership = if ev.kind() == "m.room.member" && ev.state_key() == Some(viewer.as_str())
+        {
+            ev.membership()
+        } else {
+            let room = RoomId::parse(ev.room_id())
+                .map_err(|_| RoomError::Internal("event without room".into()))?;
+            self.membership_at(&room, viewer, ev.pos)?
+        };
+        if let Some(u) = v.get_mut("unsigned").and_then(|u| u.as_object_mut()) {
+            u.insert(
+                "membership".into(),
+                Value::from(membership.unwrap_or(Membership::Leave).as_str()),
+            );
+        }
+        Ok(v)
     }
 
     /// The latest stream position of the room (its newest event).

@@ -20,11 +20,16 @@ pub(crate) struct EventCache<'a> {
 
 impl<'a> EventCache<'a> {
     pub fn new(svc: &'a RoomService) -> Self {
-        EventCache { svc, map: RefCell::new(HashMap::new()) }
+        EventCache {
+            svc,
+            map: RefCell::new(HashMap::new()),
+        }
     }
 
     pub fn insert(&self, pdu: Arc<Pdu>) {
-        self.map.borrow_mut().insert(pdu.event_id.clone(), Some(pdu));
+        self.map
+            .borrow_mut()
+            .insert(pdu.event_id.clone(), Some(pdu));
     }
 
     pub fn get(&self, id: &EventId) -> Option<Arc<Pdu>> {
@@ -65,14 +70,22 @@ impl RoomService {
             return Ok(first.clone());
         }
         let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
-            return Err(RoomError::Internal("room version does not use state resolution v2".into()));
+            return Err(RoomError::Internal(
+                "room version does not use state resolution v2".into(),
+            ));
         };
         let ruma_maps: Vec<ruma::state_res::StateMap<OwnedEventId>> = maps
             .iter()
-            .map(|m| m.iter().map(|((t, k), e)| ((StateEventType::from(t.as_str()), k.clone()), e.clone())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|((t, k), e)| ((StateEventType::from(t.as_str()), k.clone()), e.clone()))
+                    .collect()
+            })
             .collect();
-        let auth_chains: Vec<EventIdSet<OwnedEventId>> =
-            maps.iter().map(|m| self.auth_chain(m.values(), cache).into_iter().collect()).collect();
+        let auth_chains: Vec<EventIdSet<OwnedEventId>> = maps
+            .iter()
+            .map(|m| self.auth_chain(m.values(), cache).into_iter().collect())
+            .collect();
         let resolved = ruma::state_res::resolve(
             &rules.authorization,
             res_rules,
@@ -82,7 +95,10 @@ impl RoomService {
             |_| None,
         )
         .map_err(|e| RoomError::Internal(format!("state resolution failed: {e}")))?;
-        Ok(resolved.into_iter().map(|((t, k), e)| ((t.to_string(), k), e)).collect())
+        Ok(resolved
+            .into_iter()
+            .map(|((t, k), e)| ((t.to_string(), k), e))
+            .collect())
     }
 
     /// Resolve the given states of a room (exposed for federation and tests).

@@ -1,5 +1,8 @@
 //! Stored records, key builders and the low-level reads (see the crate docs for layouts).
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId,
+    OwnedUserId,
+};
 use ruma::{RoomId, RoomVersionId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,7 +61,10 @@ impl StoredEvent {
         self.state_key().is_some()
     }
     pub fn content(&self) -> Value {
-        self.pdu.get("content").map(|c| Value::from(c.clone())).unwrap_or_else(|| Value::Object(Default::default()))
+        self.pdu
+            .get("content")
+            .map(|c| Value::from(c.clone()))
+            .unwrap_or_else(|| Value::Object(Default::default()))
     }
     /// A string field of the content, without cloning the whole content.
     pub fn content_str(&self, field: &str) -> Option<&str> {
@@ -128,9 +134,14 @@ pub(crate) type StateEntry = (String, String, OwnedEventId);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum StateAtRecord {
-    Full { state: Vec<StateEntry> },
+    Full {
+        state: Vec<StateEntry>,
+    },
     /// `base` is an event whose record is `Full`; `changes` are applied on top.
-    Delta { base: OwnedEventId, changes: Vec<StateEntry> },
+    Delta {
+        base: OwnedEventId,
+        changes: Vec<StateEntry>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +150,12 @@ pub(crate) struct AliasRecord {
     pub creator: OwnedUserId,
 }
 
+/// `Cf::Rooms` keys `"public" 0xFF room_id 0xFF`: the room directory (room IDs start
+/// with `!`, so these never collide with a room's own keys).
+pub(crate) const PUBLIC_PREFIX: &str = "public";
+pub(crate) fn public_key(room: &RoomId) -> Key {
+    Key::new().str(PUBLIC_PREFIX).str(room.as_str())
+}
 pub(crate) fn summary_key(room: &RoomId) -> Key {
     Key::new().str(room.as_str())
 }
@@ -158,7 +175,11 @@ pub(crate) fn member_key(room: &RoomId, user: &str) -> Key {
     member_prefix(room).str(user)
 }
 pub(crate) fn log_prefix(room: &RoomId, kind: &str, state_key: &str) -> Key {
-    Key::new().str(room.as_str()).str("l").str(kind).str(state_key)
+    Key::new()
+        .str(room.as_str())
+        .str("l")
+        .str(kind)
+        .str(state_key)
 }
 pub(crate) fn timeline_prefix(room: &RoomId) -> Key {
     Key::new().str(room.as_str())
@@ -170,18 +191,27 @@ pub(crate) fn membership_key(user: &str, room: &RoomId) -> Key {
     Key::new().str(user).str(room.as_str())
 }
 pub(crate) fn txn_key(user: &UserId, device: &str, scope: &str, txn: &str) -> Key {
-    Key::new().str(user.as_str()).str(device).str(scope).str(txn)
+    Key::new()
+        .str(user.as_str())
+        .str(device)
+        .str(scope)
+        .str(txn)
 }
 pub(crate) fn alias_reverse_key(room: &RoomId, alias: &str) -> Key {
     Key::new().str(room.as_str()).str(alias)
 }
 
 pub(crate) fn entries_to_map(entries: &[StateEntry]) -> StateMap {
-    entries.iter().map(|(t, k, e)| ((t.clone(), k.clone()), e.clone())).collect()
+    entries
+        .iter()
+        .map(|(t, k, e)| ((t.clone(), k.clone()), e.clone()))
+        .collect()
 }
 
 pub(crate) fn map_to_entries(map: &StateMap) -> Vec<StateEntry> {
-    map.iter().map(|((t, k), e)| (t.clone(), k.clone(), e.clone())).collect()
+    map.iter()
+        .map(|((t, k), e)| (t.clone(), k.clone(), e.clone()))
+        .collect()
 }
 
 fn corrupt(what: &str) -> RoomError {
@@ -194,7 +224,8 @@ impl RoomService {
     }
 
     pub(crate) fn require_summary(&self, room: &RoomId) -> Result<RoomSummary> {
-        self.summary(room)?.ok_or_else(|| RoomError::UnknownRoom(room.to_owned()))
+        self.summary(room)?
+            .ok_or_else(|| RoomError::UnknownRoom(room.to_owned()))
     }
 
     /// Whether this server knows the room.
@@ -213,22 +244,35 @@ impl RoomService {
     }
 
     pub(crate) fn require_event(&self, event_id: &EventId) -> Result<StoredEvent> {
-        self.event(event_id)?.ok_or_else(|| RoomError::NotFound(format!("unknown event {event_id}")))
+        self.event(event_id)?
+            .ok_or_else(|| RoomError::NotFound(format!("unknown event {event_id}")))
     }
 
     /// The event id of one entry of the current state.
-    pub fn current_state_event_id(&self, room: &RoomId, kind: &str, skey: &str) -> Result<Option<OwnedEventId>> {
+    pub fn current_state_event_id(
+        &self,
+        room: &RoomId,
+        kind: &str,
+        skey: &str,
+    ) -> Result<Option<OwnedEventId>> {
         match self.db.get(Cf::Rooms, state_key(room, kind, skey))? {
             None => Ok(None),
             Some(v) => {
                 let s = String::from_utf8(v).map_err(|_| corrupt("state entry"))?;
-                Ok(Some(OwnedEventId::try_from(s).map_err(|_| corrupt("state entry id"))?))
+                Ok(Some(
+                    OwnedEventId::try_from(s).map_err(|_| corrupt("state entry id"))?,
+                ))
             }
         }
     }
 
     /// One entry of the current state, loaded.
-    pub fn current_state_event(&self, room: &RoomId, kind: &str, skey: &str) -> Result<Option<StoredEvent>> {
+    pub fn current_state_event(
+        &self,
+        room: &RoomId,
+        kind: &str,
+        skey: &str,
+    ) -> Result<Option<StoredEvent>> {
         match self.current_state_event_id(room, kind, skey)? {
             None => Ok(None),
             Some(id) => self.event(&id),
@@ -245,21 +289,32 @@ impl RoomService {
             let (Some(t), Some(sk)) = (r.str(), r.str()) else {
                 return Err(corrupt("state key"));
             };
-            let id = String::from_utf8(v).ok().and_then(|s| OwnedEventId::try_from(s).ok());
-            map.insert((t.to_owned(), sk.to_owned()), id.ok_or_else(|| corrupt("state entry"))?);
+            let id = String::from_utf8(v)
+                .ok()
+                .and_then(|s| OwnedEventId::try_from(s).ok());
+            map.insert(
+                (t.to_owned(), sk.to_owned()),
+                id.ok_or_else(|| corrupt("state entry"))?,
+            );
         }
         Ok(map)
     }
 
     /// Current-state entries of one type: state key → event id.
-    pub fn current_state_of_type(&self, room: &RoomId, kind: &str) -> Result<Vec<(String, OwnedEventId)>> {
+    pub fn current_state_of_type(
+        &self,
+        room: &RoomId,
+        kind: &str,
+    ) -> Result<Vec<(String, OwnedEventId)>> {
         let prefix = state_type_prefix(room, kind);
         let plen = prefix.as_bytes().len();
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
             let mut r = storage::KeyReader::new(&k[plen..]);
             let sk = r.str().ok_or_else(|| corrupt("state key"))?;
-            let id = String::from_utf8(v).ok().and_then(|s| OwnedEventId::try_from(s).ok());
+            let id = String::from_utf8(v)
+                .ok()
+                .and_then(|s| OwnedEventId::try_from(s).ok());
             out.push((sk.to_owned(), id.ok_or_else(|| corrupt("state entry"))?));
         }
         Ok(out)
@@ -312,14 +367,19 @@ impl RoomService {
         let Some((_, id)) = last.into_iter().next() else {
             return Ok(StateMap::new());
         };
-        let id = String::from_utf8(id).ok().and_then(|s| OwnedEventId::try_from(s).ok()).ok_or_else(|| corrupt("timeline"))?;
+        let id = String::from_utf8(id)
+            .ok()
+            .and_then(|s| OwnedEventId::try_from(s).ok())
+            .ok_or_else(|| corrupt("timeline"))?;
         let ev = self.require_event(&id)?;
         self.state_after(&ev)
     }
 
     /// A user's membership record in a room.
     pub fn membership(&self, room: &RoomId, user: &UserId) -> Result<Option<MembershipRecord>> {
-        Ok(self.db.get_json(Cf::Memberships, membership_key(user.as_str(), room))?)
+        Ok(self
+            .db
+            .get_json(Cf::Memberships, membership_key(user.as_str(), room))?)
     }
 
     /// A user's current membership in a room (`None`: never had one).

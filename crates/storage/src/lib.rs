@@ -46,21 +46,28 @@ pub enum Cf {
     AccountDataLog,
     /// `user_id 0xFF filter_id` → filter JSON.
     Filters,
-    /// `user_id 0xFF device_id 0xFF txn_id` → event id (send idempotency).
+    /// `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id (send idempotency;
+    /// scope is `send <room_id>` or `redact <room_id>`).
     Txns,
-    /// `event_id` → PDU (canonical JSON) plus local metadata.
+    /// `event_id` → `rooms::StoredEvent`: the PDU (canonical JSON, redacted once redacted)
+    /// plus stream position, sending device/txn, `redacted_because`, replaced state.
     Events,
     /// `room_id 0xFF pos` → event id: the room's timeline in stream order.
     Timeline,
-    /// `room_id` → room summary (version, current state map, forward extremities, depth).
+    /// `room_id 0xFF` → room summary (version, creator, forward extremities, max depth);
+    /// `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → current state event id;
+    /// `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership;
+    /// `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → state event id (state log);
+    /// `"public" 0xFF room_id 0xFF` → empty (room directory).
     Rooms,
-    /// `event_id` → state snapshot *before* an event (state map of (type, state_key) → event id).
+    /// `event_id` → the state *before* an event: a full snapshot of (type, state_key) → event
+    /// id, or a delta on top of another event's full snapshot.
     StateAt,
-    /// `user_id 0xFF room_id` → membership record (membership, pos, event id).
+    /// `user_id 0xFF room_id 0xFF` → membership record (membership, pos, event id, forgotten).
     Memberships,
     /// `pos` → room id: which rooms changed at a stream position (for incremental sync).
     RoomStream,
-    /// `alias` → room id.
+    /// `alias` → alias record (room id, creator); `room_id 0xFF alias 0xFF` → empty (reverse index).
     Aliases,
     /// `user_id` → persisted presence snapshot.
     Presence,

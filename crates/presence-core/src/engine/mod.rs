@@ -312,24 +312,26 @@ impl UserRecord {
         if self.presence_override.is_some() {
             return None;
         }
-        let mut candidates: Vec<u64> = self
+        let device_deadlines = self
             .devices
             .values()
-            .filter_map(|d| d.disconnects_at(config))
-            .collect();
-        if let Some(active) = self.last_active_ts {
-            match self.device_aggregate(config, now) {
-                DeviceState::Online => {
-                    candidates.push(active.saturating_add(config.last_active_granularity_ms));
-                    candidates.push(active.saturating_add(config.idle_timeout_ms));
-                }
-                DeviceState::Busy => {
-                    candidates.push(active.saturating_add(config.last_active_granularity_ms));
-                }
-                DeviceState::Unavailable | DeviceState::Offline => {}
-            }
-        }
-        candidates.into_iter().filter(|&t| t > now).min()
+            .filter_map(|d| d.disconnects_at(config));
+        let (granularity, idle) = match (self.last_active_ts, self.device_aggregate(config, now)) {
+            (Some(active), DeviceState::Online) => (
+                Some(active.saturating_add(config.last_active_granularity_ms)),
+                Some(active.saturating_add(config.idle_timeout_ms)),
+            ),
+            (Some(active), DeviceState::Busy) => (
+                Some(active.saturating_add(config.last_active_granularity_ms)),
+                None,
+            ),
+            _ => (None, None),
+        };
+        device_deadlines
+            .chain(granularity)
+            .chain(idle)
+            .filter(|&t| t > now)
+            .min()
     }
 
     /// Forgets devices that are no longer connected: their manual states end with them.
@@ -422,12 +424,14 @@ impl PresenceEngine {
                 None if previous == Some(DeviceState::Busy) => DeviceState::Busy,
                 None => DeviceState::Online,
             };
-            // A manual state gives way only to newer information: a change of the device's
-            // explicit automatic signal (not a repeat, not a plain sync, not the first signal).
-            // A manual busy gives way to nothing automatic.
-            let explicit_transition =
-                set_presence.is_some() && previous.is_some_and(|p| p != automatic);
-            if explicit_transition && device.manual.is_some_and(|m| m != DeviceState::Busy) {
+            // A manual state gives way only to a newer *explicit* statement from the same
+            // device that contradicts it. A plain sync carries no statement ("I am here"), so
+            // it never ends one; a manual busy gives way to nothing automatic (MSC3026: do not
+            // time busy out behind the user's back).
+            if let (Some(explicit), Some(manual)) = (set_presence, device.manual)
+                && explicit != manual
+                && manual != DeviceState::Busy
+            {
                 device.manual = None;
             }
             device.automatic = Some(automatic);
@@ -556,7 +560,7 @@ impl PresenceEngine {
     pub fn remove_user(&mut self, user_id: &UserId, now: u64) -> Option<PresenceChange> {
         let now = self.tick(now);
         let user = self.users.remove(user_id)?;
-        self.timers.cancel(&user_id.to_owned());
+        self.timers.cancel(user_id);
         self.dirty.insert(user_id.to_owned());
         let current = EffectivePresence {
             since_ts: now,
@@ -663,11 +667,14 @@ impl PresenceEngine {
     /// may be created.
     fn prepare(&mut self, user_id: &UserId, now: u64) -> (&mut UserRecord, u64) {
         let generation = self.take_generation();
-        self.dirty.insert(user_id.to_owned());
-        let user = self
-            .users
-            .entry(user_id.to_owned())
-            .or_insert_with(UserRecord::new);
+        // Avoid allocating owned IDs on the hot path (every sync of a known user).
+        if !self.dirty.contains(user_id) {
+            self.dirty.insert(user_id.to_owned());
+        }
+        if !self.users.contains_key(user_id) {
+            self.users.insert(user_id.to_owned(), UserRecord::new());
+        }
+        let user = self.users.get_mut(user_id).expect("inserted above");
         user.prune(&self.config, now);
         (user, generation)
     }
@@ -703,15 +710,14 @@ impl PresenceEngine {
                 current,
             });
         let deadline = user.next_deadline(&self.config, now);
-        let key = user_id.to_owned();
-        if change.is_some() {
-            self.dirty.insert(key.clone());
+        if change.is_some() && !self.dirty.contains(user_id) {
+            self.dirty.insert(user_id.to_owned());
         }
         if user.is_blank() {
             self.users.remove(user_id);
-            self.timers.cancel(&key);
+            self.timers.cancel(user_id);
         } else {
-            self.timers.set(&key, deadline);
+            self.timers.set(user_id, deadline);
         }
         change
     }

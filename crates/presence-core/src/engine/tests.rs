@@ -160,26 +160,27 @@ fn row_09_plain_sync_keeps_manual_state_of_same_device() {
 }
 
 #[test]
-fn row_10_repeated_explicit_signal_keeps_manual_state() {
+fn row_10_explicit_signal_agreeing_with_manual_state_keeps_it() {
     let mut e = engine();
-    poll(&mut e, "A", Some(DeviceState::Online), at(0));
-    e.set_status(alice(), "A", DeviceState::Unavailable, None, at(1));
-    poll(&mut e, "A", Some(DeviceState::Online), at(2));
+    e.set_status(alice(), "A", DeviceState::Unavailable, None, at(0));
+    poll(&mut e, "A", Some(DeviceState::Unavailable), at(1));
+    // The plain sync would say "online", but the manual state still holds.
+    poll(&mut e, "A", None, at(2));
     assert_eq!(seen(&e, at(2)).0, Unavailable);
 }
 
 #[test]
-fn row_11_changed_explicit_signal_ends_manual_state() {
+fn row_11_explicit_signal_contradicting_manual_state_ends_it() {
     let mut e = engine();
-    poll(&mut e, "A", Some(DeviceState::Online), at(0));
-    e.set_status(alice(), "A", DeviceState::Offline, None, at(1));
-    assert_eq!(seen(&e, at(1)).0, Offline);
-    poll(&mut e, "A", Some(DeviceState::Unavailable), at(2));
-    assert_eq!(
-        seen(&e, at(2)).0,
-        Unavailable,
-        "manual offline ended, automatic shows"
-    );
+    // Complement TestPresence: PUT online, then /sync?set_presence=unavailable.
+    e.set_status(alice(), "A", DeviceState::Online, msg("here"), at(0));
+    poll(&mut e, "A", Some(DeviceState::Unavailable), at(1));
+    assert_eq!(seen(&e, at(1)), (Unavailable, Some("here".into()), false));
+    // ...and the other way round, from manual offline.
+    e.set_status(alice(), "A", DeviceState::Offline, None, at(2));
+    assert_eq!(seen(&e, at(2)).0, Offline);
+    poll(&mut e, "A", Some(DeviceState::Online), at(3));
+    assert_eq!(seen(&e, at(3)).0, Online);
 }
 
 #[test]
@@ -647,4 +648,26 @@ fn one_timer_per_user() {
             .unwrap();
     }
     assert_eq!(e.timers.len(), 100);
+}
+
+#[test]
+fn snapshot_json_shape_is_stable() {
+    let mut e = engine();
+    let _ticket = hold(&mut e, "A", Some(DeviceState::Busy), at(0));
+    e.set_status(alice(), "A", DeviceState::Unavailable, msg("away"), at(0));
+    e.set_override(alice(), Some(PresenceOverride::state(Online)), at(SEC));
+    let json = serde_json::to_value(e.snapshot(alice()).unwrap()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "presence_override": {"state": "online", "set_at": at(SEC)},
+            "status_msg": "away",
+            "last_active_ts": at(0),
+            "devices": {"A": {"automatic": "org.matrix.msc3026.busy", "manual": "unavailable", "last_seen_ts": at(0)}},
+            "published": {
+                "state": "online", "status_msg": null, "currently_active": false,
+                "last_active_ts": null, "overridden": true, "since_ts": at(SEC)
+            }
+        })
+    );
 }

@@ -62,9 +62,18 @@ pub const MAX_ENTRY_BYTES: usize = 255;
 pub const MAX_ENTRIES_PER_LIST: usize = 1000;
 /// Most `allowed_recipients` per presence update sent over federation (MSC4325's advice).
 pub const MAX_RECIPIENTS_PER_EDU: usize = 256;
+/// Work (dynamic-programming cells, the product of two pattern lengths) that may be spent on
+/// deciding which allowed globs can be sent as globs: once when compiling a policy, and once per
+/// destination. Past it no glob is sent, only user IDs — always correct, just longer. This keeps
+/// a config of 1,000 maximal globs per list from costing seconds per presence update.
+pub const GLOB_ANALYSIS_BUDGET: usize = 1 << 20;
 /// Most entries of an incoming `allowed_recipients` that are considered; later ones are
 /// ignored, which can only deliver to fewer users.
 pub const MAX_INCOMING_RECIPIENTS: usize = 4 * MAX_RECIPIENTS_PER_EDU;
+/// Most globs of an incoming `allowed_recipients` that are considered; later ones are ignored.
+/// Each push entry compiles its own matcher, so a remote server must not be able to make that
+/// expensive; a sender needs few globs (ours sends only those no deny carves into).
+pub const MAX_INCOMING_GLOBS: usize = 16;
 
 /// One entry of `allowed_users` / `denied_users`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -308,7 +317,10 @@ struct PatternList {
 }
 
 impl PatternList {
-    fn build(exact: HashSet<OwnedUserId>, globs: Vec<UserGlob>) -> Result<PatternList, globset::Error> {
+    fn build(
+        exact: HashSet<OwnedUserId>,
+        globs: Vec<UserGlob>,
+    ) -> Result<PatternList, globset::Error> {
         let mut builder = GlobSetBuilder::new();
         for glob in &globs {
             builder.add(glob.to_globset()?);
@@ -339,26 +351,49 @@ impl PatternList {
         self.exact.is_empty() && self.globs.is_empty()
     }
 
+    /// Indices of the globs matching `user`.
+    fn matching_globs(&self, user: &UserId) -> Vec<usize> {
+        if user.as_str().is_ascii() {
+            self.set.matches(user.as_str())
+        } else {
+            // globset's `?` matches one byte; Matrix's matches one character. (Non-ASCII user
+            // IDs are not valid per the spec, but ruma accepts them from federation.)
+            (0..self.globs.len())
+                .filter(|&i| self.globs[i].is_match(user.as_str()))
+                .collect()
+        }
+    }
+
     /// The most specific pattern of this list matching `user`.
     fn best_match(&self, user: &UserId) -> Option<Specificity> {
         if self.exact.contains(user) {
             return Some(Specificity::Exact);
         }
-        let best_glob = if user.as_str().is_ascii() {
-            self.set
-                .matches(user.as_str())
-                .into_iter()
-                .map(|i| self.globs[i].literal_chars())
-                .max()
-        } else {
-            // globset's `?` matches one byte; Matrix's matches one character.
-            self.globs
-                .iter()
-                .filter(|g| g.is_match(user.as_str()))
-                .map(UserGlob::literal_chars)
-                .max()
-        };
-        best_glob.map(Specificity::Glob)
+        self.matching_globs(user)
+            .into_iter()
+            .map(|i| self.globs[i].literal_chars())
+            .max()
+            .map(Specificity::Glob)
+    }
+}
+
+/// A countdown of analysis work; see [`GLOB_ANALYSIS_BUDGET`].
+struct WorkBudget(usize);
+
+impl WorkBudget {
+    /// Pays for comparing patterns of lengths `a` and `b`; false once the budget is exhausted.
+    fn spend(&mut self, a: usize, b: usize) -> bool {
+        let cost = (a + 1).saturating_mul(b + 1);
+        match self.0.checked_sub(cost) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => {
+                self.0 = 0;
+                false
+            }
+        }
     }
 }
 
@@ -367,12 +402,48 @@ struct Rules {
     allowed: PatternList,
     denied: PatternList,
     denied_rooms: HashSet<OwnedRoomId>,
+    /// For each allowed glob, the denied globs at least as specific that have a match in
+    /// common with it (such a deny could carve users out of it). `None` when working this out
+    /// exceeded [`GLOB_ANALYSIS_BUDGET`]: then no glob is ever sent over federation.
+    deny_overlaps: Option<Vec<Vec<usize>>>,
 }
 
 impl Rules {
+    fn new(allowed: PatternList, denied: PatternList, denied_rooms: HashSet<OwnedRoomId>) -> Rules {
+        let mut budget = WorkBudget(GLOB_ANALYSIS_BUDGET);
+        let deny_overlaps = allowed
+            .globs
+            .iter()
+            .map(|glob| {
+                let mut overlapping = Vec::new();
+                for (j, deny) in denied.globs.iter().enumerate() {
+                    if deny.literal_chars() < glob.literal_chars() {
+                        continue;
+                    }
+                    if !budget.spend(glob.len(), deny.len()) {
+                        return None;
+                    }
+                    if glob.intersects(deny) {
+                        overlapping.push(j);
+                    }
+                }
+                Some(overlapping)
+            })
+            .collect();
+        Rules {
+            allowed,
+            denied,
+            denied_rooms,
+            deny_overlaps,
+        }
+    }
+
     /// `Some(decision)` when a user pattern matches `viewer`.
     fn pattern_verdict(&self, viewer: &UserId) -> Option<bool> {
-        match (self.allowed.best_match(viewer), self.denied.best_match(viewer)) {
+        match (
+            self.allowed.best_match(viewer),
+            self.denied.best_match(viewer),
+        ) {
             (None, None) => None,
             (Some(_), None) => Some(true),
             (None, Some(_)) => Some(false),
@@ -381,20 +452,67 @@ impl Rules {
         }
     }
 
-    /// Whether an allowed glob may be sent to `server` as is: no deny at least as specific as
-    /// it can match one of its users there (otherwise the receiver would deliver to someone the
-    /// deny excludes, and `allowed_recipients` has no way to subtract).
-    fn glob_is_safe_for(&self, glob: &UserGlob, server: &ServerName) -> bool {
-        let server = server.as_str();
-        let exact_denied_inside = self
+    /// Indices of the allowed globs that may be sent to `server` as they are: they can match
+    /// users there, and no deny at least as specific can match one of those users (otherwise
+    /// the receiver would deliver to someone the deny excludes, and `allowed_recipients` cannot
+    /// subtract). "Can match users there" is over-approximated for denies (the deny must reach
+    /// the server and overlap the glob, not necessarily on that server), which errs towards
+    /// leaving a glob out. Empty when the work budget runs out.
+    fn emittable_globs(&self, server: &ServerName) -> HashSet<usize> {
+        let Some(deny_overlaps) = &self.deny_overlaps else {
+            return HashSet::new();
+        };
+        let server_name = server.as_str();
+        let server_len = server_name.len() + 3;
+        let mut budget = WorkBudget(GLOB_ANALYSIS_BUDGET);
+        let denied_here: Vec<&OwnedUserId> = self
             .denied
             .exact
             .iter()
-            .any(|user| user.server_name().as_str() == server && glob.is_match(user.as_str()));
-        let glob_denied_inside = self.denied.globs.iter().any(|deny| {
-            deny.literal_chars() >= glob.literal_chars() && glob.may_overlap_on_server(deny, server)
-        });
-        !exact_denied_inside && !glob_denied_inside
+            .filter(|user| user.server_name() == server)
+            .collect();
+        let mut deny_reaches_server: HashMap<usize, bool> = HashMap::new();
+        let mut emittable = HashSet::new();
+        for (i, glob) in self.allowed.globs.iter().enumerate() {
+            if !budget.spend(glob.len(), server_len) {
+                return HashSet::new();
+            }
+            if !glob.can_match_server(server_name) {
+                continue;
+            }
+            let mut safe = true;
+            for user in &denied_here {
+                if !budget.spend(glob.len(), user.as_str().len()) {
+                    return HashSet::new();
+                }
+                if glob.is_match(user.as_str()) {
+                    safe = false;
+                    break;
+                }
+            }
+            for &j in &deny_overlaps[i] {
+                if !safe {
+                    break;
+                }
+                let reaches = match deny_reaches_server.get(&j) {
+                    Some(&known) => known,
+                    None => {
+                        let deny = &self.denied.globs[j];
+                        if !budget.spend(deny.len(), server_len) {
+                            return HashSet::new();
+                        }
+                        let known = deny.can_match_server(server_name);
+                        deny_reaches_server.insert(j, known);
+                        known
+                    }
+                };
+                safe = !reaches;
+            }
+            if safe {
+                emittable.insert(i);
+            }
+        }
+        emittable
     }
 }
 
@@ -456,11 +574,11 @@ impl SharingPolicy {
         let denied = PatternList::from_entries(&config.denied_users);
         match (allowed, denied) {
             (Ok(allowed), Ok(denied)) => SharingPolicy {
-                kind: PolicyKind::Rules(Box::new(Rules {
+                kind: PolicyKind::Rules(Box::new(Rules::new(
                     allowed,
                     denied,
-                    denied_rooms: rooms(&config.denied_users),
-                })),
+                    rooms(&config.denied_users),
+                ))),
             },
             // Unreachable with our escaping, but if a glob ever fails to compile, failing closed
             // is the only safe answer.
@@ -509,7 +627,9 @@ impl SharingPolicy {
             PolicyKind::Legacy => shares_room(rooms, owner, viewer, |_| true),
             PolicyKind::OnlySelf => false,
             PolicyKind::Rules(rules) => rules.pattern_verdict(viewer).unwrap_or_else(|| {
-                shares_room(rooms, owner, viewer, |room| !rules.denied_rooms.contains(room))
+                shares_room(rooms, owner, viewer, |room| {
+                    !rules.denied_rooms.contains(room)
+                })
             }),
         }
     }
@@ -548,19 +668,26 @@ impl SharingPolicy {
                 candidates.entry(user).or_default();
             }
         }
-        let safe_globs: Vec<&UserGlob> = rules
-            .allowed
-            .globs
-            .iter()
-            .filter(|g| g.can_match_server(server.as_str()) && rules.glob_is_safe_for(g, server))
-            .collect();
+        let emittable = rules.emittable_globs(server);
         let mut entries: BTreeSet<String> = candidates
             .into_iter()
             .filter(|&(user, shares_room)| rules.pattern_verdict(user).unwrap_or(shares_room))
-            .filter(|(user, _)| !safe_globs.iter().any(|g| g.is_match(user.as_str())))
+            // A user covered by a glob that is sent needs no entry of their own.
+            .filter(|(user, _)| {
+                emittable.is_empty()
+                    || !rules
+                        .allowed
+                        .matching_globs(user)
+                        .iter()
+                        .any(|i| emittable.contains(i))
+            })
             .map(|(user, _)| user.as_str().to_owned())
             .collect();
-        entries.extend(safe_globs.iter().map(|g| g.as_str().to_owned()));
+        entries.extend(
+            emittable
+                .iter()
+                .map(|&i| rules.allowed.globs[i].as_str().to_owned()),
+        );
         if entries.is_empty() {
             return AllowedRecipients::Nobody;
         }
@@ -626,8 +753,10 @@ impl IncomingRecipients {
                 Ok(SharingEntry::User(user)) => {
                     exact.insert(user);
                 }
-                Ok(SharingEntry::UserGlob(glob)) => globs.push(glob),
-                Ok(SharingEntry::Room(_)) | Err(_) => {}
+                Ok(SharingEntry::UserGlob(glob)) if globs.len() < MAX_INCOMING_GLOBS => {
+                    globs.push(glob)
+                }
+                Ok(SharingEntry::UserGlob(_) | SharingEntry::Room(_)) | Err(_) => {}
             }
         }
         if !seen_any {

@@ -12,7 +12,10 @@ struct Rooms(BTreeMap<OwnedUserId, BTreeSet<OwnedRoomId>>);
 
 impl Rooms {
     fn join(mut self, user: &UserId, room: &RoomId) -> Self {
-        self.0.entry(user.to_owned()).or_default().insert(room.to_owned());
+        self.0
+            .entry(user.to_owned())
+            .or_default()
+            .insert(room.to_owned());
         self
     }
 
@@ -63,20 +66,41 @@ fn valid_config_parses_every_kind_of_entry() {
     assert!(matches!(config.allowed_users[1], SharingEntry::UserGlob(_)));
     assert!(matches!(config.allowed_users[3], SharingEntry::Room(_)));
     assert_eq!(config.denied_users[1].as_str(), "!room:example.org");
-    assert_eq!(SharingConfig::from_json(&json!({})).unwrap(), SharingConfig::default());
+    assert_eq!(
+        SharingConfig::from_json(&json!({})).unwrap(),
+        SharingConfig::default()
+    );
 }
 
 #[test]
 fn validation_errors_name_the_offending_entry() {
     let cases = [
         (json!([]), "must be a JSON object"),
-        (json!({"allowed_users": "@a:b"}), "`allowed_users` must be an array"),
-        (json!({"denied_users": null}), "`denied_users` must be an array"),
-        (json!({"denied_users": ["@a:b", 7]}), "`denied_users[1]` must be a string, found a number"),
-        (json!({"allowed_users": ["#alias:example.org"]}), "`allowed_users[0]` \"#alias:example.org\" is neither"),
-        (json!({"allowed_users": ["@nocolon"]}), "`allowed_users[0]` \"@nocolon\" is not a valid user ID"),
+        (
+            json!({"allowed_users": "@a:b"}),
+            "`allowed_users` must be an array",
+        ),
+        (
+            json!({"denied_users": null}),
+            "`denied_users` must be an array",
+        ),
+        (
+            json!({"denied_users": ["@a:b", 7]}),
+            "`denied_users[1]` must be a string, found a number",
+        ),
+        (
+            json!({"allowed_users": ["#alias:example.org"]}),
+            "`allowed_users[0]` \"#alias:example.org\" is neither",
+        ),
+        (
+            json!({"allowed_users": ["@nocolon"]}),
+            "`allowed_users[0]` \"@nocolon\" is not a valid user ID",
+        ),
         (json!({"allowed_users": ["alice"]}), "\"alice\" is neither"),
-        (json!({"allowed_users": [""]}), "`allowed_users[0]` \"\" is neither"),
+        (
+            json!({"allowed_users": [""]}),
+            "`allowed_users[0]` \"\" is neither",
+        ),
     ];
     for (content, expected) in cases {
         let err = SharingConfig::from_json(&content).unwrap_err().to_string();
@@ -87,12 +111,24 @@ fn validation_errors_name_the_offending_entry() {
 #[test]
 fn entries_over_255_bytes_are_rejected() {
     let long = format!("@{}:example.org", "a".repeat(250));
-    let err = SharingConfig::from_json(&json!({"allowed_users": ["@ok:example.org", long]})).unwrap_err();
+    let err =
+        SharingConfig::from_json(&json!({"allowed_users": ["@ok:example.org", long]})).unwrap_err();
     match err {
-        SharingConfigError::InvalidEntry { list, index, entry, reason } => {
+        SharingConfigError::InvalidEntry {
+            list,
+            index,
+            entry,
+            reason,
+        } => {
             assert_eq!((list, index), (SharingList::AllowedUsers, 1));
             assert!(entry.starts_with("@aaa") && entry.ends_with('…'));
-            assert_eq!(reason, EntryError::TooLong { len: long.len(), max: 255 });
+            assert_eq!(
+                reason,
+                EntryError::TooLong {
+                    len: long.len(),
+                    max: 255
+                }
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -170,8 +206,14 @@ fn denied_room_does_not_hide_someone_met_elsewhere() {
         .join(carol, big)
         .join(carol, small)
         .join(dave, big);
-    assert!(p.may_see(owner(), carol, &rooms), "shares the non-denied room");
-    assert!(!p.may_see(owner(), dave, &rooms), "only shares the denied room");
+    assert!(
+        p.may_see(owner(), carol, &rooms),
+        "shares the non-denied room"
+    );
+    assert!(
+        !p.may_see(owner(), dave, &rooms),
+        "only shares the denied room"
+    );
 }
 
 // ---- decisions: the rest of the rule ------------------------------------------------------
@@ -206,10 +248,17 @@ fn unparseable_stored_config_fails_closed() {
     let rooms = Rooms::default()
         .join(owner(), room)
         .join(user_id!("@in:example.org"), room);
-    for stored in [json!("nope"), json!({"allowed_users": [1]}), json!({"denied_users": {}})] {
+    for stored in [
+        json!("nope"),
+        json!({"allowed_users": [1]}),
+        json!({"denied_users": {}}),
+    ] {
         let p = SharingPolicy::from_account_data(Some(&stored));
         assert!(!p.is_legacy());
-        assert!(!p.may_see(owner(), user_id!("@in:example.org"), &rooms), "{stored}");
+        assert!(
+            !p.may_see(owner(), user_id!("@in:example.org"), &rooms),
+            "{stored}"
+        );
         assert!(p.may_see(owner(), owner(), &rooms));
     }
 }
@@ -228,9 +277,13 @@ fn config_without_patterns_still_shares_with_room_members() {
 #[test]
 fn exact_id_beats_any_glob() {
     let rooms = Rooms::default();
-    let p = policy(json!({"allowed_users": ["@bob:example.org"], "denied_users": ["@bob:example.or?"]}));
+    let p = policy(
+        json!({"allowed_users": ["@bob:example.org"], "denied_users": ["@bob:example.or?"]}),
+    );
     assert!(p.may_see(owner(), user_id!("@bob:example.org"), &rooms));
-    let p = policy(json!({"allowed_users": ["@bob:example.or?"], "denied_users": ["@bob:example.org"]}));
+    let p = policy(
+        json!({"allowed_users": ["@bob:example.or?"], "denied_users": ["@bob:example.org"]}),
+    );
     assert!(!p.may_see(owner(), user_id!("@bob:example.org"), &rooms));
 }
 
@@ -238,12 +291,15 @@ fn exact_id_beats_any_glob() {
 fn more_literal_glob_wins_and_ties_deny() {
     let rooms = Rooms::default();
     let alice = user_id!("@alice:example.org");
-    let p = policy(json!({"allowed_users": ["@al*:example.org"], "denied_users": ["@a*:example.org"]}));
+    let p =
+        policy(json!({"allowed_users": ["@al*:example.org"], "denied_users": ["@a*:example.org"]}));
     assert!(p.may_see(owner(), alice, &rooms));
-    let p = policy(json!({"allowed_users": ["@a*:example.org"], "denied_users": ["@al*:example.org"]}));
+    let p =
+        policy(json!({"allowed_users": ["@a*:example.org"], "denied_users": ["@al*:example.org"]}));
     assert!(!p.may_see(owner(), alice, &rooms));
     // "@a*:example.org" and "@*e:example.org" both have 14 literal characters.
-    let p = policy(json!({"allowed_users": ["@a*:example.org"], "denied_users": ["@*e:example.org"]}));
+    let p =
+        policy(json!({"allowed_users": ["@a*:example.org"], "denied_users": ["@*e:example.org"]}));
     assert!(!p.may_see(owner(), alice, &rooms));
     // Exact allow and exact deny of the same user: deny.
     let p = policy(json!({"allowed_users": [alice], "denied_users": [alice]}));
@@ -275,7 +331,8 @@ fn room_both_allowed_and_denied_is_denied() {
     let room = room_id!("!r:example.org");
     let carol = user_id!("@carol:example.org");
     let rooms = Rooms::default().join(owner(), room).join(carol, room);
-    let p = policy(json!({"allowed_users": ["!r:example.org"], "denied_users": ["!r:example.org"]}));
+    let p =
+        policy(json!({"allowed_users": ["!r:example.org"], "denied_users": ["!r:example.org"]}));
     assert!(!p.may_see(owner(), carol, &rooms));
 }
 
@@ -300,15 +357,26 @@ fn recipients(p: &SharingPolicy, server: &ServerName, rooms: &Rooms) -> AllowedR
 fn no_config_sends_legacy_updates_and_fail_closed_sends_none() {
     let rooms = Rooms::default();
     let server = server_name!("example.org");
-    assert_eq!(recipients(&SharingPolicy::legacy(), server, &rooms), AllowedRecipients::Legacy);
-    assert_eq!(recipients(&SharingPolicy::only_self(), server, &rooms), AllowedRecipients::Nobody);
+    assert_eq!(
+        recipients(&SharingPolicy::legacy(), server, &rooms),
+        AllowedRecipients::Legacy
+    );
+    assert_eq!(
+        recipients(&SharingPolicy::only_self(), server, &rooms),
+        AllowedRecipients::Nobody
+    );
 }
 
 #[test]
 fn recipients_resolve_rooms_and_respect_denies() {
     let room = room_id!("!r:home.org");
     let mut rooms = Rooms::default().join(owner(), room);
-    for u in ["@bob:remote.org", "@bea:remote.org", "@carl:remote.org", "@zed:other.org"] {
+    for u in [
+        "@bob:remote.org",
+        "@bea:remote.org",
+        "@carl:remote.org",
+        "@zed:other.org",
+    ] {
         rooms = rooms.join(&UserId::parse(u).unwrap(), room);
     }
     let p = policy(json!({
@@ -344,7 +412,10 @@ fn safe_globs_are_sent_as_globs() {
         AllowedRecipients::Chunks(vec![vec!["@*:matrix.org".to_owned()]]),
         "the glob covers ann, and no deny as specific can exclude anyone from it"
     );
-    assert_eq!(recipients(&p, server_name!("example.org"), &rooms), AllowedRecipients::Nobody);
+    assert_eq!(
+        recipients(&p, server_name!("example.org"), &rooms),
+        AllowedRecipients::Nobody
+    );
 }
 
 #[test]
@@ -354,7 +425,10 @@ fn denied_room_members_are_not_recipients() {
         .join(owner(), denied)
         .join(user_id!("@x:remote.org"), denied);
     let p = policy(json!({"denied_users": ["!denied:home.org"]}));
-    assert_eq!(recipients(&p, server_name!("remote.org"), &rooms), AllowedRecipients::Nobody);
+    assert_eq!(
+        recipients(&p, server_name!("remote.org"), &rooms),
+        AllowedRecipients::Nobody
+    );
 }
 
 #[test]
@@ -362,13 +436,20 @@ fn recipients_are_chunked_at_256() {
     let room = owned_room_id!("!r:home.org");
     let mut rooms = Rooms::default().join(owner(), &room);
     for i in 0..600 {
-        rooms = rooms.join(&UserId::parse(format!("@u{i:03}:remote.org")).unwrap(), &room);
+        rooms = rooms.join(
+            &UserId::parse(format!("@u{i:03}:remote.org")).unwrap(),
+            &room,
+        );
     }
     let p = policy(json!({"denied_users": ["@someone:else.org"]}));
-    let AllowedRecipients::Chunks(chunks) = recipients(&p, server_name!("remote.org"), &rooms) else {
+    let AllowedRecipients::Chunks(chunks) = recipients(&p, server_name!("remote.org"), &rooms)
+    else {
         panic!("expected chunks");
     };
-    assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![256, 256, 88]);
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![256, 256, 88]
+    );
     let all: BTreeSet<&String> = chunks.iter().flatten().collect();
     assert_eq!(all.len(), 600);
 }
@@ -386,7 +467,13 @@ fn incoming_absent_null_or_empty_is_legacy() {
 
 #[test]
 fn incoming_list_filters_local_recipients() {
-    let field = json!(["@alice:here.org", "@b*:here.org", "!room:here.org", 5, "junk"]);
+    let field = json!([
+        "@alice:here.org",
+        "@b*:here.org",
+        "!room:here.org",
+        5,
+        "junk"
+    ]);
     let r = IncomingRecipients::from_json(Some(&field));
     assert!(r.allows(user_id!("@alice:here.org")));
     assert!(r.allows(user_id!("@bob:here.org")));
@@ -395,7 +482,12 @@ fn incoming_list_filters_local_recipients() {
 
 #[test]
 fn incoming_malformed_list_delivers_to_nobody() {
-    for field in [json!("@alice:here.org"), json!({}), json!(["!room:here.org"]), json!([1])] {
+    for field in [
+        json!("@alice:here.org"),
+        json!({}),
+        json!(["!room:here.org"]),
+        json!([1]),
+    ] {
         let r = IncomingRecipients::from_json(Some(&field));
         assert!(!r.allows(user_id!("@alice:here.org")), "{field}");
     }
@@ -409,19 +501,33 @@ const SERVERS: [&str; 2] = ["s.org", "t.org"];
 fn universe() -> Vec<OwnedUserId> {
     SERVERS
         .iter()
-        .flat_map(|s| LOCALS.iter().map(move |l| UserId::parse(format!("@{l}:{s}")).unwrap()))
+        .flat_map(|s| {
+            LOCALS
+                .iter()
+                .map(move |l| UserId::parse(format!("@{l}:{s}")).unwrap())
+        })
         .collect()
 }
 
 fn rooms_universe() -> Vec<OwnedRoomId> {
-    (0..3).map(|i| RoomId::parse(format!("!r{i}:home.org")).unwrap()).collect()
+    (0..3)
+        .map(|i| RoomId::parse(format!("!r{i}:home.org")).unwrap())
+        .collect()
 }
 
 fn entry() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(universe()).prop_map(|u| u.to_string()),
         prop::sample::select(vec![
-            "@*:*", "@*:s.org", "@a*:s.org", "@b*:*", "@?:s.org", "@*b:*", "@a?:*", "@*/*:s.org", "@*.org",
+            "@*:*",
+            "@*:s.org",
+            "@a*:s.org",
+            "@b*:*",
+            "@?:s.org",
+            "@*b:*",
+            "@a?:*",
+            "@*/*:s.org",
+            "@*.org",
         ])
         .prop_map(str::to_owned),
         prop::sample::select(rooms_universe()).prop_map(|r| r.to_string()),
@@ -448,7 +554,13 @@ fn scenario() -> impl Strategy<Value = (Vec<String>, Vec<String>, Rooms)> {
 }
 
 /// The decision rule written the slow, obvious way.
-fn reference_may_see(allowed: &[String], denied: &[String], owner: &UserId, viewer: &UserId, rooms: &Rooms) -> bool {
+fn reference_may_see(
+    allowed: &[String],
+    denied: &[String],
+    owner: &UserId,
+    viewer: &UserId,
+    rooms: &Rooms,
+) -> bool {
     if owner == viewer {
         return true;
     }
@@ -456,7 +568,9 @@ fn reference_may_see(allowed: &[String], denied: &[String], owner: &UserId, view
         list.iter()
             .filter_map(|e| match SharingEntry::parse(e).unwrap() {
                 SharingEntry::User(u) if u == viewer => Some((1, 0)),
-                SharingEntry::UserGlob(g) if g.is_match(viewer.as_str()) => Some((0, g.literal_chars())),
+                SharingEntry::UserGlob(g) if g.is_match(viewer.as_str()) => {
+                    Some((0, g.literal_chars()))
+                }
                 _ => None,
             })
             .max()
@@ -467,7 +581,9 @@ fn reference_may_see(allowed: &[String], denied: &[String], owner: &UserId, view
         (None, Some(_)) => return false,
         (None, None) => {}
     }
-    rooms.joined_rooms(owner).any(|r| !denied.iter().any(|e| e == r.as_str()) && rooms.is_joined(viewer, r))
+    rooms
+        .joined_rooms(owner)
+        .any(|r| !denied.iter().any(|e| e == r.as_str()) && rooms.is_joined(viewer, r))
 }
 
 proptest! {
@@ -516,4 +632,49 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn maximal_config_stays_cheap_and_falls_back_to_ids() {
+    let started = std::time::Instant::now();
+    let glob = |i: usize, tail: &str| {
+        let mut g = format!("@{i:04}*{tail}");
+        while g.len() < MAX_ENTRY_BYTES - 1 {
+            g.push(if g.len() % 7 == 0 { '?' } else { 'x' });
+        }
+        g.push('*');
+        g
+    };
+    let allowed: Vec<String> = (0..MAX_ENTRIES_PER_LIST).map(|i| glob(i, "a")).collect();
+    let denied: Vec<String> = (0..MAX_ENTRIES_PER_LIST).map(|i| glob(i, "b")).collect();
+    let p = policy(json!({"allowed_users": allowed, "denied_users": denied}));
+    let compiled = started.elapsed();
+
+    let room = room_id!("!r:home.org");
+    let member = user_id!("@m:remote.org");
+    let rooms = Rooms::default().join(owner(), room).join(member, room);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        recipients(&p, server_name!("remote.org"), &rooms),
+        AllowedRecipients::Chunks(vec![vec!["@m:remote.org".to_owned()]])
+    );
+    assert!(p.may_see(owner(), member, &rooms));
+    let decided = started.elapsed();
+    eprintln!("maximal config: compiled in {compiled:?}, decided in {decided:?}");
+}
+
+#[test]
+fn incoming_globs_are_capped() {
+    let mut field: Vec<String> = (0..MAX_INCOMING_GLOBS)
+        .map(|i| format!("@g{i}*:here.org"))
+        .collect();
+    field.push("@late*:here.org".to_owned());
+    field.push("@exact:here.org".to_owned());
+    let r = IncomingRecipients::from_json(Some(&json!(field)));
+    assert!(r.allows(user_id!("@g0x:here.org")));
+    assert!(r.allows(user_id!("@exact:here.org")));
+    assert!(
+        !r.allows(user_id!("@latex:here.org")),
+        "globs past the cap are ignored"
+    );
 }

@@ -1,9 +1,0 @@
-use std::sync::Arc;
-
-use axum::Router;
-
-use crate::AppState;
-
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-}

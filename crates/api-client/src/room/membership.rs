@@ -1,0 +1,234 @@
+//! `createRoom`, joining, leaving, invites, kicks, bans, `forget`, `joined_rooms`.
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::StatusCode;
+use rooms::{CreateRoomRequest, RoomError};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake_room};
+use crate::error::{ApiResult, MatrixError};
+use crate::extract::{Auth, JsonBody, Path};
+use crate::{AppState, AppStateRef};
+
+pub(super) fn routes(r: axum::Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    let r = route(r, "/createRoom", post(create_room));
+    let r = route(r, "/join/{room_id_or_alias}", post(join_by_id_or_alias));
+    let r = route(r, "/rooms/{room_id}/join", post(join_room));
+    let r = route(r, "/rooms/{room_id}/leave", post(leave));
+    let r = route(r, "/rooms/{room_id}/forget", post(forget));
+    let r = route(r, "/rooms/{room_id}/invite", post(invite));
+    let r = route(r, "/rooms/{room_id}/kick", post(kick));
+    let r = route(r, "/rooms/{room_id}/ban", post(ban));
+    let r = route(r, "/rooms/{room_id}/unban", post(unban));
+    route(r, "/joined_rooms", get(joined_rooms))
+}
+
+fn profile(state: &AppState, user: &ruma::UserId) -> ApiResult<accounts::Profile> {
+    Ok(state.accounts.profile(user)?.unwrap_or_default())
+}
+
+async fn create_room(
+    auth: Auth,
+    state: AppStateRef,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    if !body.is_object() {
+        return Err(MatrixError::bad_json("Request body must be a JSON object"));
+    }
+    let mut req: CreateRoomRequest = serde_json::from_value(body)
+        .map_err(|e| MatrixError::bad_json(format!("Invalid createRoom request: {e}")))?;
+    req.creator_profile = profile(&state, &auth.user_id)?;
+    let creator = auth.user_id.clone();
+    let room = blocking(&state, move |rooms| rooms.create_room(&creator, req))
+        .await
+        .map_err(|e| match e {
+            RoomError::AliasInUse(a) => MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_ROOM_IN_USE",
+                format!("Room alias {a} is already in use"),
+            ),
+            e => e.into(),
+        })?;
+    let pos = state.rooms.room_last_pos(&room)?;
+    let invited: Vec<ruma::OwnedUserId> = state
+        .rooms
+        .members(&room)?
+        .into_iter()
+        .filter(|(_, m)| *m == rooms::Membership::Invite)
+        .map(|(u, _)| u)
+        .collect();
+    let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
+    wake_room(&state, &room, pos, &extra);
+    Ok(Json(json!({ "room_id": room })))
+}
+
+/// The body of a join: extra member content (e.g. `reason`).
+fn join_content(body: Value) -> ApiResult<Option<Map<String, Value>>> {
+    match body {
+        Value::Object(m) => Ok(Some(m)),
+        Value::Null => Ok(None),
+        _ => Err(MatrixError::bad_json("Request body must be a JSON object")),
+    }
+}
+
+async fn do_join(
+    state: Arc<AppState>,
+    auth: Auth,
+    target: String,
+    body: Value,
+) -> ApiResult<Json<Value>> {
+    if !target.starts_with('#') {
+        parse_room_id(&target)?;
+    }
+    let content = join_content(body)?;
+    let prof = profile(&state, &auth.user_id)?;
+    let user = auth.user_id.clone();
+    let (room, sent) = blocking(&state, move |rooms| {
+        rooms.join(&user, &target, &prof, content)
+    })
+    .await?;
+    wake_room(&state, &room, sent.pos, &[&auth.user_id]);
+    Ok(Json(json!({ "room_id": room })))
+}
+
+async fn join_by_id_or_alias(
+    auth: Auth,
+    state: AppStateRef,
+    Path(target): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    do_join(state.0, auth, target, body).await
+}
+
+async fn join_room(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    parse_room_id(&room_id)?;
+    do_join(state.0, auth, room_id, body).await
+}
+
+#[derive(Deserialize)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn leave(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let room = parse_room_id(&room_id)?;
+    let user = auth.user_id.clone();
+    let r = room.clone();
+    let sent = blocking(&state, move |rooms| {
+        rooms.leave(&user, &r, body.reason.as_deref())
+    })
+    .await?;
+    wake_room(&state, &room, sent.pos, &[&auth.user_id]);
+    Ok(Json(json!({})))
+}
+
+async fn forget(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let room = parse_room_id(&room_id)?;
+    let user = auth.user_id.clone();
+    blocking(&state, move |rooms| rooms.forget(&user, &room)).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct TargetBody {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+}
+
+async fn act(
+    state: Arc<AppState>,
+    auth: Auth,
+    room_id: String,
+    body: TargetBody,
+    action: Action,
+) -> ApiResult<Json<Value>> {
+    let room = parse_room_id(&room_id)?;
+    let raw = body
+        .user_id
+        .ok_or_else(|| MatrixError::missing_param("Missing user_id"))?;
+    let target = parse_user_id(&raw)?;
+    let (sender, r, t) = (auth.user_id.clone(), room.clone(), target.clone());
+    let reason = body.reason;
+    let sent = blocking(&state, move |rooms| {
+        let reason = reason.as_deref();
+        match action {
+            Action::Invite => rooms.invite(&sender, &r, &t, reason),
+            Action::Kick => rooms.kick(&sender, &r, &t, reason),
+            Action::Ban => rooms.ban(&sender, &r, &t, reason),
+            Action::Unban => rooms.unban(&sender, &r, &t, reason),
+        }
+    })
+    .await
+    .map_err(hide_unknown)?;
+    wake_room(&state, &room, sent.pos, &[&target]);
+    Ok(Json(json!({})))
+}
+
+async fn invite(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    act(state.0, auth, room_id, body, Action::Invite).await
+}
+
+async fn kick(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    act(state.0, auth, room_id, body, Action::Kick).await
+}
+
+async fn ban(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    act(state.0, auth, room_id, body, Action::Ban).await
+}
+
+async fn unban(
+    auth: Auth,
+    state: AppStateRef,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    act(state.0, auth, room_id, body, Action::Unban).await
+}
+
+async fn joined_rooms(auth: Auth, state: AppStateRef) -> ApiResult<Json<Value>> {
+    let rooms = state.rooms.joined_rooms(&auth.user_id)?;
+    Ok(Json(json!({ "joined_rooms": rooms })))
+}

@@ -1,0 +1,155 @@
+//! Room endpoints: creation, membership, sending, state, history, directory.
+//!
+//! Handlers validate the path and body, run the room engine ([`rooms::RoomService`]) on
+//! the blocking pool (it takes a write lock and does RocksDB I/O), map [`RoomError`] to
+//! Matrix errors, and wake the `/sync` of every joined member (plus the target of a
+//! membership change) at the new stream position.
+//!
+//! Pagination tokens are `t<pos>`: "after every event with stream position ≤ pos".
+//! Backwards pagination from `t<pos>` returns events with position ≤ pos; forwards,
+//! events with position > pos. Sync's `s<pos>` tokens have the same meaning and are
+//! accepted everywhere a `t` token is.
+//!
+//! History visibility (`/messages`, `/event`, `/context`) follows the spec rules via
+//! [`rooms::RoomService::visible_to`]: `world_readable` to anyone, `shared` to current
+//! members, `invited`/`joined` from the viewer's invite/join on; users who left see
+//! history up to their leave. Reads by users who were never in a non-world-readable
+//! room (or forgot it) are 403.
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::MethodRouter;
+use rooms::{RoomError, RoomService};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use crate::AppState;
+use crate::error::MatrixError;
+
+mod directory;
+mod events;
+mod membership;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    let r = Router::new();
+    let r = membership::routes(r);
+    let r = events::routes(r);
+    directory::routes(r)
+}
+
+/// Register `path` under both `/_matrix/client/v3` and `/_matrix/client/r0`.
+pub(crate) fn route(
+    router: Router<Arc<AppState>>,
+    path: &str,
+    method_router: MethodRouter<Arc<AppState>>,
+) -> Router<Arc<AppState>> {
+    router
+        .route(&format!("/_matrix/client/r0{path}"), method_router.clone())
+        .route(&format!("/_matrix/client/v3{path}"), method_router)
+}
+
+impl From<RoomError> for MatrixError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::Storage(e) => MatrixError::internal(e),
+            RoomError::Forbidden(m) => MatrixError::forbidden(m),
+            RoomError::UnknownRoom(r) => MatrixError::not_found(format!("Unknown room {r}")),
+            RoomError::NotFound(m) => MatrixError::not_found(m),
+            RoomError::UnsupportedRoomVersion(v) => MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                format!("Room version {v} is not supported"),
+            ),
+            RoomError::TooLarge(m) => MatrixError::too_large(m),
+            RoomError::AliasInUse(a) => MatrixError::new(
+                StatusCode::CONFLICT,
+                "M_UNKNOWN",
+                format!("Room alias {a} already exists"),
+            ),
+            RoomError::InvalidParam(m) => MatrixError::invalid_param(m),
+            RoomError::BadJson(m) => MatrixError::bad_json(m),
+            RoomError::BadAlias(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_ALIAS", m),
+            RoomError::BadState(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", m),
+            RoomError::Internal(m) => MatrixError::internal(m),
+        }
+    }
+}
+
+/// Unknown rooms look like rooms the user is not in (403), where the spec hides existence.
+pub(crate) fn hide_unknown(e: RoomError) -> MatrixError {
+    match e {
+        RoomError::UnknownRoom(r) => MatrixError::forbidden(format!("You are not in room {r}")),
+        e => e.into(),
+    }
+}
+
+/// Run room-engine work on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&RoomService) -> Result<T, RoomError> + Send + 'static,
+) -> Result<T, RoomError> {
+    let rooms = state.rooms.clone();
+    tokio::task::spawn_blocking(move || f(&rooms))
+        .await
+        .map_err(|e| RoomError::Internal(format!("room task failed: {e}")))?
+}
+
+pub(crate) fn parse_room_id(raw: &str) -> Result<OwnedRoomId, MatrixError> {
+    OwnedRoomId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid room ID {raw:?}")))
+}
+
+pub(crate) fn parse_user_id(raw: &str) -> Result<OwnedUserId, MatrixError> {
+    OwnedUserId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
+}
+
+/// A pagination token: `t<pos>` (ours) or `s<pos>…` (sync's), or a bare number.
+pub(crate) fn parse_token(t: &str) -> Option<u64> {
+    let rest = t
+        .strip_prefix('t')
+        .or_else(|| t.strip_prefix('s'))
+        .unwrap_or(t);
+    let digits: &str = &rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())];
+    if digits.is_empty() {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub(crate) fn token(pos: u64) -> String {
+    format!("t{pos}")
+}
+
+/// Wake the joined members of `room` and any `extra` users (a membership target, a
+/// user who just left) at stream position `pos`.
+pub(crate) fn wake_room(state: &AppState, room: &RoomId, pos: u64, extra: &[&UserId]) {
+    match state.rooms.joined_members(room) {
+        Ok(members) => state.notifier.wake(
+            members.iter().map(|u| &**u).chain(extra.iter().copied()),
+            pos,
+        ),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "could not list members to wake");
+            state.notifier.wake(extra.iter().copied(), pos);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_both_formats() {
+        assert_eq!(parse_token("t12"), Some(12));
+        assert_eq!(parse_token("s12"), Some(12));
+        assert_eq!(parse_token("s12_4"), Some(12));
+        assert_eq!(parse_token("12"), Some(12));
+        assert_eq!(parse_token("tx"), None);
+        assert_eq!(parse_token(""), None);
+        assert_eq!(parse_token(&token(7)), Some(7));
+    }
+}
