@@ -430,11 +430,16 @@ async fn login(
 
 async fn logout(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
     state.accounts.logout(&auth.access_token)?;
+    state.presence.device_removed(&auth.user_id, auth.device_id.as_str());
     Ok(Json(json!({})))
 }
 
 async fn logout_all(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
+    let devices = state.accounts.devices(&auth.user_id)?;
     state.accounts.logout_all(&auth.user_id)?;
+    for d in devices {
+        state.presence.device_removed(&auth.user_id, d.device_id.as_str());
+    }
     Ok(Json(json!({})))
 }
 
@@ -560,6 +565,7 @@ async fn delete_device(
     state
         .accounts
         .delete_device(&auth.user_id, device_id.as_str().into())?;
+    state.presence.device_removed(&auth.user_id, &device_id);
     Ok(Json(json!({})))
 }
 
@@ -580,5 +586,8 @@ async fn delete_devices(
     require_password(&state, &auth.user_id, body.auth).await?;
     let ids: Vec<OwnedDeviceId> = devices.into_iter().map(OwnedDeviceId::from).collect();
     state.accounts.delete_devices(&auth.user_id, &ids)?;
+    for id in &ids {
+        state.presence.device_removed(&auth.user_id, id.as_str());
+    }
     Ok(Json(json!({})))
 }

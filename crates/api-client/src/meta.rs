@@ -19,8 +19,12 @@ pub const SUPPORTED_VERSIONS: &[&str] = &[
 /// The `unstable_features` map of `/versions`: MSC flag → enabled. Add a line here for
 /// every unstable feature a module implements (values must be booleans).
 pub fn unstable_features() -> Map<String, Value> {
-    // e.g. `m.insert("org.matrix.msc1234".into(), Value::Bool(true));`
-    Map::new()
+    let mut m = Map::new();
+    // MSC3026: the busy presence state (`org.matrix.msc3026.busy`).
+    m.insert("org.matrix.msc3026.busy_presence".into(), Value::Bool(true));
+    // MSC4043: the presence override API (MSC4042 `disabled` is one of its values).
+    m.insert("support.feline.msc4043.v1".into(), Value::Bool(true));
+    m
 }
 
 pub fn routes() -> Router<Arc<AppState>> {

@@ -129,7 +129,7 @@ impl SyncBody {
 }
 
 fn room_err(e: rooms::RoomError) -> MatrixError {
-    MatrixError::internal(e)
+    e.into()
 }
 
 fn build_response(
@@ -175,9 +175,14 @@ fn build_response(
     let mut newly_shared: HashSet<ruma::OwnedUserId> = HashSet::new();
     let room_filter = &filter.room;
     let timeline_limit = room_filter.timeline.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT);
-    for ur in state.rooms.rooms_for_user(user).map_err(room_err)? {
+    for ur in state.rooms.rooms_for_user_with_forgotten(user).map_err(room_err)? {
         let room_id = &ur.room_id;
         if !room_filter.matches_room(room_id) {
+            continue;
+        }
+        // A forgotten room is gone from the user's view, except that a leave which
+        // happened after `since` is still reported once.
+        if ur.forgotten && since.is_none_or(|s| ur.pos <= s) {
             continue;
         }
         let changed_since_token = since.is_none_or(|s| ur.pos > s);
@@ -243,6 +248,14 @@ fn build_response(
         || !body.account_data.is_empty()
         || !body.presence.is_empty();
     Ok(body)
+}
+
+/// Sync's event format is the client format without `room_id`.
+fn sync_format(mut ev: Value) -> Value {
+    if let Some(o) = ev.as_object_mut() {
+        o.remove("room_id");
+    }
+    ev
 }
 
 /// Senders of `m.room.member` join events in a room section's timeline.
@@ -371,12 +384,17 @@ fn room_section(
     state_filter: &RoomEventFilter,
     now_ts: u64,
 ) -> ApiResult<Value> {
-    let viewer = Some((&*auth.user_id, &*auth.device_id));
-    let timeline: Vec<Value> = events
-        .iter()
-        .map(|e| e.to_client_event(viewer, now_ts))
-        .filter(|e| timeline_filter.matches_json(room_id, e))
-        .collect();
+    let user = &*auth.user_id;
+    let device = Some(&*auth.device_id);
+    // History visibility applies to sync timelines too.
+    let visible = state.rooms.filter_visible(user, events.to_vec()).map_err(room_err)?;
+    let mut timeline = Vec::with_capacity(visible.len());
+    for e in &visible {
+        let ev = sync_format(state.rooms.client_event_for(e, user, device, now_ts).map_err(room_err)?);
+        if timeline_filter.matches_json(room_id, &ev) {
+            timeline.push(ev);
+        }
+    }
     let timeline_ids: HashSet<&str> = timeline.iter().filter_map(|e| e["event_id"].as_str()).collect();
 
     // State before the first timeline event: in full when the client has none of it
@@ -405,10 +423,10 @@ fn room_section(
             continue;
         }
         let Some(ev) = state.rooms.event(&id).map_err(room_err)? else { continue };
-        let ev = ev.to_client_event(viewer, now_ts);
+        let ev = sync_format(state.rooms.client_event_for(&ev, user, device, now_ts).map_err(room_err)?);
         if lazy && ev["type"] == "m.room.member" {
             let key = ev["state_key"].as_str().unwrap_or_default();
-            if key != auth.user_id.as_str() && !senders.contains(key) {
+            if key != user.as_str() && !senders.contains(key) {
                 continue;
             }
         }

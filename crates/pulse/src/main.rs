@@ -184,6 +184,12 @@ fn open_services(config: &Config) -> Result<Services, String> {
     };
     let presence = presence_service::PresenceService::open(db.clone(), presence_config, notifier.clone())
         .map_err(|e| format!("cannot load presence: {e}"))?;
+    // The presence audience index follows room membership: seeded from the database,
+    // then kept current by the room engine after every committed membership change.
+    for (room, user) in rooms.all_joined_memberships().map_err(|e| format!("cannot read memberships: {e}"))? {
+        presence.membership_changed(&room, &user, true);
+    }
+    rooms.set_membership_observer(Arc::new(PresenceAudience(presence.clone())));
     let state = Arc::new(api_client::AppState {
         limiter: api_client::RateLimiter::new(client_config.rate_limit),
         config: client_config,
@@ -194,6 +200,15 @@ fn open_services(config: &Config) -> Result<Services, String> {
         presence,
     });
     Ok(Services { db, state })
+}
+
+/// Feeds room membership changes into the presence audience index.
+struct PresenceAudience(Arc<presence_service::PresenceService>);
+
+impl rooms::MembershipObserver for PresenceAudience {
+    fn membership_changed(&self, room: &ruma::RoomId, user: &ruma::UserId, membership: Option<rooms::Membership>) {
+        self.0.membership_changed(room, user, membership == Some(rooms::Membership::Join));
+    }
 }
 
 async fn serve(config: Config) -> Result<(), String> {

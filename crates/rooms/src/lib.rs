@@ -197,6 +197,12 @@ pub struct SentEvent {
     pub pos: u64,
 }
 
+/// Told about every committed membership change (e.g. the presence audience index).
+pub trait MembershipObserver: Send + Sync {
+    /// `membership` is the user's new membership in `room` (`None`: no membership event any more).
+    fn membership_changed(&self, room: &ruma::RoomId, user: &ruma::UserId, membership: Option<Membership>);
+}
+
 /// Rooms, events and membership: the whole room engine.
 pub struct RoomService {
     db: Arc<Db>,
@@ -204,6 +210,7 @@ pub struct RoomService {
     key: keys::SigningKey,
     /// Serialises all room writes (see the crate docs).
     write_lock: Mutex<()>,
+    membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
 }
 
 impl RoomService {
@@ -216,11 +223,34 @@ impl RoomService {
             server_name,
             key,
             write_lock: Mutex::new(()),
+            membership_observer: std::sync::OnceLock::new(),
         })
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
         &self.server_name
+    }
+
+    /// Register the observer of membership changes (once; later calls are ignored).
+    pub fn set_membership_observer(&self, observer: Arc<dyn MembershipObserver>) {
+        let _ = self.membership_observer.set(observer);
+    }
+
+    /// Every joined membership on this server, as (room, user): seeds indexes at start-up.
+    pub fn all_joined_memberships(&self) -> Result<Vec<(OwnedRoomId, OwnedUserId)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.db.scan_prefix(storage::Cf::Memberships, [])? {
+            let mut r = storage::KeyReader::new(&k);
+            let (Some(user), Some(room)) = (r.str(), r.str()) else { continue };
+            let rec: store::MembershipRecord = serde_json::from_slice(&v)
+                .map_err(|e| RoomError::Internal(format!("corrupt membership: {e}")))?;
+            if rec.membership == Membership::Join
+                && let (Ok(user), Ok(room)) = (OwnedUserId::try_from(user), OwnedRoomId::try_from(room))
+            {
+                out.push((room, user));
+            }
+        }
+        Ok(out)
     }
 
     pub fn db(&self) -> &Db {

@@ -613,6 +613,15 @@ impl RoomService {
             }
             Ok(())
         })?;
+        // Tell the observer (the presence audience index) after the commit, still under the
+        // room write lock, so it sees membership changes in stream order.
+        if let Some(observer) = self.membership_observer.get() {
+            for (user, m) in &member_changes {
+                if let Ok(user) = <&ruma::UserId>::try_from(user.as_str()) {
+                    observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));
+                }
+            }
+        }
         Ok(SentEvent { event_id, pos })
     }
 
