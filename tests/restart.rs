@@ -9,14 +9,25 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut s = TestServer::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "durable"})).await;
-    let (st, _) = s.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&bob.token), json!({})).await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat", "name": "durable"}))
+        .await;
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, 200);
     let mut sent = Vec::new();
     for i in 0..20 {
         let (st, body) = s
             .put(
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t{i}", enc(&room)),
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t{i}",
+                    enc(&room)
+                ),
                 Some(&alice.token),
                 json!({"msgtype": "m.text", "body": format!("message {i}")}),
             )
@@ -26,7 +37,10 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     let (st, _) = s
         .put(
-            &format!("/_matrix/client/v3/user/{}/account_data/org.example.test", enc(&alice.user_id)),
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.test",
+                enc(&alice.user_id)
+            ),
             Some(&alice.token),
             json!({"kept": true}),
         )
@@ -42,7 +56,10 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(st, 200);
     let (st, _) = s
         .put(
-            &format!("/_matrix/client/v1/presence/{}/override", enc(&alice.user_id)),
+            &format!(
+                "/_matrix/client/v1/presence/{}/override",
+                enc(&alice.user_id)
+            ),
             Some(&alice.token),
             json!({"presence_override": "org.matrix.msc3026.busy"}),
         )
@@ -52,7 +69,9 @@ async fn acknowledged_writes_survive_kill_9() {
     s.kill9_and_restart().await;
 
     // The old token still works, and login works.
-    let (st, who) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+    let (st, who) = s
+        .get("/_matrix/client/v3/account/whoami", Some(&alice.token))
+        .await;
     assert_eq!(st, 200, "{who}");
     assert_eq!(who["user_id"], alice.user_id.as_str());
     let (st, _) = s
@@ -65,7 +84,13 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(st, 200);
     // Every message is there, in order.
     let (st, msgs) = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)), Some(&bob.token))
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(&room)
+            ),
+            Some(&bob.token),
+        )
         .await;
     assert_eq!(st, 200, "{msgs}");
     let got: Vec<&str> = msgs["chunk"]
@@ -79,28 +104,53 @@ async fn acknowledged_writes_survive_kill_9() {
     expected.reverse();
     assert_eq!(got, expected);
     // Membership and state.
-    let (st, members) = s.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), Some(&bob.token)).await;
+    let (st, members) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+            Some(&bob.token),
+        )
+        .await;
     assert_eq!(st, 200);
     assert!(members["joined"].get(&bob.user_id).is_some(), "{members}");
-    let (st, name) = s.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)), Some(&bob.token)).await;
+    let (st, name) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)),
+            Some(&bob.token),
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(name["name"], "durable");
     // Account data.
     let (st, ad) = s
-        .get(&format!("/_matrix/client/v3/user/{}/account_data/org.example.test", enc(&alice.user_id)), Some(&alice.token))
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.test",
+                enc(&alice.user_id)
+            ),
+            Some(&alice.token),
+        )
         .await;
     assert_eq!(st, 200);
     assert_eq!(ad["kept"], true);
     // Presence: the override and the status message.
     let (st, ov) = s
-        .get(&format!("/_matrix/client/v1/presence/{}/override", enc(&alice.user_id)), Some(&alice.token))
+        .get(
+            &format!(
+                "/_matrix/client/v1/presence/{}/override",
+                enc(&alice.user_id)
+            ),
+            Some(&alice.token),
+        )
         .await;
     assert_eq!(st, 200);
     assert_eq!(ov["presence_override"], "org.matrix.msc3026.busy");
     // Sending with a used transaction ID still returns the original event (idempotency survives).
     let (st, again) = s
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t0", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t0",
+                enc(&room)
+            ),
             Some(&alice.token),
             json!({"msgtype": "m.text", "body": "message 0"}),
         )

@@ -13,7 +13,9 @@ async fn unknown_path_and_method_are_m_unrecognized() {
     let (status, body) = s.get("/_matrix/client/v3/no_such_thing", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["errcode"], "M_UNRECOGNIZED");
-    let (status, body) = s.req("DELETE", "/_matrix/client/versions", None, None).await;
+    let (status, body) = s
+        .req("DELETE", "/_matrix/client/versions", None, None)
+        .await;
     assert_eq!(status, 405, "{body}");
     assert_eq!(body["errcode"], "M_UNRECOGNIZED");
 }
@@ -31,7 +33,12 @@ async fn cors_preflight_and_headers() {
         .expect("options");
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
-    let resp = s.http.get(s.url("/_matrix/client/versions")).send().await.expect("get");
+    let resp = s
+        .http
+        .get(s.url("/_matrix/client/versions"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
 }
 
@@ -50,7 +57,9 @@ async fn missing_and_unknown_tokens() {
     let (status, body) = s.get("/_matrix/client/v3/account/whoami", None).await;
     assert_eq!(status, 401);
     assert_eq!(body["errcode"], "M_MISSING_TOKEN");
-    let (status, body) = s.get("/_matrix/client/v3/account/whoami", Some("nonsense")).await;
+    let (status, body) = s
+        .get("/_matrix/client/v3/account/whoami", Some("nonsense"))
+        .await;
     assert_eq!(status, 401);
     assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
 }
@@ -59,7 +68,9 @@ async fn missing_and_unknown_tokens() {
 async fn huge_body_is_m_too_large() {
     let s = TestServer::start().await;
     let big = vec![b' '; 2 * 1024 * 1024];
-    let (status, body) = s.raw("POST", "/_matrix/client/v3/register", None, big).await;
+    let (status, body) = s
+        .raw("POST", "/_matrix/client/v3/register", None, big)
+        .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["errcode"], "M_TOO_LARGE");
 }
@@ -67,7 +78,14 @@ async fn huge_body_is_m_too_large() {
 #[tokio::test]
 async fn garbage_body_is_m_not_json() {
     let s = TestServer::start().await;
-    let (status, body) = s.raw("POST", "/_matrix/client/v3/register", None, b"{not json".to_vec()).await;
+    let (status, body) = s
+        .raw(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            b"{not json".to_vec(),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errcode"], "M_NOT_JSON");
 }
@@ -84,7 +102,11 @@ fn unknown_config_key_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "server_name = \"x\"\n[registration]\nopen = true\n").expect("write");
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("open"), "{err}");
@@ -92,7 +114,10 @@ fn unknown_config_key_is_named() {
 
 #[test]
 fn generate_config_round_trips_and_help_explains() {
-    let out = Command::new(BIN).arg("generate-config").output().expect("run");
+    let out = Command::new(BIN)
+        .arg("generate-config")
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("server_name"));

@@ -8,7 +8,9 @@ use common::{TestServer, User, enc};
 use serde_json::{Value, json};
 
 async fn sync(s: &TestServer, u: &User, query: &str) -> Value {
-    let (st, body) = s.get(&format!("/_matrix/client/v3/sync?{query}"), Some(&u.token)).await;
+    let (st, body) = s
+        .get(&format!("/_matrix/client/v3/sync?{query}"), Some(&u.token))
+        .await;
     assert_eq!(st, 200, "{body}");
     body
 }
@@ -25,7 +27,10 @@ fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
 async fn send(s: &TestServer, u: &User, room: &str, txn: &str, body: &str) {
     let (st, resp) = s
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
             Some(&u.token),
             json!({"msgtype": "m.text", "body": body}),
         )
@@ -42,10 +47,19 @@ async fn initial_then_incremental_sync() {
     let initial = sync(&s, &alice, "timeout=0").await;
     assert!(initial["next_batch"].is_string());
     assert!(timeline_bodies(&initial, &room).contains(&"first".to_owned()));
-    let state = initial["rooms"]["join"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
-    let timeline = initial["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    let state = initial["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let timeline = initial["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let all: Vec<&Value> = state.iter().chain(timeline.iter()).collect();
-    assert!(all.iter().any(|e| e["type"] == "m.room.create"), "create event in state or timeline");
+    assert!(
+        all.iter().any(|e| e["type"] == "m.room.create"),
+        "create event in state or timeline"
+    );
     send(&s, &alice, &room, "2", "second").await;
     let since = initial["next_batch"].as_str().expect("token");
     let inc = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
@@ -58,8 +72,16 @@ async fn long_poll_wakes_on_a_message_and_times_out_otherwise() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let (st, _) = s.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&bob.token), json!({})).await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, 200);
     let first = sync(&s, &bob, "timeout=0").await;
     let mut since = first["next_batch"].as_str().expect("token").to_owned();
@@ -74,8 +96,16 @@ async fn long_poll_wakes_on_a_message_and_times_out_otherwise() {
     }
     // Nothing happens: the long-poll waits for its timeout and returns the same token.
     let started = Instant::now();
-    let idle = sync(&s, &bob, &format!("since={since}&timeout=500&set_presence=offline")).await;
-    assert!(started.elapsed() >= Duration::from_millis(450), "returned early: {idle}");
+    let idle = sync(
+        &s,
+        &bob,
+        &format!("since={since}&timeout=500&set_presence=offline"),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "returned early: {idle}"
+    );
     assert_eq!(idle["next_batch"].as_str(), Some(since.as_str()));
     // A message wakes it well before the timeout.
     let s2 = std::sync::Arc::new(s);
@@ -85,7 +115,12 @@ async fn long_poll_wakes_on_a_message_and_times_out_otherwise() {
         let since = since.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let r = sync(&s, &bob, &format!("since={since}&timeout=20000&set_presence=offline")).await;
+            let r = sync(
+                &s,
+                &bob,
+                &format!("since={since}&timeout=20000&set_presence=offline"),
+            )
+            .await;
             (started.elapsed(), r)
         })
     };
@@ -102,20 +137,45 @@ async fn invites_and_leaves_appear_in_sync() {
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
     let room = s.create_room(&alice, json!({})).await;
-    let since = sync(&s, &bob, "timeout=0").await["next_batch"].as_str().expect("t").to_owned();
-    let (st, _) =
-        s.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), Some(&alice.token), json!({"user_id": bob.user_id})).await;
+    let since = sync(&s, &bob, "timeout=0").await["next_batch"]
+        .as_str()
+        .expect("t")
+        .to_owned();
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&alice.token),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
     assert_eq!(st, 200);
     let r = sync(&s, &bob, &format!("since={since}&timeout=5000")).await;
     let invite = &r["rooms"]["invite"][&room]["invite_state"]["events"];
-    assert!(invite.as_array().is_some_and(|a| a.iter().any(|e| e["type"] == "m.room.member")), "{r}");
+    assert!(
+        invite
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["type"] == "m.room.member")),
+        "{r}"
+    );
     let since = r["next_batch"].as_str().expect("t").to_owned();
-    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), Some(&bob.token), json!({})).await;
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, 200);
     let r = sync(&s, &bob, &format!("since={since}&timeout=5000")).await;
     assert!(r["rooms"]["join"].get(&room).is_some(), "{r}");
     let since = r["next_batch"].as_str().expect("t").to_owned();
-    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), Some(&bob.token), json!({})).await;
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, 200);
     let r = sync(&s, &bob, &format!("since={since}&timeout=5000")).await;
     assert!(r["rooms"]["leave"].get(&room).is_some(), "{r}");
@@ -146,9 +206,19 @@ async fn filters_limit_the_timeline_and_bad_params_are_rejected() {
     assert_eq!(st, 200);
     let id = f["filter_id"].as_str().expect("filter_id");
     let r = sync(&s, &alice, &format!("filter={id}&timeout=0")).await;
-    assert_eq!(r["rooms"]["join"][&room]["timeline"]["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        r["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     for bad in ["since=garbage", "timeout=soon", "set_presence=sleepy"] {
-        let (st, body) = s.get(&format!("/_matrix/client/v3/sync?{bad}"), Some(&alice.token)).await;
+        let (st, body) = s
+            .get(
+                &format!("/_matrix/client/v3/sync?{bad}"),
+                Some(&alice.token),
+            )
+            .await;
         assert_eq!(st, 400, "{bad}: {body}");
         assert_eq!(body["errcode"], "M_INVALID_PARAM", "{bad}");
     }

@@ -65,7 +65,10 @@ impl TestServer {
             base: format!("http://127.0.0.1:{port}"),
             server_name: "localhost".into(),
             child: None,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
         };
         s.spawn().await;
         s
@@ -86,15 +89,16 @@ impl TestServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/_matrix/client/versions", self.base)).send().await {
-                if r.status().as_u16() < 500 {
-                    return;
-                }
+            let url = format!("{}/_matrix/client/versions", self.base);
+            if let Ok(r) = self.http.get(url).send().await
+                && r.status().as_u16() < 500
+            {
+                return;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("pulse exited during start-up: {status}");
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("pulse exited during start-up: {status}");
             }
             assert!(Instant::now() < deadline, "pulse did not start within 20 s");
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -118,7 +122,9 @@ impl TestServer {
     pub fn terminate(&mut self) -> Duration {
         let c = self.child.as_mut().expect("running");
         let started = Instant::now();
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         loop {
             if let Ok(Some(_)) = c.try_wait() {
                 self.child = None;
@@ -136,7 +142,13 @@ impl TestServer {
     }
 
     /// Send a request; `body` None sends no body. Returns (status, JSON body or Null).
-    pub async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut rb = self.http.request(method, self.url(path));
         if let Some(t) = token {
@@ -152,7 +164,13 @@ impl TestServer {
     }
 
     /// Send raw bytes as the body.
-    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut rb = self.http.request(method, self.url(path)).body(body);
         if let Some(t) = token {
@@ -186,14 +204,19 @@ impl TestServer {
         assert_eq!(status, 200, "register {localpart}: {body}");
         User {
             user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-            token: body["access_token"].as_str().expect("access_token").to_owned(),
+            token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
             device_id: body["device_id"].as_str().expect("device_id").to_owned(),
         }
     }
 
     /// Create a room as `user` with the given createRoom body; returns the room ID.
     pub async fn create_room(&self, user: &User, body: Value) -> String {
-        let (status, resp) = self.post("/_matrix/client/v3/createRoom", Some(&user.token), body).await;
+        let (status, resp) = self
+            .post("/_matrix/client/v3/createRoom", Some(&user.token), body)
+            .await;
         assert_eq!(status, 200, "createRoom: {resp}");
         resp["room_id"].as_str().expect("room_id").to_owned()
     }

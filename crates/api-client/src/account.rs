@@ -430,7 +430,9 @@ async fn login(
 
 async fn logout(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
     state.accounts.logout(&auth.access_token)?;
-    state.presence.device_removed(&auth.user_id, auth.device_id.as_str());
+    state
+        .presence
+        .device_removed(&auth.user_id, auth.device_id.as_str());
     Ok(Json(json!({})))
 }
 
@@ -438,7 +440,9 @@ async fn logout_all(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
     let devices = state.accounts.devices(&auth.user_id)?;
     state.accounts.logout_all(&auth.user_id)?;
     for d in devices {
-        state.presence.device_removed(&auth.user_id, d.device_id.as_str());
+        state
+            .presence
+            .device_removed(&auth.user_id, d.device_id.as_str());
     }
     Ok(Json(json!({})))
 }

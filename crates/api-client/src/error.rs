@@ -19,7 +19,12 @@ pub type ApiResult<T> = Result<T, MatrixError>;
 
 impl MatrixError {
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        MatrixError { status, errcode, message: message.into(), extra: Map::new() }
+        MatrixError {
+            status,
+            errcode,
+            message: message.into(),
+            extra: Map::new(),
+        }
     }
     pub fn with(mut self, key: &str, value: Value) -> Self {
         self.extra.insert(key.to_owned(), value);
@@ -44,11 +49,19 @@ impl MatrixError {
         Self::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", m)
     }
     pub fn missing_token() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "Missing access token",
+        )
     }
     pub fn unknown_token() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown or expired access token")
-            .with("soft_logout", Value::Bool(false))
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Unknown or expired access token",
+        )
+        .with("soft_logout", Value::Bool(false))
     }
     pub fn unrecognized(status: StatusCode) -> Self {
         Self::new(status, "M_UNRECOGNIZED", "Unrecognized request")
@@ -57,12 +70,20 @@ impl MatrixError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", m)
     }
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "Too many requests")
-            .with("retry_after_ms", Value::from(retry_after_ms))
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "M_LIMIT_EXCEEDED",
+            "Too many requests",
+        )
+        .with("retry_after_ms", Value::from(retry_after_ms))
     }
     pub fn internal(context: impl std::fmt::Display) -> Self {
         tracing::error!(%context, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "Internal server error",
+        )
     }
 }
 

@@ -23,13 +23,19 @@ pub struct Auth {
 pub fn access_token(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(http::header::AUTHORIZATION) {
         let s = h.to_str().ok()?;
-        let t = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))?;
+        let t = s
+            .strip_prefix("Bearer ")
+            .or_else(|| s.strip_prefix("bearer "))?;
         return Some(t.trim().to_owned());
     }
     let query = parts.uri.query()?;
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("access_token=") {
-            return Some(percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned());
+            return Some(
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
         }
     }
     None
@@ -37,7 +43,10 @@ pub fn access_token(parts: &Parts) -> Option<String> {
 
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = MatrixError;
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, MatrixError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, MatrixError> {
         let token = access_token(parts).ok_or_else(MatrixError::missing_token)?;
         let Some(session) = state.accounts.authenticate(&token)? else {
             return Err(MatrixError::unknown_token());
@@ -47,10 +56,18 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_string());
-        if let Err(e) = state.accounts.touch_device(&session.user_id, &session.device_id, ip.as_deref()) {
+        if let Err(e) =
+            state
+                .accounts
+                .touch_device(&session.user_id, &session.device_id, ip.as_deref())
+        {
             tracing::warn!("recording device last-seen failed: {e}");
         }
-        Ok(Auth { user_id: session.user_id, device_id: session.device_id, access_token: token })
+        Ok(Auth {
+            user_id: session.user_id,
+            device_id: session.device_id,
+            access_token: token,
+        })
     }
 }
 
@@ -59,11 +76,16 @@ pub struct MaybeAuth(pub Option<Auth>);
 
 impl FromRequestParts<Arc<AppState>> for MaybeAuth {
     type Rejection = MatrixError;
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, MatrixError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, MatrixError> {
         if access_token(parts).is_none() {
             return Ok(MaybeAuth(None));
         }
-        Ok(MaybeAuth(Some(Auth::from_request_parts(parts, state).await?)))
+        Ok(MaybeAuth(Some(
+            Auth::from_request_parts(parts, state).await?,
+        )))
     }
 }
 
@@ -87,9 +109,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
     serde_json::from_value(value).map_err(|e| MatrixError::bad_json(e.to_string()))
 }
 

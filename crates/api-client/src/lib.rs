@@ -36,8 +36,8 @@ mod account_data;
 mod admin;
 mod filter;
 mod meta;
-mod profile;
 mod presence;
+mod profile;
 mod room;
 mod sync;
 
@@ -89,8 +89,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(room::routes())
         .merge(sync::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
-        .method_not_allowed_fallback(|| async { MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .method_not_allowed_fallback(|| async {
+            MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit,
+        ))
         .with_state(state);
     // Strip a trailing slash *before* routing, so `/foo/` and `/foo` are the same
     // endpoint (and `/state/{type}/` means the empty state key).
@@ -113,7 +118,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
         req
     });
-    Router::new().fallback_service(api).layer(axum::middleware::from_fn(cors))
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn(cors))
 }
 
 /// CORS for browser clients, as the spec asks: any origin, the Matrix methods and headers.
@@ -125,7 +132,10 @@ async fn cors(req: Request, next: Next) -> Response {
     };
     let h = resp.headers_mut();
     h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+    );
     h.insert(
         "access-control-allow-headers",
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization, Date"),

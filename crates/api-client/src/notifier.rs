@@ -21,7 +21,9 @@ impl SyncNotifier {
     /// response is built is not lost.
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+        map.entry(user.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// Wake the waiting syncs of these users; `position` is the stream position of the change.
@@ -42,8 +44,11 @@ impl SyncNotifier {
     }
 
     /// Number of users with a channel (for metrics and tests).
-    pub fn len(&self) -> usize {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).len()
+    pub fn channel_count(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
@@ -63,7 +68,7 @@ mod tests {
         let a: OwnedUserId = "@a:x".try_into().expect("id");
         let b: OwnedUserId = "@b:x".try_into().expect("id");
         let mut ra = n.subscribe(&a);
-        let mut rb = n.subscribe(&b);
+        let rb = n.subscribe(&b);
         n.wake([&*a], 7);
         assert!(ra.has_changed().expect("open"));
         assert!(!rb.has_changed().expect("open"));

@@ -21,21 +21,30 @@ use crate::{AppState, AppStateRef};
 pub fn routes() -> Router<Arc<AppState>> {
     let mut r = Router::new();
     for v in ["v3", "r0"] {
-        r = r.route(&format!("/_matrix/client/{v}/presence/{{user_id}}/status"), get(get_status).put(put_status));
+        r = r.route(
+            &format!("/_matrix/client/{v}/presence/{{user_id}}/status"),
+            get(get_status).put(put_status),
+        );
     }
     for prefix in ["v1", "unstable/support.feline.msc4043.v1"] {
-        r = r.route(&format!("/_matrix/client/{prefix}/presence/{{user_id}}/override"), get(get_override).put(put_override));
+        r = r.route(
+            &format!("/_matrix/client/{prefix}/presence/{{user_id}}/override"),
+            get(get_override).put(put_override),
+        );
     }
     r
 }
 
 fn parse_user(raw: &str) -> ApiResult<OwnedUserId> {
-    OwnedUserId::try_from(raw).map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
+    OwnedUserId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
 }
 
 fn own_only(auth: &Auth, user: &OwnedUserId, what: &str) -> ApiResult<()> {
     if &auth.user_id != user {
-        return Err(MatrixError::forbidden(format!("You cannot {what} of another user")));
+        return Err(MatrixError::forbidden(format!(
+            "You cannot {what} of another user"
+        )));
     }
     Ok(())
 }
@@ -44,10 +53,16 @@ fn parse_status_msg(msg: Option<String>) -> ApiResult<Option<StatusMsg>> {
     StatusMsg::parse(msg).map_err(|e| MatrixError::invalid_param(e.to_string()))
 }
 
-async fn get_status(auth: Auth, state: AppStateRef, Path(user): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_status(
+    auth: Auth,
+    state: AppStateRef,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
     if !state.presence.may_see(&auth.user_id, &user) {
-        return Err(MatrixError::forbidden("You are not allowed to see their presence"));
+        return Err(MatrixError::forbidden(
+            "You are not allowed to see their presence",
+        ));
     }
     Ok(Json(state.presence.event_for(&user)["content"].clone()))
 }
@@ -72,7 +87,9 @@ async fn put_status(
         .parse::<PresenceState>()
         .ok()
         .and_then(|s| DeviceState::try_from(s).ok())
-        .ok_or_else(|| MatrixError::invalid_param(format!("Invalid presence state {:?}", body.presence)))?;
+        .ok_or_else(|| {
+            MatrixError::invalid_param(format!("Invalid presence state {:?}", body.presence))
+        })?;
     let msg = parse_status_msg(body.status_msg)?;
     state
         .presence
@@ -81,7 +98,11 @@ async fn put_status(
     Ok(Json(json!({})))
 }
 
-async fn get_override(auth: Auth, state: AppStateRef, Path(user): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_override(
+    auth: Auth,
+    state: AppStateRef,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
     own_only(&auth, &user, "read the presence override")?;
     Ok(Json(match state.presence.get_override(&user) {
@@ -117,8 +138,16 @@ async fn put_override(
         let state = body
             .presence_override
             .parse::<PresenceState>()
-            .map_err(|_| MatrixError::invalid_param(format!("Invalid presence state {:?}", body.presence_override)))?;
-        Some(PresenceOverride { state, status_msg: parse_status_msg(body.status_msg)? })
+            .map_err(|_| {
+                MatrixError::invalid_param(format!(
+                    "Invalid presence state {:?}",
+                    body.presence_override
+                ))
+            })?;
+        Some(PresenceOverride {
+            state,
+            status_msg: parse_status_msg(body.status_msg)?,
+        })
     };
     state.presence.set_override(&user, value)?;
     Ok(Json(json!({})))

@@ -21,7 +21,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> Self {
-        RateLimiter { config, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            config,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Ok(())` to go ahead, or `Err(retry_after_ms)`.
@@ -37,7 +40,9 @@ impl RateLimiter {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
             // Bound memory: forget full buckets (they would start full anyway).
-            map.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * c.per_second < c.burst);
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * c.per_second < c.burst
+            });
         }
         let (tokens, at) = map.entry(key.to_owned()).or_insert((c.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * c.per_second).min(c.burst);
@@ -59,7 +64,11 @@ mod tests {
 
     #[test]
     fn bucket_empties_then_refills() {
-        let l = RateLimiter::new(RateLimitConfig { enabled: true, per_second: 10.0, burst: 2.0 });
+        let l = RateLimiter::new(RateLimitConfig {
+            enabled: true,
+            per_second: 10.0,
+            burst: 2.0,
+        });
         let t = Instant::now();
         assert!(l.check_at("k", t).is_ok());
         assert!(l.check_at("k", t).is_ok());
@@ -71,7 +80,11 @@ mod tests {
 
     #[test]
     fn disabled_never_limits() {
-        let l = RateLimiter::new(RateLimitConfig { enabled: false, per_second: 0.1, burst: 1.0 });
+        let l = RateLimiter::new(RateLimitConfig {
+            enabled: false,
+            per_second: 0.1,
+            burst: 1.0,
+        });
         for _ in 0..100 {
             assert!(l.check("k").is_ok());
         }

@@ -30,7 +30,9 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMELINE_LIMIT: usize = 500;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/_matrix/client/v3/sync", get(sync)).route("/_matrix/client/r0/sync", get(sync))
+    Router::new()
+        .route("/_matrix/client/v3/sync", get(sync))
+        .route("/_matrix/client/r0/sync", get(sync))
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +56,11 @@ pub fn parse_token(t: &str) -> Option<u64> {
     t.strip_prefix('s').unwrap_or(t).parse().ok()
 }
 
-async fn sync(auth: Auth, state: AppStateRef, Query(params): Query<SyncParams>) -> ApiResult<Json<Value>> {
+async fn sync(
+    auth: Auth,
+    state: AppStateRef,
+    Query(params): Query<SyncParams>,
+) -> ApiResult<Json<Value>> {
     let state = state.0;
     let set_presence = match params.set_presence.as_deref() {
         None | Some("") => None,
@@ -62,21 +68,34 @@ async fn sync(auth: Auth, state: AppStateRef, Query(params): Query<SyncParams>) 
             p.parse::<presence_core::PresenceState>()
                 .ok()
                 .and_then(|s| presence_core::DeviceState::try_from(s).ok())
-                .ok_or_else(|| MatrixError::invalid_param(format!("Unknown set_presence value {p:?}")))?,
+                .ok_or_else(|| {
+                    MatrixError::invalid_param(format!("Unknown set_presence value {p:?}"))
+                })?,
         ),
     };
     let filter = load_filter(&state, &auth.user_id, params.filter.as_deref())?;
     let since = match params.since.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(t) => Some(parse_token(t).ok_or_else(|| MatrixError::invalid_param(format!("Invalid since token {t:?}")))?),
+        Some(t) => Some(
+            parse_token(t)
+                .ok_or_else(|| MatrixError::invalid_param(format!("Invalid since token {t:?}")))?,
+        ),
     };
     let full_state = params.full_state.unwrap_or(false);
-    let timeout = Duration::from_millis(params.timeout.unwrap_or(0).min(state.config.max_sync_timeout_ms));
+    let timeout = Duration::from_millis(
+        params
+            .timeout
+            .unwrap_or(0)
+            .min(state.config.max_sync_timeout_ms),
+    );
     let deadline = tokio::time::Instant::now() + timeout;
 
     // The device counts as connected for as long as this request runs, however it ends
     // (the guard's drop ends the sync, also when the client disconnects mid-poll).
-    let _presence = state.presence.sync_started(&auth.user_id, auth.device_id.as_str(), set_presence);
+    let _presence =
+        state
+            .presence
+            .sync_started(&auth.user_id, auth.device_id.as_str(), set_presence);
     let mut wake = state.notifier.subscribe(&auth.user_id);
     loop {
         let now = state.db.current_position();
@@ -100,9 +119,14 @@ fn load_filter(state: &AppState, user: &UserId, param: Option<&str>) -> ApiResul
         return Ok(Filter::default());
     };
     if param.trim_start().starts_with('{') {
-        return Filter::from_str_json(param).map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")));
+        return Filter::from_str_json(param)
+            .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")));
     }
-    state.accounts.filter(user, param).map_err(MatrixError::internal)?.ok_or_else(|| MatrixError::not_found(format!("Unknown filter {param:?}")))
+    state
+        .accounts
+        .filter(user, param)
+        .map_err(MatrixError::internal)?
+        .ok_or_else(|| MatrixError::not_found(format!("Unknown filter {param:?}")))
 }
 
 struct SyncBody {
@@ -153,8 +177,14 @@ fn build_response(
 
     // Account data: global goes to the top level, per-room into each joined room.
     let changes = match since {
-        None => state.accounts.all_account_data(user).map_err(MatrixError::internal)?,
-        Some(s) => state.accounts.account_data_since(user, s, now).map_err(MatrixError::internal)?,
+        None => state
+            .accounts
+            .all_account_data(user)
+            .map_err(MatrixError::internal)?,
+        Some(s) => state
+            .accounts
+            .account_data_since(user, s, now)
+            .map_err(MatrixError::internal)?,
     };
     let mut room_account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for c in changes {
@@ -165,7 +195,10 @@ fn build_response(
                     body.account_data.push(ev);
                 }
             }
-            Some(room) => room_account_data.entry(room.to_string()).or_default().push(ev),
+            Some(room) => room_account_data
+                .entry(room.to_string())
+                .or_default()
+                .push(ev),
         }
     }
 
@@ -174,8 +207,14 @@ fn build_response(
     // appears in an incremental timeline.
     let mut newly_shared: HashSet<ruma::OwnedUserId> = HashSet::new();
     let room_filter = &filter.room;
-    let timeline_limit = room_filter.timeline.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT);
-    for ur in state.rooms.rooms_for_user_with_forgotten(user).map_err(room_err)? {
+    let timeline_limit = room_filter
+        .timeline
+        .limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT);
+    for ur in state
+        .rooms
+        .rooms_for_user_with_forgotten(user)
+        .map_err(room_err)?
+    {
         let room_id = &ur.room_id;
         if !room_filter.matches_room(room_id) {
             continue;
@@ -205,17 +244,21 @@ fn build_response(
                     &room_filter.state,
                     now_ts,
                 )?;
-                let account_data = room_account_data.remove(room_id.as_str()).unwrap_or_default();
+                let account_data = room_account_data
+                    .remove(room_id.as_str())
+                    .unwrap_or_default();
                 let account_data: Vec<Value> = account_data
                     .into_iter()
                     .filter(|e| room_filter.account_data.matches_json(room_id, e))
                     .collect();
-                if since.is_some() {
-                    if let Some(section) = &section {
-                        collect_joins(section, &mut newly_shared);
-                    }
+                if since.is_some()
+                    && let Some(section) = &section
+                {
+                    collect_joins(section, &mut newly_shared);
                 }
-                if let Some(mut section) = section.or_else(|| (!account_data.is_empty()).then(empty_joined_room)) {
+                if let Some(mut section) =
+                    section.or_else(|| (!account_data.is_empty()).then(empty_joined_room))
+                {
                     section["account_data"] = json!({ "events": account_data });
                     body.join.insert(room_id.to_string(), section);
                 }
@@ -223,7 +266,10 @@ fn build_response(
             rooms::Membership::Invite => {
                 if changed_since_token {
                     let events = state.rooms.invite_state(room_id, user).map_err(room_err)?;
-                    body.invite.insert(room_id.to_string(), json!({ "invite_state": { "events": events } }));
+                    body.invite.insert(
+                        room_id.to_string(),
+                        json!({ "invite_state": { "events": events } }),
+                    );
                 }
             }
             rooms::Membership::Leave | rooms::Membership::Ban => {
@@ -234,7 +280,16 @@ fn build_response(
                     None => room_filter.include_leave,
                 };
                 if report {
-                    let section = left_room(state, auth, room_id, since, ur.pos, timeline_limit, room_filter, now_ts)?;
+                    let section = left_room(
+                        state,
+                        auth,
+                        room_id,
+                        since,
+                        ur.pos,
+                        timeline_limit,
+                        room_filter,
+                        now_ts,
+                    )?;
                     body.leave.insert(room_id.to_string(), section);
                 }
             }
@@ -260,12 +315,18 @@ fn sync_format(mut ev: Value) -> Value {
 
 /// Senders of `m.room.member` join events in a room section's timeline.
 fn collect_joins(section: &Value, into: &mut HashSet<ruma::OwnedUserId>) {
-    let events = section["timeline"]["events"].as_array().into_iter().flatten();
+    let events = section["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten();
     for e in events {
-        if e["type"] == "m.room.member" && e["content"]["membership"] == "join" {
-            if let Some(u) = e["state_key"].as_str().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) {
-                into.insert(u);
-            }
+        if e["type"] == "m.room.member"
+            && e["content"]["membership"] == "join"
+            && let Some(u) = e["state_key"]
+                .as_str()
+                .and_then(|k| ruma::OwnedUserId::try_from(k).ok())
+        {
+            into.insert(u);
         }
     }
 }
@@ -286,16 +347,21 @@ fn presence_events(
         None => state.presence.initial_events(viewer),
         Some(s) => state.presence.events_since(viewer, s, now)?,
     };
-    let mut seen: HashSet<String> =
-        events.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
+    let mut seen: HashSet<String> = events
+        .iter()
+        .filter_map(|e| e["sender"].as_str().map(str::to_owned))
+        .collect();
     for user in newly_shared {
-        if user != viewer && !seen.contains(user.as_str()) && state.presence.may_see(viewer, &user) {
+        if user != viewer && !seen.contains(user.as_str()) && state.presence.may_see(viewer, &user)
+        {
             seen.insert(user.to_string());
             events.push(state.presence.event_for(&user));
         }
     }
     events.retain(|e| {
-        let sender = e["sender"].as_str().and_then(|s| <&UserId>::try_from(s).ok());
+        let sender = e["sender"]
+            .as_str()
+            .and_then(|s| <&UserId>::try_from(s).ok());
         filter.presence.matches("m.presence", sender)
     });
     if let Some(limit) = filter.presence.limit {
@@ -329,11 +395,25 @@ fn joined_room(
     state_filter: &RoomEventFilter,
     now_ts: u64,
 ) -> ApiResult<Option<Value>> {
-    let (events, limited) = state.rooms.timeline(room_id, after, now, limit).map_err(room_err)?;
+    let (events, limited) = state
+        .rooms
+        .timeline(room_id, after, now, limit)
+        .map_err(room_err)?;
     if events.is_empty() && !include_full_state {
         return Ok(None);
     }
-    let section = room_section(state, auth, room_id, after, &events, limited, include_full_state, timeline_filter, state_filter, now_ts)?;
+    let section = room_section(
+        state,
+        auth,
+        room_id,
+        after,
+        &events,
+        limited,
+        include_full_state,
+        timeline_filter,
+        state_filter,
+        now_ts,
+    )?;
     Ok(Some(section))
 }
 
@@ -349,7 +429,10 @@ fn left_room(
     now_ts: u64,
 ) -> ApiResult<Value> {
     // The timeline stops at the leave event: nothing after it is visible.
-    let (events, limited) = state.rooms.timeline(room_id, since, leave_pos, limit).map_err(room_err)?;
+    let (events, limited) = state
+        .rooms
+        .timeline(room_id, since, leave_pos, limit)
+        .map_err(room_err)?;
     let mut section = room_section(
         state,
         auth,
@@ -387,43 +470,74 @@ fn room_section(
     let user = &*auth.user_id;
     let device = Some(&*auth.device_id);
     // History visibility applies to sync timelines too.
-    let visible = state.rooms.filter_visible(user, events.to_vec()).map_err(room_err)?;
+    let visible = state
+        .rooms
+        .filter_visible(user, events.to_vec())
+        .map_err(room_err)?;
     let mut timeline = Vec::with_capacity(visible.len());
     for e in &visible {
-        let ev = sync_format(state.rooms.client_event_for(e, user, device, now_ts).map_err(room_err)?);
+        let ev = sync_format(
+            state
+                .rooms
+                .client_event_for(e, user, device, now_ts)
+                .map_err(room_err)?,
+        );
         if timeline_filter.matches_json(room_id, &ev) {
             timeline.push(ev);
         }
     }
-    let timeline_ids: HashSet<&str> = timeline.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let timeline_ids: HashSet<&str> = timeline
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
 
     // State before the first timeline event: in full when the client has none of it
     // (initial / newly joined / full_state), else only what changed in a gap that the
     // limited timeline skipped.
     let state_at_start = match events.first() {
-        Some(first) => state.rooms.state_before(&first.event_id).map_err(room_err)?,
+        Some(first) => state
+            .rooms
+            .state_before(&first.event_id)
+            .map_err(room_err)?,
         None => state.rooms.current_state(room_id).map_err(room_err)?,
     };
     let state_ids: Vec<OwnedEventId> = if include_full_state {
         state_at_start.values().cloned().collect()
     } else if limited {
         let before = match after {
-            Some(pos) => state.rooms.state_at_position(room_id, pos).map_err(room_err)?,
+            Some(pos) => state
+                .rooms
+                .state_at_position(room_id, pos)
+                .map_err(room_err)?,
             None => Default::default(),
         };
-        state_at_start.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
+        state_at_start
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(_, v)| v.clone())
+            .collect()
     } else {
         Vec::new()
     };
     let lazy = state_filter.lazy_load_members;
-    let senders: HashSet<&str> = timeline.iter().filter_map(|e| e["sender"].as_str()).collect();
+    let senders: HashSet<&str> = timeline
+        .iter()
+        .filter_map(|e| e["sender"].as_str())
+        .collect();
     let mut state_events = Vec::new();
     for id in state_ids {
         if timeline_ids.contains(id.as_str()) {
             continue;
         }
-        let Some(ev) = state.rooms.event(&id).map_err(room_err)? else { continue };
-        let ev = sync_format(state.rooms.client_event_for(&ev, user, device, now_ts).map_err(room_err)?);
+        let Some(ev) = state.rooms.event(&id).map_err(room_err)? else {
+            continue;
+        };
+        let ev = sync_format(
+            state
+                .rooms
+                .client_event_for(&ev, user, device, now_ts)
+                .map_err(room_err)?,
+        );
         if lazy && ev["type"] == "m.room.member" {
             let key = ev["state_key"].as_str().unwrap_or_default();
             if key != user.as_str() && !senders.contains(key) {

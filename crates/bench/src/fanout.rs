@@ -90,8 +90,21 @@ pub async fn run(ctx: &Ctx, a: FanoutArgs) -> Res<()> {
 
     let since = setup::initial_syncs(ctx, &users).await?;
     let tag: Arc<str> = Arc::from(format!("pb {} ", ctx.run_id));
-    let loops = Loops::start(&ctx.hs, &users, since, a.sync_timeout_ms, Some(tag.clone()), base);
-    let all_open = loops.wait_open(ctx, Duration::from_secs(a.open_timeout_secs), Duration::from_secs(1)).await;
+    let loops = Loops::start(
+        &ctx.hs,
+        &users,
+        since,
+        a.sync_timeout_ms,
+        Some(tag.clone()),
+        base,
+    );
+    let all_open = loops
+        .wait_open(
+            ctx,
+            Duration::from_secs(a.open_timeout_secs),
+            Duration::from_secs(1),
+        )
+        .await;
     if !all_open {
         ctx.note("warning: not every long-poll was open in time; measuring anyway");
     }
@@ -134,7 +147,12 @@ pub async fn run(ctx: &Ctx, a: FanoutArgs) -> Res<()> {
             let put_ms = t.elapsed().as_secs_f64() * 1000.0;
             drop(permit);
             pb.inc(1);
-            Update { user: u, start_us, put_ms, error: r.err().map(|e| e.to_string()) }
+            Update {
+                user: u,
+                start_us,
+                put_ms,
+                error: r.err().map(|e| e.to_string()),
+            }
         }));
     }
     let drive_secs = t_drive.elapsed().as_secs_f64();
@@ -146,7 +164,11 @@ pub async fn run(ctx: &Ctx, a: FanoutArgs) -> Res<()> {
     let puts_done_secs = t_drive.elapsed().as_secs_f64();
 
     // Wait for deliveries: all expected arrived, or none for a while, or the limit.
-    let expected_total: u64 = updates.iter().filter(|u| u.error.is_none()).map(|u| co[u.user].len() as u64).sum();
+    let expected_total: u64 = updates
+        .iter()
+        .filter(|u| u.error.is_none())
+        .map(|u| co[u.user].len() as u64)
+        .sum();
     let sp = ctx.spinner("waiting for deliveries".into());
     let t_drain = Instant::now();
     let mut last = loops.shared.tagged.load(Ordering::Relaxed);
@@ -161,7 +183,9 @@ pub async fn run(ctx: &Ctx, a: FanoutArgs) -> Res<()> {
             last = got;
             last_change = Instant::now();
         }
-        if last_change.elapsed().as_secs_f64() >= a.drain_quiet_secs || t_drain.elapsed().as_secs_f64() >= a.drain_max_secs {
+        if last_change.elapsed().as_secs_f64() >= a.drain_quiet_secs
+            || t_drain.elapsed().as_secs_f64() >= a.drain_max_secs
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -228,23 +252,33 @@ pub async fn run(ctx: &Ctx, a: FanoutArgs) -> Res<()> {
     let delivered = latencies.len() as u64;
     let delivery = stats::summarize(&mut latencies);
     let delivery_cdf = stats::cdf(&latencies, 1001);
-    let mut put_ms: Vec<f64> = updates.iter().filter(|u| u.error.is_none()).map(|u| u.put_ms).collect();
+    let mut put_ms: Vec<f64> = updates
+        .iter()
+        .filter(|u| u.error.is_none())
+        .map(|u| u.put_ms)
+        .collect();
     let put = stats::summarize(&mut put_ms);
     let put_errors: Vec<&String> = updates.iter().filter_map(|u| u.error.as_ref()).collect();
     let first_start = updates.iter().map(|u| u.start_us).min().unwrap_or(0);
     let last_start = updates.iter().map(|u| u.start_us).max().unwrap_or(0);
     let span = (last_start - first_start) as f64 / 1e6;
-    let achieved_rate = if span > 0.0 { (updates.len() - 1) as f64 / span } else { f64::NAN };
+    let achieved_rate = if span > 0.0 {
+        (updates.len() - 1) as f64 / span
+    } else {
+        f64::NAN
+    };
     let syncs: u64 = outs.iter().map(|o| o.syncs).sum();
     let sync_errors: u64 = outs.iter().map(|o| o.errors).sum();
     let first_sync_error = outs.iter().find_map(|o| o.first_error.clone());
     let expected = expected_total as f64;
 
-    let (cpu_ms_per_update, cpu_ms_per_update_net, cpu_us_per_delivery) = match (&cost, &idle_cost) {
+    let (cpu_ms_per_update, cpu_ms_per_update_net, cpu_us_per_delivery) = match (&cost, &idle_cost)
+    {
         (Some(c), idle) => {
             let idle_rate = idle.as_ref().map(|i| i.cpu_cores).unwrap_or(0.0);
             let per = c.cpu_seconds * 1000.0 / updates_ok.max(1) as f64;
-            let net = (c.cpu_seconds - idle_rate * c.wall_seconds).max(0.0) * 1000.0 / updates_ok.max(1) as f64;
+            let net = (c.cpu_seconds - idle_rate * c.wall_seconds).max(0.0) * 1000.0
+                / updates_ok.max(1) as f64;
             let per_del = c.cpu_seconds * 1e6 / delivered.max(1) as f64;
             (Some(per), Some(net), Some(per_del))
         }
@@ -261,7 +295,10 @@ pub async fn run(ctx: &Ctx, a: FanoutArgs) -> Res<()> {
         cpu_ms_per_update.map(|c| format!("; server CPU {c:.2} ms/update")).unwrap_or_default(),
     ));
     if let Some(e) = put_errors.first() {
-        ctx.note(&format!("{} presence PUTs failed, first: {e}", put_errors.len()));
+        ctx.note(&format!(
+            "{} presence PUTs failed, first: {e}",
+            put_errors.len()
+        ));
     }
     if let Some(e) = &first_sync_error {
         ctx.note(&format!("{sync_errors} /sync errors, first: {e}"));

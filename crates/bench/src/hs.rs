@@ -25,7 +25,11 @@ pub struct ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: HTTP {} {} {}", self.what, self.status, self.errcode, self.error)
+        write!(
+            f,
+            "{}: HTTP {} {} {}",
+            self.what, self.status, self.errcode, self.error
+        )
     }
 }
 
@@ -103,11 +107,18 @@ impl SyncResp {
             .as_ref()
             .and_then(|r| r.join.get(room))
             .and_then(|j| j.timeline.as_ref())
-            .is_some_and(|t| t.events.iter().any(|e| e.event_id.as_deref() == Some(event_id)))
+            .is_some_and(|t| {
+                t.events
+                    .iter()
+                    .any(|e| e.event_id.as_deref() == Some(event_id))
+            })
     }
 
     pub fn presence_events(&self) -> &[PresenceEvent] {
-        self.presence.as_ref().map(|p| p.events.as_slice()).unwrap_or(&[])
+        self.presence
+            .as_ref()
+            .map(|p| p.events.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -122,7 +133,10 @@ impl Hs {
             .connect_timeout(Duration::from_secs(30))
             .user_agent(concat!("pulse-bench/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Hs { http, base: base.trim_end_matches('/').to_string() })
+        Ok(Hs {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
     }
 
     /// One request; 2xx gives the body, anything else an [`ApiError`].
@@ -134,7 +148,10 @@ impl Hs {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Res<bytes::Bytes> {
-        let mut req = self.http.request(method.clone(), format!("{}{}", self.base, path)).timeout(timeout);
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path))
+            .timeout(timeout);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -159,7 +176,12 @@ impl Hs {
             what: format!("{method} {route}"),
             status: status.as_u16(),
             errcode: body["errcode"].as_str().unwrap_or("").to_string(),
-            error: body["error"].as_str().unwrap_or("").chars().take(200).collect(),
+            error: body["error"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect(),
             retry_after_ms: body["retry_after_ms"].as_u64().or(header_retry),
             body,
         }))
@@ -182,15 +204,25 @@ impl Hs {
 
     /// Like [`Hs::call_json`], but waits out `M_LIMIT_EXCEEDED` (honouring `retry_after_ms`)
     /// and retries transport errors a few times. For setup, never for measured requests.
-    pub async fn call_retry(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Res<Value> {
+    pub async fn call_retry(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Res<Value> {
         let mut transport_errors = 0;
         let mut limited = 0;
         loop {
-            match self.call_json(method.clone(), path, token, body, SETUP_TIMEOUT).await {
+            match self
+                .call_json(method.clone(), path, token, body, SETUP_TIMEOUT)
+                .await
+            {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     if let Some(api) = e.downcast_ref::<ApiError>() {
-                        if (api.status == 429 || api.errcode == "M_LIMIT_EXCEEDED") && limited < 200 {
+                        if (api.status == 429 || api.errcode == "M_LIMIT_EXCEEDED") && limited < 200
+                        {
                             limited += 1;
                             let wait = api.retry_after_ms.unwrap_or(1000).clamp(10, 60_000);
                             tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -216,8 +248,14 @@ impl Hs {
     }
 
     fn user_from(v: &Value) -> Res<User> {
-        let user_id = v["user_id"].as_str().ok_or("response has no user_id")?.to_string();
-        let token = v["access_token"].as_str().ok_or("response has no access_token")?.to_string();
+        let user_id = v["user_id"]
+            .as_str()
+            .ok_or("response has no user_id")?
+            .to_string();
+        let token = v["access_token"]
+            .as_str()
+            .ok_or("response has no access_token")?
+            .to_string();
         Ok(User { user_id, token })
     }
 
@@ -235,7 +273,9 @@ impl Hs {
             Ok(v) => return Self::user_from(&v),
             Err(e) => e,
         };
-        let Some(api) = err.downcast_ref::<ApiError>() else { return Err(err) };
+        let Some(api) = err.downcast_ref::<ApiError>() else {
+            return Err(err);
+        };
         if api.errcode == "M_USER_IN_USE" {
             return self.login(localpart, password).await;
         }
@@ -250,7 +290,9 @@ impl Hs {
         match self.call_retry(Method::POST, PATH, None, Some(&body)).await {
             Ok(v) => Self::user_from(&v),
             Err(e) => match e.downcast_ref::<ApiError>() {
-                Some(api) if api.errcode == "M_USER_IN_USE" => self.login(localpart, password).await,
+                Some(api) if api.errcode == "M_USER_IN_USE" => {
+                    self.login(localpart, password).await
+                }
                 _ => Err(e),
             },
         }
@@ -258,11 +300,19 @@ impl Hs {
 
     /// Synapse-style shared-secret registration (`/_synapse/admin/v1/register`):
     /// GET a nonce, then POST with an HMAC-SHA1 of `nonce\0user\0password\0notadmin`.
-    pub async fn register_shared_secret(&self, secret: &str, localpart: &str, password: &str) -> Res<User> {
+    pub async fn register_shared_secret(
+        &self,
+        secret: &str,
+        localpart: &str,
+        password: &str,
+    ) -> Res<User> {
         const PATH: &str = "/_synapse/admin/v1/register";
         let nonce_resp = self.call_retry(Method::GET, PATH, None, None).await?;
-        let nonce = nonce_resp["nonce"].as_str().ok_or("no nonce in the shared-secret registration answer")?;
-        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+        let nonce = nonce_resp["nonce"]
+            .as_str()
+            .ok_or("no nonce in the shared-secret registration answer")?;
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+            .map_err(|e| e.to_string())?;
         mac.update(nonce.as_bytes());
         mac.update(b"\0");
         mac.update(localpart.as_bytes());
@@ -281,7 +331,9 @@ impl Hs {
         match self.call_retry(Method::POST, PATH, None, Some(&body)).await {
             Ok(v) => Self::user_from(&v),
             Err(e) => match e.downcast_ref::<ApiError>() {
-                Some(api) if api.errcode == "M_USER_IN_USE" => self.login(localpart, password).await,
+                Some(api) if api.errcode == "M_USER_IN_USE" => {
+                    self.login(localpart, password).await
+                }
                 _ => Err(e),
             },
         }
@@ -294,48 +346,110 @@ impl Hs {
             "password": password,
             "initial_device_display_name": "pulse-bench",
         });
-        let v = self.call_retry(Method::POST, "/_matrix/client/v3/login", None, Some(&body)).await?;
+        let v = self
+            .call_retry(Method::POST, "/_matrix/client/v3/login", None, Some(&body))
+            .await?;
         Self::user_from(&v)
     }
 
     pub async fn create_room(&self, user: &User, name: &str) -> Res<String> {
         let body = json!({ "preset": "public_chat", "name": name });
-        let v = self.call_retry(Method::POST, "/_matrix/client/v3/createRoom", Some(&user.token), Some(&body)).await?;
-        Ok(v["room_id"].as_str().ok_or("createRoom answer has no room_id")?.to_string())
+        let v = self
+            .call_retry(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&user.token),
+                Some(&body),
+            )
+            .await?;
+        Ok(v["room_id"]
+            .as_str()
+            .ok_or("createRoom answer has no room_id")?
+            .to_string())
     }
 
     pub async fn join(&self, user: &User, room_id: &str) -> Res<()> {
         let path = format!("/_matrix/client/v3/join/{}", enc(room_id));
-        self.call_retry(Method::POST, &path, Some(&user.token), Some(&json!({}))).await?;
+        self.call_retry(Method::POST, &path, Some(&user.token), Some(&json!({})))
+            .await?;
         Ok(())
     }
 
     /// Sends one `m.room.message`; gives its event ID. Not retried (measured).
-    pub async fn send_message(&self, user: &User, room_id: &str, txn: &str, body: &str) -> Res<String> {
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room_id), enc(txn));
+    pub async fn send_message(
+        &self,
+        user: &User,
+        room_id: &str,
+        txn: &str,
+        body: &str,
+    ) -> Res<String> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room_id),
+            enc(txn)
+        );
         let content = json!({ "msgtype": "m.text", "body": body });
-        let v = self.call_json(Method::PUT, &path, Some(&user.token), Some(&content), SETUP_TIMEOUT).await?;
-        Ok(v["event_id"].as_str().ok_or("send answer has no event_id")?.to_string())
+        let v = self
+            .call_json(
+                Method::PUT,
+                &path,
+                Some(&user.token),
+                Some(&content),
+                SETUP_TIMEOUT,
+            )
+            .await?;
+        Ok(v["event_id"]
+            .as_str()
+            .ok_or("send answer has no event_id")?
+            .to_string())
     }
 
     /// Same as [`Hs::send_message`] but waits out rate limiting (for `populate`).
-    pub async fn send_message_retry(&self, user: &User, room_id: &str, txn: &str, body: &str) -> Res<String> {
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room_id), enc(txn));
+    pub async fn send_message_retry(
+        &self,
+        user: &User,
+        room_id: &str,
+        txn: &str,
+        body: &str,
+    ) -> Res<String> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room_id),
+            enc(txn)
+        );
         let content = json!({ "msgtype": "m.text", "body": body });
-        let v = self.call_retry(Method::PUT, &path, Some(&user.token), Some(&content)).await?;
-        Ok(v["event_id"].as_str().ok_or("send answer has no event_id")?.to_string())
+        let v = self
+            .call_retry(Method::PUT, &path, Some(&user.token), Some(&content))
+            .await?;
+        Ok(v["event_id"]
+            .as_str()
+            .ok_or("send answer has no event_id")?
+            .to_string())
     }
 
     /// `PUT /presence/{userId}/status`. Not retried (measured).
     pub async fn set_presence(&self, user: &User, presence: &str, status_msg: &str) -> Res<()> {
         let path = format!("/_matrix/client/v3/presence/{}/status", enc(&user.user_id));
         let body = json!({ "presence": presence, "status_msg": status_msg });
-        self.call(Method::PUT, &path, Some(&user.token), Some(&body), SETUP_TIMEOUT).await?;
+        self.call(
+            Method::PUT,
+            &path,
+            Some(&user.token),
+            Some(&body),
+            SETUP_TIMEOUT,
+        )
+        .await?;
         Ok(())
     }
 
     /// One `/sync` with `set_presence=offline`, so syncing itself makes no presence.
-    pub async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> Res<SyncResp> {
+    pub async fn sync(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+    ) -> Res<SyncResp> {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&set_presence=offline");
         if let Some(s) = since {
             path.push_str("&since=");
@@ -346,12 +460,20 @@ impl Hs {
             path.push_str(&enc(f));
         }
         let limit = Duration::from_millis(timeout_ms) + Duration::from_secs(90);
-        let bytes = self.call(Method::GET, &path, Some(&user.token), None, limit).await?;
+        let bytes = self
+            .call(Method::GET, &path, Some(&user.token), None, limit)
+            .await?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 
     /// Like [`Hs::sync`] but waits out rate limiting (for setup's initial syncs).
-    pub async fn sync_retry(&self, user: &User, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> Res<SyncResp> {
+    pub async fn sync_retry(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+    ) -> Res<SyncResp> {
         let mut tries = 0;
         loop {
             match self.sync(user, since, timeout_ms, filter).await {
@@ -375,14 +497,21 @@ impl Hs {
 
     /// `GET /_matrix/client/versions` with a short timeout: the readiness probe.
     pub async fn versions(&self, timeout: Duration) -> Res<Value> {
-        self.call_json(Method::GET, "/_matrix/client/versions", None, None, timeout).await
+        self.call_json(Method::GET, "/_matrix/client/versions", None, None, timeout)
+            .await
     }
 
     /// Server name and version, where the server tells (`/_matrix/federation/v1/version`).
     pub async fn server_version(&self) -> Option<Value> {
-        self.call_json(Method::GET, "/_matrix/federation/v1/version", None, None, Duration::from_secs(5))
-            .await
-            .ok()
-            .map(|v| v["server"].clone())
+        self.call_json(
+            Method::GET,
+            "/_matrix/federation/v1/version",
+            None,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .ok()
+        .map(|v| v["server"].clone())
     }
 }

@@ -55,12 +55,21 @@ pub async fn run(ctx: &Ctx, a: IdleArgs) -> Res<()> {
     };
     let t_open = Instant::now();
     let loops = Loops::start(&ctx.hs, &users, since, a.sync_timeout_ms, None, base);
-    let all_open = loops.wait_open(ctx, Duration::from_secs(a.open_timeout_secs), Duration::from_secs(1)).await;
+    let all_open = loops
+        .wait_open(
+            ctx,
+            Duration::from_secs(a.open_timeout_secs),
+            Duration::from_secs(1),
+        )
+        .await;
     let open_secs = t_open.elapsed().as_secs_f64();
     let syncs0 = loops.shared.syncs.load(Ordering::Relaxed);
     let meter = CostMeter::start(ctx.common.server_pid);
     let bench_cpu0 = crate::procfs::cpu_seconds("self").unwrap_or(0.0);
-    let sp = ctx.spinner(format!("holding {} long-polls for {} s", a.conns, a.hold_secs));
+    let sp = ctx.spinner(format!(
+        "holding {} long-polls for {} s",
+        a.conns, a.hold_secs
+    ));
     tokio::time::sleep(Duration::from_secs_f64(a.hold_secs)).await;
     sp.finish_and_clear();
     let open_at_end = loops.shared.in_flight.load(Ordering::Relaxed);
@@ -75,7 +84,9 @@ pub async fn run(ctx: &Ctx, a: IdleArgs) -> Res<()> {
     let first_error = outs.iter().find_map(|o| o.first_error.clone());
 
     let per_conn_kib = match (&baseline, &cost) {
-        (Some(b), Some(c)) if a.conns > 0 => Some((c.rss_end_kib as f64 - b.rss_end_kib as f64) / a.conns as f64),
+        (Some(b), Some(c)) if a.conns > 0 => {
+            Some((c.rss_end_kib as f64 - b.rss_end_kib as f64) / a.conns as f64)
+        }
         _ => None,
     };
     if let (Some(b), Some(c)) = (&baseline, &cost) {

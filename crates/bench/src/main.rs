@@ -24,7 +24,11 @@ use crate::hs::{Hs, Res};
 use crate::procfs::{Cost, Machine};
 
 #[derive(Parser)]
-#[command(name = "pulse-bench", version, about = "Load generator for Matrix homeservers: what presence costs")]
+#[command(
+    name = "pulse-bench",
+    version,
+    about = "Load generator for Matrix homeservers: what presence costs"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -36,7 +40,12 @@ struct Cli {
 #[derive(Args, Clone, Debug)]
 pub struct Common {
     /// Base URL of the homeserver's client-server API.
-    #[arg(long, global = true, env = "PULSE_BENCH_URL", default_value = "http://127.0.0.1:8008")]
+    #[arg(
+        long,
+        global = true,
+        env = "PULSE_BENCH_URL",
+        default_value = "http://127.0.0.1:8008"
+    )]
     pub url: String,
     /// Name of the server in results and plots (e.g. pulse, synapse).
     #[arg(long, global = true, default_value = "server")]
@@ -46,7 +55,12 @@ pub struct Common {
     pub server_pid: Option<u32>,
     /// Register users with Synapse-style shared-secret admin registration instead of
     /// open m.login.dummy registration.
-    #[arg(long, global = true, env = "PULSE_BENCH_SHARED_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PULSE_BENCH_SHARED_SECRET",
+        hide_env_values = true
+    )]
     pub shared_secret: Option<String>,
     /// Localpart prefix for the users this run registers (default: unique per run).
     #[arg(long, global = true)]
@@ -125,8 +139,15 @@ impl Ctx {
     fn new(common: Common) -> Res<Self> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         // Short, lowercase, unique enough: seconds within ~11 days plus the pid.
-        let run_id = format!("{:x}{:x}", now.as_secs() % 1_000_000, std::process::id() % 4096);
-        let prefix = common.prefix.clone().unwrap_or_else(|| format!("pb{run_id}"));
+        let run_id = format!(
+            "{:x}{:x}",
+            now.as_secs() % 1_000_000,
+            std::process::id() % 4096
+        );
+        let prefix = common
+            .prefix
+            .clone()
+            .unwrap_or_else(|| format!("pb{run_id}"));
         Ok(Ctx {
             hs: Hs::new(&common.url)?,
             common,
@@ -144,8 +165,10 @@ impl Ctx {
         }
         let pb = ProgressBar::new(len);
         pb.set_style(
-            ProgressStyle::with_template("{msg:>18} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{msg:>18} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+            )
+            .expect("valid template"),
         );
         pb.set_message(msg);
         pb.enable_steady_tick(Duration::from_millis(250));
@@ -157,7 +180,10 @@ impl Ctx {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::new_spinner();
-        pb.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .expect("valid template"),
+        );
         pb.set_message(msg);
         pb.enable_steady_tick(Duration::from_millis(250));
         pb
@@ -229,7 +255,9 @@ fn redacted_argv() -> Vec<String> {
         if a == "--shared-secret" || a == "--password" {
             hide_next = true;
             out.push(a);
-        } else if let Some((k, _)) = a.split_once('=').filter(|(k, _)| *k == "--shared-secret" || *k == "--password")
+        } else if let Some((k, _)) = a
+            .split_once('=')
+            .filter(|(k, _)| *k == "--shared-secret" || *k == "--password")
         {
             out.push(format!("{k}=REDACTED"));
         } else {
@@ -247,7 +275,10 @@ fn redacted_argv() -> Vec<String> {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result: Res<()> = rt.block_on(async move {
         match cli.cmd {
             Cmd::Plot(a) => plot::run(a),

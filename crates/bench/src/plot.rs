@@ -72,7 +72,11 @@ fn fmt_tick(v: f64) -> String {
     }
     let digits = (1 - v.abs().log10().floor() as i32).max(0) as usize;
     let s = format!("{v:.digits$}");
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// Draws lines; a log axis is drawn as log10 of the value with the value on its ticks.
@@ -89,14 +93,26 @@ pub fn draw(
 ) -> Res<()> {
     let tx = |v: f64| if xlog { v.max(1e-3).log10() } else { v };
     let ty = |v: f64| if ylog { v.max(1e-3).log10() } else { v };
-    let pts: Vec<Vec<(f64, f64)>> =
-        series.iter().map(|s| s.points.iter().map(|&(x, y)| (tx(x), ty(y))).filter(|(x, y)| x.is_finite() && y.is_finite()).collect()).collect();
+    let pts: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .map(|&(x, y)| (tx(x), ty(y)))
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect()
+        })
+        .collect();
     let all: Vec<(f64, f64)> = pts.iter().flatten().copied().collect();
     if all.is_empty() {
         return Ok(());
     }
-    let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (mut x0, mut x1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut y0, mut y1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if !ylog {
         y0 = y0.min(0.0);
     }
@@ -116,7 +132,10 @@ pub fn draw(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0 - pad_x)..(x1 + pad_x), (if ylog { y0 - pad_y } else { y0 })..(y1 + pad_y))?;
+        .build_cartesian_2d(
+            (x0 - pad_x)..(x1 + pad_x),
+            (if ylog { y0 - pad_y } else { y0 })..(y1 + pad_y),
+        )?;
     let xf = move |v: &f64| fmt_tick(if xlog { 10f64.powf(*v) } else { *v });
     let yf = move |v: &f64| fmt_tick(if ylog { 10f64.powf(*v) } else { *v });
     chart
@@ -133,9 +152,14 @@ pub fn draw(
         chart
             .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))?
             .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
         if markers {
-            chart.draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;
+            chart.draw_series(
+                p.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )?;
         }
     }
     chart
@@ -151,22 +175,37 @@ pub fn draw(
 }
 
 fn cdf_points(cdf: &Value) -> Vec<(f64, f64)> {
-    let Some(q) = cdf.as_array() else { return Vec::new() };
+    let Some(q) = cdf.as_array() else {
+        return Vec::new();
+    };
     let n = q.len();
     if n < 2 {
         return Vec::new();
     }
-    q.iter().enumerate().filter_map(|(i, v)| f(v).map(|x| (x, i as f64 / (n - 1) as f64))).collect()
+    q.iter()
+        .enumerate()
+        .filter_map(|(i, v)| f(v).map(|x| (x, i as f64 / (n - 1) as f64)))
+        .collect()
 }
 
 pub fn run(a: PlotArgs) -> Res<()> {
     let results = load(&a.results)?;
     std::fs::create_dir_all(&a.out_dir)?;
-    let of = |s: &'static str| results.iter().filter(move |(_, v)| v["scenario"] == s).map(|(_, v)| v);
+    let of = |s: &'static str| {
+        results
+            .iter()
+            .filter(move |(_, v)| v["scenario"] == s)
+            .map(|(_, v)| v)
+    };
 
     // Presence delivery latency CDF, one line per run.
     let mut fan: Vec<&Value> = of("presence-fanout").collect();
-    fan.sort_by_key(|v| (v["label"].as_str().unwrap_or("").to_string(), v["params"]["users"].as_u64().unwrap_or(0)));
+    fan.sort_by_key(|v| {
+        (
+            v["label"].as_str().unwrap_or("").to_string(),
+            v["params"]["users"].as_u64().unwrap_or(0),
+        )
+    });
     let series: Vec<Series> = fan
         .iter()
         .map(|v| Series {
@@ -192,7 +231,10 @@ pub fn run(a: PlotArgs) -> Res<()> {
     )?;
 
     // Server CPU per presence update against users, one line per server.
-    let mut labels: Vec<String> = fan.iter().filter_map(|v| v["label"].as_str().map(String::from)).collect();
+    let mut labels: Vec<String> = fan
+        .iter()
+        .filter_map(|v| v["label"].as_str().map(String::from))
+        .collect();
     labels.sort();
     labels.dedup();
     let series: Vec<Series> = labels
@@ -201,10 +243,18 @@ pub fn run(a: PlotArgs) -> Res<()> {
             let mut points: Vec<(f64, f64)> = fan
                 .iter()
                 .filter(|v| v["label"] == l.as_str())
-                .filter_map(|v| Some((f(&v["params"]["users"])?, f(&v["results"]["cpu_ms_per_update"])?)))
+                .filter_map(|v| {
+                    Some((
+                        f(&v["params"]["users"])?,
+                        f(&v["results"]["cpu_ms_per_update"])?,
+                    ))
+                })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { name: l.clone(), points }
+            Series {
+                name: l.clone(),
+                points,
+            }
         })
         .filter(|s| !s.points.is_empty())
         .collect();
@@ -221,11 +271,20 @@ pub fn run(a: PlotArgs) -> Res<()> {
 
     // Sync wake-up latency CDF.
     let mut wake: Vec<&Value> = of("sync-wakeup").collect();
-    wake.sort_by_key(|v| (v["label"].as_str().unwrap_or("").to_string(), v["params"]["idle"].as_u64().unwrap_or(0)));
+    wake.sort_by_key(|v| {
+        (
+            v["label"].as_str().unwrap_or("").to_string(),
+            v["params"]["idle"].as_u64().unwrap_or(0),
+        )
+    });
     let series: Vec<Series> = wake
         .iter()
         .map(|v| Series {
-            name: format!("{} {} idle long-polls", v["label"].as_str().unwrap_or("?"), v["params"]["idle"]),
+            name: format!(
+                "{} {} idle long-polls",
+                v["label"].as_str().unwrap_or("?"),
+                v["params"]["idle"]
+            ),
             points: cdf_points(&v["results"]["wakeup_cdf_ms"]),
         })
         .filter(|s| !s.points.is_empty())
@@ -243,7 +302,10 @@ pub fn run(a: PlotArgs) -> Res<()> {
 
     // Server RSS with K idle long-polls.
     let idle: Vec<&Value> = of("idle-connections").collect();
-    let mut labels: Vec<String> = idle.iter().filter_map(|v| v["label"].as_str().map(String::from)).collect();
+    let mut labels: Vec<String> = idle
+        .iter()
+        .filter_map(|v| v["label"].as_str().map(String::from))
+        .collect();
     labels.sort();
     labels.dedup();
     let series: Vec<Series> = labels
@@ -252,10 +314,18 @@ pub fn run(a: PlotArgs) -> Res<()> {
             let mut points: Vec<(f64, f64)> = idle
                 .iter()
                 .filter(|v| v["label"] == l.as_str())
-                .filter_map(|v| Some((f(&v["params"]["conns"])?, f(&v["server_cost"]["rss_end_kib"])? / 1024.0)))
+                .filter_map(|v| {
+                    Some((
+                        f(&v["params"]["conns"])?,
+                        f(&v["server_cost"]["rss_end_kib"])? / 1024.0,
+                    ))
+                })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { name: l.clone(), points }
+            Series {
+                name: l.clone(),
+                points,
+            }
         })
         .filter(|s| !s.points.is_empty())
         .collect();

@@ -123,7 +123,10 @@ pub struct ReadyArgs {
 }
 
 fn unix_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 pub async fn wait_ready(ctx: &Ctx, a: ReadyArgs) -> Res<()> {
@@ -136,7 +139,11 @@ pub async fn wait_ready(ctx: &Ctx, a: ReadyArgs) -> Res<()> {
             break unix_ns();
         }
         if t0.elapsed() > Duration::from_secs(a.timeout_secs) {
-            return Err(format!("{} did not answer /versions within {} s", ctx.common.url, a.timeout_secs).into());
+            return Err(format!(
+                "{} did not answer /versions within {} s",
+                ctx.common.url, a.timeout_secs
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(a.poll_ms)).await;
     };
@@ -145,8 +152,14 @@ pub async fn wait_ready(ctx: &Ctx, a: ReadyArgs) -> Res<()> {
     if let Some(path) = &a.token_file {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
         let user = User {
-            user_id: v["user_id"].as_str().ok_or("token file has no user_id")?.to_string(),
-            token: v["access_token"].as_str().ok_or("token file has no access_token")?.to_string(),
+            user_id: v["user_id"]
+                .as_str()
+                .ok_or("token file has no user_id")?
+                .to_string(),
+            token: v["access_token"]
+                .as_str()
+                .ok_or("token file has no access_token")?
+                .to_string(),
         };
         ctx.hs.sync(&user, None, 0, None).await?;
         first_sync_ms = Some(unix_ns().saturating_sub(since) as f64 / 1e6);
@@ -154,9 +167,12 @@ pub async fn wait_ready(ctx: &Ctx, a: ReadyArgs) -> Res<()> {
     ctx.note(&format!(
         "{}: /versions answered {ready_ms:.1} ms after start{}",
         ctx.common.label,
-        first_sync_ms.map(|s| format!(", first full /sync done at {s:.1} ms")).unwrap_or_default()
+        first_sync_ms
+            .map(|s| format!(", first full /sync done at {s:.1} ms"))
+            .unwrap_or_default()
     ));
     let params = json!({ "poll_ms": a.poll_ms, "events_in_db": a.events_in_db, "measured_from_start": a.since_unix_ns.is_some() });
-    let results = json!({ "versions_ready_ms": ready_ms, "first_sync_ms": first_sync_ms, "polls": polls });
+    let results =
+        json!({ "versions_ready_ms": ready_ms, "first_sync_ms": first_sync_ms, "polls": polls });
     ctx.finish("startup", params, results, None).await
 }

@@ -48,7 +48,9 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
 }
 
 fn fd_count(pid: &str) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
 }
 
 /// Server cost over one measured phase.
@@ -103,7 +105,14 @@ impl CostMeter {
             }
             peak
         });
-        Some(CostMeter { pid, t0: Instant::now(), cpu0, rss0, stop, sampler })
+        Some(CostMeter {
+            pid,
+            t0: Instant::now(),
+            cpu0,
+            rss0,
+            stop,
+            sampler,
+        })
     }
 
     pub async fn finish(self) -> Cost {
@@ -150,7 +159,10 @@ impl Machine {
             .and_then(|l| l.split(':').nth(1))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        let cores = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
         let mut compilers = 0;
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
@@ -161,7 +173,12 @@ impl Machine {
                 }
                 if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
                     let c = comm.trim();
-                    if c == "rustc" || c.starts_with("cc1") || c == "ld" || c == "ld.lld" || c == "cc" {
+                    if c == "rustc"
+                        || c.starts_with("cc1")
+                        || c == "ld"
+                        || c == "ld.lld"
+                        || c == "cc"
+                    {
                         compilers += 1;
                     }
                 }
@@ -170,10 +187,18 @@ impl Machine {
         Machine {
             cpu_model,
             cores,
-            bench_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            bench_cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             mem_total_kib: status_like("/proc/meminfo", "MemTotal:"),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
-            loadavg: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            loadavg: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             compilers_running: compilers,
         }
     }
@@ -183,7 +208,10 @@ fn status_like(path: &str, key: &str) -> u64 {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
 }

@@ -44,15 +44,22 @@ fn ms(v: &Value) -> String {
 }
 
 fn mib(v: &Value) -> String {
-    num(v).map(|k| format!("{:.0}", k / 1024.0)).unwrap_or_else(|| "–".into())
+    num(v)
+        .map(|k| format!("{:.0}", k / 1024.0))
+        .unwrap_or_else(|| "–".into())
 }
 
 fn pct(v: &Value) -> String {
-    num(v).map(|x| format!("{:.2}%", x * 100.0)).unwrap_or_else(|| "–".into())
+    num(v)
+        .map(|x| format!("{:.2}%", x * 100.0))
+        .unwrap_or_else(|| "–".into())
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -60,8 +67,17 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn load_note(v: &Value) -> String {
-    let la = |m: &Value| m["loadavg"].as_str().and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_string();
-    let builds = v["machine_start"]["compilers_running"].as_u64().unwrap_or(0).max(v["machine_end"]["compilers_running"].as_u64().unwrap_or(0));
+    let la = |m: &Value| {
+        m["loadavg"]
+            .as_str()
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let builds = v["machine_start"]["compilers_running"]
+        .as_u64()
+        .unwrap_or(0)
+        .max(v["machine_end"]["compilers_running"].as_u64().unwrap_or(0));
     let mut s = format!("{}→{}", la(&v["machine_start"]), la(&v["machine_end"]));
     if builds > 0 {
         let _ = write!(s, ", {builds} compiler procs");
@@ -75,10 +91,22 @@ struct Refs {
 
 impl Refs {
     fn add(&mut self, v: &Value, file: &Path) -> String {
-        let argv: Vec<String> =
-            v["argv"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).map(shell_quote).collect()).unwrap_or_default();
+        let argv: Vec<String> = v["argv"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(shell_quote)
+                    .collect()
+            })
+            .unwrap_or_default();
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("?");
-        self.cmds.push(format!("[{}] {}   # → {}", self.cmds.len() + 1, argv.join(" "), name));
+        self.cmds.push(format!(
+            "[{}] {}   # → {}",
+            self.cmds.len() + 1,
+            argv.join(" "),
+            name
+        ));
         format!("[{}]", self.cmds.len())
     }
 }
@@ -86,8 +114,18 @@ impl Refs {
 pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
     let mut md = String::new();
     let mut refs = Refs { cmds: Vec::new() };
-    let of = |s: &str| results.iter().filter(move |(_, v)| v["scenario"] == s).collect::<Vec<_>>();
-    let key_users = |v: &Value| (v["params"]["users"].as_u64().unwrap_or(0), v["label"].as_str().unwrap_or("").to_string());
+    let of = |s: &str| {
+        results
+            .iter()
+            .filter(move |(_, v)| v["scenario"] == s)
+            .collect::<Vec<_>>()
+    };
+    let key_users = |v: &Value| {
+        (
+            v["params"]["users"].as_u64().unwrap_or(0),
+            v["label"].as_str().unwrap_or("").to_string(),
+        )
+    };
 
     let mut fan = of("presence-fanout");
     fan.sort_by_key(|(_, v)| key_users(v));
@@ -95,7 +133,9 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
         md.push_str("### presence-fanout\n\n");
         md.push_str("Delivery latency is PUT start → the room-mate's `/sync` returning with the update. \"Superseded\" deliveries were replaced by a newer update of the same user before the room-mate's next sync (allowed to be skipped); \"lost\" ones never arrived. CPU is the server's utime+stime from the first update until deliveries stopped, divided by updates.\n\n");
         md.push_str("| server | users | rooms × size | rate target / achieved | delivered | superseded | lost | p50 ms | p90 ms | p99 ms | max ms | PUT p50 / p99 ms | server CPU ms/update | peak RSS MiB | load (1 min) | cmd |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+        md.push_str(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+        );
         for (p, v) in &fan {
             let r = &v["results"];
             let _ = writeln!(
@@ -164,7 +204,12 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
     }
 
     let mut wake = of("sync-wakeup");
-    wake.sort_by_key(|(_, v)| (v["params"]["idle"].as_u64().unwrap_or(0), v["label"].as_str().unwrap_or("").to_string()));
+    wake.sort_by_key(|(_, v)| {
+        (
+            v["params"]["idle"].as_u64().unwrap_or(0),
+            v["label"].as_str().unwrap_or("").to_string(),
+        )
+    });
     if !wake.is_empty() {
         md.push_str("### sync-wakeup\n\nSend start → the other user's waiting `/sync` returning with the message, one message at a time, while K other users hold idle long-polls.\n\n");
         md.push_str("| server | idle long-polls | sends | median ms | p90 ms | p99 ms | max ms | send p50 ms | early returns | errors | server CPU s | load (1 min) | cmd |\n");
@@ -193,7 +238,12 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
     }
 
     let mut idle = of("idle-connections");
-    idle.sort_by_key(|(_, v)| (v["params"]["conns"].as_u64().unwrap_or(0), v["label"].as_str().unwrap_or("").to_string()));
+    idle.sort_by_key(|(_, v)| {
+        (
+            v["params"]["conns"].as_u64().unwrap_or(0),
+            v["label"].as_str().unwrap_or("").to_string(),
+        )
+    });
     if !idle.is_empty() {
         md.push_str("### idle-connections\n\nServer RSS and CPU before any long-poll, then with K long-polls held (each re-sent when its 30 s timeout returns it).\n\n");
         md.push_str("| server | long-polls | all open | RSS before MiB | RSS held MiB | KiB per long-poll | CPU cores before → held | server fds | load (1 min) | cmd |\n");
@@ -208,9 +258,15 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
                 r["all_long_polls_open"],
                 mib(&r["baseline"]["rss_end_kib"]),
                 mib(&v["server_cost"]["rss_end_kib"]),
-                num(&r["rss_per_conn_kib"]).map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into()),
-                num(&r["baseline"]["cpu_cores"]).map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into()),
-                num(&v["server_cost"]["cpu_cores"]).map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into()),
+                num(&r["rss_per_conn_kib"])
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "–".into()),
+                num(&r["baseline"]["cpu_cores"])
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or_else(|| "–".into()),
+                num(&v["server_cost"]["cpu_cores"])
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or_else(|| "–".into()),
                 v["server_cost"]["fds_end"],
                 load_note(v),
                 refs.add(v, p),
@@ -275,12 +331,25 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
         );
         let mut servers: Vec<String> = results
             .iter()
-            .filter_map(|(_, v)| v["server"]["server"].as_object().map(|s| format!("{}: {} {}", v["label"].as_str().unwrap_or("?"), s.get("name").and_then(|x| x.as_str()).unwrap_or("?"), s.get("version").and_then(|x| x.as_str()).unwrap_or("?"))))
+            .filter_map(|(_, v)| {
+                v["server"]["server"].as_object().map(|s| {
+                    format!(
+                        "{}: {} {}",
+                        v["label"].as_str().unwrap_or("?"),
+                        s.get("name").and_then(|x| x.as_str()).unwrap_or("?"),
+                        s.get("version").and_then(|x| x.as_str()).unwrap_or("?")
+                    )
+                })
+            })
             .collect();
         servers.sort();
         servers.dedup();
         if !servers.is_empty() {
-            let _ = writeln!(md, "Servers (from `/_matrix/federation/v1/version`): {}.\n", servers.join("; "));
+            let _ = writeln!(
+                md,
+                "Servers (from `/_matrix/federation/v1/version`): {}.\n",
+                servers.join("; ")
+            );
         }
     }
     if !refs.cmds.is_empty() {
@@ -309,7 +378,15 @@ pub fn run(a: ReportArgs) -> Res<()> {
     let block = format!("{BEGIN}\n\n{md}\n{END}");
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => format!("{}{}{}", &old[..b], block, &old[e + END.len()..]),
-        _ => format!("{}{}{block}\n", old, if old.is_empty() || old.ends_with('\n') { "" } else { "\n" }),
+        _ => format!(
+            "{}{}{block}\n",
+            old,
+            if old.is_empty() || old.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            }
+        ),
     };
     std::fs::write(doc, new)?;
     eprintln!("wrote {} tables into {}", results.len(), doc.display());

@@ -16,7 +16,12 @@ use crate::stats::Rng;
 
 /// Runs `f` over `items` with at most `conc` in flight, in order, ticking `pb`; stops at
 /// the first error.
-pub async fn run_all<T, R, F, Fut>(items: Vec<T>, conc: usize, pb: &ProgressBar, f: F) -> Res<Vec<R>>
+pub async fn run_all<T, R, F, Fut>(
+    items: Vec<T>,
+    conc: usize,
+    pb: &ProgressBar,
+    f: F,
+) -> Res<Vec<R>>
 where
     F: Fn(T) -> Fut,
     Fut: Future<Output = Res<R>>,
@@ -39,7 +44,9 @@ where
 /// Registers `n` users named `{prefix}_{tag}{i}`.
 pub async fn register_users(ctx: &Ctx, n: usize, tag: &str) -> Res<Vec<User>> {
     let pb = ctx.bar(n as u64, "register");
-    let names: Vec<String> = (0..n).map(|i| format!("{}_{tag}{i:06}", ctx.prefix)).collect();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("{}_{tag}{i:06}", ctx.prefix))
+        .collect();
     let secret = ctx.common.shared_secret.clone();
     let password = ctx.common.password.clone();
     run_all(names, ctx.common.concurrency, &pb, |name| {
@@ -59,7 +66,12 @@ pub async fn register_users(ctx: &Ctx, n: usize, tag: &str) -> Res<Vec<User>> {
 
 /// Splits `members` into rooms of `room_size` (a last room of one joins the one before),
 /// `rooms_per_user` times, each layer after the first over a shuffled order.
-pub fn layout(members: &[usize], room_size: usize, rooms_per_user: usize, seed: u64) -> Vec<Vec<usize>> {
+pub fn layout(
+    members: &[usize],
+    room_size: usize,
+    rooms_per_user: usize,
+    seed: u64,
+) -> Vec<Vec<usize>> {
     let mut rooms = Vec::new();
     if room_size < 2 || members.len() < 2 {
         return rooms;
@@ -70,7 +82,8 @@ pub fn layout(members: &[usize], room_size: usize, rooms_per_user: usize, seed: 
         if layer > 0 {
             rng.shuffle(&mut order);
         }
-        let mut layer_rooms: Vec<Vec<usize>> = order.chunks(room_size).map(|c| c.to_vec()).collect();
+        let mut layer_rooms: Vec<Vec<usize>> =
+            order.chunks(room_size).map(|c| c.to_vec()).collect();
         if layer_rooms.len() > 1 && layer_rooms.last().is_some_and(|r| r.len() < 2) {
             let last = layer_rooms.pop().unwrap_or_default();
             if let Some(prev) = layer_rooms.last_mut() {
@@ -108,7 +121,11 @@ pub async fn make_rooms(ctx: &Ctx, users: &[User], groups: &[Vec<usize>]) -> Res
         let hs = ctx.hs.clone();
         let user = users[u].clone();
         let room = room_ids[r].clone();
-        async move { hs.join(&user, &room).await.map_err(|e| format!("{} joining {room}: {e}", user.user_id).into()) }
+        async move {
+            hs.join(&user, &room)
+                .await
+                .map_err(|e| format!("{} joining {room}: {e}", user.user_id).into())
+        }
     })
     .await?;
     Ok(room_ids)
@@ -168,10 +185,23 @@ impl Loops {
             .iter()
             .zip(since)
             .map(|(u, s)| {
-                tokio::spawn(sync_loop(hs.clone(), u.clone(), s, timeout_ms, tag.clone(), base, shared.clone(), rx.clone()))
+                tokio::spawn(sync_loop(
+                    hs.clone(),
+                    u.clone(),
+                    s,
+                    timeout_ms,
+                    tag.clone(),
+                    base,
+                    shared.clone(),
+                    rx.clone(),
+                ))
             })
             .collect();
-        Loops { shared, stop, handles }
+        Loops {
+            shared,
+            stop,
+            handles,
+        }
     }
 
     /// Waits until every loop has a request out (or `limit` passes), then `settle`.
@@ -235,7 +265,11 @@ async fn sync_loop(
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 if let Some(tag) = &tag {
                     for ev in resp.presence_events() {
-                        let seq = ev.content.status_msg.as_deref().and_then(|m| m.strip_prefix(&**tag));
+                        let seq = ev
+                            .content
+                            .status_msg
+                            .as_deref()
+                            .and_then(|m| m.strip_prefix(&**tag));
                         if let Some(seq) = seq.and_then(|s| s.parse::<u32>().ok()) {
                             out.arrivals.push((seq, now_us));
                             // A user's own presence coming back is recorded, not counted.

@@ -45,22 +45,46 @@ pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
     let rooms = setup::make_rooms(ctx, &pair, &[vec![0, 1]]).await?;
     let room = rooms[0].clone();
 
-    let idle_users = if a.idle > 0 { setup::register_users(ctx, a.idle, "i").await? } else { Vec::new() };
+    let idle_users = if a.idle > 0 {
+        setup::register_users(ctx, a.idle, "i").await?
+    } else {
+        Vec::new()
+    };
     let members: Vec<usize> = (0..idle_users.len()).collect();
     let groups = setup::layout(&members, a.idle_room_size, 1, ctx.common.seed);
     if !groups.is_empty() {
         setup::make_rooms(ctx, &idle_users, &groups).await?;
     }
     let idle_since = setup::initial_syncs(ctx, &idle_users).await?;
-    let loops = Loops::start(&ctx.hs, &idle_users, idle_since, a.sync_timeout_ms, None, base);
-    let all_open = loops.wait_open(ctx, Duration::from_secs(a.open_timeout_secs), Duration::from_secs(2)).await;
+    let loops = Loops::start(
+        &ctx.hs,
+        &idle_users,
+        idle_since,
+        a.sync_timeout_ms,
+        None,
+        base,
+    );
+    let all_open = loops
+        .wait_open(
+            ctx,
+            Duration::from_secs(a.open_timeout_secs),
+            Duration::from_secs(2),
+        )
+        .await;
     if !all_open {
         ctx.note("warning: not every idle long-poll was open in time; measuring anyway");
     }
 
-    let mut since = ctx.hs.sync_retry(&receiver, None, 0, None).await?.next_batch;
+    let mut since = ctx
+        .hs
+        .sync_retry(&receiver, None, 0, None)
+        .await?
+        .next_batch;
     let meter = CostMeter::start(ctx.common.server_pid);
-    let idle_syncs0 = loops.shared.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let idle_syncs0 = loops
+        .shared
+        .syncs
+        .load(std::sync::atomic::Ordering::Relaxed);
     let pb = ctx.bar(a.sends as u64, "sends");
     let mut wake_ms = Vec::with_capacity(a.sends);
     let mut send_ms = Vec::with_capacity(a.sends);
@@ -77,7 +101,15 @@ pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
         });
         tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
         let t0 = Instant::now();
-        let sent = ctx.hs.send_message(&sender, &room, &format!("{}-{i}", ctx.run_id), &format!("wakeup {i}")).await;
+        let sent = ctx
+            .hs
+            .send_message(
+                &sender,
+                &room,
+                &format!("{}-{i}", ctx.run_id),
+                &format!("wakeup {i}"),
+            )
+            .await;
         let t_sent = Instant::now();
         let event_id = match sent {
             Ok(id) => id,
@@ -112,7 +144,10 @@ pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
             if rounds > 20 {
                 break;
             }
-            resp = ctx.hs.sync(&receiver, Some(&since), a.sync_timeout_ms, None).await;
+            resp = ctx
+                .hs
+                .sync(&receiver, Some(&since), a.sync_timeout_ms, None)
+                .await;
             t1 = Instant::now();
         }
         if let Ok(r) = &resp
@@ -129,7 +164,11 @@ pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
         Some(m) => Some(m.finish().await),
         None => None,
     };
-    let idle_syncs = loops.shared.syncs.load(std::sync::atomic::Ordering::Relaxed) - idle_syncs0;
+    let idle_syncs = loops
+        .shared
+        .syncs
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - idle_syncs0;
     let outs = loops.stop().await;
     let idle_errors: u64 = outs.iter().map(|o| o.errors).sum();
     let first_idle_error = outs.iter().find_map(|o| o.first_error.clone());

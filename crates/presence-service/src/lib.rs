@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use presence_core::audience::AudienceIndex;
 use presence_core::{
-    Audience, DeviceState, EffectivePresence, PresenceChange, PresenceConfig, PresenceEngine, PresenceOverride,
-    PresenceSnapshot, StatusMsg, SyncTicket,
+    Audience, DeviceState, EffectivePresence, PresenceChange, PresenceConfig, PresenceEngine,
+    PresenceOverride, PresenceSnapshot, StatusMsg, SyncTicket,
 };
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -102,13 +102,22 @@ pub fn now_ms() -> u64 {
 impl PresenceService {
     /// Restore every stored user and return the service. Call [`PresenceService::spawn_timer`]
     /// once the runtime runs.
-    pub fn open(db: Arc<Db>, config: PresenceServiceConfig, waker: Arc<dyn SyncWaker>) -> Result<Arc<Self>, StorageError> {
+    pub fn open(
+        db: Arc<Db>,
+        config: PresenceServiceConfig,
+        waker: Arc<dyn SyncWaker>,
+    ) -> Result<Arc<Self>, StorageError> {
         let mut engine = PresenceEngine::new(config.engine);
         let mut stream_pos = HashMap::new();
         let now = now_ms();
         let mut restored_changes = Vec::new();
         for (k, v) in db.scan_prefix(Cf::Presence, [])? {
-            let Some(user) = KeyReader::new(&k).str().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
+            let Some(user) = KeyReader::new(&k)
+                .str()
+                .and_then(|s| OwnedUserId::try_from(s).ok())
+            else {
+                continue;
+            };
             let stored: StoredPresence = match serde_json::from_slice(&v) {
                 Ok(s) => s,
                 Err(e) => {
@@ -149,9 +158,15 @@ impl PresenceService {
             loop {
                 let now = now_ms();
                 let next = me.engine().next_deadline();
-                me.armed_deadline.store(next.unwrap_or(u64::MAX), Ordering::SeqCst);
-                let until_timer = next.map_or(Duration::from_secs(3600), |d| Duration::from_millis(d.saturating_sub(now)));
-                let until_persist = me.config.persist_interval.saturating_sub(last_persist.elapsed());
+                me.armed_deadline
+                    .store(next.unwrap_or(u64::MAX), Ordering::SeqCst);
+                let until_timer = next.map_or(Duration::from_secs(3600), |d| {
+                    Duration::from_millis(d.saturating_sub(now))
+                });
+                let until_persist = me
+                    .config
+                    .persist_interval
+                    .saturating_sub(last_persist.elapsed());
                 tokio::select! {
                     _ = tokio::time::sleep(until_timer.min(until_persist)) => {}
                     _ = me.kick.notified() => {}
@@ -179,7 +194,14 @@ impl PresenceService {
                 match engine.snapshot(&user) {
                     Some(snapshot) => {
                         let pos = stream_pos.get(&user).copied().unwrap_or(0);
-                        batch.put_json(Cf::Presence, &key, &StoredPresence { snapshot, stream_pos: pos });
+                        batch.put_json(
+                            Cf::Presence,
+                            &key,
+                            &StoredPresence {
+                                snapshot,
+                                stream_pos: pos,
+                            },
+                        );
                     }
                     None => batch.delete(Cf::Presence, &key),
                 }
@@ -209,24 +231,38 @@ impl PresenceService {
         let mut stream_pos = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
         let snapshots: Vec<(OwnedUserId, Option<PresenceSnapshot>)> = {
             let engine = self.engine();
-            changes.iter().map(|c| (c.user_id.clone(), engine.snapshot(&c.user_id))).collect()
+            changes
+                .iter()
+                .map(|c| (c.user_id.clone(), engine.snapshot(&c.user_id)))
+                .collect()
         };
-        let written = self.db.write_with_position::<_, StorageError>(|pos, batch| {
-            for (user, snapshot) in &snapshots {
-                if let Some(old) = stream_pos.get(user) {
-                    batch.delete(Cf::PresenceStream, Key::new().u64(*old).str(user.as_str()));
-                }
-                batch.put(Cf::PresenceStream, Key::new().u64(pos).str(user.as_str()), Vec::new());
-                let key = Key::new().str(user.as_str());
-                match snapshot {
-                    Some(snapshot) => {
-                        batch.put_json(Cf::Presence, &key, &StoredPresence { snapshot: snapshot.clone(), stream_pos: pos })
+        let written = self
+            .db
+            .write_with_position::<_, StorageError>(|pos, batch| {
+                for (user, snapshot) in &snapshots {
+                    if let Some(old) = stream_pos.get(user) {
+                        batch.delete(Cf::PresenceStream, Key::new().u64(*old).str(user.as_str()));
                     }
-                    None => batch.delete(Cf::Presence, &key),
+                    batch.put(
+                        Cf::PresenceStream,
+                        Key::new().u64(pos).str(user.as_str()),
+                        Vec::new(),
+                    );
+                    let key = Key::new().str(user.as_str());
+                    match snapshot {
+                        Some(snapshot) => batch.put_json(
+                            Cf::Presence,
+                            &key,
+                            &StoredPresence {
+                                snapshot: snapshot.clone(),
+                                stream_pos: pos,
+                            },
+                        ),
+                        None => batch.delete(Cf::Presence, &key),
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
         let pos = match written {
             Ok((pos, ())) => pos,
             Err(e) => {
@@ -250,7 +286,12 @@ impl PresenceService {
     }
 
     /// A `/sync` began. Keep the guard for the whole request.
-    pub fn sync_started(self: &Arc<Self>, user: &UserId, device: &str, set_presence: Option<DeviceState>) -> SyncGuard {
+    pub fn sync_started(
+        self: &Arc<Self>,
+        user: &UserId,
+        device: &str,
+        set_presence: Option<DeviceState>,
+    ) -> SyncGuard {
         let started = {
             let mut engine = self.engine();
             let s = engine.sync_started(user, device, set_presence, now_ms());
@@ -258,7 +299,10 @@ impl PresenceService {
             s
         };
         self.publish(started.change.into_iter().collect());
-        SyncGuard { service: self.clone(), ticket: started.ticket }
+        SyncGuard {
+            service: self.clone(),
+            ticket: started.ticket,
+        }
     }
 
     fn sync_ended(&self, ticket: SyncTicket) {
@@ -296,7 +340,10 @@ impl PresenceService {
             return Ok(());
         }
         let now = Instant::now();
-        let mut buckets = self.status_buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self
+            .status_buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = buckets.entry(user.to_owned()).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
@@ -310,7 +357,11 @@ impl PresenceService {
 
     /// MSC4043: set (`Some`) or clear (`None`) the override. Written at once (not batched):
     /// an override is a deliberate, rare act that must survive a crash.
-    pub fn set_override(&self, user: &UserId, presence_override: Option<PresenceOverride>) -> Result<(), StorageError> {
+    pub fn set_override(
+        &self,
+        user: &UserId,
+        presence_override: Option<PresenceOverride>,
+    ) -> Result<(), StorageError> {
         let change = {
             let mut engine = self.engine();
             let c = engine.set_override(user, presence_override, now_ms());
@@ -352,18 +403,30 @@ impl PresenceService {
     /// A joined-membership change. Sync shows the presence of newly shared users from the
     /// join events themselves, so nothing needs waking here.
     pub fn membership_changed(&self, room: &RoomId, user: &UserId, joined: bool) {
-        let _ = self.rooms.write().unwrap_or_else(|p| p.into_inner()).apply_membership(room, user, joined);
+        let _ = self
+            .rooms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply_membership(room, user, joined);
     }
 
     /// May `viewer` see `user`'s presence?
     pub fn may_see(&self, viewer: &UserId, user: &UserId) -> bool {
-        viewer == user || self.rooms.read().unwrap_or_else(|p| p.into_inner()).shares_room(viewer, user)
+        viewer == user
+            || self
+                .rooms
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .shares_room(viewer, user)
     }
 
     /// The `m.presence` event of `user` as a local client sees it now.
     pub fn event_for(&self, user: &UserId) -> Value {
         let now = now_ms();
-        let content = self.engine().current(user, now).content(now, Audience::Msc4042Client);
+        let content = self
+            .engine()
+            .current(user, now)
+            .content(now, Audience::Msc4042Client);
         json!({ "type": "m.presence", "sender": user, "content": content })
     }
 
@@ -377,7 +440,9 @@ impl PresenceService {
         };
         let engine = self.engine();
         let mut out = Vec::new();
-        let own = engine.current(viewer, now).content(now, Audience::Msc4042Client);
+        let own = engine
+            .current(viewer, now)
+            .content(now, Audience::Msc4042Client);
         out.push(json!({ "type": "m.presence", "sender": viewer, "content": own }));
         for user in users {
             let p = engine.current(&user, now);
@@ -390,7 +455,12 @@ impl PresenceService {
 
     /// Presence events for an incremental sync: the latest presence of every visible user
     /// whose presence changed in `(since, up_to]`.
-    pub fn events_since(&self, viewer: &UserId, since: u64, up_to: u64) -> Result<Vec<Value>, StorageError> {
+    pub fn events_since(
+        &self,
+        viewer: &UserId,
+        since: u64,
+        up_to: u64,
+    ) -> Result<Vec<Value>, StorageError> {
         if since >= up_to {
             return Ok(Vec::new());
         }
@@ -405,7 +475,9 @@ impl PresenceService {
         for (k, _) in changed {
             let mut r = KeyReader::new(&k);
             let _pos = r.u64();
-            let Some(user) = r.str().and_then(|s| <&UserId>::try_from(s).ok()) else { continue };
+            let Some(user) = r.str().and_then(|s| <&UserId>::try_from(s).ok()) else {
+                continue;
+            };
             if self.may_see(viewer, user) {
                 out.push(self.event_for(user));
             }
@@ -454,8 +526,14 @@ mod tests {
     fn service(dir: &std::path::Path) -> (Arc<PresenceService>, Arc<RecordingWaker>) {
         let db = Arc::new(Db::open(dir, false).expect("db"));
         let waker = Arc::new(RecordingWaker::default());
-        let config = PresenceServiceConfig { status_per_second: 0.0, ..Default::default() };
-        (PresenceService::open(db, config, waker.clone()).expect("open"), waker)
+        let config = PresenceServiceConfig {
+            status_per_second: 0.0,
+            ..Default::default()
+        };
+        (
+            PresenceService::open(db, config, waker.clone()).expect("open"),
+            waker,
+        )
     }
 
     #[test]
@@ -466,15 +544,28 @@ mod tests {
         let (a, b, c) = (uid("@a:x"), uid("@b:x"), uid("@c:x"));
         svc.membership_changed(&room, &a, true);
         svc.membership_changed(&room, &b, true);
-        svc.set_status(&a, "D", DeviceState::Online, StatusMsg::new("hi").expect("msg")).expect("not limited");
-        svc.set_status(&a, "D", DeviceState::Unavailable, None).expect("not limited");
+        svc.set_status(
+            &a,
+            "D",
+            DeviceState::Online,
+            StatusMsg::new("hi").expect("msg"),
+        )
+        .expect("not limited");
+        svc.set_status(&a, "D", DeviceState::Unavailable, None)
+            .expect("not limited");
         let wakes = waker.0.lock().expect("lock").clone();
         assert_eq!(wakes.len(), 2);
         assert_eq!(wakes[0].0, vec![a.clone(), b.clone()]);
-        let events = svc.events_since(&b, 0, svc.db.current_position()).expect("events");
+        let events = svc
+            .events_since(&b, 0, svc.db.current_position())
+            .expect("events");
         assert_eq!(events.len(), 1, "latest only: {events:?}");
         assert_eq!(events[0]["content"]["presence"], "unavailable");
-        assert!(svc.events_since(&c, 0, svc.db.current_position()).expect("events").is_empty());
+        assert!(
+            svc.events_since(&c, 0, svc.db.current_position())
+                .expect("events")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -487,7 +578,11 @@ mod tests {
         let pos = svc.db.current_position();
         let g2 = svc.sync_started(&a, "D", None);
         drop(g2);
-        assert_eq!(svc.db.current_position(), pos, "second sync changed nothing visible");
+        assert_eq!(
+            svc.db.current_position(),
+            pos,
+            "second sync changed nothing visible"
+        );
         assert_eq!(waker.0.lock().expect("lock").len(), 1);
     }
 
@@ -497,8 +592,18 @@ mod tests {
         let a = uid("@a:x");
         {
             let (svc, _) = service(dir.path());
-            svc.set_status(&a, "D", DeviceState::Online, StatusMsg::new("lunch").expect("msg")).expect("ok");
-            svc.set_override(&a, Some(PresenceOverride::state(presence_core::PresenceState::Busy))).expect("ok");
+            svc.set_status(
+                &a,
+                "D",
+                DeviceState::Online,
+                StatusMsg::new("lunch").expect("msg"),
+            )
+            .expect("ok");
+            svc.set_override(
+                &a,
+                Some(PresenceOverride::state(presence_core::PresenceState::Busy)),
+            )
+            .expect("ok");
         }
         let (svc, _) = service(dir.path());
         assert_eq!(svc.current(&a).state, presence_core::PresenceState::Busy);
@@ -509,12 +614,19 @@ mod tests {
     fn status_rate_limit_reports_retry_after() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(Db::open(dir.path(), false).expect("db"));
-        let config = PresenceServiceConfig { status_per_second: 1.0, status_burst: 2.0, ..Default::default() };
-        let svc = PresenceService::open(db, config, Arc::new(RecordingWaker::default())).expect("open");
+        let config = PresenceServiceConfig {
+            status_per_second: 1.0,
+            status_burst: 2.0,
+            ..Default::default()
+        };
+        let svc =
+            PresenceService::open(db, config, Arc::new(RecordingWaker::default())).expect("open");
         let a = uid("@a:x");
         assert!(svc.set_status(&a, "D", DeviceState::Online, None).is_ok());
         assert!(svc.set_status(&a, "D", DeviceState::Online, None).is_ok());
-        let RateLimited(ms) = svc.set_status(&a, "D", DeviceState::Online, None).expect_err("limited");
+        let RateLimited(ms) = svc
+            .set_status(&a, "D", DeviceState::Online, None)
+            .expect_err("limited");
         assert!(ms > 0 && ms <= 1000);
     }
 }

@@ -137,7 +137,10 @@ impl Default for Config {
             server_name: "localhost".into(),
             data_dir: PathBuf::from("pulse-data"),
             public_baseurl: None,
-            listeners: vec![Listener { bind: SocketAddr::from(([127, 0, 0, 1], 8008)), tls: None }],
+            listeners: vec![Listener {
+                bind: SocketAddr::from(([127, 0, 0, 1], 8008)),
+                tls: None,
+            }],
             registration: Registration::default(),
             accounts: Accounts::default(),
             limits: Limits::default(),
@@ -152,32 +155,48 @@ impl Default for Config {
 
 impl Default for Registration {
     fn default() -> Self {
-        Registration { enabled: true, shared_secret: None }
+        Registration {
+            enabled: true,
+            shared_secret: None,
+        }
     }
 }
 
 impl Default for Accounts {
     fn default() -> Self {
         // OWASP's argon2id baseline (19 MiB, 2 iterations, 1 lane).
-        Accounts { argon2_memory_kib: 19 * 1024, argon2_iterations: 2, argon2_parallelism: 1 }
+        Accounts {
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_request_bytes: 1024 * 1024, max_sync_timeout_ms: 120_000 }
+        Limits {
+            max_request_bytes: 1024 * 1024,
+            max_sync_timeout_ms: 120_000,
+        }
     }
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { enabled: true, per_second: 20.0, burst: 100.0 }
+        RateLimits {
+            enabled: true,
+            per_second: 20.0,
+            burst: 100.0,
+        }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into() }
+        Log {
+            level: "info".into(),
+        }
     }
 }
 
@@ -190,7 +209,8 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, String> {
         let mut config = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
                 Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
             }
             None => Config::default(),
@@ -211,7 +231,10 @@ impl Config {
             let addr: SocketAddr = v.parse().map_err(|e| format!("PULSE_BIND={v}: {e}"))?;
             match self.listeners.first_mut() {
                 Some(l) => l.bind = addr,
-                None => self.listeners.push(Listener { bind: addr, tls: None }),
+                None => self.listeners.push(Listener {
+                    bind: addr,
+                    tls: None,
+                }),
             }
         }
         if let Some(v) = var("PULSE_LOG") {
@@ -221,22 +244,32 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        ruma::ServerName::parse(&self.server_name)
-            .map_err(|e| format!("server_name {:?} is not a valid Matrix server name: {e}", self.server_name))?;
+        ruma::ServerName::parse(&self.server_name).map_err(|e| {
+            format!(
+                "server_name {:?} is not a valid Matrix server name: {e}",
+                self.server_name
+            )
+        })?;
         if self.listeners.is_empty() {
             return Err("at least one [[listeners]] entry is needed".into());
         }
         if self.limits.max_request_bytes < 65_536 {
-            return Err("limits.max_request_bytes must be at least 65536 (the event size limit)".into());
+            return Err(
+                "limits.max_request_bytes must be at least 65536 (the event size limit)".into(),
+            );
         }
         let p = &self.presence;
         if p.sync_online_timeout_ms == 0 || p.idle_timeout_ms == 0 || p.busy_timeout_ms == 0 {
             return Err("presence timeouts must be greater than zero".into());
         }
         if p.status_per_second < 0.0 || (p.status_per_second > 0.0 && p.status_burst < 1.0) {
-            return Err("presence.status_per_second must be >= 0 and presence.status_burst >= 1".into());
+            return Err(
+                "presence.status_per_second must be >= 0 and presence.status_burst >= 1".into(),
+            );
         }
-        if self.rate_limits.enabled && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0) {
+        if self.rate_limits.enabled
+            && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0)
+        {
             return Err("rate_limits.per_second must be > 0 and rate_limits.burst >= 1".into());
         }
         Ok(())
@@ -248,7 +281,11 @@ impl Config {
         }
         let l = &self.listeners[0];
         let scheme = if l.tls.is_some() { "https" } else { "http" };
-        let host = if l.bind.ip().is_unspecified() { "127.0.0.1".to_owned() } else { l.bind.ip().to_string() };
+        let host = if l.bind.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            l.bind.ip().to_string()
+        };
         if l.bind.is_ipv6() {
             format!("{scheme}://[{host}]:{}", l.bind.port())
         } else {
@@ -263,7 +300,8 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_validates() {
-        let c = Config::parse(include_str!("../../../config.example.toml")).expect("example parses");
+        let c =
+            Config::parse(include_str!("../../../config.example.toml")).expect("example parses");
         c.validate().expect("example is valid");
     }
 
@@ -291,7 +329,10 @@ mod tests {
 
     #[test]
     fn bad_server_name_is_refused() {
-        let c = Config { server_name: "not a name".into(), ..Config::default() };
+        let c = Config {
+            server_name: "not a name".into(),
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 }

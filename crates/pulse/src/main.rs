@@ -86,7 +86,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cli.log_level.as_deref().unwrap_or(&config.log.level));
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("pulse: cannot start the async runtime: {e}");
@@ -102,7 +105,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::RegisterUser { config, username, password, admin } => {
+        Command::RegisterUser {
+            config,
+            username,
+            password,
+            admin,
+        } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -129,7 +137,10 @@ fn init_logging(filter: &str) {
         eprintln!("pulse: bad log filter {filter:?} ({e}); using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 /// Everything the server runs on, built from the configuration.
@@ -139,10 +150,17 @@ struct Services {
 }
 
 fn open_services(config: &Config) -> Result<Services, String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
     let db = storage::Db::open(&config.data_dir, config.storage.fsync).map_err(|e| {
-        format!("cannot open the database in {} ({e}); is another pulse running on it?", config.data_dir.display())
+        format!(
+            "cannot open the database in {} ({e}); is another pulse running on it?",
+            config.data_dir.display()
+        )
     })?;
     let db = Arc::new(db);
     let server_name = ruma::ServerName::parse(&config.server_name).map_err(|e| e.to_string())?;
@@ -151,17 +169,28 @@ fn open_services(config: &Config) -> Result<Services, String> {
         t_cost: config.accounts.argon2_iterations,
         p_cost: config.accounts.argon2_parallelism,
     };
-    hashing.validate().map_err(|e| format!("[accounts] argon2 settings: {e}"))?;
-    let accounts = Arc::new(accounts::AccountService::new(db.clone(), server_name.clone(), hashing));
+    hashing
+        .validate()
+        .map_err(|e| format!("[accounts] argon2 settings: {e}"))?;
+    let accounts = Arc::new(accounts::AccountService::new(
+        db.clone(),
+        server_name.clone(),
+        hashing,
+    ));
     let rooms = Arc::new(
-        rooms::RoomService::new(db.clone(), server_name.clone()).map_err(|e| format!("cannot open the room engine: {e}"))?,
+        rooms::RoomService::new(db.clone(), server_name.clone())
+            .map_err(|e| format!("cannot open the room engine: {e}"))?,
     );
     let client_config = api_client::ClientApiConfig {
         server_name,
         public_baseurl: config.public_baseurl(),
         max_request_bytes: config.limits.max_request_bytes,
         registration_enabled: config.registration.enabled,
-        registration_shared_secret: config.registration.shared_secret.clone().filter(|s| !s.is_empty()),
+        registration_shared_secret: config
+            .registration
+            .shared_secret
+            .clone()
+            .filter(|s| !s.is_empty()),
         rate_limit: api_client::RateLimitConfig {
             enabled: config.rate_limits.enabled,
             per_second: config.rate_limits.per_second,
@@ -182,11 +211,15 @@ fn open_services(config: &Config) -> Result<Services, String> {
         status_burst: p.status_burst,
         ..Default::default()
     };
-    let presence = presence_service::PresenceService::open(db.clone(), presence_config, notifier.clone())
-        .map_err(|e| format!("cannot load presence: {e}"))?;
+    let presence =
+        presence_service::PresenceService::open(db.clone(), presence_config, notifier.clone())
+            .map_err(|e| format!("cannot load presence: {e}"))?;
     // The presence audience index follows room membership: seeded from the database,
     // then kept current by the room engine after every committed membership change.
-    for (room, user) in rooms.all_joined_memberships().map_err(|e| format!("cannot read memberships: {e}"))? {
+    for (room, user) in rooms
+        .all_joined_memberships()
+        .map_err(|e| format!("cannot read memberships: {e}"))?
+    {
         presence.membership_changed(&room, &user, true);
     }
     rooms.set_membership_observer(Arc::new(PresenceAudience(presence.clone())));
@@ -206,8 +239,14 @@ fn open_services(config: &Config) -> Result<Services, String> {
 struct PresenceAudience(Arc<presence_service::PresenceService>);
 
 impl rooms::MembershipObserver for PresenceAudience {
-    fn membership_changed(&self, room: &ruma::RoomId, user: &ruma::UserId, membership: Option<rooms::Membership>) {
-        self.0.membership_changed(room, user, membership == Some(rooms::Membership::Join));
+    fn membership_changed(
+        &self,
+        room: &ruma::RoomId,
+        user: &ruma::UserId,
+        membership: Option<rooms::Membership>,
+    ) {
+        self.0
+            .membership_changed(room, user, membership == Some(rooms::Membership::Join));
     }
 }
 
@@ -219,7 +258,9 @@ async fn serve(config: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for listener in &config.listeners {
-        let make = app.clone().into_make_service_with_connect_info::<SocketAddr>();
+        let make = app
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
         match &listener.tls {
             None => {
                 let tcp = tokio::net::TcpListener::bind(listener.bind)
@@ -243,9 +284,12 @@ async fn serve(config: Config) -> Result<(), String> {
                 let handle = axum_server::Handle::new();
                 let std_listener = std::net::TcpListener::bind(listener.bind)
                     .map_err(|e| format!("cannot listen on {}: {e}", listener.bind))?;
-                std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+                std_listener
+                    .set_nonblocking(true)
+                    .map_err(|e| e.to_string())?;
                 info!("client API listening on https://{}", listener.bind);
-                let server = axum_server::from_tcp_rustls(std_listener, rustls).map_err(|e| e.to_string())?;
+                let server = axum_server::from_tcp_rustls(std_listener, rustls)
+                    .map_err(|e| e.to_string())?;
                 let mut stop = stop_rx.clone();
                 let h = handle.clone();
                 tokio::spawn(async move {
@@ -305,14 +349,24 @@ async fn shutdown_signal() {
     }
 }
 
-fn register_user(config: &Config, username: &str, password: Option<String>, admin: bool) -> Result<String, String> {
+fn register_user(
+    config: &Config,
+    username: &str,
+    password: Option<String>,
+    admin: bool,
+) -> Result<String, String> {
     let services = open_services(config)?;
     // Accept "@alice:server" as well as "alice"; the server part must be ours.
     let localpart = match username.strip_prefix('@') {
         Some(rest) => {
-            let (local, server) = rest.split_once(':').ok_or("a full user ID looks like @alice:example.org")?;
+            let (local, server) = rest
+                .split_once(':')
+                .ok_or("a full user ID looks like @alice:example.org")?;
             if server != config.server_name {
-                return Err(format!("{username} does not belong to this server ({})", config.server_name));
+                return Err(format!(
+                    "{username} does not belong to this server ({})",
+                    config.server_name
+                ));
             }
             local
         }
@@ -325,9 +379,19 @@ fn register_user(config: &Config, username: &str, password: Option<String>, admi
     let registered = services
         .state
         .accounts
-        .register(localpart, Some(&password), accounts::NewDevice::default(), admin, false)
+        .register(
+            localpart,
+            Some(&password),
+            accounts::NewDevice::default(),
+            admin,
+            false,
+        )
         .map_err(|e| format!("cannot register {username}: {e}"))?;
-    let mut msg = format!("registered {}{}", registered.user_id, if admin { " (admin)" } else { "" });
+    let mut msg = format!(
+        "registered {}{}",
+        registered.user_id,
+        if admin { " (admin)" } else { "" }
+    );
     if generated {
         msg.push_str(&format!("\npassword: {password}"));
     }

@@ -200,7 +200,12 @@ pub struct SentEvent {
 /// Told about every committed membership change (e.g. the presence audience index).
 pub trait MembershipObserver: Send + Sync {
     /// `membership` is the user's new membership in `room` (`None`: no membership event any more).
-    fn membership_changed(&self, room: &ruma::RoomId, user: &ruma::UserId, membership: Option<Membership>);
+    fn membership_changed(
+        &self,
+        room: &ruma::RoomId,
+        user: &ruma::UserId,
+        membership: Option<Membership>,
+    );
 }
 
 /// Rooms, events and membership: the whole room engine.
@@ -241,11 +246,14 @@ impl RoomService {
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(storage::Cf::Memberships, [])? {
             let mut r = storage::KeyReader::new(&k);
-            let (Some(user), Some(room)) = (r.str(), r.str()) else { continue };
+            let (Some(user), Some(room)) = (r.str(), r.str()) else {
+                continue;
+            };
             let rec: store::MembershipRecord = serde_json::from_slice(&v)
                 .map_err(|e| RoomError::Internal(format!("corrupt membership: {e}")))?;
             if rec.membership == Membership::Join
-                && let (Ok(user), Ok(room)) = (OwnedUserId::try_from(user), OwnedRoomId::try_from(room))
+                && let (Ok(user), Ok(room)) =
+                    (OwnedUserId::try_from(user), OwnedRoomId::try_from(room))
             {
                 out.push((room, user));
             }

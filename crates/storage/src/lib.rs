@@ -22,7 +22,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode, Options, SingleThreaded, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode, Options, SingleThreaded,
+    WriteOptions,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -211,7 +214,8 @@ impl Batch {
         Self::default()
     }
     pub fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
-        self.ops.push(Op::Put(cf, key.as_ref().to_vec(), value.into()));
+        self.ops
+            .push(Op::Put(cf, key.as_ref().to_vec(), value.into()));
     }
     pub fn put_json<T: Serialize + ?Sized>(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: &T) {
         // Serialising our own in-memory types to JSON cannot fail (no non-string map keys).
@@ -252,14 +256,27 @@ impl Db {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let rocks = Rocks::open_cf_descriptors(&opts, path, cfs)?;
-        let db = Db { rocks, fsync, position: AtomicU64::new(0), writer: Mutex::new(()) };
+        let db = Db {
+            rocks,
+            fsync,
+            position: AtomicU64::new(0),
+            writer: Mutex::new(()),
+        };
         match db.get(Cf::Meta, META_SCHEMA)? {
             Some(v) => {
-                let found = decode_u64(&v).ok_or(StorageError::Corrupt { cf: "meta", reason: "schema_version".into() })?;
+                let found = decode_u64(&v).ok_or(StorageError::Corrupt {
+                    cf: "meta",
+                    reason: "schema_version".into(),
+                })?;
                 if found != SCHEMA_VERSION {
-                    return Err(StorageError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+                    return Err(StorageError::SchemaMismatch {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
                 }
             }
             None => {
@@ -269,7 +286,10 @@ impl Db {
             }
         }
         let pos = match db.get(Cf::Meta, META_POSITION)? {
-            Some(v) => decode_u64(&v).ok_or(StorageError::Corrupt { cf: "meta", reason: "stream_position".into() })?,
+            Some(v) => decode_u64(&v).ok_or(StorageError::Corrupt {
+                cf: "meta",
+                reason: "stream_position".into(),
+            })?,
             None => 0,
         };
         db.position.store(pos, Ordering::SeqCst);
@@ -277,19 +297,30 @@ impl Db {
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
-        self.rocks.cf_handle(cf.name()).ok_or(StorageError::MissingCf(cf.name()))
+        self.rocks
+            .cf_handle(cf.name())
+            .ok_or(StorageError::MissingCf(cf.name()))
     }
 
     pub fn get(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         Ok(self.rocks.get_cf(self.cf(cf)?, key)?)
     }
 
-    pub fn get_json<T: DeserializeOwned>(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+    pub fn get_json<T: DeserializeOwned>(
+        &self,
+        cf: Cf,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>> {
         match self.get(cf, key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StorageError::Corrupt { cf: cf.name(), reason: e.to_string() }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StorageError::Corrupt {
+                        cf: cf.name(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -301,7 +332,9 @@ impl Db {
     pub fn scan_prefix(&self, cf: Cf, prefix: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = prefix.as_ref();
         let mut out = Vec::new();
-        let iter = self.rocks.iterator_cf(self.cf(cf)?, IteratorMode::From(prefix, Direction::Forward));
+        let iter = self
+            .rocks
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(prefix, Direction::Forward));
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
@@ -329,7 +362,9 @@ impl Db {
         }
         let handle = self.cf(cf)?;
         if reverse {
-            let iter = self.rocks.iterator_cf(handle, IteratorMode::From(end, Direction::Reverse));
+            let iter = self
+                .rocks
+                .iterator_cf(handle, IteratorMode::From(end, Direction::Reverse));
             for item in iter {
                 let (k, v) = item?;
                 if &*k >= end {
@@ -341,7 +376,9 @@ impl Db {
                 out.push((k.into_vec(), v.into_vec()));
             }
         } else {
-            let iter = self.rocks.iterator_cf(handle, IteratorMode::From(start, Direction::Forward));
+            let iter = self
+                .rocks
+                .iterator_cf(handle, IteratorMode::From(start, Direction::Forward));
             for item in iter {
                 let (k, v) = item?;
                 if &*k >= end || out.len() >= limit {
@@ -383,11 +420,17 @@ impl Db {
     /// Allocate the next stream position, let `build` fill a batch that uses it, and
     /// write batch + new position atomically. While this runs no other positioned write
     /// can start, so [`Db::current_position`] only ever moves past fully written data.
-    pub fn write_with_position<T, E>(&self, build: impl FnOnce(u64, &mut Batch) -> Result<T, E>) -> Result<(u64, T), E>
+    pub fn write_with_position<T, E>(
+        &self,
+        build: impl FnOnce(u64, &mut Batch) -> Result<T, E>,
+    ) -> Result<(u64, T), E>
     where
         E: From<StorageError>,
     {
-        let _guard = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let pos = self.position.load(Ordering::SeqCst) + 1;
         let mut batch = Batch::new();
         let value = build(pos, &mut batch)?;
@@ -444,7 +487,11 @@ mod tests {
             let (pos, ()) = db
                 .write_with_position::<_, StorageError>(|pos, b| {
                     b.put(Cf::Users, "@a:x", b"1".to_vec());
-                    b.put(Cf::Timeline, Key::new().str("!r:x").u64(pos), b"$e".to_vec());
+                    b.put(
+                        Cf::Timeline,
+                        Key::new().str("!r:x").u64(pos),
+                        b"$e".to_vec(),
+                    );
                     Ok(())
                 })
                 .expect("write");
@@ -472,18 +519,31 @@ mod tests {
         let (_d, db) = open();
         let mut b = Batch::new();
         for i in 1..=5u64 {
-            b.put(Cf::Timeline, Key::new().str("!r").u64(i), i.to_be_bytes().to_vec());
+            b.put(
+                Cf::Timeline,
+                Key::new().str("!r").u64(i),
+                i.to_be_bytes().to_vec(),
+            );
         }
         b.put(Cf::Timeline, Key::new().str("!s").u64(1), vec![0]);
         db.write(b).expect("write");
         let lo = Key::new().str("!r").u64(2);
         let hi = Key::new().str("!r").u64(5);
-        let fwd = db.scan_range(Cf::Timeline, &lo, &hi, false, 10).expect("scan");
+        let fwd = db
+            .scan_range(Cf::Timeline, &lo, &hi, false, 10)
+            .expect("scan");
         assert_eq!(fwd.len(), 3);
-        let back = db.scan_range(Cf::Timeline, &lo, &hi, true, 2).expect("scan");
+        let back = db
+            .scan_range(Cf::Timeline, &lo, &hi, true, 2)
+            .expect("scan");
         let nums: Vec<u64> = back.iter().filter_map(|(_, v)| decode_u64(v)).collect();
         assert_eq!(nums, vec![4, 3]);
-        assert_eq!(db.scan_prefix(Cf::Timeline, Key::new().str("!r")).expect("scan").len(), 5);
+        assert_eq!(
+            db.scan_prefix(Cf::Timeline, Key::new().str("!r"))
+                .expect("scan")
+                .len(),
+            5
+        );
     }
 
     #[test]
@@ -495,6 +555,9 @@ mod tests {
             b.put(Cf::Meta, META_SCHEMA, 99u64.to_be_bytes().to_vec());
             db.write(b).expect("write");
         }
-        assert!(matches!(Db::open(dir.path(), false), Err(StorageError::SchemaMismatch { found: 99, .. })));
+        assert!(matches!(
+            Db::open(dir.path(), false),
+            Err(StorageError::SchemaMismatch { found: 99, .. })
+        ));
     }
 }

@@ -65,7 +65,9 @@ async fn send(
     .map_err(hide_unknown)?;
     wake_room(&state, &room, sent.pos, &[]);
     // Sending a message is activity: it keeps the sender online and `currently_active`.
-    state.presence.activity(&auth.user_id, auth.device_id.as_str());
+    state
+        .presence
+        .activity(&auth.user_id, auth.device_id.as_str());
     Ok(Json(json!({ "event_id": sent.event_id })))
 }
 
