@@ -34,8 +34,8 @@ def start(binary, config):
 
 def check(cond, what):
     if not cond:
-        raise SystemExit(f"FAIL: {what}")
-    print(f"ok: {what}")
+        raise SystemExit(f"FAIL: {what[:2000]}")
+    print(f"ok: {what[:100]}")
 
 
 async def scenario():
