@@ -12,13 +12,24 @@ use serde_json::{Value, json};
 const SHORT: &str = "[presence]\nsync_online_timeout_ms = 400\nidle_timeout_ms = 1200\nlast_active_granularity_ms = 300\nbusy_timeout_ms = 1500\nstatus_per_second = 0\n";
 
 async fn status(s: &TestServer, viewer: &User, user: &User) -> Value {
-    let (st, p) = s.get(&format!("/_matrix/client/v3/presence/{}/status", enc(&user.user_id)), Some(&viewer.token)).await;
+    let (st, p) = s
+        .get(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&user.user_id)),
+            Some(&viewer.token),
+        )
+        .await;
     assert_eq!(st, 200, "{p}");
     p
 }
 
 /// Poll GET status until `check` holds (10 s budget), optionally running `tick` between polls.
-async fn until(s: &TestServer, viewer: &User, user: &User, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+async fn until(
+    s: &TestServer,
+    viewer: &User,
+    user: &User,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let p = status(s, viewer, user).await;
@@ -31,15 +42,25 @@ async fn until(s: &TestServer, viewer: &User, user: &User, what: &str, check: im
 }
 
 async fn plain_sync(s: &TestServer, u: &User) {
-    let (st, _) = s.get("/_matrix/client/v3/sync?timeout=0", Some(&u.token)).await;
+    let (st, _) = s
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&u.token))
+        .await;
     assert_eq!(st, 200);
 }
 
 async fn pair(s: &TestServer) -> (User, User) {
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let (st, _) = s.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&bob.token), json!({})).await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, 200);
     (alice, bob)
 }
@@ -48,23 +69,36 @@ async fn pair(s: &TestServer) -> (User, User) {
 async fn a_device_that_stops_syncing_goes_offline_and_bob_is_told() {
     let s = TestServer::start_with(SHORT).await;
     let (alice, bob) = pair(&s).await;
-    let (_, r) = s.get("/_matrix/client/v3/sync?timeout=0&set_presence=offline", Some(&bob.token)).await;
+    let (_, r) = s
+        .get(
+            "/_matrix/client/v3/sync?timeout=0&set_presence=offline",
+            Some(&bob.token),
+        )
+        .await;
     let since = r["next_batch"].as_str().expect("token").to_owned();
     plain_sync(&s, &alice).await;
     until(&s, &bob, &alice, "online", |p| p["presence"] == "online").await;
-    until(&s, &bob, &alice, "offline after the sync timeout", |p| p["presence"] == "offline").await;
+    until(&s, &bob, &alice, "offline after the sync timeout", |p| {
+        p["presence"] == "offline"
+    })
+    .await;
     // Bob's sync carries the transition (latest state: offline).
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut since = since;
     loop {
         let (_, r) = s
-            .get(&format!("/_matrix/client/v3/sync?since={since}&timeout=1000&set_presence=offline"), Some(&bob.token))
+            .get(
+                &format!("/_matrix/client/v3/sync?since={since}&timeout=1000&set_presence=offline"),
+                Some(&bob.token),
+            )
             .await;
         let seen = r["presence"]["events"]
             .as_array()
             .into_iter()
             .flatten()
-            .any(|e| e["sender"] == alice.user_id.as_str() && e["content"]["presence"] == "offline");
+            .any(|e| {
+                e["sender"] == alice.user_id.as_str() && e["content"]["presence"] == "offline"
+            });
         if seen {
             break;
         }
@@ -77,7 +111,9 @@ async fn a_device_that_stops_syncing_goes_offline_and_bob_is_told() {
 async fn idle_then_activity_brings_the_user_back() {
     let s = TestServer::start_with(SHORT).await;
     let (alice, bob) = pair(&s).await;
-    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
     // Alice keeps a client connected (syncing) but does nothing.
     let keep_syncing = {
         let (base, token) = (s.base.clone(), alice.token.clone());
@@ -94,19 +130,31 @@ async fn idle_then_activity_brings_the_user_back() {
         })
     };
     until(&s, &bob, &alice, "online", |p| p["presence"] == "online").await;
-    let p = until(&s, &bob, &alice, "not currently active", |p| p["currently_active"] == false).await;
+    let p = until(&s, &bob, &alice, "not currently active", |p| {
+        p["currently_active"] == false
+    })
+    .await;
     assert_eq!(p["presence"], "online");
-    until(&s, &bob, &alice, "unavailable after idling", |p| p["presence"] == "unavailable").await;
+    until(&s, &bob, &alice, "unavailable after idling", |p| {
+        p["presence"] == "unavailable"
+    })
+    .await;
     // Sending a message is activity.
     let (st, _) = s
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&room)
+            ),
             Some(&alice.token),
             json!({"msgtype": "m.text", "body": "back"}),
         )
         .await;
     assert_eq!(st, 200);
-    let p = until(&s, &bob, &alice, "online again", |p| p["presence"] == "online").await;
+    let p = until(&s, &bob, &alice, "online again", |p| {
+        p["presence"] == "online"
+    })
+    .await;
     assert!(p["last_active_ago"].as_u64().is_some(), "{p}");
     keep_syncing.abort();
 }
@@ -126,10 +174,16 @@ async fn busy_outlasts_plain_syncs_and_ends_after_busy_timeout() {
     for _ in 0..3 {
         plain_sync(&s, &alice).await;
         let p = status(&s, &bob, &alice).await;
-        assert_eq!(p["presence"], "org.matrix.msc3026.busy", "a plain sync must not downgrade busy: {p}");
+        assert_eq!(
+            p["presence"], "org.matrix.msc3026.busy",
+            "a plain sync must not downgrade busy: {p}"
+        );
         assert_eq!(p["status_msg"], "focus");
     }
-    until(&s, &bob, &alice, "offline after busy_timeout", |p| p["presence"] == "offline").await;
+    until(&s, &bob, &alice, "offline after busy_timeout", |p| {
+        p["presence"] == "offline"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -139,7 +193,10 @@ async fn timers_never_move_an_override() {
     plain_sync(&s, &alice).await;
     let (st, _) = s
         .put(
-            &format!("/_matrix/client/v1/presence/{}/override", enc(&alice.user_id)),
+            &format!(
+                "/_matrix/client/v1/presence/{}/override",
+                enc(&alice.user_id)
+            ),
             Some(&alice.token),
             json!({"presence_override": "online"}),
         )

@@ -127,3 +127,60 @@ fn generate_config_round_trips_and_help_explains() {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
 }
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let s =
+        TestServer::start_with("[rate_limits]\nenabled = true\nper_second = 0.5\nburst = 3.0\n")
+            .await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let (status, body) = s.get("/_matrix/client/v3/login", None).await;
+        if status == 429 {
+            limited = Some(body);
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let body = limited.expect("the 4th request within a second is limited");
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+    assert!(
+        body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn register_user_cli_creates_an_account_that_can_log_in() {
+    let mut s = TestServer::start().await;
+    s.kill9();
+    let out = Command::new(BIN)
+        .args(["register-user", "--config"])
+        .arg(s.config_path())
+        .args(["carol", "--password", "carol-pw"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("@carol:localhost"));
+    // Taken names are refused with a message.
+    let again = Command::new(BIN)
+        .args(["register-user", "--config"])
+        .arg(s.config_path())
+        .args(["carol", "--password", "x"])
+        .output()
+        .expect("run");
+    assert!(!again.status.success());
+    s.kill9_and_restart().await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            serde_json::json!({"type": "m.login.password", "user": "carol", "password": "carol-pw"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

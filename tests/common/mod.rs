@@ -25,8 +25,14 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// A config for tests: cheap password hashing, no rate limits, the given extra TOML appended.
+/// A config for tests: cheap password hashing, no rate limits (unless `extra` has its own
+/// `[rate_limits]` table), the given extra TOML appended.
 pub fn test_config(port: u16, data_dir: &Path, extra: &str) -> String {
+    let rate_limits = if extra.contains("[rate_limits]") {
+        ""
+    } else {
+        "[rate_limits]\nenabled = false\n"
+    };
     format!(
         r#"server_name = "localhost"
 data_dir = "{}"
@@ -38,9 +44,7 @@ shared_secret = "test-secret"
 [accounts]
 argon2_memory_kib = 8
 argon2_iterations = 1
-[rate_limits]
-enabled = false
-[log]
+{rate_limits}[log]
 level = "warn"
 {extra}
 "#,
