@@ -277,7 +277,7 @@ restart_synapse_timed() { # keeps the database; prints the start timestamp
 # ---------------------------------------------------------------- Pulse
 setup_pulse() {
     log "building pulse and pulse-bench (release)"
-    cargo build --release -p pulse -p bench
+    cargo build --release --quiet -p pulse -p bench
     PULSE_VERSION=$("$PULSE" --version 2>/dev/null || echo "pulse ?")
 }
 
@@ -359,7 +359,7 @@ if has "$SCENARIOS" fanout; then
                 log "synapse: skipping $users users ($size): it did not keep up at a smaller size"
                 continue
             fi
-            out=$RESULTS/presence-fanout-$s-$users.json
+            out=$RESULTS/presence-fanout-$s-$users-$rate.json
             "start_$s"
             bench "$s" "$out" presence-fanout --users "$users" --rate "$rate" --duration "$DURATION" \
                 --concurrency 32 || echo "presence-fanout against $s at $users users failed" >&2

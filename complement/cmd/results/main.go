@@ -4,6 +4,7 @@
 //	results progress < go-test.jsonl            # compact live view of a run (stdin -> stdout)
 //	results check -baseline FILE -out FILE -mode replace|merge|ci [-selected FILE] LOG.jsonl...
 //	results report -src COMPLEMENT_SOURCE_DIR RESULTS.jsonl   # markdown tables for docs/compliance.md
+//	results failures LOG.jsonl...                # first failure message of each failed test
 //
 // Test names: tests of the packages tests and tests/csapi keep their Go names ("TestSync/parallel/x");
 // tests of other packages are prefixed with the package's last path element ("msc4222.TestSync"), since
@@ -54,6 +55,11 @@ func main() {
 		}
 	case "check":
 		os.Exit(checkMain(os.Args[2:], os.Stdout))
+	case "failures":
+		if err := failuresMain(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "results:", err)
+			os.Exit(2)
+		}
 	case "report":
 		if err := reportMain(os.Args[2:], os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "results:", err)
@@ -65,7 +71,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: results progress < log.jsonl\n       results check -baseline FILE -out FILE -mode replace|merge|ci [-selected FILE] LOG.jsonl...\n       results report -src DIR RESULTS.jsonl")
+	fmt.Fprintln(os.Stderr, "usage: results progress < log.jsonl\n       results check -baseline FILE -out FILE -mode replace|merge|ci [-selected FILE] LOG.jsonl...\n       results report -src DIR RESULTS.jsonl\n       results failures LOG.jsonl...")
 	os.Exit(2)
 }
 
@@ -205,7 +211,7 @@ func readLines(path string) (map[string]bool, error) {
 	}
 	out := map[string]bool{}
 	for _, line := range strings.Split(string(data), "\n") {
-		if line = strings.TrimSpace(line); line != "" {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
 			out[line] = true
 		}
 	}
@@ -219,9 +225,20 @@ type comparison struct {
 	merged      map[string]string // the results file to write
 }
 
-// compare applies a run to the baseline. selected (may be nil) holds the selected top-level tests.
-func compare(baseline, run map[string]string, selected map[string]bool, mode string) comparison {
+// compare applies a run to the baseline. selected (may be nil) holds the selected top-level tests;
+// flaky (may be nil) the tests that are not gated (a name covers its subtests).
+func compare(baseline, run map[string]string, selected, flaky map[string]bool, mode string) comparison {
 	c := comparison{regressions: map[string]string{}, merged: map[string]string{}}
+	isFlaky := func(name string) bool {
+		for n := name; ; n = n[:strings.LastIndexByte(n, '/')] {
+			if flaky[n] {
+				return true
+			}
+			if !strings.Contains(n, "/") {
+				return false
+			}
+		}
+	}
 	expected := func(name string) bool {
 		if selected != nil {
 			return selected[topLevel(name)]
@@ -230,7 +247,7 @@ func compare(baseline, run map[string]string, selected map[string]bool, mode str
 		return ok
 	}
 	for name, was := range baseline {
-		if was == "pass" && expected(name) && run[name] != "pass" {
+		if was == "pass" && expected(name) && run[name] != "pass" && !isFlaky(name) {
 			c.regressions[name] = run[name]
 		}
 	}
@@ -254,8 +271,9 @@ func compare(baseline, run map[string]string, selected map[string]bool, mode str
 		}
 		for name, now := range run {
 			// ci never records a regression in the baseline: a failing CI run must not make the
-			// next one pass. A deliberate replace/merge run records it.
-			if _, regressed := c.regressions[name]; mode == "ci" && regressed {
+			// next one pass. A deliberate replace/merge run records it. Nor does ci record the
+			// ups and downs of flaky tests.
+			if _, regressed := c.regressions[name]; mode == "ci" && (regressed || isFlaky(name)) {
 				continue
 			}
 			c.merged[name] = now
@@ -284,6 +302,7 @@ func checkMain(args []string, w io.Writer) int {
 	outPath := fs.String("out", "", "results file to write (may be the baseline)")
 	mode := fs.String("mode", "merge", "replace: out = this run; merge: baseline updated with this run; ci: like merge but regressions are not recorded")
 	selectedPath := fs.String("selected", "", "file with the selected top-level test names, one per line")
+	flakyPath := fs.String("flaky", "", "file with the names of flaky tests (not gated), one per line; # comments")
 	_ = fs.Parse(args)
 	if *baselinePath == "" || *outPath == "" || fs.NArg() == 0 || (*mode != "replace" && *mode != "merge" && *mode != "ci") {
 		fs.Usage()
@@ -306,7 +325,14 @@ func checkMain(args []string, w io.Writer) int {
 			return 2
 		}
 	}
-	c := compare(baseline, run, selected, *mode)
+	var flaky map[string]bool
+	if *flakyPath != "" {
+		if flaky, err = readLines(*flakyPath); err != nil {
+			fmt.Fprintln(w, "results:", err)
+			return 2
+		}
+	}
+	c := compare(baseline, run, selected, flaky, *mode)
 	if err := writeResults(*outPath, c.merged); err != nil {
 		fmt.Fprintln(w, "results:", err)
 		return 2

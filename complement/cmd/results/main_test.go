@@ -39,7 +39,7 @@ func TestCompare(t *testing.T) {
 	}
 	selected := map[string]bool{"TestA": true, "TestB": true, "TestC": true, "TestE": true}
 
-	c := compare(baseline, run, selected, "ci")
+	c := compare(baseline, run, selected, nil, "ci")
 	wantReg := map[string]string{"TestA": "fail", "TestA/x": "fail", "TestB": ""}
 	if !reflect.DeepEqual(c.regressions, wantReg) {
 		t.Errorf("regressions = %v, want %v", c.regressions, wantReg)
@@ -56,17 +56,31 @@ func TestCompare(t *testing.T) {
 		t.Errorf("ci merged = %v, want %v", c.merged, wantCI)
 	}
 	// merge: everything that ran is recorded.
-	m := compare(baseline, run, selected, "merge").merged
+	m := compare(baseline, run, selected, nil, "merge").merged
 	if m["TestA"] != "fail" || m["TestD"] != "pass" || m["TestB"] != "pass" {
 		t.Errorf("merge merged = %v", m)
 	}
 	// replace: only this run.
-	if r := compare(baseline, run, selected, "replace").merged; !reflect.DeepEqual(r, run) {
+	if r := compare(baseline, run, selected, nil, "replace").merged; !reflect.DeepEqual(r, run) {
 		t.Errorf("replace merged = %v", r)
 	}
 	// Without a selection only tests that reported are compared.
-	if c := compare(baseline, run, nil, "merge"); len(c.regressions) != 2 {
+	if c := compare(baseline, run, nil, nil, "merge"); len(c.regressions) != 2 {
 		t.Errorf("unselected regressions = %v", c.regressions)
+	}
+}
+
+func TestFlakyTestsAreNotGated(t *testing.T) {
+	baseline := map[string]string{"TestF": "pass", "TestF/a": "pass", "TestG": "fail"}
+	run := map[string]string{"TestF": "fail", "TestF/a": "fail", "TestG": "pass"}
+	flaky := map[string]bool{"TestF": true}
+	c := compare(baseline, run, nil, flaky, "ci")
+	if len(c.regressions) != 0 {
+		t.Errorf("regressions = %v", c.regressions)
+	}
+	want := map[string]string{"TestF": "pass", "TestF/a": "pass", "TestG": "pass"}
+	if !reflect.DeepEqual(c.merged, want) {
+		t.Errorf("merged = %v, want %v", c.merged, want)
 	}
 }
 

@@ -48,6 +48,7 @@ var areas = []struct {
 	re   *regexp.Regexp
 }{
 	{"presence", regexp.MustCompile("presence")},
+	{"federation (tests/federation_*)", regexp.MustCompile("^federation_")},
 	{"E2EE, devices, to-device", regexp.MustCompile("key|e2e|device|to_device")},
 	{"media", regexp.MustCompile("media|url_preview")},
 	{"sync", regexp.MustCompile("sync")},

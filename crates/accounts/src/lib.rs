@@ -1031,6 +1031,27 @@ impl AccountService {
         Ok(out)
     }
 
+    /// Global account data of `event_type` of every user who has it (start-up loading of
+    /// settings other services cache, such as the presence sharing config).
+    pub fn global_account_data_of_type(
+        &self,
+        event_type: &str,
+    ) -> Result<Vec<(OwnedUserId, Value)>, StorageError> {
+        let mut out = Vec::new();
+        for (k, _) in self.db.scan_prefix(Cf::Users, [])? {
+            let Some(user) = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| OwnedUserId::try_from(s).ok())
+            else {
+                continue;
+            };
+            if let Some(content) = self.account_data(&user, None, event_type)? {
+                out.push((user, content));
+            }
+        }
+        Ok(out)
+    }
+
     // ----- filters ----------------------------------------------------------------------
 
     /// Validate and store a filter; returns its new ID. `BadJson` if it is not a valid

@@ -5,12 +5,22 @@
 //! (`m.fully_read`, `m.push_rules`) cannot be set here: 405 `M_BAD_JSON`, as the spec says
 //! (since v1.10, for both global and room data). Reading a type never set is 404
 //! `M_NOT_FOUND`. Writes get a stream position and wake the user's `/sync`.
+//!
+//! MSC4325: global account data of type `m.presence_sharing_config` or the unstable
+//! `events.matrix-community.presence_sharing_config` is validated before it is stored (400
+//! `M_BAD_JSON` naming the list, index and entry; nothing stored), and after storing, the
+//! effective config — the stable type if stored, else the unstable one — is handed to the
+//! presence service, which recompiles the policy and updates who sees the user. Room account
+//! data of these types has no meaning and is stored unvalidated.
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use ruma::{OwnedRoomId, RoomId};
+use presence_service::sharing::{
+    SHARING_CONFIG_TYPES, is_sharing_config_type, validate_sharing_config,
+};
+use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::account::client_route;
@@ -68,7 +78,7 @@ async fn read(
 }
 
 async fn write(
-    state: &AppState,
+    state: &Arc<AppState>,
     auth: &Auth,
     user_id: &str,
     room: Option<&RoomId>,
@@ -88,11 +98,48 @@ async fn write(
             "Account data content must be a JSON object",
         ));
     }
+    if room.is_none() && is_sharing_config_type(event_type) {
+        validate_sharing_config(&content)
+            .map_err(|e| MatrixError::bad_json(format!("Invalid {event_type}: {e}")))?;
+        // Compiling a large config and working out whose view changes can take a while
+        // (docs/benchmarks.md): keep it off the async workers. It also runs to the end if the
+        // client goes away, so what is stored is always what is applied.
+        let (state, user, event_type) =
+            (state.clone(), auth.user_id.clone(), event_type.to_owned());
+        tokio::task::spawn_blocking(move || -> ApiResult<()> {
+            // Store, read back the effective config and apply it as one step, so two racing
+            // PUTs cannot leave the older config applied.
+            let _serialised = state.presence.lock_sharing_updates();
+            let pos = state
+                .accounts
+                .set_account_data(&user, None, &event_type, &content)?;
+            let effective = effective_sharing_config(&state, &user)?;
+            state.presence.set_sharing_config(&user, effective.as_ref());
+            state.notifier.wake([&*user], pos);
+            Ok(())
+        })
+        .await
+        .map_err(MatrixError::internal)??;
+        return Ok(Json(json!({})));
+    }
     let pos = state
         .accounts
         .set_account_data(&auth.user_id, room, event_type, &content)?;
     state.notifier.wake([&*auth.user_id], pos);
     Ok(Json(json!({})))
+}
+
+/// The user's sharing config in force: the stable type if stored, else the unstable one.
+pub(crate) fn effective_sharing_config(
+    state: &AppState,
+    user: &UserId,
+) -> ApiResult<Option<Value>> {
+    for event_type in SHARING_CONFIG_TYPES {
+        if let Some(content) = state.accounts.account_data(user, None, event_type)? {
+            return Ok(Some(content));
+        }
+    }
+    Ok(None)
 }
 
 async fn get_global(

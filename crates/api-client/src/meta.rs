@@ -24,6 +24,11 @@ pub fn unstable_features() -> Map<String, Value> {
     m.insert("org.matrix.msc3026.busy_presence".into(), Value::Bool(true));
     // MSC4043: the presence override API (MSC4042 `disabled` is one of its values).
     m.insert("support.feline.msc4043.v1".into(), Value::Bool(true));
+    // MSC4325: presence sharing config (`m.presence_sharing_config`, unstable type too).
+    m.insert(
+        "events.matrix-community.presence_sharing_config".into(),
+        Value::Bool(true),
+    );
     m
 }
 

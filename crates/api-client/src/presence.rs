@@ -2,21 +2,31 @@
 //! `GET/PUT /_matrix/client/v1/presence/{userId}/override` (plus its unstable prefix).
 //!
 //! Visibility: `GET .../status` of a user the caller may not see (no shared room, or — with
-//! MSC4325 — a policy that excludes them) answers exactly like a user that does not exist:
-//! 403 `M_FORBIDDEN` "You are not allowed to see their presence", so the answer reveals
-//! nothing about whether the account exists.
+//! MSC4325 — a sharing config that excludes them) answers exactly like a user that does not
+//! exist: 403 `M_FORBIDDEN` "You are not allowed to see their presence", so the answer reveals
+//! nothing about whether the account exists or has a config.
+//!
+//! Audience preview (Pulse-specific, unstable prefix `org.pulse.presence`):
+//! `GET /_matrix/client/unstable/org.pulse.presence/audience?limit=N` lists who can currently
+//! see the caller's presence; `POST` to the same path with a candidate sharing config as the
+//! body answers "who could, if I applied this" without storing anything (400 `M_BAD_JSON`
+//! naming the entry for an invalid one). See docs/presence.md.
 use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Json, Router};
 use presence_core::{DeviceState, PresenceOverride, PresenceState, StatusMsg};
+use presence_service::sharing::{PREVIEW_DEFAULT_LIMIT, validate_sharing_config};
 use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{ApiResult, MatrixError};
-use crate::extract::{Auth, JsonBody, Path};
+use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef};
+
+/// Path of the audience preview.
+pub const AUDIENCE_PATH: &str = "/_matrix/client/unstable/org.pulse.presence/audience";
 
 pub fn routes() -> Router<Arc<AppState>> {
     let mut r = Router::new();
@@ -32,7 +42,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(get_override).put(put_override),
         );
     }
-    r
+    r.route(AUDIENCE_PATH, get(get_audience).post(preview_audience))
 }
 
 fn parse_user(raw: &str) -> ApiResult<OwnedUserId> {
@@ -151,4 +161,41 @@ async fn put_override(
     };
     state.presence.set_override(&user, value)?;
     Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct AudienceParams {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET .../audience`: who can see the caller's presence now.
+async fn get_audience(
+    auth: Auth,
+    state: AppStateRef,
+    Query(params): Query<AudienceParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = params.limit.unwrap_or(PREVIEW_DEFAULT_LIMIT);
+    let preview = state.presence.audience_preview(&auth.user_id, None, limit);
+    Ok(Json(json!(preview)))
+}
+
+/// `POST .../audience` with a candidate config: who could see it, were it applied.
+async fn preview_audience(
+    auth: Auth,
+    state: AppStateRef,
+    Query(params): Query<AudienceParams>,
+    JsonBody(candidate): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    let config = validate_sharing_config(&candidate)
+        .map_err(|e| MatrixError::bad_json(format!("Invalid m.presence_sharing_config: {e}")))?;
+    let limit = params.limit.unwrap_or(PREVIEW_DEFAULT_LIMIT);
+    // Compiling a large candidate can take a while: off the async workers.
+    let presence = state.presence.clone();
+    let preview = tokio::task::spawn_blocking(move || {
+        presence.audience_preview(&auth.user_id, Some(&config), limit)
+    })
+    .await
+    .map_err(MatrixError::internal)?;
+    Ok(Json(json!(preview)))
 }

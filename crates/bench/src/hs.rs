@@ -35,6 +35,22 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// An error with its sources ("error sending request: connection reset by peer"), and
+/// transport errors marked so scenarios can tell them from HTTP errors.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
 /// Percent-encodes one path segment or query value.
 pub fn enc(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
@@ -158,7 +174,8 @@ impl Hs {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await?;
+        let route = path.split('?').next().unwrap_or(path);
+        let resp = req.send().await.map_err(|e| format!("{method} {route}: {}", chain(&e)))?;
         let status = resp.status();
         let header_retry = resp
             .headers()
@@ -166,12 +183,11 @@ impl Hs {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(|s| s * 1000);
-        let bytes = resp.bytes().await?;
+        let bytes = resp.bytes().await.map_err(|e| format!("{method} {route}: reading body: {}", chain(&e)))?;
         if status.is_success() {
             return Ok(bytes);
         }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let route = path.split('?').next().unwrap_or(path);
         Err(Box::new(ApiError {
             what: format!("{method} {route}"),
             status: status.as_u16(),

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -52,6 +53,8 @@ fn f(v: &Value) -> Option<f64> {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Indices of points drawn as hollow markers (runs where the server did not keep up).
+    pub hollow: Vec<usize>,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -79,7 +82,7 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
-/// Draws lines; a log axis is drawn as log10 of the value with the value on its ticks.
+/// Draws lines on linear or logarithmic axes.
 #[allow(clippy::too_many_arguments)]
 pub fn draw(
     path: &Path,
@@ -91,6 +94,7 @@ pub fn draw(
     ylog: bool,
     markers: bool,
 ) -> Res<()> {
+    // A log axis is drawn as log10 of the value, with ticks at 1-2-5 steps.
     let tx = |v: f64| if xlog { v.max(1e-3).log10() } else { v };
     let ty = |v: f64| if ylog { v.max(1e-3).log10() } else { v };
     let pts: Vec<Vec<(f64, f64)>> = series
@@ -107,71 +111,131 @@ pub fn draw(
     if all.is_empty() {
         return Ok(());
     }
-    let (mut x0, mut x1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    if !ylog {
-        y0 = y0.min(0.0);
-    }
-    if x1 - x0 < 1e-9 {
-        x0 -= 0.5;
-        x1 += 0.5;
-    }
-    if y1 - y0 < 1e-9 {
-        y1 += 1.0;
-    }
-    let pad_x = (x1 - x0) * 0.04;
-    let pad_y = (y1 - y0) * 0.06;
+    let bounds = |vals: &mut dyn Iterator<Item = f64>, log: bool, from_zero: bool| {
+        let (mut lo, mut hi) = vals.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        if log {
+            // At least a factor of 3 either side of one point, a little margin otherwise.
+            let pad = ((hi - lo) * 0.05).max(0.1);
+            return (lo - pad, hi + pad);
+        }
+        if from_zero {
+            lo = lo.min(0.0);
+        }
+        if hi - lo < 1e-9 {
+            hi = lo + 1.0;
+        }
+        let pad = (hi - lo) * 0.05;
+        (if from_zero && lo >= 0.0 { lo } else { lo - pad }, hi + pad)
+    };
+    let (x0, x1) = bounds(&mut all.iter().map(|p| p.0), xlog, false);
+    let (y0, y1) = bounds(&mut all.iter().map(|p| p.1), ylog, true);
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (x0 - pad_x)..(x1 + pad_x),
-            (if ylog { y0 - pad_y } else { y0 })..(y1 + pad_y),
-        )?;
-    let xf = move |v: &f64| fmt_tick(if xlog { 10f64.powf(*v) } else { *v });
-    let yf = move |v: &f64| fmt_tick(if ylog { 10f64.powf(*v) } else { *v });
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .x_label_formatter(&xf)
-        .y_label_formatter(&yf)
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 17))
-        .draw()?;
-    for (i, (s, p)) in series.iter().zip(&pts).enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-            });
-        if markers {
-            chart.draw_series(
-                p.iter()
-                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
-            )?;
-        }
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    let labels = Labels { title, x_desc, y_desc, series, pts: &pts, markers, xlog, ylog };
+    let axis = |lo: f64, hi: f64, log: bool| Axis { lo, hi, ticks: log.then(|| log_ticks(lo, hi)) };
+    labels.draw_on(&root, axis(x0, x1, xlog), axis(y0, y1, ylog))?;
     root.present()?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// log10 of the 1-2-5 values between 10^lo and 10^hi (only powers of ten over wide ranges).
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let steps: &[f64] = if hi - lo > 5.0 { &[1.0] } else { &[1.0, 2.0, 5.0] };
+    let mut out = Vec::new();
+    for k in (lo.floor() as i32)..=(hi.ceil() as i32) {
+        for m in steps {
+            let v = (m * 10f64.powi(k)).log10();
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// A linear axis whose ticks are either plotters' own or given (log10 of 1-2-5 values).
+struct Axis {
+    lo: f64,
+    hi: f64,
+    ticks: Option<Vec<f64>>,
+}
+
+impl Ranged for Axis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let f = (v - self.lo) / (self.hi - self.lo);
+        limit.0 + (f * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        match &self.ticks {
+            Some(t) if hint.weight().allow_light_points() => Vec::new(),
+            Some(t) => t.clone(),
+            None => plotters::coord::types::RangedCoordf64::from(self.lo..self.hi).key_points(hint),
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+struct Labels<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    series: &'a [Series],
+    pts: &'a [Vec<(f64, f64)>],
+    markers: bool,
+    xlog: bool,
+    ylog: bool,
+}
+
+impl Labels<'_> {
+    fn draw_on(&self, root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, x: Axis, y: Axis) -> Res<()> {
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, y)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .x_label_formatter(&|v: &f64| fmt_tick(if self.xlog { 10f64.powf(*v) } else { *v }))
+            .y_label_formatter(&|v: &f64| fmt_tick(if self.ylog { 10f64.powf(*v) } else { *v }))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .draw()?;
+        for (i, (s, p)) in self.series.iter().zip(self.pts).enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            if self.markers {
+                chart.draw_series(p.iter().enumerate().map(|(j, &(x, y))| {
+                    if s.hollow.contains(&j) {
+                        Circle::new((x, y), 8, color.stroke_width(3))
+                    } else {
+                        Circle::new((x, y), 5, color.filled())
+                    }
+                }))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font(("sans-serif", 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    }
 }
 
 fn cdf_points(cdf: &Value) -> Vec<(f64, f64)> {
@@ -209,6 +273,7 @@ pub fn run(a: PlotArgs) -> Res<()> {
     let series: Vec<Series> = fan
         .iter()
         .map(|v| Series {
+            hollow: Vec::new(),
             name: format!(
                 "{} {} users {}/s",
                 v["label"].as_str().unwrap_or("?"),
@@ -240,27 +305,26 @@ pub fn run(a: PlotArgs) -> Res<()> {
     let series: Vec<Series> = labels
         .iter()
         .map(|l| {
-            let mut points: Vec<(f64, f64)> = fan
+            let mut points: Vec<(f64, f64, bool)> = fan
                 .iter()
                 .filter(|v| v["label"] == l.as_str())
                 .filter_map(|v| {
                     Some((
                         f(&v["params"]["users"])?,
                         f(&v["results"]["cpu_ms_per_update"])?,
+                        !crate::report::kept_up(v),
                     ))
                 })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series {
-                name: l.clone(),
-                points,
-            }
+            let hollow = points.iter().enumerate().filter(|(_, p)| p.2).map(|(j, _)| j).collect();
+            Series { name: l.clone(), points: points.into_iter().map(|(x, y, _)| (x, y)).collect(), hollow }
         })
         .filter(|s| !s.points.is_empty())
         .collect();
     draw(
         &a.out_dir.join("presence-cpu-per-update.png"),
-        "Server CPU per presence update (utime+stime / updates)",
+        "Server CPU per presence update (hollow: server did not keep up)",
         "users (log)",
         "CPU ms per update (log)",
         &series,
@@ -280,6 +344,7 @@ pub fn run(a: PlotArgs) -> Res<()> {
     let series: Vec<Series> = wake
         .iter()
         .map(|v| Series {
+            hollow: Vec::new(),
             name: format!(
                 "{} {} idle long-polls",
                 v["label"].as_str().unwrap_or("?"),
@@ -325,6 +390,7 @@ pub fn run(a: PlotArgs) -> Res<()> {
             Series {
                 name: l.clone(),
                 points,
+                hollow: Vec::new(),
             }
         })
         .filter(|s| !s.points.is_empty())

@@ -55,6 +55,15 @@ fn pct(v: &Value) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
+/// Whether a presence-fanout run kept up: sent at ≥ 95 % of the target rate and delivered
+/// (or superseded) ≥ 99 % of what it should.
+pub fn kept_up(v: &Value) -> bool {
+    let r = &v["results"];
+    let rate_ok = matches!((num(&r["achieved_rate"]), num(&r["target_rate"])), (Some(a), Some(t)) if a >= 0.95 * t);
+    let del = num(&r["delivery_ratio"]).unwrap_or(0.0) + num(&r["superseded_ratio"]).unwrap_or(0.0);
+    rate_ok && del >= 0.99
+}
+
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
@@ -131,22 +140,23 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
     fan.sort_by_key(|(_, v)| key_users(v));
     if !fan.is_empty() {
         md.push_str("### presence-fanout\n\n");
-        md.push_str("Delivery latency is PUT start → the room-mate's `/sync` returning with the update. \"Superseded\" deliveries were replaced by a newer update of the same user before the room-mate's next sync (allowed to be skipped); \"lost\" ones never arrived. CPU is the server's utime+stime from the first update until deliveries stopped, divided by updates.\n\n");
-        md.push_str("| server | users | rooms × size | rate target / achieved | delivered | superseded | lost | p50 ms | p90 ms | p99 ms | max ms | PUT p50 / p99 ms | server CPU ms/update | peak RSS MiB | load (1 min) | cmd |\n");
+        md.push_str("Delivery latency is PUT start → the room-mate's `/sync` returning with the update. \"Superseded\" deliveries were replaced by a newer update of the same user before the room-mate's next sync (allowed to be skipped); \"lost\" ones had not arrived when the run stopped waiting (3 s without any arrival, or 30 s after the last update). CPU is the server's utime+stime from the first update until deliveries stopped, divided by updates.\n\n");
+        md.push_str("| server | users | rooms × size | rate target / achieved | kept up | delivered | superseded | lost | p50 ms | p90 ms | p99 ms | max ms | PUT p50 / p99 ms | server CPU ms/update | peak RSS MiB | load (1 min) | cmd |\n");
         md.push_str(
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
         );
         for (p, v) in &fan {
             let r = &v["results"];
             let _ = writeln!(
                 md,
-                "| {} | {} | {} × {} | {} / {:.1} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+                "| {} | {} | {} × {} | {} / {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
                 v["label"].as_str().unwrap_or("?"),
                 v["params"]["users"],
                 v["params"]["rooms"],
                 v["params"]["room_size"],
                 v["params"]["rate"],
                 num(&r["achieved_rate"]).unwrap_or(f64::NAN),
+                if kept_up(v) { "yes" } else { "**no**" },
                 pct(&r["delivery_ratio"]),
                 pct(&r["superseded_ratio"]),
                 r["lost"],
@@ -183,9 +193,15 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
                         _ => "–".into(),
                     }
                 };
+                let note = match (kept_up(v), kept_up(b)) {
+                    (true, true) => String::new(),
+                    (false, true) => format!("{} did not keep up: its latency is queueing, its CPU a saturated core", v["label"].as_str().unwrap_or("?")),
+                    (true, false) => format!("{baseline} did not keep up"),
+                    (false, false) => "neither kept up".to_string(),
+                };
                 let _ = writeln!(
                     rows,
-                    "| {} ÷ {baseline} | {} | {} | {} | {} | {} | {} |",
+                    "| {} ÷ {baseline} | {} | {} | {} | {} | {} | {} | {note} |",
                     v["label"].as_str().unwrap_or("?"),
                     v["params"]["users"],
                     v["params"]["rate"],
@@ -197,7 +213,7 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
             }
         }
         if !rows.is_empty() {
-            md.push_str("Ratios (higher: the other server needs more):\n\n| servers | users | rate | p50 | p99 | CPU/update | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|\n");
+            md.push_str("Ratios (higher: the other server needs more):\n\n| servers | users | rate | p50 | p99 | CPU/update | peak RSS | note |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
             md.push_str(&rows);
             md.push('\n');
         }

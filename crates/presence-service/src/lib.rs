@@ -17,12 +17,22 @@
 //! * **Batched persistence**: inputs that change nothing visible (e.g. another sync) only mark
 //!   the user dirty; the timer task writes dirty snapshots every few seconds, so a restart keeps
 //!   overrides, status messages and last-active times without a write per sync.
-//! * **Audience**: who shares a joined room with whom, maintained from membership changes
-//!   ([`PresenceService::membership_changed`]); `may_see` is the single visibility decision
-//!   (the privacy policy plugs in there).
+//! * **Audience and privacy** ([`sharing`]): who shares a joined room with whom, maintained
+//!   from membership changes ([`PresenceService::membership_changed`]), and each user's
+//!   compiled MSC4325 sharing config ([`PresenceService::set_sharing_config`]).
+//!   [`PresenceService::may_see`] is the visibility rule (`GET .../status`);
+//!   [`PresenceService::pushes_to`] adds "and is reachable" for `/sync` (room sharers and
+//!   users allowed by exact ID). Viewers whose view changes because of a config change or a
+//!   leave get a per-viewer marker, so their next `/sync` shows the current presence or one
+//!   final `offline`.
+//!
+//! Lock order: `sharing_updates` → `stream_pos` → `engine`, and `sharing` → `rooms`; the
+//! engine lock is never held while taking `sharing` or `rooms`, nor the other way round.
+pub mod sharing;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use presence_core::audience::AudienceIndex;
@@ -30,7 +40,7 @@ use presence_core::{
     Audience, DeviceState, EffectivePresence, PresenceChange, PresenceConfig, PresenceEngine,
     PresenceOverride, PresenceSnapshot, StatusMsg, SyncTicket,
 };
-use ruma::{OwnedUserId, RoomId, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use storage::{Batch, Cf, Db, Key, KeyReader, StorageError};
@@ -83,6 +93,12 @@ pub struct PresenceService {
     engine: Mutex<PresenceEngine>,
     /// Who shares a joined room with whom (presence-core's incremental index).
     rooms: RwLock<AudienceIndex>,
+    /// Compiled sharing configs and push-audience caches ([`sharing`]).
+    sharing: RwLock<sharing::SharingState>,
+    /// See [`PresenceService::lock_sharing_updates`].
+    sharing_updates: Mutex<()>,
+    /// Users on this server are local ([`PresenceService::set_server_name`]).
+    server_name: OnceLock<OwnedServerName>,
     /// Latest stream position per user (mirrors `StoredPresence::stream_pos`).
     stream_pos: Mutex<HashMap<OwnedUserId, u64>>,
     waker: Arc<dyn SyncWaker>,
@@ -136,6 +152,9 @@ impl PresenceService {
             config,
             engine: Mutex::new(engine),
             rooms: RwLock::new(AudienceIndex::new()),
+            sharing: RwLock::new(sharing::SharingState::default()),
+            sharing_updates: Mutex::new(()),
+            server_name: OnceLock::new(),
             stream_pos: Mutex::new(stream_pos),
             waker,
             armed_deadline: AtomicU64::new(u64::MAX),
@@ -275,14 +294,11 @@ impl PresenceService {
             stream_pos.insert(user.clone(), pos);
         }
         drop(stream_pos);
-        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-        let mut wake: HashSet<&UserId> = HashSet::new();
+        // Wake each changed user's push audience (a user in several audiences may be woken
+        // more than once; that is harmless and cheaper than merging big lists).
         for c in &changes {
-            wake.insert(&c.user_id);
-            wake.extend(rooms.audience(&c.user_id));
+            self.with_fanout(&c.user_id, |users| self.waker.wake_users(users, pos));
         }
-        let wake: Vec<&UserId> = wake.into_iter().collect();
-        self.waker.wake_users(&wake, pos);
     }
 
     /// A `/sync` began. Keep the guard for the whole request.
@@ -400,26 +416,6 @@ impl PresenceService {
         self.engine().current(user, now_ms())
     }
 
-    /// A joined-membership change. Sync shows the presence of newly shared users from the
-    /// join events themselves, so nothing needs waking here.
-    pub fn membership_changed(&self, room: &RoomId, user: &UserId, joined: bool) {
-        let _ = self
-            .rooms
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply_membership(room, user, joined);
-    }
-
-    /// May `viewer` see `user`'s presence?
-    pub fn may_see(&self, viewer: &UserId, user: &UserId) -> bool {
-        viewer == user
-            || self
-                .rooms
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .shares_room(viewer, user)
-    }
-
     /// The `m.presence` event of `user` as a local client sees it now.
     pub fn event_for(&self, user: &UserId) -> Value {
         let now = now_ms();
@@ -430,14 +426,11 @@ impl PresenceService {
         json!({ "type": "m.presence", "sender": user, "content": content })
     }
 
-    /// Presence events for an initial sync: the viewer's own, and every visible user who is
-    /// not offline.
+    /// Presence events for an initial sync: the viewer's own, and every user whose presence
+    /// the viewer's sync carries ([`PresenceService::pushes_to`]) who is not offline.
     pub fn initial_events(&self, viewer: &UserId) -> Vec<Value> {
+        let users = self.initial_candidates(viewer);
         let now = now_ms();
-        let users: Vec<OwnedUserId> = {
-            let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-            rooms.audience(viewer).map(ToOwned::to_owned).collect()
-        };
         let engine = self.engine();
         let mut out = Vec::new();
         let own = engine
@@ -453,8 +446,9 @@ impl PresenceService {
         out
     }
 
-    /// Presence events for an incremental sync: the latest presence of every visible user
-    /// whose presence changed in `(since, up_to]`.
+    /// Presence events for an incremental sync: the latest presence of every user whose
+    /// presence changed in `(since, up_to]` and whose presence the viewer's sync carries, plus
+    /// one event per visibility marker of the viewer in that range (module [`sharing`]).
     pub fn events_since(
         &self,
         viewer: &UserId,
@@ -471,16 +465,44 @@ impl PresenceService {
             false,
             usize::MAX,
         )?;
+        let changed: Vec<OwnedUserId> = changed
+            .iter()
+            .filter_map(|(k, _)| {
+                let mut r = KeyReader::new(k);
+                let _pos = r.u64();
+                r.str().and_then(|s| OwnedUserId::try_from(s).ok())
+            })
+            .collect();
+        let marked = self.marked_owners(viewer, since, up_to)?;
+        let mut seen: HashSet<&UserId> = HashSet::new();
+        let changed: Vec<&UserId> = changed
+            .iter()
+            .map(|u| &**u)
+            .filter(|u| seen.insert(u))
+            .collect();
+        let marked: Vec<&UserId> = marked
+            .iter()
+            .map(|u| &**u)
+            .filter(|u| seen.insert(u))
+            .collect();
+        let visible: HashSet<OwnedUserId> = self
+            .pushed_owners(viewer, changed.iter().chain(&marked).copied())
+            .into_iter()
+            .collect();
         let mut out = Vec::new();
-        for (k, _) in changed {
-            let mut r = KeyReader::new(&k);
-            let _pos = r.u64();
-            let Some(user) = r.str().and_then(|s| <&UserId>::try_from(s).ok()) else {
-                continue;
-            };
-            if self.may_see(viewer, user) {
+        for user in changed {
+            if visible.contains(user) {
                 out.push(self.event_for(user));
             }
+        }
+        // A marker: the viewer's view of this user changed (config change or leave). Show
+        // what they should see now — the presence, or one final offline.
+        for user in marked {
+            out.push(if visible.contains(user) {
+                self.event_for(user)
+            } else {
+                sharing::final_offline(user)
+            });
         }
         Ok(out)
     }

@@ -214,6 +214,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
     let presence =
         presence_service::PresenceService::open(db.clone(), presence_config, notifier.clone())
             .map_err(|e| format!("cannot load presence: {e}"))?;
+    presence.set_server_name(client_config.server_name.clone());
     // The presence audience index follows room membership: seeded from the database,
     // then kept current by the room engine after every committed membership change.
     for (room, user) in rooms
@@ -223,6 +224,18 @@ fn open_services(config: &Config) -> Result<Services, String> {
         presence.membership_changed(&room, &user, true);
     }
     rooms.set_membership_observer(Arc::new(PresenceAudience(presence.clone())));
+    // MSC4325 sharing configs, compiled once here and again on every change (the stable
+    // account-data type wins over the unstable one).
+    let mut sharing_configs = std::collections::HashMap::new();
+    for event_type in presence_service::sharing::SHARING_CONFIG_TYPES.iter().rev() {
+        for (user, content) in accounts
+            .global_account_data_of_type(event_type)
+            .map_err(|e| format!("cannot read presence sharing configs: {e}"))?
+        {
+            sharing_configs.insert(user, content);
+        }
+    }
+    presence.load_sharing_configs(sharing_configs);
     let state = Arc::new(api_client::AppState {
         limiter: api_client::RateLimiter::new(client_config.rate_limit),
         config: client_config,
