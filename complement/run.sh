@@ -9,7 +9,8 @@
 #
 # Options (before the go test args): --no-build (reuse the image), --ci.
 # Environment: PULSE_BINARY=path (use this binary instead of building), PULSE_PROFILE=release|dev
-# (cargo profile, default dev), COMPLEMENT_SRC=dir (a Complement checkout to use, see below),
+# (cargo profile, default dev), COMPLEMENT_SRC=dir (your own Complement checkout, used when the
+# Go module proxy does not serve the pinned version; see below),
 # plus any COMPLEMENT_* variable Complement reads (e.g. COMPLEMENT_DEBUG=1,
 # COMPLEMENT_ALWAYS_PRINT_SERVER_LOGS=1).
 #
@@ -80,44 +81,48 @@ ensure_docker() {
 
 # ---------------------------------------------------------------------------------------------
 # 2. Complement as a Go module pinned in complement/go.mod (GOTOOLCHAIN=local: never download a
-# toolchain). Its source must come from somewhere: the Go module proxy refuses this module here
-# (403 "This module version is not available"), so go.mod carries a `replace` to
-# complement/.work/complement-src, which we fill with exactly the pinned commit from a local git
-# mirror of github.com/matrix-org/complement (COMPLEMENT_SRC, or the fetched mirror at
-# /work/.mirror/matrix-org+complement/repo). Nothing of Complement is committed to this repository.
+# toolchain). The source of record is the Go module proxy. Where the proxy does not serve the
+# module (seen on the build machines: 403 "This module version is not available"), a developer can
+# point COMPLEMENT_SRC at their own git clone of github.com/matrix-org/complement: the pinned commit
+# is exported from it into complement/.work and used through an alternate go.mod (-modfile) with a
+# `replace`, so the committed go.mod is never edited. Nothing of Complement is committed here.
 export GOTOOLCHAIN=local
-pinned=$(sed -n 's/^[[:space:]]*\(require \)\{0,1\}github.com\/matrix-org\/complement v0\.0\.0-[0-9]*-\([0-9a-f]\{12\}\)$/\2/p' "$here/go.mod")
+pinned_version=$(sed -n 's/^[[:space:]]*\(require \)\{0,1\}github.com\/matrix-org\/complement \(v0\.0\.0-[0-9]*-[0-9a-f]\{12\}\)$/\2/p' "$here/go.mod")
+pinned=${pinned_version##*-}
 [ -n "$pinned" ] || die "no pinned Complement pseudo-version in complement/go.mod"
 src=$work/complement-src
 
 ensure_complement_source() {
-  if [ -f "$src/.pinned" ] && [ "$(cat "$src/.pinned")" = "$pinned" ]; then
+  if (cd "$here" && GOFLAGS=-mod=mod go mod download "github.com/matrix-org/complement@$pinned_version") 2>"$work/proxy.err"; then
+    export GOFLAGS=-mod=mod
     return 0
   fi
   local from=${COMPLEMENT_SRC:-}
-  local mirror=/work/.mirror/matrix-org+complement/repo
-  rm -rf "$src" && mkdir -p "$src"
-  if [ -n "$from" ] && [ -d "$from" ]; then
-    if git -C "$from" rev-parse --git-dir >/dev/null 2>&1; then
-      git -C "$from" archive "$pinned" | tar -x -C "$src" || die "$from has no commit $pinned"
-    else
-      cp -r "$from"/. "$src"/   # a plain source tree; assumed to be the pinned version
-    fi
-  elif git --git-dir="$mirror" cat-file -e "$pinned^{commit}" 2>/dev/null; then
-    git --git-dir="$mirror" archive "$pinned" | tar -x -C "$src"
-  else
-    rm -rf "$src"
-    local why="no source for Complement $pinned: the Go module proxy refuses the module; set
-    COMPLEMENT_SRC to a git clone of github.com/matrix-org/complement"
-    # A machine without the source cannot run the suite at all. In CI that is reported loudly but
-    # does not fail the build (nothing could land otherwise) unless COMPLEMENT_REQUIRED=1.
+  if [ -z "$from" ] || [ ! -d "$from" ]; then
+    local why="no source for Complement $pinned_version: the Go module proxy refused it
+    ($(head -c 300 "$work/proxy.err" | tr '\n' ' ')); set COMPLEMENT_SRC to a git clone of
+    github.com/matrix-org/complement to run the suite anyway"
+    # A machine without the module cannot run the suite at all. In CI that is reported loudly but
+    # does not fail the build unless COMPLEMENT_REQUIRED=1.
     if [ "$ci" = 1 ] && [ "${COMPLEMENT_REQUIRED:-0}" != 1 ]; then
       log "SKIPPED, NOT RUN: $why"
       exit 0
     fi
     die "$why"
   fi
-  echo "$pinned" >"$src/.pinned"
+  if ! { [ -f "$src/.pinned" ] && [ "$(cat "$src/.pinned")" = "$pinned" ]; }; then
+    rm -rf "$src" && mkdir -p "$src"
+    if git -C "$from" rev-parse --git-dir >/dev/null 2>&1; then
+      git -C "$from" archive "$pinned" | tar -x -C "$src" || die "$from has no commit $pinned"
+    else
+      cp -r "$from"/. "$src"/   # a plain source tree; assumed to be the pinned version
+    fi
+    echo "$pinned" >"$src/.pinned"
+  fi
+  cp "$here/go.mod" "$work/go.alt.mod"
+  cp "$here/go.sum" "$work/go.alt.sum"
+  echo "replace github.com/matrix-org/complement => $src" >>"$work/go.alt.mod"
+  export GOFLAGS="-modfile=$work/go.alt.mod"
 }
 
 # ---------------------------------------------------------------------------------------------
