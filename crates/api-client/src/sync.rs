@@ -207,9 +207,14 @@ fn build_response(
     // appears in an incremental timeline.
     let mut newly_shared: HashSet<ruma::OwnedUserId> = HashSet::new();
     let room_filter = &filter.room;
+    // `limit: 0` is honoured (no timeline events at all: clients use it to fetch state
+    // only); absent means the default.
     let timeline_limit = room_filter
         .timeline
-        .limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT);
+        .limit
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
+            (l as usize).min(MAX_TIMELINE_LIMIT)
+        });
     for ur in state
         .rooms
         .rooms_for_user_with_forgotten(user)
@@ -352,7 +357,9 @@ fn presence_events(
         .filter_map(|e| e["sender"].as_str().map(str::to_owned))
         .collect();
     for user in newly_shared {
-        if user != viewer && !seen.contains(user.as_str()) && state.presence.may_see(viewer, &user)
+        if user != viewer
+            && !seen.contains(user.as_str())
+            && state.presence.pushes_to(viewer, &user)
         {
             seen.insert(user.to_string());
             events.push(state.presence.event_for(&user));
@@ -407,6 +414,7 @@ fn joined_room(
         auth,
         room_id,
         after,
+        now,
         &events,
         limited,
         include_full_state,
@@ -438,6 +446,7 @@ fn left_room(
         auth,
         room_id,
         since,
+        leave_pos,
         &events,
         limited,
         since.is_none(),
@@ -460,6 +469,7 @@ fn room_section(
     auth: &Auth,
     room_id: &RoomId,
     after: Option<u64>,
+    up_to: u64,
     events: &[rooms::StoredEvent],
     limited: bool,
     include_full_state: bool,
@@ -499,7 +509,12 @@ fn room_section(
             .rooms
             .state_before(&first.event_id)
             .map_err(room_err)?,
-        None => state.rooms.current_state(room_id).map_err(room_err)?,
+        // No timeline: the state at the end of the slice (for a left room, at the leave,
+        // never state from after it).
+        None => state
+            .rooms
+            .state_at_position(room_id, up_to)
+            .map_err(room_err)?,
     };
     let state_ids: Vec<OwnedEventId> = if include_full_state {
         state_at_start.values().cloned().collect()

@@ -175,7 +175,10 @@ impl Hs {
             req = req.json(b);
         }
         let route = path.split('?').next().unwrap_or(path);
-        let resp = req.send().await.map_err(|e| format!("{method} {route}: {}", chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {route}: {}", chain(&e)))?;
         let status = resp.status();
         let header_retry = resp
             .headers()
@@ -183,7 +186,10 @@ impl Hs {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(|s| s * 1000);
-        let bytes = resp.bytes().await.map_err(|e| format!("{method} {route}: reading body: {}", chain(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{method} {route}: reading body: {}", chain(&e)))?;
         if status.is_success() {
             return Ok(bytes);
         }

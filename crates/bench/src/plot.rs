@@ -131,8 +131,21 @@ pub fn draw(
     let (y0, y1) = bounds(&mut all.iter().map(|p| p.1), ylog, true);
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
-    let labels = Labels { title, x_desc, y_desc, series, pts: &pts, markers, xlog, ylog };
-    let axis = |lo: f64, hi: f64, log: bool| Axis { lo, hi, ticks: log.then(|| log_ticks(lo, hi)) };
+    let labels = Labels {
+        title,
+        x_desc,
+        y_desc,
+        series,
+        pts: &pts,
+        markers,
+        xlog,
+        ylog,
+    };
+    let axis = |lo: f64, hi: f64, log: bool| Axis {
+        lo,
+        hi,
+        ticks: log.then(|| log_ticks(lo, hi)),
+    };
     labels.draw_on(&root, axis(x0, x1, xlog), axis(y0, y1, ylog))?;
     root.present()?;
     eprintln!("wrote {}", path.display());
@@ -141,7 +154,11 @@ pub fn draw(
 
 /// log10 of the 1-2-5 values between 10^lo and 10^hi (only powers of ten over wide ranges).
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let steps: &[f64] = if hi - lo > 5.0 { &[1.0] } else { &[1.0, 2.0, 5.0] };
+    let steps: &[f64] = if hi - lo > 5.0 {
+        &[1.0]
+    } else {
+        &[1.0, 2.0, 5.0]
+    };
     let mut out = Vec::new();
     for k in (lo.floor() as i32)..=(hi.ceil() as i32) {
         for m in steps {
@@ -195,7 +212,12 @@ struct Labels<'a> {
 }
 
 impl Labels<'_> {
-    fn draw_on(&self, root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, x: Axis, y: Axis) -> Res<()> {
+    fn draw_on(
+        &self,
+        root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+        x: Axis,
+        y: Axis,
+    ) -> Res<()> {
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, ("sans-serif", 22))
             .margin(16)
@@ -216,7 +238,9 @@ impl Labels<'_> {
             chart
                 .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))?
                 .label(s.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
             if self.markers {
                 chart.draw_series(p.iter().enumerate().map(|(j, &(x, y))| {
                     if s.hollow.contains(&j) {
@@ -317,8 +341,17 @@ pub fn run(a: PlotArgs) -> Res<()> {
                 })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let hollow = points.iter().enumerate().filter(|(_, p)| p.2).map(|(j, _)| j).collect();
-            Series { name: l.clone(), points: points.into_iter().map(|(x, y, _)| (x, y)).collect(), hollow }
+            let hollow = points
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.2)
+                .map(|(j, _)| j)
+                .collect();
+            Series {
+                name: l.clone(),
+                points: points.into_iter().map(|(x, y, _)| (x, y)).collect(),
+                hollow,
+            }
         })
         .filter(|s| !s.points.is_empty())
         .collect();

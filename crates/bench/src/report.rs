@@ -195,7 +195,10 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
                 };
                 let note = match (kept_up(v), kept_up(b)) {
                     (true, true) => String::new(),
-                    (false, true) => format!("{} did not keep up: its latency is queueing, its CPU a saturated core", v["label"].as_str().unwrap_or("?")),
+                    (false, true) => format!(
+                        "{} did not keep up: its latency is queueing, its CPU a saturated core",
+                        v["label"].as_str().unwrap_or("?")
+                    ),
                     (true, false) => format!("{baseline} did not keep up"),
                     (false, false) => "neither kept up".to_string(),
                 };

@@ -137,9 +137,12 @@ fn init_logging(filter: &str) {
         eprintln!("pulse: bad log filter {filter:?} ({e}); using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
+    // Colour codes only on a terminal: `docker logs` and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
 }
 
