@@ -30,7 +30,7 @@
 //! engine lock is never held while taking `sharing` or `rooms`, nor the other way round.
 pub mod sharing;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -87,6 +87,54 @@ struct StoredPresence {
     stream_pos: u64,
 }
 
+/// Above this many changes in a sync's window, `events_since` probes the viewer's
+/// candidates instead of walking the window.
+const WINDOW_SCAN_LIMIT: usize = 256;
+
+/// Each user's latest presence stream position, and the reverse (position → users).
+#[derive(Default)]
+struct StreamIndex {
+    by_user: HashMap<OwnedUserId, u64>,
+    by_pos: BTreeMap<u64, Vec<OwnedUserId>>,
+}
+
+impl StreamIndex {
+    fn get(&self, user: &UserId) -> u64 {
+        self.by_user.get(user).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, user: &UserId, pos: u64) {
+        if let Some(old) = self.by_user.insert(user.to_owned(), pos)
+            && let Some(users) = self.by_pos.get_mut(&old)
+        {
+            users.retain(|u| u != user);
+            if users.is_empty() {
+                self.by_pos.remove(&old);
+            }
+        }
+        if pos > 0 {
+            self.by_pos.entry(pos).or_default().push(user.to_owned());
+        }
+    }
+
+    /// Users whose latest change is in `(since, up_to]`, or `None` if there are more than
+    /// `limit`.
+    fn changed_in(&self, since: u64, up_to: u64, limit: usize) -> Option<Vec<OwnedUserId>> {
+        let mut out = Vec::new();
+        for users in self
+            .by_pos
+            .range(since.saturating_add(1)..=up_to)
+            .map(|(_, u)| u)
+        {
+            if out.len() + users.len() > limit {
+                return None;
+            }
+            out.extend(users.iter().cloned());
+        }
+        Some(out)
+    }
+}
+
 pub struct PresenceService {
     db: Arc<Db>,
     config: PresenceServiceConfig,
@@ -99,8 +147,9 @@ pub struct PresenceService {
     sharing_updates: Mutex<()>,
     /// Users on this server are local ([`PresenceService::set_server_name`]).
     server_name: OnceLock<OwnedServerName>,
-    /// Latest stream position per user (mirrors `StoredPresence::stream_pos`).
-    stream_pos: Mutex<HashMap<OwnedUserId, u64>>,
+    /// Latest stream position per user, indexed both ways (rebuilt at start-up from
+    /// `StoredPresence::stream_pos`): "who changed since position N" is an in-memory range.
+    stream_pos: Mutex<StreamIndex>,
     waker: Arc<dyn SyncWaker>,
     /// Deadline the timer task is sleeping towards (ms; u64::MAX when none).
     armed_deadline: AtomicU64,
@@ -124,7 +173,7 @@ impl PresenceService {
         waker: Arc<dyn SyncWaker>,
     ) -> Result<Arc<Self>, StorageError> {
         let mut engine = PresenceEngine::new(config.engine);
-        let mut stream_pos = HashMap::new();
+        let mut stream_pos = StreamIndex::default();
         let now = now_ms();
         let mut restored_changes = Vec::new();
         for (k, v) in db.scan_prefix(Cf::Presence, [])? {
@@ -141,7 +190,7 @@ impl PresenceService {
                     continue;
                 }
             };
-            stream_pos.insert(user.clone(), stored.stream_pos);
+            stream_pos.set(&user, stored.stream_pos);
             if let Some(change) = engine.restore(&user, stored.snapshot, now) {
                 restored_changes.push(change);
             }
@@ -212,7 +261,7 @@ impl PresenceService {
                 let key = Key::new().str(user.as_str());
                 match engine.snapshot(&user) {
                     Some(snapshot) => {
-                        let pos = stream_pos.get(&user).copied().unwrap_or(0);
+                        let pos = stream_pos.get(&user);
                         batch.put_json(
                             Cf::Presence,
                             &key,
@@ -259,14 +308,6 @@ impl PresenceService {
             .db
             .write_with_position::<_, StorageError>(|pos, batch| {
                 for (user, snapshot) in &snapshots {
-                    if let Some(old) = stream_pos.get(user) {
-                        batch.delete(Cf::PresenceStream, Key::new().u64(*old).str(user.as_str()));
-                    }
-                    batch.put(
-                        Cf::PresenceStream,
-                        Key::new().u64(pos).str(user.as_str()),
-                        Vec::new(),
-                    );
                     let key = Key::new().str(user.as_str());
                     match snapshot {
                         Some(snapshot) => batch.put_json(
@@ -291,7 +332,7 @@ impl PresenceService {
             }
         };
         for (user, _) in &snapshots {
-            stream_pos.insert(user.clone(), pos);
+            stream_pos.set(user, pos);
         }
         drop(stream_pos);
         // Wake each changed user's push audience (a user in several audiences may be woken
@@ -458,21 +499,25 @@ impl PresenceService {
         if since >= up_to {
             return Ok(Vec::new());
         }
-        let changed = self.db.scan_range(
-            Cf::PresenceStream,
-            Key::new().u64(since + 1),
-            Key::new().u64(up_to.saturating_add(1)),
-            false,
-            usize::MAX,
-        )?;
-        let changed: Vec<OwnedUserId> = changed
-            .iter()
-            .filter_map(|(k, _)| {
-                let mut r = KeyReader::new(k);
-                let _pos = r.u64();
-                r.str().and_then(|s| OwnedUserId::try_from(s).ok())
-            })
-            .collect();
+        // Who changed in the window: the window itself when it is short, else the viewer's
+        // candidates (everyone sharing a room, exact allowers, themselves) probed one by one.
+        // Either way the cost is bounded by the smaller of the two, not by the server's
+        // total update rate.
+        let changed: Vec<OwnedUserId> = {
+            let index = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
+            match index.changed_in(since, up_to, WINDOW_SCAN_LIMIT) {
+                Some(users) => users,
+                None => {
+                    let mut candidates = self.initial_candidates(viewer);
+                    candidates.push(viewer.to_owned());
+                    candidates.retain(|u| {
+                        let pos = index.get(u);
+                        pos > since && pos <= up_to
+                    });
+                    candidates
+                }
+            }
+        };
         let marked = self.marked_owners(viewer, since, up_to)?;
         let mut seen: HashSet<&UserId> = HashSet::new();
         let changed: Vec<&UserId> = changed
@@ -588,6 +633,43 @@ mod tests {
                 .expect("events")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_busy_server_window_still_yields_exactly_the_viewers_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (svc, _) = service(dir.path());
+        let viewer = uid("@viewer:x");
+        let friend = uid("@friend:x");
+        let shared: ruma::OwnedRoomId = "!shared:x".try_into().expect("room");
+        svc.membership_changed(&shared, &viewer, true);
+        svc.membership_changed(&shared, &friend, true);
+        let since = svc.db.current_position();
+        // Far more strangers change than the window walk allows...
+        for i in 0..(WINDOW_SCAN_LIMIT + 50) {
+            let stranger = uid(&format!("@s{i}:x"));
+            let room: ruma::OwnedRoomId = format!("!r{i}:x").as_str().try_into().expect("room");
+            svc.membership_changed(&room, &stranger, true);
+            svc.set_status(&stranger, "D", DeviceState::Online, None)
+                .expect("ok");
+        }
+        // ...and one room-mate.
+        svc.set_status(&friend, "D", DeviceState::Unavailable, None)
+            .expect("ok");
+        let events = svc
+            .events_since(&viewer, since, svc.db.current_position())
+            .expect("events");
+        let senders: Vec<&str> = events.iter().filter_map(|e| e["sender"].as_str()).collect();
+        assert_eq!(senders, vec!["@friend:x"], "{events:?}");
+        // A short window is walked directly and gives the same answer.
+        let before_friend = svc.db.current_position();
+        svc.set_status(&friend, "D", DeviceState::Online, None)
+            .expect("ok");
+        let events = svc
+            .events_since(&viewer, before_friend, svc.db.current_position())
+            .expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["content"]["presence"], "online");
     }
 
     #[test]

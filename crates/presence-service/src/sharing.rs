@@ -444,9 +444,7 @@ impl PresenceService {
             let published = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
             pairs
                 .into_iter()
-                .filter(|(viewer, owner)| {
-                    viewer != owner && published.get(*owner).is_some_and(|&pos| pos > 0)
-                })
+                .filter(|(viewer, owner)| viewer != owner && published.get(owner) > 0)
                 .collect()
         };
         if pairs.is_empty() {

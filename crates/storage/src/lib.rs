@@ -72,16 +72,24 @@ pub enum Cf {
     RoomStream,
     /// `alias` → alias record (room id, creator); `room_id 0xFF alias 0xFF` → empty (reverse index).
     Aliases,
-    /// `user_id` → persisted presence snapshot.
+    /// `user_id` → persisted presence snapshot, with the stream position of the user's latest
+    /// visible change (the presence service rebuilds its in-memory stream index from these).
     Presence,
-    /// `pos` → presence change (user id) for incremental sync.
+    /// Unused: presence changes are indexed in memory (rebuilt from `Presence` at start-up).
+    /// Kept so databases created before that change still open.
     PresenceStream,
     /// Anything else small: nonces, rate-limit state that must survive restarts.
     Misc,
+    /// `room_id 0xFF user_id 0xFF receipt_type 0xFF thread_id-or-empty 0xFF` → the latest
+    /// receipt of that kind (event id, ts, thread, stream position).
+    Receipts,
+    /// `room_id 0xFF pos` → the receipt written at pos (one entry per current receipt: a
+    /// newer receipt of the same kind deletes the older entry), for incremental sync.
+    ReceiptStream,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 18] = [
+    pub const ALL: [Cf; 20] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -100,6 +108,8 @@ impl Cf {
         Cf::Presence,
         Cf::PresenceStream,
         Cf::Misc,
+        Cf::Receipts,
+        Cf::ReceiptStream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +132,8 @@ impl Cf {
             Cf::Presence => "presence",
             Cf::PresenceStream => "presence_stream",
             Cf::Misc => "misc",
+            Cf::Receipts => "receipts",
+            Cf::ReceiptStream => "receipt_stream",
         }
     }
 }
