@@ -21,6 +21,8 @@
 #                      only what it measured
 #   --clean            delete DIR's JSON results first
 #   --no-docs          don't regenerate docs/benchmarks.md tables and plots
+#   --no-build         use the release binaries already in target/ (e.g. while the tree
+#                      doesn't build)
 #
 # Environment: SERVER_CPUS / BENCH_CPUS (taskset lists, default 0 and 1 on 2+ cores),
 # SYNAPSE_PORT (18008), PULSE_PORT (18009), BENCH_WORK (scratch, default target/bench-vs-synapse),
@@ -42,6 +44,7 @@ POSTGRES=0
 RESULTS=docs/benchmarks/results
 CLEAN=0
 DOCS=1
+BUILD=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --servers) SERVERS=$2; shift ;;
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
         --results) RESULTS=$2; shift ;;
         --clean) CLEAN=1 ;;
         --no-docs) DOCS=0 ;;
+        --no-build) BUILD=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -97,6 +101,8 @@ compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld' 2>/dev/null || true; }
 
 SERVER_PID=
 SERVER_URL=
+PULSE_NOTE=
+SYNAPSE_NOTE=
 PG_DIR=
 cleanup() {
     [ -n "$SERVER_PID" ] && stop_server
@@ -137,6 +143,9 @@ setup_synapse() {
         "$VENV/bin/pip" install -q "matrix-synapse$extra==1.163.*"
     fi
     SYNAPSE_VERSION=$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')
+    local db=SQLite
+    [ "$POSTGRES" = 1 ] && db="PostgreSQL $(su postgres -c 'postgres --version' 2>/dev/null | awk '{print $NF}')"
+    SYNAPSE_NOTE="Synapse $SYNAPSE_VERSION on $db, Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), one process"
 }
 
 start_postgres() { # fresh cluster under $1, database "synapse"
@@ -276,8 +285,14 @@ restart_synapse_timed() { # keeps the database; prints the start timestamp
 
 # ---------------------------------------------------------------- Pulse
 setup_pulse() {
-    log "building pulse and pulse-bench (release)"
-    cargo build --release --quiet -p pulse -p bench
+    if [ "$BUILD" = 1 ]; then
+        log "building pulse and pulse-bench (release)"
+        cargo build --release --quiet -p pulse -p bench
+    fi
+    [ -x "$PULSE" ] || { echo "no $PULSE: build it (cargo build --release -p pulse)" >&2; exit 1; }
+    local dirty=""
+    git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes"
+    PULSE_NOTE="$("$PULSE" --version) built $(date -u -r "$PULSE" '+%Y-%m-%d %H:%M UTC') from $(git rev-parse --short HEAD)$dirty"
     PULSE_VERSION=$("$PULSE" --version 2>/dev/null || echo "pulse ?")
 }
 
@@ -329,7 +344,9 @@ bench() { # label outfile args...: one pulse-bench run against the running serve
     local label=$1 out=$2
     shift 2
     log "$label: pulse-bench $* (compilers running: $(compilers), load: $(cut -d' ' -f1-3 /proc/loadavg))"
-    "${ON_BENCH_CPUS[@]}" "$BENCH" --url "$SERVER_URL" --label "$label" --server-pid "$SERVER_PID" --out "$out" "$@"
+    local note=$PULSE_NOTE
+    [ "$label" = synapse ] && note=$SYNAPSE_NOTE
+    "${ON_BENCH_CPUS[@]}" "$BENCH" --url "$SERVER_URL" --label "$label" --server-pid "$SERVER_PID" --out "$out" --note "$note" "$@"
 }
 
 # Synapse stops at the first size it can't keep up with.
@@ -401,7 +418,9 @@ if has "$SCENARIOS" startup; then
             "restart_${s}_timed"
             # No --server-pid: the new process is measured from its start instead.
             log "$s: timing start-up on $EVENTS events"
-            "${ON_BENCH_CPUS[@]}" "$BENCH" --url "$SERVER_URL" --label "$s" --out "$RESULTS/startup-$s-$EVENTS.json" \
+            note=$PULSE_NOTE
+            [ "$s" = synapse ] && note=$SYNAPSE_NOTE
+            "${ON_BENCH_CPUS[@]}" "$BENCH" --url "$SERVER_URL" --label "$s" --note "$note" --out "$RESULTS/startup-$s-$EVENTS.json" \
                 wait-ready --since-unix-ns "$START_NS" --token-file "$tok" --events-in-db "$EVENTS" \
                 || echo "start-up timing of $s failed" >&2
         else

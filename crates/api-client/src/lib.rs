@@ -15,7 +15,7 @@
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
 //! `profile`, `account_data`, `filter`, `presence` (status and MSC4043 override), `room`
-//! (room endpoints), `sync`.
+//! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -34,6 +34,7 @@ pub mod ratelimit;
 mod account;
 mod account_data;
 mod admin;
+mod ephemeral;
 mod filter;
 mod meta;
 mod presence;
@@ -41,6 +42,7 @@ mod profile;
 mod room;
 mod sync;
 
+pub use ephemeral::TypingState;
 pub use error::{ApiResult, MatrixError};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateLimitConfig, RateLimiter};
@@ -71,6 +73,8 @@ pub struct AppState {
     pub notifier: Arc<SyncNotifier>,
     pub presence: Arc<presence_service::PresenceService>,
     pub limiter: RateLimiter,
+    /// Who is typing in which room (in memory; see the `ephemeral` module).
+    pub typing: TypingState,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -87,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(filter::routes())
         .merge(presence::routes())
         .merge(room::routes())
+        .merge(ephemeral::routes())
         .merge(sync::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {

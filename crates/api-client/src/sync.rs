@@ -3,8 +3,9 @@
 //! A sync token is `s<position>`: everything up to that stream position has been
 //! delivered. An incremental sync returns what changed in `(since, now]` for the
 //! caller — timeline events of their rooms, membership changes (invites, joins,
-//! leaves), account data — or, when nothing did, waits on the [`SyncNotifier`] until a
-//! writer wakes this user or the timeout passes. The notifier subscription is taken
+//! leaves), account data, typing and receipts (`ephemeral`, see `crate::ephemeral`) —
+//! or, when nothing did, waits on the [`SyncNotifier`] until a writer wakes this user
+//! or the timeout passes. The notifier subscription is taken
 //! *before* the response is built, so a change that lands while building is never
 //! missed. A token always advances or the request waits: no client tight loops.
 //!
@@ -261,10 +262,20 @@ fn build_response(
                 {
                     collect_joins(section, &mut newly_shared);
                 }
-                if let Some(mut section) =
-                    section.or_else(|| (!account_data.is_empty()).then(empty_joined_room))
-                {
+                // Typing and receipts: for a room joined since the token, as on an initial sync.
+                let ephemeral = crate::ephemeral::room_ephemeral(
+                    state,
+                    user,
+                    room_id,
+                    after,
+                    now,
+                    &room_filter.ephemeral,
+                )?;
+                if let Some(mut section) = section.or_else(|| {
+                    (!account_data.is_empty() || !ephemeral.is_empty()).then(empty_joined_room)
+                }) {
                     section["account_data"] = json!({ "events": account_data });
+                    section["ephemeral"] = json!({ "events": ephemeral });
                     body.join.insert(room_id.to_string(), section);
                 }
             }

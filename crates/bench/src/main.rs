@@ -79,6 +79,9 @@ pub struct Common {
     /// No progress bars.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Free text kept with the result, e.g. which build of the server this was.
+    #[arg(long, global = true)]
+    pub note: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +125,9 @@ pub struct Output {
     /// Seconds the load generator itself spent on CPU during the whole run.
     pub bench_cpu_seconds: f64,
     pub wall_seconds: f64,
+    /// `--note`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What every scenario gets: the client, options, a run ID, progress bars.
@@ -226,6 +232,7 @@ impl Ctx {
             server_cost,
             bench_cpu_seconds: procfs::cpu_seconds("self").unwrap_or(0.0) - self.cpu_start,
             wall_seconds: self.started.elapsed()?.as_secs_f64(),
+            note: self.common.note.clone(),
         };
         let text = serde_json::to_string_pretty(&out)?;
         match &self.common.out {

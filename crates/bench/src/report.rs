@@ -363,6 +363,23 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
             .collect();
         servers.sort();
         servers.dedup();
+        let mut notes: Vec<String> = results
+            .iter()
+            .filter_map(|(_, v)| {
+                v["note"]
+                    .as_str()
+                    .map(|n| format!("{}: {n}", v["label"].as_str().unwrap_or("?")))
+            })
+            .collect();
+        notes.sort();
+        notes.dedup();
+        if !notes.is_empty() {
+            md.push_str("Builds measured (`--note` of the runs):\n\n");
+            for n in &notes {
+                let _ = writeln!(md, "- {n}");
+            }
+            md.push('\n');
+        }
         if !servers.is_empty() {
             let _ = writeln!(
                 md,

@@ -247,6 +247,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         rooms,
         notifier,
         presence,
+        typing: Default::default(),
     });
     Ok(Services { db, state })
 }
