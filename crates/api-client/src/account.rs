@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use ruma::{OwnedDeviceId, UserId};
 use serde::Deserialize;
@@ -25,18 +25,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
-use crate::{AppState, AppStateRef};
-
-/// Register `method_router` at `/_matrix/client/r0{path}` and `/_matrix/client/v3{path}`.
-pub(crate) fn client_route(
-    router: Router<Arc<AppState>>,
-    path: &str,
-    method_router: MethodRouter<Arc<AppState>>,
-) -> Router<Arc<AppState>> {
-    router
-        .route(&format!("/_matrix/client/r0{path}"), method_router.clone())
-        .route(&format!("/_matrix/client/v3{path}"), method_router)
-}
+use crate::{AppState, AppStateRef, client_route};
 
 pub fn routes() -> Router<Arc<AppState>> {
     let mut r = Router::new();

@@ -23,7 +23,7 @@ use presence_service::sharing::{
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
-use crate::account::client_route;
+use crate::client_route;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path};
 use crate::{AppState, AppStateRef};

@@ -144,3 +144,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             .map_err(|e| MatrixError::invalid_param(e.body_text()))
     }
 }
+
+/// A user ID from a path or body; malformed → 400 `M_INVALID_PARAM`.
+pub fn parse_user_id(raw: &str) -> Result<ruma::OwnedUserId, MatrixError> {
+    ruma::OwnedUserId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
+}

@@ -7,8 +7,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::account::client_route;
 use crate::account_data::own_user;
+use crate::client_route;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path};
 use crate::{AppState, AppStateRef};

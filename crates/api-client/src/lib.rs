@@ -167,6 +167,17 @@ async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next
     next.run(req).await
 }
 
+/// Register `method_router` at `/_matrix/client/r0{path}` and `/_matrix/client/v3{path}`.
+pub(crate) fn client_route(
+    router: Router<Arc<AppState>>,
+    path: &str,
+    method_router: axum::routing::MethodRouter<Arc<AppState>>,
+) -> Router<Arc<AppState>> {
+    router
+        .route(&format!("/_matrix/client/r0{path}"), method_router.clone())
+        .route(&format!("/_matrix/client/v3{path}"), method_router)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

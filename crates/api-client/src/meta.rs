@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
-use crate::account::client_route;
+use crate::client_route;
 use crate::extract::Auth;
 use crate::{AppState, AppStateRef};
 

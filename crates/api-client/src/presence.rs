@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{ApiResult, MatrixError};
-use crate::extract::{Auth, JsonBody, Path, Query};
+use crate::extract::{Auth, JsonBody, Path, Query, parse_user_id};
 use crate::{AppState, AppStateRef};
 
 /// Path of the audience preview.
@@ -45,11 +45,6 @@ pub fn routes() -> Router<Arc<AppState>> {
     r.route(AUDIENCE_PATH, get(get_audience).post(preview_audience))
 }
 
-fn parse_user(raw: &str) -> ApiResult<OwnedUserId> {
-    OwnedUserId::try_from(raw)
-        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
-}
-
 fn own_only(auth: &Auth, user: &OwnedUserId, what: &str) -> ApiResult<()> {
     if &auth.user_id != user {
         return Err(MatrixError::forbidden(format!(
@@ -68,7 +63,7 @@ async fn get_status(
     state: AppStateRef,
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
+    let user = parse_user_id(&user)?;
     if !state.presence.may_see(&auth.user_id, &user) {
         return Err(MatrixError::forbidden(
             "You are not allowed to see their presence",
@@ -90,7 +85,7 @@ async fn put_status(
     Path(user): Path<String>,
     JsonBody(body): JsonBody<PutStatus>,
 ) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
+    let user = parse_user_id(&user)?;
     own_only(&auth, &user, "set the presence")?;
     let device_state: DeviceState = body
         .presence
@@ -113,7 +108,7 @@ async fn get_override(
     state: AppStateRef,
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
+    let user = parse_user_id(&user)?;
     own_only(&auth, &user, "read the presence override")?;
     Ok(Json(match state.presence.get_override(&user) {
         None => json!({ "presence_override": "" }),
@@ -140,7 +135,7 @@ async fn put_override(
     Path(user): Path<String>,
     JsonBody(body): JsonBody<PutOverride>,
 ) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
+    let user = parse_user_id(&user)?;
     own_only(&auth, &user, "set the presence override")?;
     let value = if body.presence_override.is_empty() {
         None

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use accounts::Profile;
 use axum::routing::get;
 use axum::{Json, Router};
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedRoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::account::client_route;
+use crate::client_route;
 use crate::error::{ApiResult, MatrixError};
-use crate::extract::{Auth, JsonBody, Path};
+use crate::extract::{Auth, JsonBody, Path, parse_user_id};
 use crate::{AppState, AppStateRef};
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -51,13 +51,8 @@ pub(crate) fn wake_rooms(state: &AppState, user: &UserId, rooms: &[(OwnedRoomId,
     }
 }
 
-fn parse_user(raw: &str) -> ApiResult<OwnedUserId> {
-    OwnedUserId::try_from(raw)
-        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
-}
-
 fn load(state: &AppState, raw: &str) -> ApiResult<Profile> {
-    let user = parse_user(raw)?;
+    let user = parse_user_id(raw)?;
     state
         .accounts
         .profile(&user)?

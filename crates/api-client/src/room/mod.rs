@@ -19,9 +19,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::MethodRouter;
 use rooms::{RoomError, RoomService};
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 
 use crate::AppState;
 use crate::error::MatrixError;
@@ -37,16 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     directory::routes(r)
 }
 
-/// Register `path` under both `/_matrix/client/v3` and `/_matrix/client/r0`.
-pub(crate) fn route(
-    router: Router<Arc<AppState>>,
-    path: &str,
-    method_router: MethodRouter<Arc<AppState>>,
-) -> Router<Arc<AppState>> {
-    router
-        .route(&format!("/_matrix/client/r0{path}"), method_router.clone())
-        .route(&format!("/_matrix/client/v3{path}"), method_router)
-}
+pub(crate) use crate::client_route as route;
 
 impl From<RoomError> for MatrixError {
     fn from(e: RoomError) -> Self {
@@ -99,10 +89,7 @@ pub(crate) fn parse_room_id(raw: &str) -> Result<OwnedRoomId, MatrixError> {
         .map_err(|_| MatrixError::invalid_param(format!("Invalid room ID {raw:?}")))
 }
 
-pub(crate) fn parse_user_id(raw: &str) -> Result<OwnedUserId, MatrixError> {
-    OwnedUserId::try_from(raw)
-        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {raw:?}")))
-}
+pub(crate) use crate::extract::parse_user_id;
 
 /// A pagination token: `t<pos>` (ours) or `s<pos>…` (sync's), or a bare number.
 pub(crate) fn parse_token(t: &str) -> Option<u64> {
