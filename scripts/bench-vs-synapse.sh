@@ -142,7 +142,7 @@ setup_synapse() {
         log "installing $SYNAPSE_PIN$extra from PyPI"
         "$VENV/bin/pip" install -q "matrix-synapse$extra==1.163.*"
     fi
-    SYNAPSE_VERSION=$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')
+    SYNAPSE_VERSION=$("${SYNAPSE_ENV[@]}" "$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')
     local db=SQLite
     [ "$POSTGRES" = 1 ] && db="PostgreSQL $(su postgres -c 'postgres --version' 2>/dev/null | awk '{print $NF}')"
     SYNAPSE_NOTE="Synapse $SYNAPSE_VERSION on $db, Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), one process"
@@ -292,7 +292,7 @@ setup_pulse() {
     [ -x "$PULSE" ] || { echo "no $PULSE: build it (cargo build --release -p pulse)" >&2; exit 1; }
     local dirty=""
     git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes"
-    PULSE_NOTE="$("$PULSE" --version) built $(date -u -r "$PULSE" '+%Y-%m-%d %H:%M UTC') from $(git rev-parse --short HEAD)$dirty"
+    PULSE_NOTE="$("$PULSE" --version), binary built $(date -u -r "$PULSE" '+%Y-%m-%d %H:%M UTC'); tree when measured: $(git rev-parse --short HEAD)$dirty"
     PULSE_VERSION=$("$PULSE" --version 2>/dev/null || echo "pulse ?")
 }
 

@@ -189,7 +189,7 @@ impl Ranged for Axis {
 
     fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
         match &self.ticks {
-            Some(t) if hint.weight().allow_light_points() => Vec::new(),
+            Some(_) if hint.weight().allow_light_points() => Vec::new(),
             Some(t) => t.clone(),
             None => plotters::coord::types::RangedCoordf64::from(self.lo..self.hi).key_points(hint),
         }

@@ -247,6 +247,7 @@ async fn sync_loop(
     mut stop: watch::Receiver<bool>,
 ) -> LoopOut {
     let mut out = LoopOut::default();
+    let mut seen = std::collections::HashSet::new();
     loop {
         if *stop.borrow() {
             break;
@@ -272,8 +273,11 @@ async fn sync_loop(
                             .and_then(|m| m.strip_prefix(&**tag));
                         if let Some(seq) = seq.and_then(|s| s.parse::<u32>().ok()) {
                             out.arrivals.push((seq, now_us));
-                            // A user's own presence coming back is recorded, not counted.
-                            if ev.sender.as_deref() != Some(user.user_id.as_str()) {
+                            // Counted for the drain wait: first arrivals of others' updates
+                            // (a user's own presence and repeats are recorded, not counted).
+                            if ev.sender.as_deref() != Some(user.user_id.as_str())
+                                && seen.insert(seq)
+                            {
                                 shared.tagged.fetch_add(1, Ordering::Relaxed);
                             }
                         }
