@@ -638,3 +638,42 @@ async fn several_rooms_and_configs_every_pair_sees_what_the_rule_says() {
         assert_eq!(got, expected, "incremental sync of {}", viewer.user_id);
     }
 }
+
+#[tokio::test]
+async fn ignored_users_never_see_the_owner_and_get_a_final_offline() {
+    let s = TestServer::start().await;
+    let u = s.register("u").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    room_with(&s, &u, &[&bob, &carol]).await;
+    let (b0, _) = sync(&s, &bob, None, 0).await;
+    set_status(&s, &u, "online", Some("hi")).await;
+    let (_, b1) = next_presence_of(&s, &bob, &b0, &u).await;
+    // U ignores bob (plain m.ignored_user_list, no sharing config): bob's view ends with
+    // exactly one offline, carol is unaffected.
+    set_config(
+        &s,
+        &u,
+        "m.ignored_user_list",
+        json!({"ignored_users": {"@bob:localhost": {}}}),
+    )
+    .await;
+    let (c, b2) = next_presence_of(&s, &bob, &b1, &u).await;
+    assert_eq!(c, json!({"presence": "offline"}));
+    set_status(&s, &u, "unavailable", Some("away")).await;
+    let (_, events) = sync(&s, &bob, Some(&b2), 1000).await;
+    assert!(presence_of(&events, &u).is_none(), "{events:?}");
+    assert_eq!(get_status(&s, &bob, &u).await.0, 403);
+    assert!(!initial_sees(&s, &bob, &u).await);
+    assert_eq!(get_status(&s, &carol, &u).await.0, 200);
+    // The ignore list is applied again after a restart.
+    let mut s = s;
+    s.kill9_and_restart().await;
+    assert_eq!(get_status(&s, &bob, &u).await.0, 403);
+    // Un-ignoring gives bob the current state at once.
+    let (b3, _) = sync(&s, &bob, None, 0).await;
+    set_config(&s, &u, "m.ignored_user_list", json!({"ignored_users": {}})).await;
+    let (c, _) = next_presence_of(&s, &bob, &b3, &u).await;
+    assert_eq!(c["presence"], "unavailable");
+    assert_eq!(get_status(&s, &bob, &u).await.0, 200);
+}

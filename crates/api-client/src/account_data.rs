@@ -125,6 +125,12 @@ async fn write(
     let pos = state
         .accounts
         .set_account_data(&auth.user_id, room, event_type, &content)?;
+    if room.is_none() && event_type == presence_service::sharing::IGNORED_USER_LIST {
+        // Ignored users stop seeing this user's presence (MSC4325).
+        state
+            .presence
+            .set_ignored_users(&auth.user_id, Some(&content));
+    }
     state.notifier.wake([&*auth.user_id], pos);
     Ok(Json(json!({})))
 }

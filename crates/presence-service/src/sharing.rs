@@ -249,6 +249,8 @@ pub(crate) struct SharingState {
     owners: HashMap<OwnedUserId, OwnerSharing>,
     /// viewer → owners whose `allowed_users` names the viewer exactly.
     allowers: HashMap<OwnedUserId, HashSet<OwnedUserId>>,
+    /// owner → the users on the owner's `m.ignored_user_list`: they never see the owner.
+    ignored: HashMap<OwnedUserId, HashSet<OwnedUserId>>,
     /// Entries in all `fanout` sets.
     cached_viewers: usize,
     /// Bumped by every change that can change a push audience (memberships, configs).
@@ -256,6 +258,13 @@ pub(crate) struct SharingState {
 }
 
 impl SharingState {
+    /// Whether `owner` ignores `viewer` (MSC4325: an ignored user never sees the owner).
+    fn ignores(&self, owner: &UserId, viewer: &UserId) -> bool {
+        self.ignored
+            .get(owner)
+            .is_some_and(|set| set.contains(viewer))
+    }
+
     fn install(&mut self, owner: &UserId, new: Option<OwnerSharing>) {
         self.version += 1;
         if let Some(old) = self.owners.remove(owner) {
@@ -351,6 +360,46 @@ impl PresenceService {
         for (user, content) in configs {
             let compiled = OwnerSharing::from_content(&user, Some(&content));
             sharing.install(&user, compiled);
+        }
+    }
+
+    /// The users `owner` ignores (`m.ignored_user_list` content; `None`: none stored). They
+    /// stop seeing the owner's presence: a viewer whose `/sync` carried it gets one final
+    /// `offline`; a viewer no longer ignored gets the current presence at once.
+    pub fn set_ignored_users(&self, owner: &UserId, content: Option<&Value>) {
+        let new = parse_ignored_users(content);
+        let changed: Vec<OwnedUserId> = {
+            let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
+            let rooms = self.index();
+            let old = sharing.ignored.get(owner).cloned().unwrap_or_default();
+            let touched: Vec<OwnedUserId> = old.symmetric_difference(&new).cloned().collect();
+            let before: Vec<bool> = touched
+                .iter()
+                .map(|v| pushes_to_locked(&sharing, &rooms, owner, v))
+                .collect();
+            if new.is_empty() {
+                sharing.ignored.remove(owner);
+            } else {
+                sharing.ignored.insert(owner.to_owned(), new);
+            }
+            touched
+                .into_iter()
+                .zip(before)
+                .filter(|(v, was)| pushes_to_locked(&sharing, &rooms, owner, v) != *was)
+                .map(|(v, _)| v)
+                .collect()
+        };
+        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)));
+    }
+
+    /// Start-up: install every user's stored ignore list without visibility changes.
+    pub fn load_ignored_users(&self, lists: impl IntoIterator<Item = (OwnedUserId, Value)>) {
+        let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
+        for (owner, content) in lists {
+            let set = parse_ignored_users(Some(&content));
+            if !set.is_empty() {
+                sharing.ignored.insert(owner, set);
+            }
         }
     }
 
@@ -632,6 +681,9 @@ impl PresenceService {
             return true;
         }
         let sharing = self.sharing();
+        if sharing.ignores(user, viewer) {
+            return false;
+        }
         let rooms = self.index();
         match sharing.owners.get(user) {
             None => rooms.shares_room(viewer, user),
@@ -902,6 +954,9 @@ fn pushes_to_locked(
     if owner == viewer {
         return true;
     }
+    if sharing.ignores(owner, viewer) {
+        return false;
+    }
     match sharing.owners.get(owner) {
         None => rooms.shares_room(owner, viewer),
         Some(o) => match &o.fanout {
@@ -909,6 +964,23 @@ fn pushes_to_locked(
             None => o.pushes_to(owner, viewer, rooms),
         },
     }
+}
+
+/// The account-data type of a user's ignore list.
+pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// The user IDs in `m.ignored_user_list` content (`{"ignored_users": {"@u:hs": {}}}`);
+/// anything malformed is skipped.
+fn parse_ignored_users(content: Option<&Value>) -> HashSet<OwnedUserId> {
+    content
+        .and_then(|c| c.get("ignored_users"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| OwnedUserId::try_from(k.as_str()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn marker_key(viewer: &UserId, pos: u64, owner: &UserId) -> Key {

@@ -239,6 +239,11 @@ fn open_services(config: &Config) -> Result<Services, String> {
         }
     }
     presence.load_sharing_configs(sharing_configs);
+    presence.load_ignored_users(
+        accounts
+            .global_account_data_of_type(presence_service::sharing::IGNORED_USER_LIST)
+            .map_err(|e| format!("cannot read ignore lists: {e}"))?,
+    );
     let state = Arc::new(api_client::AppState {
         limiter: api_client::RateLimiter::new(client_config.rate_limit),
         config: client_config,
