@@ -312,7 +312,6 @@ impl RoomService {
         reason: Option<&str>,
     ) -> Result<SentEvent> {
         let _guard = self.lock();
-        self.require_summary(room)?;
         self.member_locked(sender, room, target, member_content("invite", None, reason))
     }
 
@@ -330,16 +329,8 @@ impl RoomService {
             Some(Membership::Join | Membership::Invite | Membership::Knock) => {}
             _ => return Err(RoomError::Forbidden(format!("{target} is not in the room"))),
         }
-        self.send_locked(
-            room,
-            sender,
-            NewEvent::state(
-                "m.room.member",
-                target.as_str(),
-                member_content("leave", None, reason),
-            ),
-            AppendOpts::default(),
-        )
+        let content = member_content("leave", None, reason);
+        self.state_locked(sender, room, "m.room.member", target.as_str(), content)
     }
 
     /// Ban `target`.
@@ -351,7 +342,6 @@ impl RoomService {
         reason: Option<&str>,
     ) -> Result<SentEvent> {
         let _guard = self.lock();
-        self.require_summary(room)?;
         self.member_locked(sender, room, target, member_content("ban", None, reason))
     }
 
@@ -368,16 +358,8 @@ impl RoomService {
         if self.membership_state(room, target)? != Some(Membership::Ban) {
             return Err(RoomError::Forbidden(format!("{target} is not banned")));
         }
-        self.send_locked(
-            room,
-            sender,
-            NewEvent::state(
-                "m.room.member",
-                target.as_str(),
-                member_content("leave", None, reason),
-            ),
-            AppendOpts::default(),
-        )
+        let content = member_content("leave", None, reason);
+        self.state_locked(sender, room, "m.room.member", target.as_str(), content)
     }
 
     /// Forget a room the user has left (or was banned from): it disappears from
