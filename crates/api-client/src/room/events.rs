@@ -299,15 +299,45 @@ async fn members(
             )));
         }
     }
-    let rooms = &state.rooms;
-    let access = access(rooms, &room, &auth.user_id)?;
-    let mut map = visible_state(rooms, &room, &access, at)?;
-    if at.is_some() && !map.keys().any(|(t, _)| t == "m.room.member") {
-        // A token from before anyone joined (e.g. the `prev_batch` of a timeline that
-        // starts at `m.room.create`): answer with the room's first membership, the
-        // creator's join, rather than an empty list.
-        if let Some(first_join) = rooms.paginate(&room, 0, None, false, 2)?.into_iter().nth(1) {
-            map = rooms.state_after(&first_join)?;
+    let state = state.0;
+    let chunk = blocking(&state, move |rooms| {
+        Ok(member_chunk(rooms, &room, &auth, at, &q))
+    })
+    .await??;
+    Ok(Json(json!({ "chunk": chunk })))
+}
+
+/// The member events of `/members`: current (or as of the user's leave), or at the `at`
+/// position. As Synapse does, a past member list is only shown when the user may see the
+/// room's last event at that position (history visibility), else 403: a new member of a
+/// `joined`-visibility room cannot read who was there before them.
+fn member_chunk(
+    rooms: &RoomService,
+    room: &RoomId,
+    auth: &Auth,
+    at: Option<u64>,
+    q: &MembersQuery,
+) -> ApiResult<Vec<Value>> {
+    let access = access(rooms, room, &auth.user_id)?;
+    let mut map = visible_state(rooms, room, &access, at)?;
+    if let Some(at) = at {
+        let at = at.min(read_cap(&access));
+        let last = match rooms.timeline(room, None, at, 1)?.0.pop() {
+            Some(ev) => Some(ev),
+            // A token from before anyone joined (e.g. the `prev_batch` of a timeline that
+            // starts at `m.room.create`): answer with the room's first membership, the
+            // creator's join, rather than an empty list.
+            None => rooms.paginate(room, 0, None, false, 2)?.into_iter().nth(1),
+        };
+        if let Some(last) = last {
+            if !rooms.visible_to(&auth.user_id, &last)? {
+                return Err(MatrixError::forbidden(format!(
+                    "You may not see the members of room {room} at that point"
+                )));
+            }
+            if !map.keys().any(|(t, _)| t == "m.room.member") {
+                map = rooms.state_after(&last)?;
+            }
         }
     }
     let now = now_ms();
@@ -325,7 +355,7 @@ async fn members(
         }
         chunk.push(ev.to_client_event(Some((&auth.user_id, &auth.device_id)), now));
     }
-    Ok(Json(json!({ "chunk": chunk })))
+    Ok(chunk)
 }
 
 async fn joined_members(
