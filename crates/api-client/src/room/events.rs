@@ -194,14 +194,18 @@ async fn get_state_event(
     Path((room_id, event_type, state_key)): Path<(String, String, String)>,
     Query(q): Query<FormatQuery>,
 ) -> ApiResult<Json<Value>> {
-    state_event(
-        &state,
-        &auth,
-        &room_id,
-        &event_type,
-        &state_key,
-        q.format.as_deref(),
-    )
+    let state = state.0.clone();
+    crate::blocking::blocking(move || {
+        state_event(
+            &state,
+            &auth,
+            &room_id,
+            &event_type,
+            &state_key,
+            q.format.as_deref(),
+        )
+    })
+    .await?
 }
 
 async fn get_state_event_empty(
@@ -210,14 +214,18 @@ async fn get_state_event_empty(
     Path((room_id, event_type)): Path<(String, String)>,
     Query(q): Query<FormatQuery>,
 ) -> ApiResult<Json<Value>> {
-    state_event(
-        &state,
-        &auth,
-        &room_id,
-        &event_type,
-        "",
-        q.format.as_deref(),
-    )
+    let state = state.0.clone();
+    crate::blocking::blocking(move || {
+        state_event(
+            &state,
+            &auth,
+            &room_id,
+            &event_type,
+            "",
+            q.format.as_deref(),
+        )
+    })
+    .await?
 }
 
 fn state_event(
@@ -264,9 +272,17 @@ async fn get_state(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
-    let access = access(&state.rooms, &room, &auth.user_id)?;
-    let map = visible_state(&state.rooms, &room, &access, None)?;
-    Ok(Json(Value::Array(state_events(&state.rooms, &map, &auth)?)))
+    let state = state.0;
+    let events = blocking(&state, move |rooms| {
+        let run = || -> ApiResult<Vec<Value>> {
+            let access = access(rooms, &room, &auth.user_id)?;
+            let map = visible_state(rooms, &room, &access, None)?;
+            state_events(rooms, &map, &auth)
+        };
+        Ok(run())
+    })
+    .await??;
+    Ok(Json(Value::Array(events)))
 }
 
 #[derive(Deserialize, Default)]
@@ -364,14 +380,19 @@ async fn joined_members(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
-    let rooms = &state.rooms;
-    if access(rooms, &room, &auth.user_id)? != RoomAccess::Joined {
+    let state = state.0;
+    let joined = blocking(&state, move |rooms| Ok(joined_map(rooms, &room, &auth))).await??;
+    Ok(Json(json!({ "joined": joined })))
+}
+
+fn joined_map(rooms: &RoomService, room: &RoomId, auth: &Auth) -> ApiResult<Map<String, Value>> {
+    if access(rooms, room, &auth.user_id)? != RoomAccess::Joined {
         return Err(MatrixError::forbidden(format!(
             "You are not in room {room}"
         )));
     }
     let mut joined = Map::new();
-    for (user_key, id) in rooms.current_state_of_type(&room, "m.room.member")? {
+    for (user_key, id) in rooms.current_state_of_type(room, "m.room.member")? {
         let Some(ev) = rooms.event(&id)? else {
             continue;
         };
@@ -387,7 +408,7 @@ async fn joined_members(
             }),
         );
     }
-    Ok(Json(json!({ "joined": joined })))
+    Ok(joined)
 }
 
 fn parse_filter(raw: Option<&str>) -> ApiResult<RoomEventFilter> {
