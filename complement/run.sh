@@ -124,7 +124,7 @@ copy_source() {
     fi
   else
     local commit
-    commit=$(tr -d '[:space:]' <"$from/COMMIT" 2>/dev/null) || { why="$from is neither the top level of a git clone nor a source tree with a COMMIT file"; return 1; }
+    [ -f "$from/COMMIT" ] && commit=$(tr -d '[:space:]' <"$from/COMMIT") || { why="$from is neither the top level of a git clone nor a source tree with a COMMIT file"; return 1; }
     case "$commit" in
       "$pinned"*) ;;
       *) why="$from/COMMIT says ${commit:-nothing}, complement/go.mod pins $pinned"; return 1 ;;
