@@ -213,6 +213,14 @@ build_image() {
   echo 'hosts: files dns' >"$ctx/rootfs/etc/nsswitch.conf"
   [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
   cp "$here/image/entrypoint.sh" "$here/image/pulse.toml" "$ctx/rootfs/pulse/"
+  # Outbound federation settings (image/federation.toml) only for a binary that knows the keys:
+  # the config loader rejects unknown keys, and federation support is landing in steps.
+  if "$bin" generate-config 2>/dev/null | grep -q 'ip_range_allowlist'; then
+    cat "$here/image/federation.toml" >>"$ctx/rootfs/pulse/pulse.toml"
+    log "image config: outbound federation settings included (image/federation.toml)"
+  else
+    log "image config: this pulse has no [federation] ip_range_allowlist yet; federation settings left out"
+  fi
   cp "$here/image/Dockerfile" "$ctx/Dockerfile"
   log "docker build $image ($(du -sh "$ctx/rootfs" | cut -f1))"
   # (The legacy builder prints a deprecation notice on every build: shown only on failure.)
