@@ -37,6 +37,8 @@ die() { log "$*"; exit 1; }
 
 # Synapse asks git for its version when its package sits inside a checkout; keep it out of ours.
 export GIT_CEILING_DIRECTORIES=$root
+# No __pycache__ in the source tree from importing synapse_harness.py.
+export PYTHONDONTWRITEBYTECODE=1
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
