@@ -214,12 +214,18 @@ build_image() {
   [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
   cp "$here/image/entrypoint.sh" "$here/image/pulse.toml" "$ctx/rootfs/pulse/"
   # Outbound federation settings (image/federation.toml) only for a binary that knows the keys:
-  # the config loader rejects unknown keys, and federation support is landing in steps.
-  if "$bin" generate-config 2>/dev/null | grep -q 'ip_range_allowlist'; then
+  # the config loader rejects unknown keys, and federation support is landing in steps. Known =
+  # every key of federation.toml appears in `pulse generate-config` (the documented example).
+  local example missing=""
+  example=$("$bin" generate-config 2>/dev/null || true)
+  for key in $(sed -n 's/^\([a-z_]*\)[[:space:]]*=.*/\1/p' "$here/image/federation.toml"); do
+    grep -qw -- "$key" <<<"$example" || missing="$missing $key"
+  done
+  if [ -z "$missing" ]; then
     cat "$here/image/federation.toml" >>"$ctx/rootfs/pulse/pulse.toml"
     log "image config: outbound federation settings included (image/federation.toml)"
   else
-    log "image config: this pulse has no [federation] ip_range_allowlist yet; federation settings left out"
+    log "image config: this pulse does not document [federation]$missing; federation settings left out"
   fi
   cp "$here/image/Dockerfile" "$ctx/Dockerfile"
   log "docker build $image ($(du -sh "$ctx/rootfs" | cut -f1))"
