@@ -118,7 +118,7 @@ copy_source() {
   local from=$1
   rm -rf "$src" && mkdir -p "$src"
   if is_git_top "$from"; then
-    if ! git -C "$from" archive "$pinned" 2>"$work/archive.err" | tar -x -C "$src"; then
+    if ! git -C "$from" archive "$pinned" 2>"$work/archive.err" | tar -x -C "$src" 2>/dev/null; then
       why="$from (a git clone) has no commit $pinned: $(head -c 200 "$work/archive.err")"
       return 1
     fi
