@@ -217,8 +217,10 @@ const ENTRIES: [&str; 9] = [
     "!r3:home.org",
 ];
 
-fn scenario() -> impl Strategy<Value = (Vec<(usize, usize)>, Option<(Vec<usize>, Vec<usize>)>, u8)>
-{
+/// (room, user) joins; `None` = no config, else (allowed, denied) entry indices; trust bits.
+type Scenario = (Vec<(usize, usize)>, Option<(Vec<usize>, Vec<usize>)>, u8);
+
+fn scenario() -> impl Strategy<Value = Scenario> {
     (
         proptest::collection::vec((0..ROOMS.len(), 1..USERS.len()), 0..14),
         proptest::option::of((
