@@ -198,6 +198,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
             enabled: config.rate_limits.enabled,
             per_second: config.rate_limits.per_second,
             burst: config.rate_limits.burst,
+            trusted_proxies: config.rate_limits.trusted_proxies.clone(),
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
     };
@@ -250,12 +251,13 @@ fn open_services(config: &Config) -> Result<Services, String> {
         notifier: notifier.clone(),
     }));
     let state = Arc::new(api_client::AppState {
-        limiter: api_client::RateLimiter::new(client_config.rate_limit),
+        limiter: api_client::RateLimiter::new(client_config.rate_limit.clone()),
         config: client_config,
         accounts,
         rooms,
         notifier,
         presence,
+        query_token_warnings: Default::default(),
         ephemeral,
     });
     Ok(Services { db, state })

@@ -30,6 +30,9 @@ fn profile(state: &AppState, user: &ruma::UserId) -> ApiResult<accounts::Profile
     Ok(state.accounts.profile(user)?.unwrap_or_default())
 }
 
+/// Longest `invite`, `invite_3pid` or `initial_state` list accepted by `createRoom`.
+pub const MAX_CREATE_ROOM_LIST: usize = 100;
+
 async fn create_room(
     auth: Auth,
     state: AppStateRef,
@@ -40,6 +43,18 @@ async fn create_room(
     }
     let mut req: CreateRoomRequest = serde_json::from_value(body)
         .map_err(|e| MatrixError::bad_json(format!("Invalid createRoom request: {e}")))?;
+    // Each entry is an event built and authorised in the creating batch: bound them.
+    for (field, len) in [
+        ("invite", req.invite.len()),
+        ("invite_3pid", req.invite_3pid.len()),
+        ("initial_state", req.initial_state.len()),
+    ] {
+        if len > MAX_CREATE_ROOM_LIST {
+            return Err(MatrixError::invalid_param(format!(
+                "createRoom {field} has {len} entries; at most {MAX_CREATE_ROOM_LIST} are allowed"
+            )));
+        }
+    }
     req.creator_profile = profile(&state, &auth.user_id)?;
     let creator = auth.user_id.clone();
     let (room, pos, invited) = blocking(&state, move |rooms| {
