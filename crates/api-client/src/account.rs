@@ -72,14 +72,8 @@ impl From<AccountError> for MatrixError {
     }
 }
 
-/// Run blocking work (password hashing) off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(MatrixError::internal)
-}
+/// Blocking work (password hashing) runs through the crate's one helper.
+pub(crate) use crate::blocking::blocking;
 
 /// The client's IP address, when known.
 pub(crate) struct ClientIp(pub Option<String>);

@@ -513,7 +513,7 @@ fn filtered_timeline(
     let mut scanned = 0;
     loop {
         let want = limit - kept.len();
-        let page = want.max(20).min(MAX_TIMELINE_SCAN);
+        let page = want.clamp(20, MAX_TIMELINE_SCAN);
         let (events, more) = state
             .rooms
             .timeline(room, after, hi, if limit == 0 { 0 } else { page })
