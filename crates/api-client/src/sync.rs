@@ -512,8 +512,14 @@ fn filtered_timeline(
     let mut hi = up_to;
     let mut scanned = 0;
     loop {
+        // First page: exactly what is wanted (the common, unfiltered case reads no more
+        // than before); later pages grow, for filters that match few events.
         let want = limit - kept.len();
-        let page = want.clamp(20, MAX_TIMELINE_SCAN);
+        let page = if scanned == 0 {
+            want
+        } else {
+            want.saturating_mul(2).clamp(20, MAX_TIMELINE_SCAN)
+        };
         let (events, more) = state
             .rooms
             .timeline(room, after, hi, if limit == 0 { 0 } else { page })
