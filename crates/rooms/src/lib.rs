@@ -78,7 +78,10 @@ mod pdu;
 mod persist;
 mod read;
 mod resolve;
+mod restricted;
 mod store;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;
 

@@ -272,6 +272,7 @@ impl RoomService {
         let room = self.resolve_room_or_alias(room_or_alias)?;
         let mut c = content.unwrap_or_default();
         c.remove("third_party_signed");
+        c.remove(crate::restricted::AUTHORISED_VIA);
         c.insert("membership".into(), Value::from("join"));
         for (field, value) in [
             ("displayname", &profile.displayname),

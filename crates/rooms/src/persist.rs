@@ -266,10 +266,11 @@ impl RoomService {
         &self,
         room: &RoomId,
         sender: &UserId,
-        new: NewEvent,
+        mut new: NewEvent,
         opts: AppendOpts,
     ) -> Result<SentEvent> {
         let summary = self.require_summary(room)?;
+        self.prepare_local_member(room, sender, &mut new)?;
         let (event_id, obj) =
             self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
         self.append(event_id, obj, opts)
