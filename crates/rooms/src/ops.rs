@@ -24,6 +24,13 @@ fn as_level(v: &Value) -> Option<i64> {
 }
 
 impl PowerLevels {
+    /// From an `m.room.power_levels` content (`None`: the room has none yet).
+    pub fn new(content: Option<Value>, creator: &str) -> PowerLevels {
+        PowerLevels {
+            content,
+            creator: creator.to_owned(),
+        }
+    }
     pub fn user(&self, user: &str) -> i64 {
         match &self.content {
             Some(c) => c

@@ -513,6 +513,18 @@ impl RoomService {
             (Some(target), true) => self.event(target)?.filter(|t| t.room_id() == room.as_str()),
             _ => None,
         };
+        let redaction_target = match redaction_target {
+            Some(t) => {
+                let pl_content = match lookup_before("m.room.power_levels", "") {
+                    Some(id) => self.event(&id)?.map(|e| e.content()),
+                    None => None,
+                };
+                let creator = summary.as_ref().map(|s| s.creator.as_str()).unwrap_or("");
+                self.redaction_allowed(&pdu.sender, &t, pl_content, creator)?
+                    .then_some(t)
+            }
+            None => None,
+        };
         let max_depth = summary
             .as_ref()
             .map(|s| s.max_depth)
@@ -624,6 +636,36 @@ impl RoomService {
             }
         }
         Ok(SentEvent { event_id, pos })
+    }
+
+    /// The room version's redaction rule, for every path an `m.room.redaction` arrives by
+    /// (`/redact`, `PUT /send` and `PUT /state`, federation): the redaction applies when its
+    /// sender sent the target or has the `redact` power level in the state before it; a
+    /// remote redaction also applies to events from its own server (the rule servers
+    /// follow for v3+ rooms). A local sender's disallowed redaction is refused; a remote
+    /// one is kept as an event but not applied.
+    fn redaction_allowed(
+        &self,
+        sender: &UserId,
+        target: &crate::store::StoredEvent,
+        power_levels: Option<Value>,
+        creator: &str,
+    ) -> Result<bool> {
+        if target.sender() == sender.as_str() {
+            return Ok(true);
+        }
+        let pl = crate::ops::PowerLevels::new(power_levels, creator);
+        if pl.user(sender.as_str()) >= pl.action("redact") {
+            return Ok(true);
+        }
+        if sender.server_name() == self.server_name {
+            return Err(RoomError::Forbidden(
+                "you may not redact other users' events".into(),
+            ));
+        }
+        let same_server = <&UserId>::try_from(target.sender())
+            .is_ok_and(|t| t.server_name() == sender.server_name());
+        Ok(same_server)
     }
 
     /// The auth chain (recursive `auth_events`, excluding the starting events) of a set of events.

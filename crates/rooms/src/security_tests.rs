@@ -90,3 +90,80 @@ fn restricted_join_cannot_be_forged_by_a_local_user() {
         json!(alice.as_str())
     );
 }
+
+#[test]
+fn redacted_state_does_not_leak_through_prev_content() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let room = create(&svc, &alice, Preset::PublicChat);
+    let first = svc
+        .send_state_event(&alice, &room, "m.room.topic", "", json!({"topic": "secret"}))
+        .expect("topic");
+    let second = svc
+        .send_state_event(&alice, &room, "m.room.topic", "", json!({"topic": "public"}))
+        .expect("topic 2");
+    let before = svc.event(&second.event_id).expect("e").expect("event");
+    assert_eq!(
+        before.to_client_event(None, 0)["unsigned"]["prev_content"]["topic"],
+        json!("secret")
+    );
+    svc.redact(&alice, &room, &first.event_id, None, None)
+        .expect("redact");
+    let after = svc.event(&second.event_id).expect("e").expect("event");
+    let served = after.to_client_event(None, 0);
+    assert_eq!(served["unsigned"]["prev_content"], json!({}));
+    assert!(!served.to_string().contains("secret"));
+}
+
+#[test]
+fn redaction_through_the_state_path_needs_the_redact_power_level() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let bob = user("bob");
+    let room = create(&svc, &alice, Preset::PublicChat);
+    svc.join(&bob, room.as_str(), &Profile::default(), None)
+        .expect("join");
+    let mut pl = svc
+        .current_state_event(&room, "m.room.power_levels", "")
+        .expect("pl")
+        .expect("pl event")
+        .content();
+    pl["users"][bob.as_str()] = json!(50);
+    pl["redact"] = json!(100);
+    svc.send_state_event(&alice, &room, "m.room.power_levels", "", pl)
+        .expect("power levels");
+    let msg = svc
+        .send_message_event(
+            &alice,
+            &room,
+            "m.room.message",
+            json!({"body": "secret", "msgtype": "m.text"}),
+            None,
+        )
+        .expect("send");
+    // Bob may send state (50 >= state_default) but may not redact (50 < 100).
+    assert!(is_forbidden(svc.send_state_event(
+        &bob,
+        &room,
+        "m.room.redaction",
+        "",
+        json!({"redacts": msg.event_id.as_str()})
+    )));
+    let ev = svc.event(&msg.event_id).expect("e").expect("event");
+    assert_eq!(ev.content()["body"], json!("secret"));
+    assert!(ev.redacted_because.is_none());
+    // His own event he may redact, by the same path.
+    let own = svc
+        .send_message_event(&bob, &room, "m.room.message", json!({"body": "mine"}), None)
+        .expect("send own");
+    svc.send_state_event(
+        &bob,
+        &room,
+        "m.room.redaction",
+        "",
+        json!({"redacts": own.event_id.as_str()}),
+    )
+    .expect("own redaction");
+    let ev = svc.event(&own.event_id).expect("e").expect("event");
+    assert!(ev.redacted_because.is_some());
+}
