@@ -79,9 +79,9 @@ mod persist;
 mod read;
 mod resolve;
 mod restricted;
-mod store;
 #[cfg(test)]
 mod security_tests;
+mod store;
 #[cfg(test)]
 mod tests;
 

@@ -157,7 +157,7 @@ impl RoomService {
             new,
             AppendOpts {
                 txn: key,
-                extra: None,
+                ..AppendOpts::default()
             },
         )
     }
@@ -461,7 +461,7 @@ impl RoomService {
             new,
             AppendOpts {
                 txn: key,
-                extra: None,
+                ..AppendOpts::default()
             },
         )
     }

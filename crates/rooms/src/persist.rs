@@ -1,7 +1,9 @@
 //! Building PDUs (hash, sign, reference-hash id) and appending them to a room: the
 //! authorization rules, the state before the event, forward extremities, current state,
 //! memberships and the stream position, in one atomic write.
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ruma::events::{StateEventType, TimelineEventType};
@@ -60,7 +62,14 @@ pub(crate) struct AppendOpts {
     pub txn: Option<(Key, OwnedDeviceId, String)>,
     /// More writes for the same batch (alias records on room creation).
     pub extra: Option<ExtraWrites>,
+    /// Room creation: collect the users' membership records here instead of writing them,
+    /// so the room stays out of everyone's room list (and `/sync`) until it is complete.
+    pub defer_memberships: Option<MembershipSink>,
 }
+
+/// Membership records held back by [`AppendOpts::defer_memberships`]: user → record
+/// (`None`: the membership was removed), in stream order.
+pub(crate) type MembershipSink = Rc<RefCell<Vec<(String, Option<MembershipRecord>)>>>;
 
 pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
@@ -530,7 +539,11 @@ impl RoomService {
             .map(|s| s.max_depth)
             .unwrap_or(0)
             .max(pdu.depth);
-        let AppendOpts { txn, extra } = opts;
+        let AppendOpts {
+            txn,
+            extra,
+            defer_memberships,
+        } = opts;
         let state_pair = pdu.state_pair();
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             let record = StoredEvent {
@@ -577,11 +590,17 @@ impl RoomService {
                             event_id: id.clone(),
                             forgotten: false,
                         };
-                        b.put_json(Cf::Memberships, membership_key(user, &room), &rec);
+                        match &defer_memberships {
+                            Some(sink) => sink.borrow_mut().push((user.clone(), Some(rec))),
+                            None => b.put_json(Cf::Memberships, membership_key(user, &room), &rec),
+                        }
                     }
                     None => {
                         b.delete(Cf::Rooms, member_key(&room, user));
-                        b.delete(Cf::Memberships, membership_key(user, &room));
+                        match &defer_memberships {
+                            Some(sink) => sink.borrow_mut().push((user.clone(), None)),
+                            None => b.delete(Cf::Memberships, membership_key(user, &room)),
+                        }
                     }
                 }
             }
@@ -628,7 +647,9 @@ impl RoomService {
         })?;
         // Tell the observer (the presence audience index) after the commit, still under the
         // room write lock, so it sees membership changes in stream order.
-        if let Some(observer) = self.membership_observer.get() {
+        if let Some(observer) = self.membership_observer.get()
+            && defer_memberships.is_none()
+        {
             for (user, m) in &member_changes {
                 if let Ok(user) = <&ruma::UserId>::try_from(user.as_str()) {
                     observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));

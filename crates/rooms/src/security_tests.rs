@@ -97,10 +97,22 @@ fn redacted_state_does_not_leak_through_prev_content() {
     let alice = user("alice");
     let room = create(&svc, &alice, Preset::PublicChat);
     let first = svc
-        .send_state_event(&alice, &room, "m.room.topic", "", json!({"topic": "secret"}))
+        .send_state_event(
+            &alice,
+            &room,
+            "m.room.topic",
+            "",
+            json!({"topic": "secret"}),
+        )
         .expect("topic");
     let second = svc
-        .send_state_event(&alice, &room, "m.room.topic", "", json!({"topic": "public"}))
+        .send_state_event(
+            &alice,
+            &room,
+            "m.room.topic",
+            "",
+            json!({"topic": "public"}),
+        )
         .expect("topic 2");
     let before = svc.event(&second.event_id).expect("e").expect("event");
     assert_eq!(
@@ -166,4 +178,54 @@ fn redaction_through_the_state_path_needs_the_redact_power_level() {
     .expect("own redaction");
     let ev = svc.event(&own.event_id).expect("e").expect("event");
     assert!(ev.redacted_because.is_some());
+}
+
+#[test]
+fn failed_create_room_leaves_no_room_behind() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let bob = user("bob");
+    let bad: InitialStateEvent = serde_json::from_value(json!({
+        "type": "m.room.topic", "state_key": "", "content": {"topic": "t", "weight": 1.5}
+    }))
+    .expect("initial state");
+    let good: InitialStateEvent = serde_json::from_value(json!({
+        "type": "m.room.name", "state_key": "", "content": {"name": "half"}
+    }))
+    .expect("initial state");
+    let req = CreateRoomRequest {
+        preset: Some(Preset::PublicChat),
+        visibility: Some(Visibility::Public),
+        room_alias_name: Some("half".into()),
+        invite: vec![bob.to_string()],
+        initial_state: vec![good, bad],
+        ..Default::default()
+    };
+    assert!(svc.create_room(&alice, req).is_err());
+    // Nobody's room list (what /sync reads) holds the room, the alias is free again and
+    // the directory is empty.
+    assert!(
+        svc.rooms_for_user_with_forgotten(&alice)
+            .expect("rooms")
+            .is_empty()
+    );
+    assert!(
+        svc.rooms_for_user_with_forgotten(&bob)
+            .expect("rooms")
+            .is_empty()
+    );
+    let alias = ruma::RoomAliasId::parse(format!("#half:{SERVER}")).expect("alias");
+    assert_eq!(svc.resolve_alias(&alias).expect("alias"), None);
+    assert!(svc.public_rooms().expect("public").is_empty());
+    // The alias can be used for a complete room.
+    let req = CreateRoomRequest {
+        room_alias_name: Some("half".into()),
+        ..Default::default()
+    };
+    let room = svc.create_room(&alice, req).expect("create");
+    assert_eq!(
+        svc.resolve_alias(&alias).expect("alias"),
+        Some(room.clone())
+    );
+    assert!(svc.is_joined(&room, &alice).expect("joined"));
 }

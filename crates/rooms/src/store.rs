@@ -242,7 +242,10 @@ impl RoomService {
     /// Every served event is read here, so this is where a later redaction of the state
     /// event it replaced reaches its `unsigned.prev_content` (a copy taken at write time).
     pub fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
-        let Some(mut ev) = self.db.get_json::<StoredEvent>(Cf::Events, event_id.as_str())? else {
+        let Some(mut ev) = self
+            .db
+            .get_json::<StoredEvent>(Cf::Events, event_id.as_str())?
+        else {
             return Ok(None);
         };
         if let Some(prev) = ev.prev_state.as_mut()
