@@ -1,4 +1,4 @@
-//! Security fixes of issue 13 (items 2, 3, 6, 7), driven over HTTP against the real binary.
+//! Security fixes of issue 13 (items 1, 2, 3, 4, 6, 7, 10), driven over HTTP against the real binary.
 //! `docs/security.md` lists which test shows which fix.
 mod common;
 
@@ -177,4 +177,87 @@ async fn room_account_data_needs_a_membership() {
     let room = s.create_room(&u, json!({})).await;
     let (status, body) = s.put(&path(&room), Some(&u.token), json!({"a": 1})).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Issue 13 item 1: a local user in none of the allowed rooms could join a restricted
+/// room by naming a member with invite power in `join_authorised_via_users_server`.
+#[tokio::test]
+async fn restricted_join_cannot_be_forged_over_http() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let space = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let room = s
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
+    let room_e = common::enc(&room);
+    let (status, body) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_e}/state/m.room.join_rules"),
+            Some(&alice.token),
+            json!({"join_rule": "restricted",
+                   "allow": [{"type": "m.room_membership", "room_id": space}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let forged = json!({"join_authorised_via_users_server": alice.user_id});
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{room_e}"),
+            Some(&bob.token),
+            forged,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let bob_e = common::enc(&bob.user_id);
+    let (status, body) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_e}/state/m.room.member/{bob_e}"),
+            Some(&bob.token),
+            json!({"membership": "join", "join_authorised_via_users_server": alice.user_id}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, joined) = s
+        .get("/_matrix/client/v3/joined_rooms", Some(&bob.token))
+        .await;
+    assert!(
+        !joined["joined_rooms"].to_string().contains(&room),
+        "{joined}"
+    );
+}
+
+/// Issue 13 item 10: a createRoom that fails part-way (an invalid `initial_state` event
+/// late in the list) leaves no room in the creator's `/sync` or joined rooms.
+#[tokio::test]
+async fn failed_create_room_is_never_seen_by_sync() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({"name": "half", "initial_state": [
+                {"type": "m.room.topic", "state_key": "", "content": {"topic": "ok"}},
+                {"type": "m.room.member", "state_key": "@someone:elsewhere.test",
+                 "content": {"membership": "join"}}
+            ]}),
+        )
+        .await;
+    assert_ne!(status, 200, "{body}");
+    let (status, sync) = s
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
+        .await;
+    assert_eq!(status, 200, "{sync}");
+    let rooms = &sync["rooms"];
+    for section in ["join", "invite", "leave"] {
+        let n = rooms[section].as_object().map(|o| o.len()).unwrap_or(0);
+        assert_eq!(n, 0, "{section}: {sync}");
+    }
+    let (_, joined) = s
+        .get("/_matrix/client/v3/joined_rooms", Some(&alice.token))
+        .await;
+    assert_eq!(joined["joined_rooms"], json!([]), "{joined}");
 }
