@@ -165,7 +165,7 @@ async fn versions_well_known_and_capabilities() {
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        versions.contains(&"v1.12") && versions.contains(&"r0.6.1"),
+        versions.contains(&"v1.1") && versions.contains(&"r0.6.1"),
         "{body}"
     );
     assert!(body["unstable_features"].is_object());

@@ -508,9 +508,21 @@ async fn deactivate(
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> ReplyResult<Json<Value>> {
     require_password(&state, &auth.user_id, body.auth).await?;
-    state.accounts.deactivate(&auth.user_id)?;
-    // Leave every joined or invited room, so the deactivated account disappears from member lists.
-    match state.rooms.rooms_for_user(&auth.user_id) {
+    let (state, user) = (state.0.clone(), auth.user_id.clone());
+    // The account write and one leave per room (each a room-engine write): blocking pool.
+    blocking(move || -> ApiResult<()> {
+        state.accounts.deactivate(&user)?;
+        leave_all_rooms(&state, &user);
+        Ok(())
+    })
+    .await??;
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}
+
+/// Leave every joined, invited or knocked room, so a deactivated account disappears
+/// from member lists (best effort: failures are logged). Blocking.
+fn leave_all_rooms(state: &AppState, user: &UserId) {
+    match state.rooms.rooms_for_user(user) {
         Ok(rooms) => {
             let mut left = Vec::new();
             let current = rooms.into_iter().filter(|r| {
@@ -520,20 +532,17 @@ async fn deactivate(
                 )
             });
             for r in current {
-                match state.rooms.leave(&auth.user_id, &r.room_id, None) {
+                match state.rooms.leave(user, &r.room_id, None) {
                     Ok(sent) => left.push((r.room_id, sent.pos)),
                     Err(e) => {
                         tracing::debug!(room = %r.room_id, error = %e, "deactivation: could not leave room")
                     }
                 }
             }
-            crate::profile::wake_rooms(&state, &auth.user_id, &left);
+            crate::profile::wake_rooms(state, user, &left);
         }
-        Err(e) => {
-            tracing::warn!(user = %auth.user_id, error = %e, "deactivation: could not list rooms")
-        }
+        Err(e) => tracing::warn!(%user, error = %e, "deactivation: could not list rooms"),
     }
-    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }
 
 // ----- devices -----------------------------------------------------------------------------
