@@ -241,12 +241,7 @@ fn filter_key(user: &UserId, filter_id: &str) -> Key {
     Key::new().str(user.as_str()).str(filter_id)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+use storage::now_ms;
 
 fn random_string(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)

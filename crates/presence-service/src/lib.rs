@@ -157,12 +157,7 @@ pub struct PresenceService {
     status_buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use storage::now_ms;
 
 impl PresenceService {
     /// Restore every stored user and return the service. Call [`PresenceService::spawn_timer`]
