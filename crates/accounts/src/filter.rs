@@ -164,36 +164,8 @@ impl Filter {
     }
 }
 
-/// Does `pattern` (where `*` matches any sequence, including none) match `value`?
-pub fn glob_match(pattern: &str, value: &str) -> bool {
-    if !pattern.contains('*') {
-        return pattern == value;
-    }
-    let p = pattern.as_bytes();
-    let v = value.as_bytes();
-    // Classic iterative wildcard matching with backtracking to the last star.
-    let (mut pi, mut vi) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == v[vi] {
-            pi += 1;
-            vi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
+/// Event-type globs in filters are Matrix globs; the matcher is owned by `presence-core`.
+pub use presence_core::sharing::glob_match;
 
 fn types_match(
     types: &Option<Vec<String>>,

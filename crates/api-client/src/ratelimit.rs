@@ -8,7 +8,8 @@
 //! `X-Forwarded-For` hop that is not itself a trusted proxy. A random `Authorization`
 //! header therefore buys no fresh bucket.
 //!
-//! The buckets are sharded by key hash, so concurrent requests rarely contend on one
+//! The bucket arithmetic is `presence_core::token_bucket` (shared with the presence `PUT`
+//! limit). The buckets are sharded by key hash, so concurrent requests rarely contend on one
 //! mutex, and each shard bounds its memory by generations instead of sweeping: when the
 //! current map is full it becomes the previous one (the older previous is dropped) and a
 //! key found only in the previous map moves forward on use. Every operation is O(1); a
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use http::HeaderMap;
+use presence_core::token_bucket::TokenBucket;
 use ruma::{OwnedUserId, UserId};
 
 /// The `[rate_limits]` settings.
@@ -84,16 +86,10 @@ pub fn client_addr(
     )
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 #[derive(Default)]
 struct Shard<K> {
-    current: HashMap<K, Bucket>,
-    previous: HashMap<K, Bucket>,
+    current: HashMap<K, TokenBucket>,
+    previous: HashMap<K, TokenBucket>,
 }
 
 /// Token buckets keyed by `K`, sharded, with bounded memory.
@@ -121,7 +117,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         }
     }
 
-    fn with_bucket<T>(&self, key: &K, now: Instant, f: impl FnOnce(&mut Bucket) -> T) -> T {
+    fn with_bucket<T>(&self, key: &K, now: Instant, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         if !shard.current.contains_key(key) {
@@ -129,54 +125,32 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
                 let full = std::mem::take(&mut shard.current);
                 shard.previous = full;
             }
-            let bucket = shard.previous.remove(key).unwrap_or(Bucket {
-                tokens: self.burst,
-                at: now,
-            });
+            let bucket = shard
+                .previous
+                .remove(key)
+                .unwrap_or_else(|| TokenBucket::full(self.burst, now));
             shard.current.insert(key.clone(), bucket);
         }
         let bucket = shard
             .current
             .get_mut(key)
             .expect("inserted above while holding the shard lock");
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.at = now;
         f(bucket)
-    }
-
-    fn retry_ms(&self, tokens: f64) -> u64 {
-        (((1.0 - tokens) / self.per_second) * 1000.0)
-            .ceil()
-            .max(1.0) as u64
     }
 
     /// Take one token: `Ok(())` to go ahead, or `Err(retry_after_ms)`.
     pub fn take(&self, key: &K, now: Instant) -> Result<(), u64> {
-        self.with_bucket(key, now, |b| {
-            if b.tokens >= 1.0 {
-                b.tokens -= 1.0;
-                Ok(())
-            } else {
-                Err(self.retry_ms(b.tokens))
-            }
-        })
+        self.with_bucket(key, now, |b| b.take(now, self.per_second, self.burst))
     }
 
     /// Whether a token is available, without taking it (`Err(retry_after_ms)` if not).
     pub fn peek(&self, key: &K, now: Instant) -> Result<(), u64> {
-        self.with_bucket(key, now, |b| {
-            if b.tokens >= 1.0 {
-                Ok(())
-            } else {
-                Err(self.retry_ms(b.tokens))
-            }
-        })
+        self.with_bucket(key, now, |b| b.peek(now, self.per_second, self.burst))
     }
 
     /// Take a token even if that leaves the bucket empty (recording a failure).
     pub fn charge(&self, key: &K, now: Instant) {
-        self.with_bucket(key, now, |b| b.tokens = (b.tokens - 1.0).max(0.0));
+        self.with_bucket(key, now, |b| b.charge(now, self.per_second, self.burst));
     }
 
     #[cfg(test)]

@@ -138,6 +138,7 @@ mod engine;
 pub mod sharing;
 mod state;
 mod timers;
+pub mod token_bucket;
 mod view;
 
 pub use config::PresenceConfig;
