@@ -5,7 +5,7 @@ impl AccountService {
     /// Validate and store a filter; returns its new ID. `BadJson` if it is not a valid
     /// filter. The JSON is stored as given, so it reads back exactly.
     pub fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
-        Filter::from_json(filter.clone()).map_err(AccountError::BadJson)?;
+        filter::parse_filter(filter.clone()).map_err(AccountError::BadJson)?;
         if count_user_entries(&self.db, Cf::Filters, user, MAX_FILTERS_PER_USER)?
             >= MAX_FILTERS_PER_USER
         {
@@ -30,7 +30,7 @@ impl AccountService {
     pub fn filter(&self, user: &UserId, filter_id: &str) -> Result<Option<Filter>> {
         match self.filter_json(user, filter_id)? {
             None => Ok(None),
-            Some(v) => Filter::from_json(v).map(Some).map_err(|e| {
+            Some(v) => filter::parse_filter(v).map(Some).map_err(|e| {
                 StorageError::Corrupt {
                     cf: Cf::Filters.name(),
                     reason: e,

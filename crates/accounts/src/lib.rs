@@ -47,7 +47,10 @@ mod profiles;
 mod sessions;
 mod users;
 
-pub use filter::{EventFilter, EventFormat, Filter, RoomEventFilter, RoomFilter, glob_match};
+pub use filter::{
+    EventFilter, EventFilterExt, EventFormat, Filter, RoomEventFilter, RoomEventFilterExt,
+    RoomFilter, RoomFilterExt, glob_match,
+};
 pub use password::{HashingPool, PasswordHashing};
 
 /// Longest allowed user ID (`@localpart:server`), in bytes, per the spec.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use accounts::filter::RoomEventFilter;
+use accounts::filter::{RoomEventFilter, RoomEventFilterExt};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use rooms::StoredEvent;
@@ -688,7 +688,7 @@ pub(crate) fn room_ephemeral(
     now: u64,
     filter: &RoomEventFilter,
 ) -> ApiResult<Vec<Value>> {
-    if filter.excludes_all() || filter.limit == Some(0) {
+    if filter.excludes_all() || filter.limit_u64() == Some(0) {
         return Ok(Vec::new());
     }
     let mut events = Vec::new();
@@ -717,7 +717,7 @@ pub(crate) fn room_ephemeral(
     {
         events.push(ev);
     }
-    if let Some(limit) = filter.limit {
+    if let Some(limit) = filter.limit_u64() {
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     Ok(events)
