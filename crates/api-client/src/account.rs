@@ -23,6 +23,7 @@ use ruma::{OwnedDeviceId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef, client_route};
@@ -70,15 +71,6 @@ impl From<AccountError> for MatrixError {
             AccountError::Hashing(_) | AccountError::Storage(_) => MatrixError::internal(msg),
         }
     }
-}
-
-/// Run blocking work (password hashing) off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(MatrixError::internal)
 }
 
 /// The client's IP address, when known.

@@ -34,6 +34,7 @@ pub mod ratelimit;
 mod account;
 mod account_data;
 mod admin;
+mod blocking;
 mod ephemeral;
 mod filter;
 mod meta;
@@ -42,7 +43,7 @@ mod profile;
 mod room;
 mod sync;
 
-pub use ephemeral::TypingState;
+pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
@@ -67,16 +68,15 @@ pub struct ClientApiConfig {
 /// Everything handlers need, passed explicitly as axum state.
 pub struct AppState {
     pub config: ClientApiConfig,
-    pub db: Arc<storage::Db>,
     pub accounts: Arc<accounts::AccountService>,
     pub rooms: Arc<rooms::RoomService>,
     pub notifier: Arc<SyncNotifier>,
     pub presence: Arc<presence_service::PresenceService>,
     pub limiter: RateLimiter,
-    /// Who is typing in which room (in memory; see the `ephemeral` module).
-    pub typing: TypingState,
     /// Clients already warned about the deprecated `access_token` query parameter.
     pub query_token_warnings: extract::QueryTokenWarnings,
+    /// Typing and receipts (shared with inbound federation).
+    pub ephemeral: Arc<::ephemeral::EphemeralService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -159,7 +159,7 @@ async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next
         Some((token, source)) => {
             let accounts = state.accounts.clone();
             let t = token.clone();
-            let session = match account::blocking(move || accounts.authenticate(&t)).await {
+            let session = match blocking::blocking(move || accounts.authenticate(&t)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return MatrixError::from(e).into_response(),
                 Err(e) => return e.into_response(),

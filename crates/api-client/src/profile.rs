@@ -108,7 +108,7 @@ async fn put_field(
     let (state, user) = (state.clone(), auth.user_id.clone());
     // A storage write, then one member event per joined room and member scans to wake:
     // all on the blocking pool, not a tokio worker.
-    crate::account::blocking(move || -> ApiResult<()> {
+    crate::blocking::blocking(move || -> ApiResult<()> {
         let profile = if is_displayname {
             state.accounts.set_displayname(&user, value)?
         } else {

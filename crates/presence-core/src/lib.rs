@@ -135,6 +135,7 @@
 pub mod audience;
 mod config;
 mod engine;
+pub mod routing;
 pub mod sharing;
 mod state;
 mod timers;

@@ -245,16 +245,20 @@ fn open_services(config: &Config) -> Result<Services, String> {
             .global_account_data_of_type(presence_service::sharing::IGNORED_USER_LIST)
             .map_err(|e| format!("cannot read ignore lists: {e}"))?,
     );
+    let ephemeral = ephemeral::EphemeralService::new(db.clone());
+    ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
+        rooms: rooms.clone(),
+        notifier: notifier.clone(),
+    }));
     let state = Arc::new(api_client::AppState {
         limiter: api_client::RateLimiter::new(client_config.rate_limit.clone()),
         config: client_config,
-        db: db.clone(),
         accounts,
         rooms,
         notifier,
         presence,
-        typing: Default::default(),
         query_token_warnings: Default::default(),
+        ephemeral,
     });
     Ok(Services { db, state })
 }

@@ -86,10 +86,15 @@ pub enum Cf {
     /// `room_id 0xFF pos` → the receipt written at pos (one entry per current receipt: a
     /// newer receipt of the same kind deletes the older entry), for incremental sync.
     ReceiptStream,
+    /// Outbound federation queues (owned by `federation-sender`):
+    /// `"d" 0xFF destination 0xFF` → destination record (next txn counter);
+    /// `"p" 0xFF destination 0xFF seq` → a pending PDU; `"e" 0xFF destination 0xFF seq` → a
+    /// pending EDU; `"k" 0xFF destination 0xFF coalescing key 0xFF` → seq of its latest EDU.
+    FederationQueue,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 20] = [
+    pub const ALL: [Cf; 21] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -110,6 +115,7 @@ impl Cf {
         Cf::Misc,
         Cf::Receipts,
         Cf::ReceiptStream,
+        Cf::FederationQueue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -134,6 +140,7 @@ impl Cf {
             Cf::Misc => "misc",
             Cf::Receipts => "receipts",
             Cf::ReceiptStream => "receipt_stream",
+            Cf::FederationQueue => "federation_queue",
         }
     }
 }

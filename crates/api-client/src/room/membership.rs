@@ -8,7 +8,7 @@ use rooms::{CreateRoomRequest, RoomError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake_room};
+use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path};
 use crate::{AppState, AppStateRef};
@@ -57,26 +57,28 @@ async fn create_room(
     }
     req.creator_profile = profile(&state, &auth.user_id)?;
     let creator = auth.user_id.clone();
-    let room = blocking(&state, move |rooms| rooms.create_room(&creator, req))
-        .await
-        .map_err(|e| match e {
-            RoomError::AliasInUse(a) => MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_ROOM_IN_USE",
-                format!("Room alias {a} is already in use"),
-            ),
-            e => e.into(),
-        })?;
-    let pos = state.rooms.room_last_pos(&room)?;
-    let invited: Vec<ruma::OwnedUserId> = state
-        .rooms
-        .members(&room)?
-        .into_iter()
-        .filter(|(_, m)| *m == rooms::Membership::Invite)
-        .map(|(u, _)| u)
-        .collect();
+    let (room, pos, invited) = blocking(&state, move |rooms| {
+        let room = rooms.create_room(&creator, req)?;
+        let pos = rooms.room_last_pos(&room)?;
+        let invited: Vec<ruma::OwnedUserId> = rooms
+            .members(&room)?
+            .into_iter()
+            .filter(|(_, m)| *m == rooms::Membership::Invite)
+            .map(|(u, _)| u)
+            .collect();
+        Ok((room, pos, invited))
+    })
+    .await
+    .map_err(|e| match e {
+        RoomError::AliasInUse(a) => MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_ROOM_IN_USE",
+            format!("Room alias {a} is already in use"),
+        ),
+        e => e.into(),
+    })?;
     let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
-    wake_room(&state, &room, pos, &extra);
+    wake(&state, &room, pos, &extra).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -105,7 +107,7 @@ async fn do_join(
         rooms.join(&user, &target, &prof, content)
     })
     .await?;
-    wake_room(&state, &room, sent.pos, &[&auth.user_id]);
+    wake(&state, &room, sent.pos, &[&auth.user_id]).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -147,7 +149,7 @@ async fn leave(
         rooms.leave(&user, &r, body.reason.as_deref())
     })
     .await?;
-    wake_room(&state, &room, sent.pos, &[&auth.user_id]);
+    wake(&state, &room, sent.pos, &[&auth.user_id]).await;
     Ok(Json(json!({})))
 }
 
@@ -203,7 +205,7 @@ async fn act(
     })
     .await
     .map_err(hide_unknown)?;
-    wake_room(&state, &room, sent.pos, &[&target]);
+    wake(&state, &room, sent.pos, &[&target]).await;
     Ok(Json(json!({})))
 }
 
