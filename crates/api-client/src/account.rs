@@ -230,14 +230,14 @@ pub(crate) async fn require_password(
     };
     state
         .limiter
-        .login_allowed(user)
+        .login_allowed(user.as_str())
         .map_err(MatrixError::limit_exceeded)?;
     let accounts = state.accounts.clone();
     let owned = user.to_owned();
     match blocking(move || accounts.check_password(&owned, &password)).await? {
         Ok(()) => Ok(()),
         Err(AccountError::Forbidden) => Err({
-            state.limiter.login_failed(user);
+            state.limiter.login_failed(user.as_str());
             challenge(STAGE, session, Some(("M_FORBIDDEN", "Invalid password")))
         }),
         Err(e) => Err(e.into()),
@@ -412,21 +412,22 @@ async fn login(
     // wrong password, so guessing one account's password is slow whatever the source.
     let accounts = state.accounts.clone();
     let who = user.clone();
-    let target = blocking(move || accounts.resolve_user(&who)).await??;
-    if let Some(target) = &target {
-        state
-            .limiter
-            .login_allowed(target)
-            .map_err(MatrixError::limit_exceeded)?;
-    }
+    let target = match blocking(move || accounts.resolve_user(&who)).await?? {
+        Some(user_id) => user_id.to_string(),
+        // Not an account: limited under the name as typed, so a 429 says nothing about
+        // whether an account exists.
+        None => user.clone(),
+    };
+    state
+        .limiter
+        .login_allowed(&target)
+        .map_err(MatrixError::limit_exceeded)?;
     let accounts = state.accounts.clone();
     let result =
         blocking(move || accounts.login_password(&user, &password, device, ip.as_deref())).await?;
     let session = match result {
         Err(AccountError::Forbidden) => {
-            if let Some(target) = &target {
-                state.limiter.login_failed(target);
-            }
+            state.limiter.login_failed(&target);
             return Err(AccountError::Forbidden.into());
         }
         other => other?,

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use http::HeaderMap;
 use presence_core::token_bucket::TokenBucket;
-use ruma::{OwnedUserId, UserId};
+use ruma::OwnedUserId;
 
 /// The `[rate_limits]` settings.
 #[derive(Debug, Clone)]
@@ -169,7 +169,9 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 pub struct RateLimiter {
     config: RateLimitConfig,
     requests: Buckets<RateKey>,
-    failed_logins: Buckets<OwnedUserId>,
+    /// Keyed by the account's user ID, or for names that are no account, by the name as
+    /// typed (lower-cased): unknown names are limited alike, so a 429 reveals nothing.
+    failed_logins: Buckets<String>,
 }
 
 impl RateLimiter {
@@ -202,19 +204,22 @@ impl RateLimiter {
         self.requests.take(key, now)
     }
 
-    /// Before checking a password of `user`: `Err(retry_after_ms)` when the account has
-    /// used up its failed attempts (the password is then not even checked).
-    pub fn login_allowed(&self, user: &UserId) -> Result<(), u64> {
+    /// Before checking a password of `account` (a user ID, or an unknown name as typed):
+    /// `Err(retry_after_ms)` when it has used up its failed attempts (the password is then
+    /// not even checked).
+    pub fn login_allowed(&self, account: &str) -> Result<(), u64> {
         if !self.config.enabled {
             return Ok(());
         }
-        self.failed_logins.peek(&user.to_owned(), Instant::now())
+        self.failed_logins
+            .peek(&account.to_lowercase(), Instant::now())
     }
 
-    /// Record a wrong password for `user`.
-    pub fn login_failed(&self, user: &UserId) {
+    /// Record a wrong password for `account`.
+    pub fn login_failed(&self, account: &str) {
         if self.config.enabled {
-            self.failed_logins.charge(&user.to_owned(), Instant::now());
+            self.failed_logins
+                .charge(&account.to_lowercase(), Instant::now());
         }
     }
 }
@@ -304,10 +309,15 @@ mod tests {
         let alice = ruma::owned_user_id!("@alice:example.org");
         let bob = ruma::owned_user_id!("@bob:example.org");
         for _ in 0..FAILED_LOGIN_BURST as usize {
-            assert!(l.login_allowed(&alice).is_ok());
-            l.login_failed(&alice);
+            assert!(l.login_allowed(alice.as_str()).is_ok());
+            l.login_failed(alice.as_str());
         }
-        assert!(l.login_allowed(&alice).is_err());
-        assert!(l.login_allowed(&bob).is_ok());
+        assert!(l.login_allowed(alice.as_str()).is_err());
+        assert!(l.login_allowed(bob.as_str()).is_ok());
+        // Unknown names are limited the same way (no existence oracle), case-insensitively.
+        for _ in 0..FAILED_LOGIN_BURST as usize {
+            l.login_failed("Nobody");
+        }
+        assert!(l.login_allowed("nobody").is_err());
     }
 }
