@@ -304,25 +304,26 @@ async fn register(
         }
     }
     let accounts = state.accounts.clone();
-    let localpart = match body.username {
-        Some(u) => u,
-        None => accounts.generate_localpart()?,
-    };
     let login = !body.inhibit_login.unwrap_or(false);
     let device = NewDevice {
         device_id: body.device_id,
         display_name: body.initial_device_display_name,
     };
-    let password = body.password;
-    let registered =
-        blocking(move || accounts.register(&localpart, password.as_deref(), device, false, login))
-            .await??;
-    if let Some(d) = &registered.device_id {
-        state
-            .accounts
-            .touch_device(&registered.user_id, d, ip.as_deref())
-            .map_err(MatrixError::from)?;
-    }
+    let (username, password) = (body.username, body.password);
+    // Name generation, hashing and the writes: all on the blocking pool.
+    let registered = blocking(move || -> ApiResult<accounts::Registered> {
+        let localpart = match username {
+            Some(u) => u,
+            None => accounts.generate_localpart()?,
+        };
+        let registered =
+            accounts.register(&localpart, password.as_deref(), device, false, login)?;
+        if let Some(d) = &registered.device_id {
+            accounts.touch_device(&registered.user_id, d, ip.as_deref())?;
+        }
+        Ok(registered)
+    })
+    .await??;
     let mut resp = json!({
         "user_id": registered.user_id,
         "home_server": state.config.server_name,
