@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use accounts::filter::{Filter, RoomEventFilter};
+use accounts::filter::{
+    EventFilterExt, Filter, RoomEventFilter, RoomEventFilterExt, RoomFilterExt,
+};
 use axum::routing::get;
 use axum::{Json, Router};
 use ruma::{OwnedEventId, RoomId, UserId};
@@ -127,7 +129,7 @@ fn load_filter(state: &AppState, user: &UserId, param: Option<&str>) -> ApiResul
         return Ok(Filter::default());
     };
     if param.trim_start().starts_with('{') {
-        return Filter::from_str_json(param)
+        return accounts::filter::parse_filter_str(param)
             .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")));
     }
     state
@@ -219,7 +221,7 @@ fn build_response(
     // only); absent means the default.
     let timeline_limit = room_filter
         .timeline
-        .limit
+        .limit_u64()
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
             (l as usize).min(MAX_TIMELINE_LIMIT)
         });
@@ -389,7 +391,7 @@ fn presence_events(
             .and_then(|s| <&UserId>::try_from(s).ok());
         filter.presence.matches("m.presence", sender)
     });
-    if let Some(limit) = filter.presence.limit {
+    if let Some(limit) = filter.presence.limit_u64() {
         events.truncate(limit as usize);
     }
     Ok(events)
@@ -565,7 +567,7 @@ fn filtered_timeline(
 fn event_matches(filter: &RoomEventFilter, room: &RoomId, ev: &rooms::StoredEvent) -> bool {
     let sender = <&UserId>::try_from(ev.sender()).ok();
     let contains_url =
-        filter.contains_url.is_some() && ev.content().get("url").is_some_and(Value::is_string);
+        filter.url_filter.is_some() && ev.content().get("url").is_some_and(Value::is_string);
     filter.matches(room, ev.kind(), sender, contains_url)
 }
 
@@ -633,7 +635,7 @@ fn room_section(
     } else {
         Vec::new()
     };
-    let lazy = state_filter.lazy_load_members;
+    let lazy = state_filter.lazy_load_members();
     let senders: HashSet<&str> = timeline
         .iter()
         .filter_map(|e| e["sender"].as_str())

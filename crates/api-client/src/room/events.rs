@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use accounts::RoomEventFilter;
+use accounts::{RoomEventFilter, RoomEventFilterExt};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use rooms::{RoomAccess, RoomService, StoredEvent};
@@ -414,7 +414,7 @@ fn joined_map(rooms: &RoomService, room: &RoomId, auth: &Auth) -> ApiResult<Map<
 fn parse_filter(raw: Option<&str>) -> ApiResult<RoomEventFilter> {
     match raw {
         None | Some("") => Ok(RoomEventFilter::default()),
-        Some(s) => serde_json::from_str(s)
+        Some(s) => accounts::filter::parse_room_event_filter_str(s)
             .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}"))),
     }
 }
@@ -594,7 +594,7 @@ async fn messages(
             if let Some(n) = next {
                 body["end"] = Value::from(token(n));
             }
-            if filter.lazy_load_members {
+            if filter.lazy_load_members() {
                 let refs: Vec<&StoredEvent> = events.iter().collect();
                 body["state"] = Value::Array(lazy_members(rooms, &room, &refs, &auth2)?);
             }
@@ -701,7 +701,7 @@ async fn context(
             let end = after.last().map_or(ev.pos, |e| e.pos);
             let last = after.last().unwrap_or(&ev);
             let state_map = rooms.state_after(last)?;
-            let state_events = if filter.lazy_load_members {
+            let state_events = if filter.lazy_load_members() {
                 let mut all: Vec<&StoredEvent> = before.iter().chain(after.iter()).collect();
                 all.push(&ev);
                 lazy_members(rooms, &room, &all, &auth)?
