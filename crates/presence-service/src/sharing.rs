@@ -366,7 +366,13 @@ impl PresenceService {
     /// The users `owner` ignores (`m.ignored_user_list` content; `None`: none stored). They
     /// stop seeing the owner's presence: a viewer whose `/sync` carried it gets one final
     /// `offline`; a viewer no longer ignored gets the current presence at once.
-    pub fn set_ignored_users(&self, owner: &UserId, content: Option<&Value>) {
+    ///
+    /// Fails if the markers cannot be stored (the list is applied in memory all the same).
+    pub fn set_ignored_users(
+        &self,
+        owner: &UserId,
+        content: Option<&Value>,
+    ) -> Result<(), StorageError> {
         let new = parse_ignored_users(content);
         let changed: Vec<OwnedUserId> = {
             let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
@@ -389,7 +395,7 @@ impl PresenceService {
                 .map(|(v, _)| v)
                 .collect()
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)));
+        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)))
     }
 
     /// Start-up: install every user's stored ignore list without visibility changes.
@@ -407,7 +413,12 @@ impl PresenceService {
     /// policy, and gives every local viewer whose `/sync` view of `user` changes a marker:
     /// those who lose it get one final `offline`, those who gain it the current presence at
     /// once. Call after the account data is stored, under [`Self::lock_sharing_updates`].
-    pub fn set_sharing_config(&self, user: &UserId, content: Option<&Value>) {
+    /// Fails if the markers cannot be stored (the config is applied in memory all the same).
+    pub fn set_sharing_config(
+        &self,
+        user: &UserId,
+        content: Option<&Value>,
+    ) -> Result<(), StorageError> {
         let mut new = OwnerSharing::from_content(user, content);
         // Evaluating old and new view for a big audience can take long (docs/benchmarks.md),
         // so it is done under the read locks; the write lock only installs the result — unless
@@ -441,7 +452,7 @@ impl PresenceService {
             sharing.install(user, new);
             changed
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)));
+        self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)))
     }
 
     /// For a config change of `user` to `new`: the local viewers whose push-audience
@@ -488,7 +499,7 @@ impl PresenceService {
     fn mark_visibility_changed<'a>(
         &self,
         pairs: impl IntoIterator<Item = (&'a UserId, &'a UserId)>,
-    ) {
+    ) -> Result<(), StorageError> {
         let pairs: Vec<(&UserId, &UserId)> = {
             let published = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
             pairs
@@ -497,7 +508,7 @@ impl PresenceService {
                 .collect()
         };
         if pairs.is_empty() {
-            return;
+            return Ok(());
         }
         let written = self
             .db
@@ -517,15 +528,12 @@ impl PresenceService {
                 }
                 Ok(())
             });
-        match written {
-            Ok((pos, ())) => {
-                let mut viewers: Vec<&UserId> = pairs.iter().map(|(v, _)| *v).collect();
-                viewers.sort_unstable();
-                viewers.dedup();
-                self.waker.wake_users(&viewers, pos);
-            }
-            Err(e) => tracing::error!("writing presence visibility markers failed: {e}"),
-        }
+        let (pos, ()) = written?;
+        let mut viewers: Vec<&UserId> = pairs.iter().map(|(v, _)| *v).collect();
+        viewers.sort_unstable();
+        viewers.dedup();
+        self.waker.wake_users(&viewers, pos);
+        Ok(())
     }
 
     /// Owners with a visibility marker for `viewer` in `(since, up_to]`.
@@ -571,7 +579,10 @@ impl PresenceService {
             }
             self.update_for_membership(&mut sharing, &rooms, room, user, joined, &delta)
         };
-        self.mark_visibility_changed(lost.iter().map(|(v, o)| (&**v, &**o)));
+        if let Err(e) = self.mark_visibility_changed(lost.iter().map(|(v, o)| (&**v, &**o))) {
+            // The leave is committed already; nothing to refuse.
+            tracing::error!("writing presence visibility markers failed: {e}");
+        }
     }
 
     /// Returns the `(viewer, owner)` pairs that lost visibility.

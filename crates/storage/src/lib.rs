@@ -282,6 +282,9 @@ pub struct Db {
     position: AtomicU64,
     /// Serialises position allocation with its write, so positions become visible in order.
     writer: Mutex<()>,
+    /// Test-only: every write fails while set ([`Db::fail_writes`]).
+    #[cfg(feature = "fault-injection")]
+    failing: std::sync::atomic::AtomicBool,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -305,6 +308,8 @@ impl Db {
             fsync,
             position: AtomicU64::new(0),
             writer: Mutex::new(()),
+            #[cfg(feature = "fault-injection")]
+            failing: std::sync::atomic::AtomicBool::new(false),
         };
         match db.get(Cf::Meta, META_SCHEMA)? {
             Some(v) => {
@@ -450,10 +455,24 @@ impl Db {
         Ok(wb)
     }
 
+    /// Test-only (feature `fault-injection`): while `on`, every write fails and writes nothing,
+    /// so callers' error paths can be tested.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_writes(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
     /// Apply a batch atomically. Returns once it is in the WAL.
     pub fn write(&self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        #[cfg(feature = "fault-injection")]
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StorageError::Corrupt {
+                cf: "meta",
+                reason: "write refused by fault injection".into(),
+            });
         }
         let wb = self.to_rocks(batch)?;
         self.rocks.write_opt(wb, &self.write_opts())?;

@@ -76,7 +76,9 @@ impl Fixture {
     }
 
     fn config(&self, user: &UserId, content: Value) {
-        self.svc.set_sharing_config(user, Some(&content));
+        self.svc
+            .set_sharing_config(user, Some(&content))
+            .expect("stored");
     }
 
     /// `owner`'s presence content in `viewer`'s incremental sync from `since`, if any.
@@ -250,7 +252,7 @@ fn unparseable_config_fails_closed() {
     assert_eq!(preview.local_user_count, 0);
     // Removing the config (e.g. only the unstable type was stored and is now unparseable →
     // the caller passes None when nothing is stored) restores legacy sharing.
-    f.svc.set_sharing_config(&a, None);
+    f.svc.set_sharing_config(&a, None).expect("stored");
     assert!(f.svc.may_see(&b, &a));
 }
 
@@ -470,7 +472,9 @@ proptest! {
                     model.joined.entry(users[*u].clone()).or_default().remove(&rooms[*r]);
                 }
                 Op::Config(u, c) => {
-                    f.svc.set_sharing_config(&users[*u], configs[*c].as_ref());
+                    f.svc
+                        .set_sharing_config(&users[*u], configs[*c].as_ref())
+                        .expect("stored");
                     match &configs[*c] {
                         Some(v) => model.configs.insert(users[*u].clone(), v.clone()),
                         None => model.configs.remove(&users[*u]),
