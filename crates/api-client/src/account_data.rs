@@ -129,6 +129,10 @@ async fn write(
         event_type.to_owned(),
     );
     crate::account::blocking(move || -> ApiResult<()> {
+        // Storing and applying an ignore list is serialised like a sharing config change.
+        let _serialised = (room.is_none()
+            && event_type == presence_service::sharing::IGNORED_USER_LIST)
+            .then(|| state.presence.lock_sharing_updates());
         if let Some(room) = &room
             && state.rooms.membership_state(room, &user)?.is_none()
         {
@@ -142,7 +146,9 @@ async fn write(
             .set_account_data(&user, room.as_deref(), &event_type, &content)?;
         if room.is_none() && event_type == presence_service::sharing::IGNORED_USER_LIST {
             // Ignored users stop seeing this user's presence (MSC4325).
-            state.presence.set_ignored_users(&user, Some(&content))?;
+            state
+                .presence
+                .set_ignored_users(&user, Some(&content), pos)?;
         }
         state.notifier.wake([&*user], pos);
         Ok(())

@@ -787,7 +787,7 @@ mod tests {
         db.fail_writes(true);
         // Ignoring b hides a's presence from b: that marker write fails, so does the call.
         assert!(
-            svc.set_ignored_users(&a, Some(&json!({ "ignored_users": { "@b:x": {} } })))
+            svc.set_ignored_users(&a, Some(&json!({ "ignored_users": { "@b:x": {} } })), 1)
                 .is_err()
         );
         assert!(

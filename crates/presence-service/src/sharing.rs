@@ -251,6 +251,9 @@ pub(crate) struct SharingState {
     allowers: HashMap<OwnedUserId, HashSet<OwnedUserId>>,
     /// owner → the users on the owner's `m.ignored_user_list`: they never see the owner.
     ignored: HashMap<OwnedUserId, HashSet<OwnedUserId>>,
+    /// owner → stream position of the ignore list in `ignored` (0: loaded at start-up), so a
+    /// list stored earlier but applied later never replaces a newer one.
+    ignored_pos: HashMap<OwnedUserId, u64>,
     /// Entries in all `fanout` sets.
     cached_viewers: usize,
     /// Bumped by every change that can change a push audience (memberships, configs).
@@ -367,15 +370,27 @@ impl PresenceService {
     /// stop seeing the owner's presence: a viewer whose `/sync` carried it gets one final
     /// `offline`; a viewer no longer ignored gets the current presence at once.
     ///
+    /// `pos` is the stream position the list was stored at: a list older than the one in
+    /// force is ignored, so two racing PUTs leave the newer list applied whatever order they
+    /// get here in. Call under [`Self::lock_sharing_updates`], like a sharing config change.
+    ///
     /// Fails if the markers cannot be stored (the list is applied in memory all the same).
     pub fn set_ignored_users(
         &self,
         owner: &UserId,
         content: Option<&Value>,
+        pos: u64,
     ) -> Result<(), StorageError> {
         let new = parse_ignored_users(content);
         let changed: Vec<OwnedUserId> = {
             let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
+            if sharing.ignored_pos.get(owner).is_some_and(|p| *p > pos) {
+                return Ok(());
+            }
+            sharing.ignored_pos.insert(owner.to_owned(), pos);
+            // A config change evaluated concurrently under the read locks must be redone:
+            // who the owner pushes to may have just changed.
+            sharing.version += 1;
             let rooms = self.index();
             let old = sharing.ignored.get(owner).cloned().unwrap_or_default();
             let touched: Vec<OwnedUserId> = old.symmetric_difference(&new).cloned().collect();

@@ -523,3 +523,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_older_ignore_list_applied_late_does_not_replace_the_newer_one() {
+    // Two PUTs of m.ignored_user_list: the first (stored at position 10, ignoring b) is
+    // applied after the second (stored at 11, ignoring nobody). The newer list must stay.
+    let f = fixture();
+    let (a, b) = (uid("@a:x"), uid("@b:x"));
+    let r = rid("!r:x");
+    f.join(&r, &[&a, &b]);
+    f.status(&a, DeviceState::Online, None);
+    f.svc
+        .set_ignored_users(&a, Some(&json!({"ignored_users": {}})), 11)
+        .expect("stored");
+    f.svc
+        .set_ignored_users(&a, Some(&json!({"ignored_users": {"@b:x": {}}})), 10)
+        .expect("stored");
+    assert!(f.svc.may_see(&b, &a) && f.svc.pushes_to(&b, &a));
+    // In order, the later list applies.
+    f.svc
+        .set_ignored_users(&a, Some(&json!({"ignored_users": {"@b:x": {}}})), 12)
+        .expect("stored");
+    assert!(!f.svc.may_see(&b, &a) && !f.svc.pushes_to(&b, &a));
+}
