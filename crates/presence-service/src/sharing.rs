@@ -579,9 +579,13 @@ impl PresenceService {
     /// A joined-membership change: keeps the audience index and the push-audience caches
     /// current, and gives viewers who no longer see a user because of a leave (their last
     /// shared room, or the last one the owner's config does not deny) a final `offline`.
-    /// Joins need nothing more: `/sync` sends the presence of users who newly share a room.
+    ///
+    /// A join gives markers too, to each pair that newly shares a room and now sees the other:
+    /// this runs after the join is committed, so a `/sync` racing it can return the join
+    /// while the index does not have it yet (no presence sent) and move its token past the
+    /// join; the marker, at a later position, makes its next `/sync` send the presence.
     pub fn membership_changed(&self, room: &RoomId, user: &UserId, joined: bool) {
-        let lost: Vec<(OwnedUserId, OwnedUserId)> = {
+        let changed: Vec<(OwnedUserId, OwnedUserId)> = {
             let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
             if rooms.is_joined(user, room) == joined {
@@ -589,13 +593,28 @@ impl PresenceService {
             }
             let delta = rooms.apply_membership(room, user, joined);
             sharing.version += 1;
-            if sharing.owners.is_empty() && (joined || delta.lost.is_empty()) {
-                return;
+            let mut changed = if sharing.owners.is_empty() && (joined || delta.lost.is_empty())
+            {
+                Vec::new()
+            } else {
+                self.update_for_membership(&mut sharing, &rooms, room, user, joined, &delta)
+            };
+            if joined {
+                let user_is_local = self.is_local(user);
+                for other in &delta.gained {
+                    if self.is_local(other) && pushes_to_locked(&sharing, &rooms, user, other) {
+                        changed.push((other.clone(), user.to_owned()));
+                    }
+                    if user_is_local && pushes_to_locked(&sharing, &rooms, other, user) {
+                        changed.push((user.to_owned(), other.clone()));
+                    }
+                }
             }
-            self.update_for_membership(&mut sharing, &rooms, room, user, joined, &delta)
+            changed
         };
-        if let Err(e) = self.mark_visibility_changed(lost.iter().map(|(v, o)| (&**v, &**o))) {
-            // The leave is committed already; nothing to refuse.
+        if let Err(e) = self.mark_visibility_changed(changed.iter().map(|(v, o)| (&**v, &**o)))
+        {
+            // The membership is committed already; nothing to refuse.
             tracing::error!("writing presence visibility markers failed: {e}");
         }
     }
