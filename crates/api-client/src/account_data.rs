@@ -114,7 +114,7 @@ async fn write(
                 .accounts
                 .set_account_data(&user, None, &event_type, &content)?;
             let effective = effective_sharing_config(&state, &user)?;
-            state.presence.set_sharing_config(&user, effective.as_ref());
+            state.presence.set_sharing_config(&user, effective.as_ref())?;
             state.notifier.wake([&*user], pos);
             Ok(())
         })
@@ -129,6 +129,10 @@ async fn write(
         event_type.to_owned(),
     );
     crate::blocking::blocking(move || -> ApiResult<()> {
+        // Storing and applying an ignore list is serialised like a sharing config change.
+        let _serialised = (room.is_none()
+            && event_type == presence_service::sharing::IGNORED_USER_LIST)
+            .then(|| state.presence.lock_sharing_updates());
         if let Some(room) = &room
             && state.rooms.membership_state(room, &user)?.is_none()
         {
@@ -142,7 +146,9 @@ async fn write(
             .set_account_data(&user, room.as_deref(), &event_type, &content)?;
         if room.is_none() && event_type == presence_service::sharing::IGNORED_USER_LIST {
             // Ignored users stop seeing this user's presence (MSC4325).
-            state.presence.set_ignored_users(&user, Some(&content));
+            state
+                .presence
+                .set_ignored_users(&user, Some(&content), pos)?;
         }
         state.notifier.wake([&*user], pos);
         Ok(())

@@ -99,7 +99,10 @@ async fn put_status(
     state
         .presence
         .set_status(&user, auth.device_id.as_str(), device_state, msg)
-        .map_err(|limited| MatrixError::limit_exceeded(limited.0))?;
+        .map_err(|e| match e {
+            presence_service::SetStatusError::RateLimited(l) => MatrixError::limit_exceeded(l.0),
+            presence_service::SetStatusError::Storage(e) => e.into(),
+        })?;
     Ok(Json(json!({})))
 }
 
