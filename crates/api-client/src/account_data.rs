@@ -114,7 +114,9 @@ async fn write(
                 .accounts
                 .set_account_data(&user, None, &event_type, &content)?;
             let effective = effective_sharing_config(&state, &user)?;
-            state.presence.set_sharing_config(&user, effective.as_ref())?;
+            state
+                .presence
+                .set_sharing_config(&user, effective.as_ref())?;
             state.notifier.wake([&*user], pos);
             Ok(())
         })

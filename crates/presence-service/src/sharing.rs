@@ -593,8 +593,7 @@ impl PresenceService {
             }
             let delta = rooms.apply_membership(room, user, joined);
             sharing.version += 1;
-            let mut changed = if sharing.owners.is_empty() && (joined || delta.lost.is_empty())
-            {
+            let mut changed = if sharing.owners.is_empty() && (joined || delta.lost.is_empty()) {
                 Vec::new()
             } else {
                 self.update_for_membership(&mut sharing, &rooms, room, user, joined, &delta)
@@ -612,8 +611,7 @@ impl PresenceService {
             }
             changed
         };
-        if let Err(e) = self.mark_visibility_changed(changed.iter().map(|(v, o)| (&**v, &**o)))
-        {
+        if let Err(e) = self.mark_visibility_changed(changed.iter().map(|(v, o)| (&**v, &**o))) {
             // The membership is committed already; nothing to refuse.
             tracing::error!("writing presence visibility markers failed: {e}");
         }

@@ -73,14 +73,16 @@ impl EffectivePresence {
     }
 
     /// Whether `other` would look different to a viewer: state, status message,
-    /// `currently_active`, or whether activity is shown at all. A bare change of
-    /// `last_active_ts` is deliberately not visible: the spec only requires `last_active_ago`
+    /// `currently_active`, or whether activity is shown at all (`last_active_ago` present).
+    /// Being overridden is not itself visible: an override that serves the same content as
+    /// the natural presence pushes nothing (the served content is the proptests' oracle).
+    /// A bare change of `last_active_ts` is deliberately not visible: the spec only requires `last_active_ago`
     /// to be current when an event is served, which the view builder guarantees.
     pub fn visibly_differs(&self, other: &EffectivePresence) -> bool {
         self.state != other.state
             || self.status_msg != other.status_msg
             || self.currently_active != other.currently_active
-            || self.overridden != other.overridden
+            || self.last_active_ts.is_some() != other.last_active_ts.is_some()
     }
 }
 

@@ -585,6 +585,8 @@ fn a_sync_racing_a_join_gets_the_joined_users_presence_on_its_next_sync() {
     // Now the index learns of the join; b's next sync (from the token it was given) must
     // carry a's presence although a did not change since.
     f.join(&r, &[&b]);
-    let seen = f.seen(&b, join_pos, &a).expect("a's presence after the join");
+    let seen = f
+        .seen(&b, join_pos, &a)
+        .expect("a's presence after the join");
     assert_eq!(seen["status_msg"], "here");
 }
