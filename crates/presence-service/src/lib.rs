@@ -28,7 +28,10 @@
 //!
 //! Lock order: `sharing_updates` → `stream_pos` → `engine`, and `sharing` → `rooms`; the
 //! engine lock is never held while taking `sharing` or `rooms`, nor the other way round.
+mod remote;
 pub mod sharing;
+
+pub use remote::{MAX_PUSH_ENTRIES, MAX_REMOTE_USERS, REMOTE_PRESENCE_TIMEOUT_MS, RemoteReceipt};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,6 +158,8 @@ pub struct PresenceService {
     armed_deadline: AtomicU64,
     kick: Notify,
     status_buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
+    /// Presence of remote users received over federation ([`remote`]).
+    remote: Mutex<remote::RemoteStore>,
 }
 
 pub fn now_ms() -> u64 {
@@ -209,6 +214,7 @@ impl PresenceService {
             armed_deadline: AtomicU64::new(u64::MAX),
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
+            remote: Mutex::new(remote::RemoteStore::default()),
         });
         service.publish(restored_changes);
         Ok(service)
@@ -470,7 +476,10 @@ impl PresenceService {
     /// Presence events for an initial sync: the viewer's own, and every user whose presence
     /// the viewer's sync carries ([`PresenceService::pushes_to`]) who is not offline.
     pub fn initial_events(&self, viewer: &UserId) -> Vec<Value> {
-        let users = self.initial_candidates(viewer);
+        let (remote, users): (Vec<OwnedUserId>, Vec<OwnedUserId>) = self
+            .initial_candidates(viewer)
+            .into_iter()
+            .partition(|u| self.is_remote(u));
         let now = now_ms();
         let engine = self.engine();
         let mut out = Vec::new();
@@ -482,6 +491,13 @@ impl PresenceService {
             let p = engine.current(&user, now);
             if p.state != presence_core::PresenceState::Offline {
                 out.push(json!({ "type": "m.presence", "sender": user, "content": p.content(now, Audience::Msc4042Client) }));
+            }
+        }
+        drop(engine);
+        for user in remote {
+            let event = self.remote_event_for(viewer, &user);
+            if event["content"]["presence"] != "offline" {
+                out.push(event);
             }
         }
         out
@@ -537,14 +553,14 @@ impl PresenceService {
         let mut out = Vec::new();
         for user in changed {
             if visible.contains(user) {
-                out.push(self.event_for(user));
+                out.push(self.event_for_viewer(viewer, user));
             }
         }
         // A marker: the viewer's view of this user changed (config change or leave). Show
         // what they should see now — the presence, or one final offline.
         for user in marked {
             out.push(if visible.contains(user) {
-                self.event_for(user)
+                self.event_for_viewer(viewer, user)
             } else {
                 sharing::final_offline(user)
             });

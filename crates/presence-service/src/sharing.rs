@@ -337,6 +337,11 @@ impl PresenceService {
             .is_none_or(|name| user.server_name() == name)
     }
 
+    /// Whether `viewer`'s ignore list names `user` (then `viewer` sees none of `user`'s presence).
+    pub(crate) fn viewer_ignores(&self, viewer: &UserId, user: &UserId) -> bool {
+        self.sharing().ignores(viewer, user)
+    }
+
     fn sharing(&self) -> RwLockReadGuard<'_, SharingState> {
         self.sharing.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -679,6 +684,9 @@ impl PresenceService {
     pub fn may_see(&self, viewer: &UserId, user: &UserId) -> bool {
         if viewer == user {
             return true;
+        }
+        if self.is_remote(user) {
+            return self.remote_visible(viewer, user);
         }
         let sharing = self.sharing();
         if sharing.ignores(user, viewer) {
