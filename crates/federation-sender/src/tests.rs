@@ -297,3 +297,113 @@ async fn reopen(dir: &tempfile::TempDir) -> Arc<Db> {
     }
     panic!("database still locked");
 }
+
+mod presence_out_tests {
+    use super::*;
+    use crate::presence_out::{PRESENCE_REFRESH_MS, PeerTrust, PresenceOutbox, presence_entries};
+    use presence_core::routing::{PresenceRouting, RouteKind};
+    use presence_core::{FederationPresence, PresenceState};
+
+    fn online() -> FederationPresence {
+        FederationPresence {
+            presence: PresenceState::Online,
+            status_msg: Some("hi".into()),
+            last_active_ago: 0,
+            currently_active: true,
+        }
+    }
+
+    fn routing(entries: &[(&str, Option<&[&str]>)]) -> PresenceRouting {
+        let mut r = PresenceRouting::default();
+        for (server, recipients) in entries {
+            let server = OwnedServerName::try_from(*server).unwrap();
+            // Unrestricted: the server's room sharers (one per server here).
+            let sharer = format!("@v:{server}");
+            let viewers: BTreeSet<ruma::OwnedUserId> = recipients
+                .unwrap_or(&[sharer.as_str()])
+                .iter()
+                .map(|u| ruma::OwnedUserId::try_from(*u).unwrap())
+                .collect();
+            let kind = match recipients {
+                None => RouteKind::Unrestricted,
+                Some(r) => RouteKind::Restricted(vec![r.iter().map(|s| s.to_string()).collect()]),
+            };
+            r.destinations.insert(server.clone(), kind);
+            r.viewers.insert(server, viewers);
+        }
+        r
+    }
+
+    #[test]
+    fn entries_carry_allowed_recipients_only_when_restricted() {
+        let u = user_id!("@a:home.org");
+        let e = presence_entries(u, &online(), &RouteKind::Unrestricted);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].get("allowed_recipients").is_none());
+        assert_eq!(e[0]["user_id"], "@a:home.org");
+        let chunks = RouteKind::Restricted(vec![vec!["@x:r.org".into()], vec!["@y:r.org".into()]]);
+        let e = presence_entries(u, &online(), &chunks);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1]["allowed_recipients"], json!(["@y:r.org"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocation_sends_final_offline_to_who_lost_sight_and_refresh_is_due_after_20_min() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let s = FederationSender::start(open(&dir), fake.clone(), config()).unwrap();
+        let trust = PeerTrust::new([OwnedServerName::try_from("one.org").unwrap()]);
+        let outbox = PresenceOutbox::new(s.clone(), trust);
+        let u = user_id!("@a:home.org");
+        outbox
+            .presence_changed(
+                u,
+                &online(),
+                routing(&[
+                    ("one.org", Some(&["@x:one.org", "@y:one.org"])),
+                    ("two.org", None),
+                ]),
+                0,
+            )
+            .unwrap();
+        until(|| fake.presence_to("one.org").len() == 1 && fake.presence_to("two.org").len() == 1)
+            .await;
+        // @y loses sight; two.org drops out entirely.
+        outbox
+            .routing_changed(
+                u,
+                &online(),
+                routing(&[("one.org", Some(&["@x:one.org"]))]),
+                1,
+            )
+            .unwrap();
+        until(|| fake.presence_to("one.org").len() == 2 && fake.presence_to("two.org").len() == 2)
+            .await;
+        let one = fake.presence_to("one.org");
+        assert_eq!(
+            (one[1]["presence"].as_str(), &one[1]["allowed_recipients"]),
+            (Some("offline"), &json!(["@y:one.org"]))
+        );
+        let two = fake.presence_to("two.org");
+        assert_eq!(two[1]["presence"], "offline");
+        assert!(two[1].get("allowed_recipients").is_none());
+        // A new server gains a viewer: it gets the current presence; one.org gets nothing new.
+        outbox
+            .routing_changed(
+                u,
+                &online(),
+                routing(&[("one.org", Some(&["@x:one.org"])), ("three.org", None)]),
+                2,
+            )
+            .unwrap();
+        until(|| fake.presence_to("three.org").len() == 1).await;
+        until(|| idle(&s)).await;
+        assert_eq!(fake.presence_to("one.org").len(), 2);
+        assert_eq!(fake.presence_to("three.org")[0]["presence"], "online");
+        assert!(outbox.due_for_refresh(PRESENCE_REFRESH_MS).is_empty());
+        assert_eq!(
+            outbox.due_for_refresh(PRESENCE_REFRESH_MS + 2),
+            vec![u.to_owned()]
+        );
+    }
+}
