@@ -31,7 +31,9 @@
 mod remote;
 pub mod sharing;
 
-pub use remote::{MAX_PUSH_ENTRIES, MAX_REMOTE_USERS, REMOTE_PRESENCE_TIMEOUT_MS, RemoteReceipt};
+pub use remote::{
+    MAX_PUSH_ENTRIES, MAX_REMOTE_USERS, PresenceObserver, REMOTE_PRESENCE_TIMEOUT_MS, RemoteReceipt,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,6 +162,8 @@ pub struct PresenceService {
     status_buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
     /// Presence of remote users received over federation ([`remote`]).
     remote: Mutex<remote::RemoteStore>,
+    /// Told about every published change of a local user (the federation sender).
+    observer: OnceLock<Arc<dyn PresenceObserver>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -215,6 +219,7 @@ impl PresenceService {
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
             remote: Mutex::new(remote::RemoteStore::default()),
+            observer: OnceLock::new(),
         });
         service.publish(restored_changes);
         Ok(service)
@@ -346,6 +351,7 @@ impl PresenceService {
         for c in &changes {
             self.with_fanout(&c.user_id, |users| self.waker.wake_users(users, pos));
         }
+        self.notify_observer(&changes);
     }
 
     /// A `/sync` began. Keep the guard for the whole request.

@@ -22,7 +22,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use presence_core::{MAX_STATUS_MSG_BYTES, PresenceState};
+use presence_core::routing::{PresenceRouting, route_presence};
+use presence_core::sharing::SharingPolicy;
+use presence_core::{FederationPresence, MAX_STATUS_MSG_BYTES, PresenceChange, PresenceState};
+use std::sync::Arc;
+
 use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{Value, json};
 
@@ -171,7 +175,53 @@ impl RemoteState {
     }
 }
 
+/// Told about presence changes of local users, after they are stored (the federation sender
+/// implements it). Called outside the service's locks; it may call back into the service.
+pub trait PresenceObserver: Send + Sync + 'static {
+    /// `user` (local) has a new visible presence.
+    fn presence_changed(&self, user: &UserId);
+}
+
 impl PresenceService {
+    /// Installs the observer (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn PresenceObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    pub(crate) fn notify_observer(&self, changes: &[PresenceChange]) {
+        if let Some(o) = self.observer.get() {
+            for c in changes {
+                if !self.is_remote(&c.user_id) {
+                    o.presence_changed(&c.user_id);
+                }
+            }
+        }
+    }
+
+    /// `user`'s presence as a federation `push` entry body, now.
+    pub fn federation_presence(&self, user: &UserId) -> FederationPresence {
+        let now = crate::now_ms();
+        self.current(user).federation(now)
+    }
+
+    /// Where `user`'s presence goes over federation ([`presence_core::routing`]), from their
+    /// sharing policy and the audience index; `honours` says which peers apply
+    /// `allowed_recipients`. Empty before the server name is set.
+    pub fn federation_routing(
+        &self,
+        user: &UserId,
+        honours: impl Fn(&ServerName) -> bool,
+    ) -> PresenceRouting {
+        let Some(local) = self.server_name.get() else {
+            return PresenceRouting::default();
+        };
+        let policy = self
+            .sharing_policy_of(user)
+            .unwrap_or_else(SharingPolicy::legacy);
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        route_presence(user, local, &policy, &rooms, honours)
+    }
+
     fn remote(&self) -> std::sync::MutexGuard<'_, RemoteStore> {
         self.remote.lock().unwrap_or_else(|p| p.into_inner())
     }

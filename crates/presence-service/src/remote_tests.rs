@@ -186,3 +186,56 @@ fn stale_remote_presence_is_shown_offline() {
         "offline"
     );
 }
+
+#[derive(Default)]
+struct Observer(Mutex<Vec<OwnedUserId>>);
+impl PresenceObserver for Observer {
+    fn presence_changed(&self, user: &UserId) {
+        self.0.lock().unwrap().push(user.to_owned());
+    }
+}
+
+#[test]
+fn local_changes_reach_the_observer_and_route_to_remote_servers() {
+    let fx = fixture();
+    let obs = Arc::new(Observer::default());
+    fx.svc.set_observer(obs.clone());
+    fx.svc
+        .set_status(
+            &uid("@l1:home.org"),
+            "D",
+            presence_core::DeviceState::Online,
+            None,
+        )
+        .unwrap();
+    // Remote updates are not re-announced.
+    fx.svc.receive_remote_presence(
+        server_name!("remote.org"),
+        &push(json!([{"user_id": "@r:remote.org", "presence": "online"}])),
+    );
+    assert_eq!(*obs.0.lock().unwrap(), vec![uid("@l1:home.org")]);
+    let routing = fx.svc.federation_routing(&uid("@l1:home.org"), |_| false);
+    assert_eq!(
+        routing
+            .destinations
+            .keys()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        ["remote.org"]
+    );
+    assert_eq!(
+        fx.svc.federation_presence(&uid("@l1:home.org")).presence,
+        PresenceState::Online
+    );
+    // With a config denying @r, an untrusted remote.org gets nothing.
+    fx.svc.set_sharing_config(
+        &uid("@l1:home.org"),
+        Some(&json!({"denied_users": ["@r:remote.org"]})),
+    );
+    assert!(
+        fx.svc
+            .federation_routing(&uid("@l1:home.org"), |_| false)
+            .destinations
+            .is_empty()
+    );
+}

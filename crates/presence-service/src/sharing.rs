@@ -337,6 +337,11 @@ impl PresenceService {
             .is_none_or(|name| user.server_name() == name)
     }
 
+    /// `user`'s compiled sharing policy (`None`: no config, legacy).
+    pub(crate) fn sharing_policy_of(&self, user: &UserId) -> Option<SharingPolicy> {
+        self.sharing().owners.get(user).map(|o| o.policy.clone())
+    }
+
     /// Whether `viewer`'s ignore list names `user` (then `viewer` sees none of `user`'s presence).
     pub(crate) fn viewer_ignores(&self, viewer: &UserId, user: &UserId) -> bool {
         self.sharing().ignores(viewer, user)
