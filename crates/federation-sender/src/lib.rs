@@ -23,6 +23,7 @@
 //! What to send where (room servers for PDUs, [`presence_core::routing`]-style routing for
 //! presence) is the caller's decision.
 
+pub mod bridge;
 pub mod presence_out;
 mod queue;
 mod worker;

@@ -407,3 +407,45 @@ mod presence_out_tests {
         );
     }
 }
+
+mod bridge_tests {
+    use super::*;
+    use crate::bridge::PresenceBridge;
+    use crate::presence_out::PeerTrust;
+    use presence_service::{PresenceService, PresenceServiceConfig, SyncWaker};
+
+    struct NoWake;
+    impl SyncWaker for NoWake {
+        fn wake_users(&self, _: &[&UserId], _: u64) {}
+    }
+
+    #[tokio::test]
+    async fn a_local_status_change_reaches_the_remote_server_in_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let presence = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(NoWake),
+        )
+        .unwrap();
+        presence.set_server_name(server_name!("home.org").to_owned());
+        let room: ruma::OwnedRoomId = "!r:home.org".try_into().unwrap();
+        let (a, r) = (user_id!("@a:home.org"), user_id!("@r:remote.org"));
+        presence.membership_changed(&room, a, true);
+        presence.membership_changed(&room, r, true);
+        let fake = Fake::default();
+        let sender = FederationSender::start(db, fake.clone(), config()).unwrap();
+        let _bridge = PresenceBridge::install(&presence, sender, PeerTrust::default());
+        presence
+            .set_status(a, "D", presence_core::DeviceState::Online, None)
+            .unwrap();
+        until(|| !fake.presence_to("remote.org").is_empty()).await;
+        let got = fake.presence_to("remote.org");
+        assert_eq!(
+            (got[0]["user_id"].as_str(), got[0]["presence"].as_str()),
+            (Some("@a:home.org"), Some("online"))
+        );
+        assert!(got[0].get("allowed_recipients").is_none());
+    }
+}
