@@ -36,7 +36,7 @@ pub mod filter;
 mod password;
 
 pub use filter::{EventFilter, EventFormat, Filter, RoomEventFilter, RoomFilter, glob_match};
-pub use password::PasswordHashing;
+pub use password::{HashingPool, PasswordHashing};
 
 /// Longest allowed user ID (`@localpart:server`), in bytes, per the spec.
 pub const MAX_USER_ID_LEN: usize = 255;
@@ -56,7 +56,13 @@ pub const MAX_ACCOUNT_DATA_TYPE_LEN: usize = 255;
 pub const NONCE_TTL: Duration = Duration::from_secs(300);
 /// Device `last_seen_*` is written at most this often per device (unless the IP changes).
 pub const LAST_SEEN_INTERVAL_MS: u64 = 5 * 60 * 1000;
-const MAX_NONCES: usize = 10_000;
+/// Live shared-secret registration nonces kept at once; beyond it new ones are refused
+/// (never the old ones flushed, which would let anyone invalidate an admin's nonce).
+pub const MAX_NONCES: usize = 10_000;
+/// Stored filters per user.
+pub const MAX_FILTERS_PER_USER: usize = 100;
+/// Distinct account data entries (global and per room, by type) per user.
+pub const MAX_ACCOUNT_DATA_PER_USER: usize = 1000;
 const TOKEN_LEN: usize = 48;
 
 /// The device behind an access token.
@@ -149,6 +155,12 @@ pub enum AccountError {
     /// 400 `M_INVALID_PARAM`: a value out of range (too long, empty, ...).
     #[error("{0}")]
     InvalidParam(String),
+    /// 429 `M_LIMIT_EXCEEDED`: every password-hashing slot stayed busy (see [`HashingPool`]).
+    #[error("the server is busy checking passwords; try again shortly")]
+    HashingBusy,
+    /// 403 `M_FORBIDDEN`: a per-user quota (filters, account data types) is used up.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// 500: argon2 refused (only with invalid parameters).
     #[error("password hashing failed: {0}")]
     Hashing(String),
@@ -215,6 +227,16 @@ fn account_data_log_key(user: &UserId, pos: u64) -> Key {
     Key::new().str(user.as_str()).u64(pos)
 }
 
+/// Entries of a user in a column family keyed `user 0xFF ...`, counting at most `limit`
+/// (the parts are UTF-8, never 0xFF; an empty part — global account data — gives
+/// `user 0xFF 0xFF type`, so `user 0xFF 0xFF 0xFF` is past every key of the user).
+fn count_user_entries(db: &Db, cf: Cf, user: &UserId, limit: usize) -> Result<usize, StorageError> {
+    let start = user_prefix(user).into_bytes();
+    let mut end = start.clone();
+    end.extend([0xFF, 0xFF]);
+    Ok(db.scan_range(cf, start, end, false, limit)?.len())
+}
+
 fn filter_key(user: &UserId, filter_id: &str) -> Key {
     Key::new().str(user.as_str()).str(filter_id)
 }
@@ -253,6 +275,8 @@ pub struct AccountService {
     /// A hash verified against when the user does not exist, so that a failed login
     /// takes as long for unknown users as for wrong passwords.
     dummy_hash: OnceLock<Option<String>>,
+    /// Bounds concurrent argon2 runs (memory: each allocates its full cost).
+    hash_pool: HashingPool,
 }
 
 impl AccountService {
@@ -274,7 +298,20 @@ impl AccountService {
             nonces: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             dummy_hash: OnceLock::new(),
+            hash_pool: HashingPool::per_cpu(),
         }
+    }
+
+    /// Replace the password-hashing pool (its size and how long excess hashes wait).
+    pub fn with_hashing_pool(mut self, pool: HashingPool) -> Self {
+        self.hash_pool = pool;
+        self
+    }
+
+    /// Run one argon2 operation in a pool slot, or `HashingBusy` if none frees up in time.
+    fn hashing_slot<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let _permit = self.hash_pool.acquire().ok_or(AccountError::HashingBusy)?;
+        Ok(f())
     }
 
     /// This server's name (the part after the colon of local user IDs).
@@ -373,7 +410,8 @@ impl AccountService {
             check_new_device(&device)?;
         }
         let password_hash = password
-            .map(|p| self.hashing.hash(p))
+            .map(|p| self.hashing_slot(|| self.hashing.hash(p)))
+            .transpose()?
             .transpose()
             .map_err(AccountError::Hashing)?;
         let _guard = lock(&self.write_lock);
@@ -451,34 +489,40 @@ impl AccountService {
         Ok(self.user_exists(&user_id)?.then_some(user_id))
     }
 
-    fn burn_hash_time(&self, password: &str) {
-        let dummy = self
-            .dummy_hash
-            .get_or_init(|| self.hashing.hash("pulse-dummy-password").ok());
-        if let Some(h) = dummy {
-            let _ = PasswordHashing::verify(password, h);
-        }
+    /// Spend about as long as a real verification (in a pool slot, so unknown users cost
+    /// time but no more memory than the pool allows). `HashingBusy` when no slot is free.
+    fn burn_hash_time(&self, password: &str) -> Result<()> {
+        self.hashing_slot(|| {
+            let dummy = self
+                .dummy_hash
+                .get_or_init(|| self.hashing.hash("pulse-dummy-password").ok());
+            if let Some(h) = dummy {
+                let _ = PasswordHashing::verify(password, h);
+            }
+        })
     }
 
     /// Check a user's password: `Forbidden` for an unknown user, no password or a wrong
     /// one; `UserDeactivated` for a deactivated account.
     pub fn check_password(&self, user: &UserId, password: &str) -> Result<()> {
         let Some(record) = self.user_record(user)? else {
-            self.burn_hash_time(password);
+            self.burn_hash_time(password)?;
             return Err(AccountError::Forbidden);
         };
         if record.deactivated {
             return Err(AccountError::UserDeactivated);
         }
         match &record.password_hash {
-            Some(h)
-                if password.len() <= MAX_PASSWORD_LEN && PasswordHashing::verify(password, h) =>
-            {
-                Ok(())
+            Some(_) if password.len() > MAX_PASSWORD_LEN => Err(AccountError::Forbidden),
+            Some(h) => {
+                if self.hashing_slot(|| PasswordHashing::verify(password, h))? {
+                    Ok(())
+                } else {
+                    Err(AccountError::Forbidden)
+                }
             }
-            Some(_) => Err(AccountError::Forbidden),
             None => {
-                self.burn_hash_time(password);
+                self.burn_hash_time(password)?;
                 Err(AccountError::Forbidden)
             }
         }
@@ -495,7 +539,7 @@ impl AccountService {
     ) -> Result<LoggedIn> {
         check_new_device(&device)?;
         let Some(user_id) = self.resolve_user(user)? else {
-            self.burn_hash_time(password);
+            self.burn_hash_time(password)?;
             return Err(AccountError::Forbidden);
         };
         self.check_password(&user_id, password)?;
@@ -562,6 +606,11 @@ impl AccountService {
         if let Some(ip) = ip {
             record.device.last_seen_ip = Some(ip.to_owned());
         }
+        // Logging in again with an existing device replaces its session: the device's
+        // old tokens stop working (spec: `device_id` on `/login`).
+        for old in record.tokens.drain(..) {
+            batch.delete(Cf::Tokens, old);
+        }
         let token = random_string(TOKEN_LEN);
         record.tokens.push(token.clone());
         batch.put_json(Cf::Devices, &key, &record);
@@ -597,8 +646,7 @@ impl AccountService {
             ));
         }
         let hash = self
-            .hashing
-            .hash(new_password)
+            .hashing_slot(|| self.hashing.hash(new_password))?
             .map_err(AccountError::Hashing)?;
         let _guard = lock(&self.write_lock);
         let Some(mut record) = self.user_record(user)? else {
@@ -800,6 +848,18 @@ impl AccountService {
         Ok(())
     }
 
+    /// Whether [`AccountService::touch_device`] would write now (cheap: memory only).
+    pub fn last_seen_due(&self, user: &UserId, device_id: &DeviceId, ip: Option<&str>) -> bool {
+        let now = now_ms();
+        let seen = lock(&self.seen);
+        !seen
+            .get(&(user.to_owned(), device_id.to_owned()))
+            .is_some_and(|(at, last_ip)| {
+                now.saturating_sub(*at) < LAST_SEEN_INTERVAL_MS
+                    && (ip.is_none() || last_ip.as_deref() == ip)
+            })
+    }
+
     /// Record that a device was used now from `ip`. Cheap: writes at most once per
     /// [`LAST_SEEN_INTERVAL_MS`] per device unless the IP changes. Unknown devices are ignored.
     pub fn touch_device(
@@ -906,6 +966,15 @@ impl AccountService {
             )));
         }
         let key = account_data_key(user, room, event_type);
+        if !self.db.exists(Cf::AccountData, &key)?
+            && count_user_entries(&self.db, Cf::AccountData, user, MAX_ACCOUNT_DATA_PER_USER)?
+                >= MAX_ACCOUNT_DATA_PER_USER
+        {
+            return Err(AccountError::QuotaExceeded(format!(
+                "at most {MAX_ACCOUNT_DATA_PER_USER} account data entries per user; \
+                 overwrite an existing type instead"
+            )));
+        }
         let (pos, ()) = self
             .db
             .write_with_position::<_, AccountError>(|pos, batch| {
@@ -1058,6 +1127,13 @@ impl AccountService {
     /// filter. The JSON is stored as given, so it reads back exactly.
     pub fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
         Filter::from_json(filter.clone()).map_err(AccountError::BadJson)?;
+        if count_user_entries(&self.db, Cf::Filters, user, MAX_FILTERS_PER_USER)?
+            >= MAX_FILTERS_PER_USER
+        {
+            return Err(AccountError::QuotaExceeded(format!(
+                "at most {MAX_FILTERS_PER_USER} filters per user"
+            )));
+        }
         let mut batch = Batch::new();
         let id = loop {
             // Never starts with `{` (sync tells inline filters by that).
@@ -1100,19 +1176,20 @@ impl AccountService {
     // ----- shared-secret registration nonces -----------------------------------------------
 
     /// Issue a single-use nonce for shared-secret registration (valid for [`NONCE_TTL`]).
-    pub fn new_registration_nonce(&self) -> String {
-        let nonce = random_string(32);
+    /// `None` when [`MAX_NONCES`] unexpired nonces are outstanding: live nonces are never
+    /// dropped to make room, so an unauthenticated caller cannot invalidate another's.
+    pub fn new_registration_nonce(&self) -> Option<String> {
         let now = Instant::now();
         let mut nonces = lock(&self.nonces);
         if nonces.len() >= MAX_NONCES {
             nonces.retain(|_, at| now.duration_since(*at) < NONCE_TTL);
             if nonces.len() >= MAX_NONCES {
-                // Still full of live nonces: someone is hammering the endpoint.
-                nonces.clear();
+                return None;
             }
         }
+        let nonce = random_string(32);
         nonces.insert(nonce.clone(), now);
-        nonce
+        Some(nonce)
     }
 
     /// Consume a nonce: true if it was issued, is unexpired and not used before.

@@ -65,6 +65,8 @@ impl From<AccountError> for MatrixError {
             AccountError::UnknownUser | AccountError::UnknownDevice => MatrixError::not_found(msg),
             AccountError::BadJson(_) => MatrixError::bad_json(msg),
             AccountError::InvalidParam(_) => MatrixError::invalid_param(msg),
+            AccountError::HashingBusy => MatrixError::limit_exceeded(1000),
+            AccountError::QuotaExceeded(_) => MatrixError::forbidden(msg),
             AccountError::Hashing(_) | AccountError::Storage(_) => MatrixError::internal(msg),
         }
     }
@@ -79,17 +81,24 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(MatrixError::internal)
 }
 
-/// The client's IP address, when the server was started with connect info.
+/// The client's IP address, when known.
 pub(crate) struct ClientIp(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // The address the rate limiter resolved (trusted proxies honoured), else the peer.
         Ok(ClientIp(
             parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+                .get::<crate::ClientAddr>()
+                .map(|a| a.0.to_string())
+                .or_else(|| {
+                    parts
+                        .extensions
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|c| c.0.ip().to_string())
+                }),
         ))
     }
 }
@@ -227,15 +236,18 @@ pub(crate) async fn require_password(
             Some(("M_MISSING_PARAM", "Missing password")),
         ));
     };
+    state
+        .limiter
+        .login_allowed(user)
+        .map_err(MatrixError::limit_exceeded)?;
     let accounts = state.accounts.clone();
     let owned = user.to_owned();
     match blocking(move || accounts.check_password(&owned, &password)).await? {
         Ok(()) => Ok(()),
-        Err(AccountError::Forbidden) => Err(challenge(
-            STAGE,
-            session,
-            Some(("M_FORBIDDEN", "Invalid password")),
-        )),
+        Err(AccountError::Forbidden) => Err({
+            state.limiter.login_failed(user);
+            challenge(STAGE, session, Some(("M_FORBIDDEN", "Invalid password")))
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -404,10 +416,29 @@ async fn login(
         device_id: body.device_id,
         display_name: body.initial_device_display_name,
     };
+    // Per-account failed-login budget: checked before the (costly) hash, charged on a
+    // wrong password, so guessing one account's password is slow whatever the source.
     let accounts = state.accounts.clone();
-    let session =
-        blocking(move || accounts.login_password(&user, &password, device, ip.as_deref()))
-            .await??;
+    let who = user.clone();
+    let target = blocking(move || accounts.resolve_user(&who)).await??;
+    if let Some(target) = &target {
+        state
+            .limiter
+            .login_allowed(target)
+            .map_err(MatrixError::limit_exceeded)?;
+    }
+    let accounts = state.accounts.clone();
+    let result =
+        blocking(move || accounts.login_password(&user, &password, device, ip.as_deref())).await?;
+    let session = match result {
+        Err(AccountError::Forbidden) => {
+            if let Some(target) = &target {
+                state.limiter.login_failed(target);
+            }
+            return Err(AccountError::Forbidden.into());
+        }
+        other => other?,
+    };
     Ok(Json(json!({
         "user_id": session.user_id,
         "access_token": session.access_token,

@@ -189,10 +189,9 @@ async fn preview_audience(
     let limit = params.limit.unwrap_or(PREVIEW_DEFAULT_LIMIT);
     // Compiling a large candidate can take a while: off the async workers.
     let presence = state.presence.clone();
-    let preview = tokio::task::spawn_blocking(move || {
+    let preview = crate::blocking::blocking(move || {
         presence.audience_preview(&auth.user_id, Some(&config), limit)
     })
-    .await
-    .map_err(MatrixError::internal)?;
+    .await?;
     Ok(Json(json!(preview)))
 }

@@ -21,6 +21,7 @@ use ruma::{OwnedEventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, Query};
 use crate::{AppState, AppStateRef, now_ms};
@@ -98,11 +99,17 @@ async fn sync(
             .presence
             .sync_started(&auth.user_id, auth.device_id.as_str(), set_presence);
     let mut wake = state.notifier.subscribe(&auth.user_id);
+    let (filter, auth) = (Arc::new(filter), Arc::new(auth));
     loop {
-        let now = state.db.current_position();
-        // A token from the future (e.g. a wiped database) is treated as "now".
-        let since = since.map(|s| s.min(now));
-        let body = build_response(&state, &auth, &filter, since, now, full_state)?;
+        // The build reads storage throughout: on the blocking pool, never a tokio worker.
+        let (st, f, a) = (state.clone(), filter.clone(), auth.clone());
+        let (now, body) = blocking(move || -> ApiResult<(u64, SyncBody)> {
+            let now = st.rooms.current_position();
+            // A token from the future (e.g. a wiped database) is treated as "now".
+            let since = since.map(|s| s.min(now));
+            Ok((now, build_response(&st, &a, &f, since, now, full_state)?))
+        })
+        .await??;
         let give_up = since.is_none() || full_state || tokio::time::Instant::now() >= deadline;
         if body.has_content || give_up {
             return Ok(Json(body.into_json(now)));

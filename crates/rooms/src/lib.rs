@@ -265,6 +265,11 @@ impl RoomService {
         &self.db
     }
 
+    /// The single stream's current position (what a sync token made now would say).
+    pub fn current_position(&self) -> u64 {
+        self.db.current_position()
+    }
+
     /// The id of the signing key, e.g. `ed25519:AbC123`.
     pub fn signing_key_id(&self) -> &str {
         &self.key.key_id

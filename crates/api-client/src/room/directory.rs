@@ -9,7 +9,7 @@ use ruma::{OwnedRoomAliasId, RoomId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, route, wake_room};
+use super::{blocking, hide_unknown, parse_room_id, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef};
@@ -78,7 +78,7 @@ async fn delete_alias(
     if let Some((room, sent)) =
         blocking(&state, move |rooms| rooms.delete_alias(&user, &alias)).await?
     {
-        wake_room(&state, &room, sent.pos, &[]);
+        wake(&state, &room, sent.pos, &[]).await;
     }
     Ok(Json(json!({})))
 }

@@ -11,7 +11,7 @@ use ruma::{OwnedEventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, parse_token, route, token, wake_room};
+use super::{blocking, hide_unknown, parse_room_id, parse_token, route, token, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef, now_ms};
@@ -63,7 +63,7 @@ async fn send(
     })
     .await
     .map_err(hide_unknown)?;
-    wake_room(&state, &room, sent.pos, &[]);
+    wake(&state, &room, sent.pos, &[]).await;
     // Sending a message is activity: it keeps the sender online and `currently_active`.
     state
         .presence
@@ -92,7 +92,7 @@ async fn do_put_state(
     .await
     .map_err(hide_unknown)?;
     let extra: Vec<&UserId> = target.iter().map(|u| &**u).collect();
-    wake_room(&state, &room, sent.pos, &extra);
+    wake(&state, &room, sent.pos, &extra).await;
     Ok(Json(json!({ "event_id": sent.event_id })))
 }
 
@@ -141,7 +141,7 @@ async fn redact(
     })
     .await
     .map_err(hide_unknown)?;
-    wake_room(&state, &room, sent.pos, &[]);
+    wake(&state, &room, sent.pos, &[]).await;
     Ok(Json(json!({ "event_id": sent.event_id })))
 }
 
@@ -521,7 +521,7 @@ async fn messages(
             let access = access(rooms, &room, &auth2.user_id)?;
             let cap = read_cap(&access);
             let from = from.unwrap_or(if backwards {
-                rooms.db().current_position()
+                rooms.current_position()
             } else {
                 0
             });
