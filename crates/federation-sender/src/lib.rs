@@ -24,6 +24,7 @@
 //! presence) is the caller's decision.
 
 pub mod bridge;
+pub mod ephemeral_out;
 pub mod presence_out;
 mod queue;
 mod worker;

@@ -449,3 +449,89 @@ mod bridge_tests {
         assert!(got[0].get("allowed_recipients").is_none());
     }
 }
+
+mod ephemeral_tests {
+    use super::*;
+    use crate::ephemeral_out::EphemeralBridge;
+    use ephemeral::{EphemeralService, Origin, Receipt, ReceiptType};
+    use presence_service::{PresenceService, PresenceServiceConfig, SyncWaker};
+
+    struct NoWake;
+    impl SyncWaker for NoWake {
+        fn wake_users(&self, _: &[&UserId], _: u64) {}
+    }
+
+    fn edus_to(fake: &Fake, dest: &str, ty: &str) -> Vec<Value> {
+        fake.sent()
+            .iter()
+            .filter(|(d, _, _)| d == dest)
+            .flat_map(|(_, _, b)| b["edus"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["edu_type"] == ty)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn local_typing_and_public_receipts_go_to_the_room_servers_private_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let presence = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(NoWake),
+        )
+        .unwrap();
+        presence.set_server_name(server_name!("home.org").to_owned());
+        let room: ruma::OwnedRoomId = "!r:home.org".try_into().unwrap();
+        let (a, r) = (user_id!("@a:home.org"), user_id!("@r:remote.org"));
+        presence.membership_changed(&room, a, true);
+        presence.membership_changed(&room, r, true);
+        let fake = Fake::default();
+        let sender = FederationSender::start(db.clone(), fake.clone(), config()).unwrap();
+        let eph = EphemeralService::new(db);
+        eph.add_observer(EphemeralBridge::new(sender.clone(), &presence));
+        eph.set_typing(&room, a, true, Duration::from_secs(30), Origin::Local)
+            .unwrap();
+        // A remote user's typing (from their server) is not echoed back.
+        eph.set_typing(
+            &room,
+            r,
+            true,
+            Duration::from_secs(30),
+            Origin::Remote(server_name!("remote.org").to_owned()),
+        )
+        .unwrap();
+        for (ty, ev) in [(ReceiptType::ReadPrivate, "$p"), (ReceiptType::Read, "$e")] {
+            eph.put_receipt(
+                Receipt {
+                    room_id: room.clone(),
+                    user_id: a.to_owned(),
+                    receipt_type: ty,
+                    event_id: ruma::OwnedEventId::try_from(format!("{ev}:home.org")).unwrap(),
+                    thread_id: None,
+                    ts: 7,
+                },
+                1,
+                Origin::Local,
+            )
+            .unwrap();
+        }
+        until(|| {
+            !edus_to(&fake, "remote.org", "m.typing").is_empty()
+                && !edus_to(&fake, "remote.org", "m.receipt").is_empty()
+        })
+        .await;
+        until(|| idle(&sender)).await;
+        let typing = edus_to(&fake, "remote.org", "m.typing");
+        assert_eq!(typing.len(), 1);
+        assert_eq!(
+            typing[0]["content"],
+            json!({"room_id": "!r:home.org", "user_id": "@a:home.org", "typing": true})
+        );
+        let receipts = edus_to(&fake, "remote.org", "m.receipt");
+        assert_eq!(receipts.len(), 1, "private receipts stay home");
+        assert_eq!(
+            receipts[0]["content"]["!r:home.org"]["m.read"]["@a:home.org"]["event_ids"],
+            json!(["$e:home.org"])
+        );
+    }
+}

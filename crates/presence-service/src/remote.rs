@@ -222,6 +222,19 @@ impl PresenceService {
         route_presence(user, local, &policy, &rooms, honours)
     }
 
+    /// The remote servers with a joined member in `room` (where the room's PDUs and EDUs go).
+    pub fn remote_servers_in_room(&self, room: &ruma::RoomId) -> Vec<ruma::OwnedServerName> {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        let mut servers: Vec<ruma::OwnedServerName> = rooms
+            .members(room)
+            .filter(|u| self.is_remote(u))
+            .map(|u| u.server_name().to_owned())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        servers
+    }
+
     fn remote(&self) -> std::sync::MutexGuard<'_, RemoteStore> {
         self.remote.lock().unwrap_or_else(|p| p.into_inner())
     }
