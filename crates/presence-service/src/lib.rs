@@ -252,6 +252,7 @@ impl PresenceService {
                 }
                 let changes = me.engine().advance(now_ms());
                 me.publish(changes);
+                me.expire_remote(now_ms());
                 if last_persist.elapsed() >= me.config.persist_interval {
                     last_persist = Instant::now();
                     if let Err(e) = me.persist_dirty() {

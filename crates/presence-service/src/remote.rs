@@ -62,7 +62,12 @@ struct View {
 #[derive(Debug, Default)]
 pub(crate) struct RemoteStore {
     users: HashMap<OwnedUserId, Vec<View>>,
+    /// When [`PresenceService::expire_remote`] last swept (ms).
+    last_sweep: u64,
 }
+
+/// How often stale remote users are swept (their viewers' `/sync` then shows them offline).
+const SWEEP_INTERVAL_MS: u64 = 60_000;
 
 /// The outcome of one EDU, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -107,6 +112,41 @@ impl RemoteStore {
             let excess = views.len() - MAX_VIEWS;
             views.drain(..excess);
         }
+    }
+
+    /// Removes users not refreshed for [`REMOTE_PRESENCE_TIMEOUT_MS`]; returns them with the
+    /// local users their views named (`None`: legacy, room sharers).
+    fn take_expired(&mut self, now: u64) -> Vec<(OwnedUserId, Option<Vec<OwnedUserId>>)> {
+        let expired: Vec<OwnedUserId> = self
+            .users
+            .iter()
+            .filter(|(_, views)| {
+                views
+                    .iter()
+                    .all(|v| now.saturating_sub(v.state.received_at) > REMOTE_PRESENCE_TIMEOUT_MS)
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|u| {
+                let views = self.users.remove(&u)?;
+                let shown = views
+                    .iter()
+                    .any(|v| v.state.presence != PresenceState::Offline);
+                if !shown {
+                    return None; // already offline: nothing visible changes
+                }
+                let legacy = views.iter().any(|v| v.recipients.is_none());
+                let named = (!legacy).then(|| {
+                    views
+                        .into_iter()
+                        .flat_map(|v| v.recipients.unwrap_or_default())
+                        .collect()
+                });
+                Some((u, named))
+            })
+            .collect()
     }
 
     fn evict_stalest(&mut self) {
@@ -308,6 +348,56 @@ impl PresenceService {
             self.waker.wake_users(&visible, pos);
         }
         receipt
+    }
+
+    /// Forgets remote users their server stopped refreshing and wakes the local users who saw
+    /// them, whose next `/sync` shows them offline. Cheap to call often: sweeps at most once a
+    /// minute (the presence timer task calls it).
+    pub fn expire_remote(&self, now: u64) {
+        let expired = {
+            let mut store = self.remote();
+            if now.saturating_sub(store.last_sweep) < SWEEP_INTERVAL_MS {
+                return;
+            }
+            store.last_sweep = now;
+            store.take_expired(now)
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let pos = {
+            let mut stream_pos = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
+            let pos = match self
+                .db
+                .write_with_position::<_, storage::StorageError>(|_, _| Ok(()))
+            {
+                Ok((pos, ())) => pos,
+                Err(e) => {
+                    tracing::error!("allocating a stream position failed: {e}");
+                    return;
+                }
+            };
+            for (user, _) in &expired {
+                stream_pos.set(user, pos);
+            }
+            pos
+        };
+        for (user, named) in &expired {
+            let viewers: Vec<OwnedUserId> = match named {
+                Some(named) => named.clone(),
+                None => self
+                    .rooms
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .audience(user)
+                    .filter(|u| !self.is_remote(u))
+                    .map(ToOwned::to_owned)
+                    .collect(),
+            };
+            let viewers: Vec<&UserId> = viewers.iter().map(|u| &**u).collect();
+            self.waker.wake_users(&viewers, pos);
+        }
+        tracing::debug!(users = expired.len(), "remote presence timed out");
     }
 
     /// Whether `viewer` may see remote `user`'s presence at all: not ignored, and sharing a room

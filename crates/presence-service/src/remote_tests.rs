@@ -239,3 +239,30 @@ fn local_changes_reach_the_observer_and_route_to_remote_servers() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_remote_user_not_refreshed_times_out_and_their_viewers_are_woken() {
+    let fx = fixture();
+    fx.svc.receive_remote_presence(
+        server_name!("remote.org"),
+        &push(json!([{"user_id": "@r:remote.org", "presence": "online"}])),
+    );
+    let before = fx.svc.db.current_position();
+    let now = crate::now_ms();
+    fx.svc.expire_remote(now); // fresh: nothing happens
+    assert_eq!(fx.svc.db.current_position(), before);
+    fx.svc
+        .expire_remote(now + REMOTE_PRESENCE_TIMEOUT_MS + SWEEP_INTERVAL_MS + 1);
+    let after = fx.svc.db.current_position();
+    assert!(after > before);
+    let wakes = fx.waker.0.lock().unwrap().clone();
+    let last = wakes.last().unwrap();
+    assert_eq!(last.1, after);
+    assert_eq!(last.0.len(), 3, "the three local room members");
+    let events = fx
+        .svc
+        .events_since(&uid("@l1:home.org"), before, after)
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["content"]["presence"], "offline");
+}
