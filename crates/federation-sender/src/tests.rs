@@ -18,6 +18,8 @@ struct FakeState {
     sent: Mutex<Vec<(String, String, Value)>>,
     failing: std::sync::atomic::AtomicBool,
     attempts: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl Transport for Fake {
@@ -32,8 +34,11 @@ impl Transport for Fake {
         let txn_id = txn_id.to_owned();
         async move {
             state.attempts.fetch_add(1, Ordering::SeqCst);
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            state.max_in_flight.fetch_max(now, Ordering::SeqCst);
             // Let other tasks run while "on the wire" (so enqueues can race a transaction).
             tokio::time::sleep(Duration::from_millis(5)).await;
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
             if state.failing.load(Ordering::SeqCst) {
                 return Err(TransportError::Retry("connection refused".into()));
             }
@@ -118,6 +123,31 @@ async fn pdus_arrive_in_order_in_transactions_of_at_most_50_with_unique_ids() {
     assert_eq!(ids.len(), sent.len(), "txn ids are unique");
     until(|| idle(&s)).await;
     assert_eq!(s.status()[0].pending_pdus, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_is_bounded_over_all_destinations_and_idle_workers_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut cfg = config();
+    cfg.max_concurrent = 2;
+    let s = FederationSender::start(open(&dir), fake.clone(), cfg).unwrap();
+    let dests: Vec<OwnedServerName> = (0..10)
+        .map(|i| OwnedServerName::try_from(format!("d{i}.org")).unwrap())
+        .collect();
+    for n in 0..3u64 {
+        s.queue_pdu(dests.iter().map(|d| &**d), &json!({"n": n}))
+            .unwrap();
+    }
+    until(|| dests.iter().all(|d| fake.pdus_to(d.as_str()).len() == 3)).await;
+    until(|| idle(&s)).await;
+    assert_eq!(fake.state.max_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(s.status().len(), 10);
+    assert!(
+        s.status()
+            .iter()
+            .all(|d| d.pending_pdus == 0 && d.last_success_ms.is_some())
+    );
 }
 
 #[test]
