@@ -278,6 +278,34 @@ fn many_presence_entries_are_merged_into_edus_of_at_most_50() {
 
 use crate::queue::{Pending, QueuedEdu};
 
+#[test]
+fn a_transaction_never_exceeds_100_edus_after_merging_presence() {
+    let item = |i: u64, ty: &str, entries: usize| Pending {
+        seq: i,
+        item: QueuedEdu {
+            key: None,
+            edu_type: ty.into(),
+            content: if ty == PRESENCE_EDU {
+                json!(vec![
+                    json!({"user_id": "@u:home.org", "presence": "online"});
+                    entries
+                ])
+            } else {
+                json!({})
+            },
+            queued_at: 0,
+        },
+    };
+    // 90 typing EDUs, then presence items of 30 entries each: 90 + ceil(30k/50) <= 100.
+    let mut edus: Vec<_> = (0..90).map(|i| item(i, "m.typing", 0)).collect();
+    edus.extend((90..120).map(|i| item(i, PRESENCE_EDU, 30)));
+    let n = worker::edus_that_fit(&edus);
+    assert_eq!(n, 90 + 16); // 16 × 30 = 480 entries = 10 EDUs; the 17th would make 11
+    let n = n.min(edus.len());
+    assert!(worker::build_edus(&edus[..n], 0).len() <= MAX_EDUS_PER_TXN);
+    assert_eq!(worker::edus_that_fit(&[item(0, PRESENCE_EDU, 10_000)]), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn restart_resumes_from_the_queue_on_disk_with_fresh_txn_ids() {
     let dir = tempfile::tempdir().unwrap();
