@@ -146,6 +146,8 @@ struct Inner<T> {
     /// Serialises EDU enqueue and acknowledgement (both read-modify-write coalescing keys).
     edu_lock: Mutex<()>,
     permits: Semaphore,
+    /// The runtime workers run on (captured at start, so enqueueing works from any thread).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The outbound federation sender. Cheap to clone.
@@ -187,6 +189,7 @@ impl<T: Transport> FederationSender<T> {
                 dests: Mutex::new(HashMap::new()),
                 edu_lock: Mutex::new(()),
                 permits,
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         for (dest, pdus, edus) in recovered.destinations {
@@ -213,7 +216,9 @@ impl<T: Transport> FederationSender<T> {
         d.wake.notify_one();
         if !d.running {
             d.running = true;
-            tokio::spawn(worker::run(self.inner.clone(), dest.to_owned()));
+            self.inner
+                .runtime
+                .spawn(worker::run(self.inner.clone(), dest.to_owned()));
         }
     }
 
