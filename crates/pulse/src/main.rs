@@ -259,6 +259,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         presence,
         query_token_warnings: Default::default(),
         ephemeral,
+        federation_status: Default::default(),
     });
     Ok(Services { db, state })
 }
