@@ -79,4 +79,8 @@ impl<T: Transport> PresenceObserver for PresenceBridge<T> {
     fn presence_changed(&self, user: &UserId) {
         self.send_current(user);
     }
+
+    fn audience_changed(&self, user: &UserId) {
+        PresenceBridge::audience_changed(self, user);
+    }
 }

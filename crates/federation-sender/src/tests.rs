@@ -593,3 +593,49 @@ mod ephemeral_tests {
         );
     }
 }
+
+mod membership_tests {
+    use super::*;
+    use crate::bridge::PresenceBridge;
+    use crate::presence_out::PeerTrust;
+    use presence_service::{PresenceService, PresenceServiceConfig, SyncWaker};
+
+    struct NoWake;
+    impl SyncWaker for NoWake {
+        fn wake_users(&self, _: &[&UserId], _: u64) {}
+    }
+
+    #[tokio::test]
+    async fn a_newly_joined_remote_server_gets_current_presence_and_a_leaving_one_a_final_offline()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let presence = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(NoWake),
+        )
+        .unwrap();
+        presence.set_server_name(server_name!("home.org").to_owned());
+        let room: ruma::OwnedRoomId = "!r:home.org".try_into().unwrap();
+        let (a, r) = (user_id!("@a:home.org"), user_id!("@r:remote.org"));
+        presence.membership_changed(&room, a, true);
+        let fake = Fake::default();
+        let sender = FederationSender::start(db, fake.clone(), config()).unwrap();
+        let _bridge = PresenceBridge::install(&presence, sender.clone(), PeerTrust::default());
+        presence
+            .set_status(a, "D", presence_core::DeviceState::Online, None)
+            .unwrap();
+        // Nobody remote yet: nothing sent.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(fake.sent().is_empty());
+        presence.membership_changed(&room, r, true);
+        presence.membership_observed(&room, r);
+        until(|| fake.presence_to("remote.org").len() == 1).await;
+        assert_eq!(fake.presence_to("remote.org")[0]["presence"], "online");
+        presence.membership_changed(&room, r, false);
+        presence.membership_observed(&room, r);
+        until(|| fake.presence_to("remote.org").len() == 2).await;
+        assert_eq!(fake.presence_to("remote.org")[1]["presence"], "offline");
+    }
+}

@@ -220,6 +220,9 @@ impl RemoteState {
 pub trait PresenceObserver: Send + Sync + 'static {
     /// `user` (local) has a new visible presence.
     fn presence_changed(&self, user: &UserId);
+    /// Who may see `user` (local) may have changed without a presence change (a membership
+    /// change in one of their rooms): revocations and new viewers are the observer's part.
+    fn audience_changed(&self, _user: &UserId) {}
 }
 
 impl PresenceService {
@@ -235,6 +238,31 @@ impl PresenceService {
                     o.presence_changed(&c.user_id);
                 }
             }
+        }
+    }
+
+    /// Tells the observer whose audience a committed membership change of `user` in `room`
+    /// may have changed: `user` when local; when remote, every local member of the room (a
+    /// new or departing remote viewer). Call after [`Self::membership_changed`]. Costs one
+    /// routing computation per local member of the room, so only for remote joins/leaves.
+    pub fn membership_observed(&self, room: &ruma::RoomId, user: &UserId) {
+        let Some(o) = self.observer.get() else {
+            return;
+        };
+        if !self.is_remote(user) {
+            o.audience_changed(user);
+            return;
+        }
+        let locals: Vec<OwnedUserId> = {
+            let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+            rooms
+                .members(room)
+                .filter(|u| !self.is_remote(u))
+                .map(ToOwned::to_owned)
+                .collect()
+        };
+        for local in locals {
+            o.audience_changed(&local);
         }
     }
 

@@ -276,6 +276,7 @@ impl rooms::MembershipObserver for PresenceAudience {
     ) {
         self.0
             .membership_changed(room, user, membership == Some(rooms::Membership::Join));
+        self.0.membership_observed(room, user);
     }
 }
 
