@@ -91,6 +91,14 @@ async fn failed_logins_are_limited_per_account_behind_a_trusted_proxy() {
     // Now even the right password waits: guessing cannot continue at full speed.
     let xff = [("x-forwarded-for", "203.0.113.100".to_owned())];
     assert_eq!(login_with(&s, "victim", "password", &xff).await.0, 429);
+    // A name that is no account behaves the same, so a 429 does not reveal which exist.
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        let xff = [("x-forwarded-for", format!("203.0.113.{}", 50 + i))];
+        statuses.push(login_with(&s, "ghost", "wrong", &xff).await.0);
+    }
+    assert_eq!(&statuses[..5], &[403; 5], "{statuses:?}");
+    assert_eq!(&statuses[5..], &[429, 429], "{statuses:?}");
 }
 
 /// Issue 13 item 6: logging in again with a device ID replaces the device's token.

@@ -550,7 +550,7 @@ fn filters_round_trip() {
             .expect("exists")
             .room
             .timeline
-            .limit,
+            .limit_u64(),
         Some(10)
     );
     assert!(

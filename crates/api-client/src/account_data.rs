@@ -106,7 +106,7 @@ async fn write(
         // client goes away, so what is stored is always what is applied.
         let (state, user, event_type) =
             (state.clone(), auth.user_id.clone(), event_type.to_owned());
-        crate::account::blocking(move || -> ApiResult<()> {
+        crate::blocking::blocking(move || -> ApiResult<()> {
             // Store, read back the effective config and apply it as one step, so two racing
             // PUTs cannot leave the older config applied.
             let _serialised = state.presence.lock_sharing_updates();
@@ -128,7 +128,7 @@ async fn write(
         room.map(ToOwned::to_owned),
         event_type.to_owned(),
     );
-    crate::account::blocking(move || -> ApiResult<()> {
+    crate::blocking::blocking(move || -> ApiResult<()> {
         if let Some(room) = &room
             && state.rooms.membership_state(room, &user)?.is_none()
         {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Sha1;
 
-use crate::account::blocking;
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::JsonBody;
 use crate::{AppState, AppStateRef};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ::ephemeral::{
     EphemeralChange, EphemeralObserver, MAX_TYPING_TIMEOUT_MS, Origin, Receipt, ReceiptType,
 };
-use accounts::filter::RoomEventFilter;
+use accounts::filter::{RoomEventFilter, RoomEventFilterExt};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use rooms::{RoomService, StoredEvent};
@@ -291,7 +291,7 @@ pub(crate) fn room_ephemeral(
     now: u64,
     filter: &RoomEventFilter,
 ) -> ApiResult<Vec<Value>> {
-    if filter.excludes_all() || filter.limit == Some(0) {
+    if filter.excludes_all() || filter.limit_u64() == Some(0) {
         return Ok(Vec::new());
     }
     let mut events = Vec::new();
@@ -313,7 +313,7 @@ pub(crate) fn room_ephemeral(
     {
         events.push(ev);
     }
-    if let Some(limit) = filter.limit {
+    if let Some(limit) = filter.limit_u64() {
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     Ok(events)

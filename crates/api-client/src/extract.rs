@@ -107,7 +107,8 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 let token = access_token(parts).ok_or_else(MatrixError::missing_token)?;
                 let accounts = state.accounts.clone();
                 let t = token.clone();
-                let session = crate::account::blocking(move || accounts.authenticate(&t)).await??;
+                let session =
+                    crate::blocking::blocking(move || accounts.authenticate(&t)).await??;
                 (token, session)
             }
         };
@@ -132,7 +133,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         {
             let accounts = state.accounts.clone();
             let (user, device) = (session.user_id.clone(), session.device_id.clone());
-            let written = crate::account::blocking(move || {
+            let written = crate::blocking::blocking(move || {
                 accounts.touch_device(&user, &device, ip.as_deref())
             })
             .await?;

@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::Value;
 
-use crate::account::blocking;
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::Auth;
 use crate::{AppState, AppStateRef};

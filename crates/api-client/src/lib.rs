@@ -163,7 +163,7 @@ async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next
         Some((token, source)) => {
             let accounts = state.accounts.clone();
             let t = token.clone();
-            let session = match account::blocking(move || accounts.authenticate(&t)).await {
+            let session = match blocking::blocking(move || accounts.authenticate(&t)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return MatrixError::from(e).into_response(),
                 Err(e) => return e.into_response(),
@@ -230,10 +230,4 @@ pub(crate) fn client_route(
         .route(&format!("/_matrix/client/v3{path}"), method_router)
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use storage::now_ms;

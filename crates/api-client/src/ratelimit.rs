@@ -8,7 +8,8 @@
 //! `X-Forwarded-For` hop that is not itself a trusted proxy. A random `Authorization`
 //! header therefore buys no fresh bucket.
 //!
-//! The buckets are sharded by key hash, so concurrent requests rarely contend on one
+//! The bucket arithmetic is `presence_core::token_bucket` (shared with the presence `PUT`
+//! limit). The buckets are sharded by key hash, so concurrent requests rarely contend on one
 //! mutex, and each shard bounds its memory by generations instead of sweeping: when the
 //! current map is full it becomes the previous one (the older previous is dropped) and a
 //! key found only in the previous map moves forward on use. Every operation is O(1); a
@@ -20,7 +21,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use http::HeaderMap;
-use ruma::{OwnedUserId, UserId};
+use presence_core::token_bucket::TokenBucket;
+use ruma::OwnedUserId;
 
 /// The `[rate_limits]` settings.
 #[derive(Debug, Clone)]
@@ -84,16 +86,10 @@ pub fn client_addr(
     )
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 #[derive(Default)]
 struct Shard<K> {
-    current: HashMap<K, Bucket>,
-    previous: HashMap<K, Bucket>,
+    current: HashMap<K, TokenBucket>,
+    previous: HashMap<K, TokenBucket>,
 }
 
 /// Token buckets keyed by `K`, sharded, with bounded memory.
@@ -121,7 +117,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         }
     }
 
-    fn with_bucket<T>(&self, key: &K, now: Instant, f: impl FnOnce(&mut Bucket) -> T) -> T {
+    fn with_bucket<T>(&self, key: &K, now: Instant, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         if !shard.current.contains_key(key) {
@@ -129,54 +125,32 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
                 let full = std::mem::take(&mut shard.current);
                 shard.previous = full;
             }
-            let bucket = shard.previous.remove(key).unwrap_or(Bucket {
-                tokens: self.burst,
-                at: now,
-            });
+            let bucket = shard
+                .previous
+                .remove(key)
+                .unwrap_or_else(|| TokenBucket::full(self.burst, now));
             shard.current.insert(key.clone(), bucket);
         }
         let bucket = shard
             .current
             .get_mut(key)
             .expect("inserted above while holding the shard lock");
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.at = now;
         f(bucket)
-    }
-
-    fn retry_ms(&self, tokens: f64) -> u64 {
-        (((1.0 - tokens) / self.per_second) * 1000.0)
-            .ceil()
-            .max(1.0) as u64
     }
 
     /// Take one token: `Ok(())` to go ahead, or `Err(retry_after_ms)`.
     pub fn take(&self, key: &K, now: Instant) -> Result<(), u64> {
-        self.with_bucket(key, now, |b| {
-            if b.tokens >= 1.0 {
-                b.tokens -= 1.0;
-                Ok(())
-            } else {
-                Err(self.retry_ms(b.tokens))
-            }
-        })
+        self.with_bucket(key, now, |b| b.take(now, self.per_second, self.burst))
     }
 
     /// Whether a token is available, without taking it (`Err(retry_after_ms)` if not).
     pub fn peek(&self, key: &K, now: Instant) -> Result<(), u64> {
-        self.with_bucket(key, now, |b| {
-            if b.tokens >= 1.0 {
-                Ok(())
-            } else {
-                Err(self.retry_ms(b.tokens))
-            }
-        })
+        self.with_bucket(key, now, |b| b.peek(now, self.per_second, self.burst))
     }
 
     /// Take a token even if that leaves the bucket empty (recording a failure).
     pub fn charge(&self, key: &K, now: Instant) {
-        self.with_bucket(key, now, |b| b.tokens = (b.tokens - 1.0).max(0.0));
+        self.with_bucket(key, now, |b| b.charge(now, self.per_second, self.burst));
     }
 
     #[cfg(test)]
@@ -195,7 +169,9 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 pub struct RateLimiter {
     config: RateLimitConfig,
     requests: Buckets<RateKey>,
-    failed_logins: Buckets<OwnedUserId>,
+    /// Keyed by the account's user ID, or for names that are no account, by the name as
+    /// typed (lower-cased): unknown names are limited alike, so a 429 reveals nothing.
+    failed_logins: Buckets<String>,
 }
 
 impl RateLimiter {
@@ -228,19 +204,22 @@ impl RateLimiter {
         self.requests.take(key, now)
     }
 
-    /// Before checking a password of `user`: `Err(retry_after_ms)` when the account has
-    /// used up its failed attempts (the password is then not even checked).
-    pub fn login_allowed(&self, user: &UserId) -> Result<(), u64> {
+    /// Before checking a password of `account` (a user ID, or an unknown name as typed):
+    /// `Err(retry_after_ms)` when it has used up its failed attempts (the password is then
+    /// not even checked).
+    pub fn login_allowed(&self, account: &str) -> Result<(), u64> {
         if !self.config.enabled {
             return Ok(());
         }
-        self.failed_logins.peek(&user.to_owned(), Instant::now())
+        self.failed_logins
+            .peek(&account.to_lowercase(), Instant::now())
     }
 
-    /// Record a wrong password for `user`.
-    pub fn login_failed(&self, user: &UserId) {
+    /// Record a wrong password for `account`.
+    pub fn login_failed(&self, account: &str) {
         if self.config.enabled {
-            self.failed_logins.charge(&user.to_owned(), Instant::now());
+            self.failed_logins
+                .charge(&account.to_lowercase(), Instant::now());
         }
     }
 }
@@ -330,10 +309,15 @@ mod tests {
         let alice = ruma::owned_user_id!("@alice:example.org");
         let bob = ruma::owned_user_id!("@bob:example.org");
         for _ in 0..FAILED_LOGIN_BURST as usize {
-            assert!(l.login_allowed(&alice).is_ok());
-            l.login_failed(&alice);
+            assert!(l.login_allowed(alice.as_str()).is_ok());
+            l.login_failed(alice.as_str());
         }
-        assert!(l.login_allowed(&alice).is_err());
-        assert!(l.login_allowed(&bob).is_ok());
+        assert!(l.login_allowed(alice.as_str()).is_err());
+        assert!(l.login_allowed(bob.as_str()).is_ok());
+        // Unknown names are limited the same way (no existence oracle), case-insensitively.
+        for _ in 0..FAILED_LOGIN_BURST as usize {
+            l.login_failed("Nobody");
+        }
+        assert!(l.login_allowed("nobody").is_err());
     }
 }

@@ -139,6 +139,7 @@ pub mod routing;
 pub mod sharing;
 mod state;
 mod timers;
+pub mod token_bucket;
 mod view;
 
 pub use config::PresenceConfig;

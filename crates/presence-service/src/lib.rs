@@ -159,19 +159,14 @@ pub struct PresenceService {
     /// Deadline the timer task is sleeping towards (ms; u64::MAX when none).
     armed_deadline: AtomicU64,
     kick: Notify,
-    status_buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
+    status_buckets: Mutex<HashMap<OwnedUserId, presence_core::token_bucket::TokenBucket>>,
     /// Presence of remote users received over federation ([`remote`]).
     remote: Mutex<remote::RemoteStore>,
     /// Told about every published change of a local user (the federation sender).
     observer: OnceLock<Arc<dyn PresenceObserver>>,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use storage::now_ms;
 
 impl PresenceService {
     /// Restore every stored user and return the service. Call [`PresenceService::spawn_timer`]
@@ -414,15 +409,11 @@ impl PresenceService {
             .status_buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = buckets.entry(user.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(RateLimited(((1.0 - *tokens) / rate * 1000.0).ceil() as u64))
-        }
+        buckets
+            .entry(user.to_owned())
+            .or_insert_with(|| presence_core::token_bucket::TokenBucket::full(burst, now))
+            .take(now, rate, burst)
+            .map_err(RateLimited)
     }
 
     /// MSC4043: set (`Some`) or clear (`None`) the override. Written at once (not batched):

@@ -291,13 +291,7 @@ impl RoomService {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use storage::now_ms;
 
 pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
     let v =

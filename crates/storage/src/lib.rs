@@ -477,6 +477,16 @@ pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it). The one
+/// owner for every service crate (they all sit on `storage`, and timestamps are stored);
+/// `presence-core` stays clock-free and is handed times by its callers.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,6 +246,6 @@ async fn unban(
 }
 
 async fn joined_rooms(auth: Auth, state: AppStateRef) -> ApiResult<Json<Value>> {
-    let rooms = state.rooms.joined_rooms(&auth.user_id)?;
+    let rooms = blocking(&state, move |rooms| rooms.joined_rooms(&auth.user_id)).await?;
     Ok(Json(json!({ "joined_rooms": rooms })))
 }
