@@ -25,6 +25,7 @@
 
 pub mod bridge;
 pub mod ephemeral_out;
+mod http_transport;
 pub mod presence_out;
 mod queue;
 mod worker;
