@@ -6,8 +6,6 @@
 //! or disabled federation are permanent for this transaction. Other 4xx (e.g. 404 from a
 //! misrouted proxy) are retried: dropping PDUs on a misconfiguration would lose them.
 
-use std::future::Future;
-
 use federation_client::{FederationClient, FederationError};
 use ruma::ServerName;
 use serde_json::Value;
@@ -18,9 +16,9 @@ use crate::{Transport, TransportError};
 pub(crate) fn classify(error: FederationError) -> TransportError {
     let message = error.to_string();
     match error {
-        FederationError::Status { status, .. } if matches!(status, 400 | 403) => {
-            TransportError::Rejected(message)
-        }
+        FederationError::Status {
+            status: 400 | 403, ..
+        } => TransportError::Rejected(message),
         FederationError::Disabled
         | FederationError::BadServerName(_)
         | FederationError::Denied(_)
@@ -30,18 +28,16 @@ pub(crate) fn classify(error: FederationError) -> TransportError {
 }
 
 impl Transport for FederationClient {
-    fn send_transaction(
+    async fn send_transaction(
         &self,
         destination: &ServerName,
         txn_id: &str,
         body: Value,
-    ) -> impl Future<Output = Result<Value, TransportError>> + Send {
-        async move {
-            FederationClient::send_transaction(self, destination.as_str(), txn_id, &body)
-                .await
-                .map(|r| r.body)
-                .map_err(classify)
-        }
+    ) -> Result<Value, TransportError> {
+        FederationClient::send_transaction(self, destination.as_str(), txn_id, &body)
+            .await
+            .map(|r| r.body)
+            .map_err(classify)
     }
 }
 
