@@ -28,6 +28,7 @@ use tower::ServiceExt;
 
 pub mod error;
 pub mod extract;
+pub mod federation_admin;
 pub mod notifier;
 pub mod ratelimit;
 
@@ -77,6 +78,8 @@ pub struct AppState {
     pub query_token_warnings: extract::QueryTokenWarnings,
     /// Typing and receipts (shared with inbound federation).
     pub ephemeral: Arc<::ephemeral::EphemeralService>,
+    /// The outbound federation queues' status, once a federation sender runs.
+    pub federation_status: std::sync::OnceLock<federation_admin::FederationStatus>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -88,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(meta::routes())
         .merge(account::routes())
         .merge(admin::routes())
+        .merge(federation_admin::routes())
         .merge(profile::routes())
         .merge(account_data::routes())
         .merge(filter::routes())

@@ -69,7 +69,9 @@ async fn get_status(
             "You are not allowed to see their presence",
         ));
     }
-    Ok(Json(state.presence.event_for(&user)["content"].clone()))
+    Ok(Json(
+        state.presence.event_for_viewer(&auth.user_id, &user)["content"].clone(),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -382,7 +382,7 @@ fn presence_events(
             && state.presence.pushes_to(viewer, &user)
         {
             seen.insert(user.to_string());
-            events.push(state.presence.event_for(&user));
+            events.push(state.presence.event_for_viewer(viewer, &user));
         }
     }
     events.retain(|e| {

@@ -23,6 +23,10 @@
 //! What to send where (room servers for PDUs, [`presence_core::routing`]-style routing for
 //! presence) is the caller's decision.
 
+pub mod bridge;
+pub mod ephemeral_out;
+mod http_transport;
+pub mod presence_out;
 mod queue;
 mod worker;
 
@@ -143,6 +147,8 @@ struct Inner<T> {
     /// Serialises EDU enqueue and acknowledgement (both read-modify-write coalescing keys).
     edu_lock: Mutex<()>,
     permits: Semaphore,
+    /// The runtime workers run on (captured at start, so enqueueing works from any thread).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The outbound federation sender. Cheap to clone.
@@ -179,6 +185,7 @@ impl<T: Transport> FederationSender<T> {
                 dests: Mutex::new(HashMap::new()),
                 edu_lock: Mutex::new(()),
                 permits,
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         for (dest, pdus, edus) in recovered.destinations {
@@ -205,7 +212,9 @@ impl<T: Transport> FederationSender<T> {
         d.wake.notify_one();
         if !d.running {
             d.running = true;
-            tokio::spawn(worker::run(self.inner.clone(), dest.to_owned()));
+            self.inner
+                .runtime
+                .spawn(worker::run(self.inner.clone(), dest.to_owned()));
         }
     }
 

@@ -18,6 +18,8 @@ struct FakeState {
     sent: Mutex<Vec<(String, String, Value)>>,
     failing: std::sync::atomic::AtomicBool,
     attempts: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl Transport for Fake {
@@ -32,8 +34,11 @@ impl Transport for Fake {
         let txn_id = txn_id.to_owned();
         async move {
             state.attempts.fetch_add(1, Ordering::SeqCst);
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            state.max_in_flight.fetch_max(now, Ordering::SeqCst);
             // Let other tasks run while "on the wire" (so enqueues can race a transaction).
             tokio::time::sleep(Duration::from_millis(5)).await;
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
             if state.failing.load(Ordering::SeqCst) {
                 return Err(TransportError::Retry("connection refused".into()));
             }
@@ -118,6 +123,31 @@ async fn pdus_arrive_in_order_in_transactions_of_at_most_50_with_unique_ids() {
     assert_eq!(ids.len(), sent.len(), "txn ids are unique");
     until(|| idle(&s)).await;
     assert_eq!(s.status()[0].pending_pdus, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_is_bounded_over_all_destinations_and_idle_workers_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut cfg = config();
+    cfg.max_concurrent = 2;
+    let s = FederationSender::start(open(&dir), fake.clone(), cfg).unwrap();
+    let dests: Vec<OwnedServerName> = (0..10)
+        .map(|i| OwnedServerName::try_from(format!("d{i}.org")).unwrap())
+        .collect();
+    for n in 0..3u64 {
+        s.queue_pdu(dests.iter().map(|d| &**d), &json!({"n": n}))
+            .unwrap();
+    }
+    until(|| dests.iter().all(|d| fake.pdus_to(d.as_str()).len() == 3)).await;
+    until(|| idle(&s)).await;
+    assert_eq!(fake.state.max_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(s.status().len(), 10);
+    assert!(
+        s.status()
+            .iter()
+            .all(|d| d.pending_pdus == 0 && d.last_success_ms.is_some())
+    );
 }
 
 #[test]
@@ -248,6 +278,34 @@ fn many_presence_entries_are_merged_into_edus_of_at_most_50() {
 
 use crate::queue::{Pending, QueuedEdu};
 
+#[test]
+fn a_transaction_never_exceeds_100_edus_after_merging_presence() {
+    let item = |i: u64, ty: &str, entries: usize| Pending {
+        seq: i,
+        item: QueuedEdu {
+            key: None,
+            edu_type: ty.into(),
+            content: if ty == PRESENCE_EDU {
+                json!(vec![
+                    json!({"user_id": "@u:home.org", "presence": "online"});
+                    entries
+                ])
+            } else {
+                json!({})
+            },
+            queued_at: 0,
+        },
+    };
+    // 90 typing EDUs, then presence items of 30 entries each: 90 + ceil(30k/50) <= 100.
+    let mut edus: Vec<_> = (0..90).map(|i| item(i, "m.typing", 0)).collect();
+    edus.extend((90..120).map(|i| item(i, PRESENCE_EDU, 30)));
+    let n = worker::edus_that_fit(&edus);
+    assert_eq!(n, 90 + 16); // 16 × 30 = 480 entries = 10 EDUs; the 17th would make 11
+    let n = n.min(edus.len());
+    assert!(worker::build_edus(&edus[..n], 0).len() <= MAX_EDUS_PER_TXN);
+    assert_eq!(worker::edus_that_fit(&[item(0, PRESENCE_EDU, 10_000)]), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn restart_resumes_from_the_queue_on_disk_with_fresh_txn_ids() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,4 +354,288 @@ async fn reopen(dir: &tempfile::TempDir) -> Arc<Db> {
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
     panic!("database still locked");
+}
+
+mod presence_out_tests {
+    use super::*;
+    use crate::presence_out::{PRESENCE_REFRESH_MS, PeerTrust, PresenceOutbox, presence_entries};
+    use presence_core::routing::{PresenceRouting, RouteKind};
+    use presence_core::{FederationPresence, PresenceState};
+
+    fn online() -> FederationPresence {
+        FederationPresence {
+            presence: PresenceState::Online,
+            status_msg: Some("hi".into()),
+            last_active_ago: 0,
+            currently_active: true,
+        }
+    }
+
+    fn routing(entries: &[(&str, Option<&[&str]>)]) -> PresenceRouting {
+        let mut r = PresenceRouting::default();
+        for (server, recipients) in entries {
+            let server = OwnedServerName::try_from(*server).unwrap();
+            // Unrestricted: the server's room sharers (one per server here).
+            let sharer = format!("@v:{server}");
+            let viewers: BTreeSet<ruma::OwnedUserId> = recipients
+                .unwrap_or(&[sharer.as_str()])
+                .iter()
+                .map(|u| ruma::OwnedUserId::try_from(*u).unwrap())
+                .collect();
+            let kind = match recipients {
+                None => RouteKind::Unrestricted,
+                Some(r) => RouteKind::Restricted(vec![r.iter().map(|s| s.to_string()).collect()]),
+            };
+            r.destinations.insert(server.clone(), kind);
+            r.viewers.insert(server, viewers);
+        }
+        r
+    }
+
+    #[test]
+    fn entries_carry_allowed_recipients_only_when_restricted() {
+        let u = user_id!("@a:home.org");
+        let e = presence_entries(u, &online(), &RouteKind::Unrestricted);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].get("allowed_recipients").is_none());
+        assert_eq!(e[0]["user_id"], "@a:home.org");
+        let chunks = RouteKind::Restricted(vec![vec!["@x:r.org".into()], vec!["@y:r.org".into()]]);
+        let e = presence_entries(u, &online(), &chunks);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1]["allowed_recipients"], json!(["@y:r.org"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocation_sends_final_offline_to_who_lost_sight_and_refresh_is_due_after_20_min() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let s = FederationSender::start(open(&dir), fake.clone(), config()).unwrap();
+        let trust = PeerTrust::new([OwnedServerName::try_from("one.org").unwrap()]);
+        let outbox = PresenceOutbox::new(s.clone(), trust);
+        let u = user_id!("@a:home.org");
+        outbox
+            .presence_changed(
+                u,
+                &online(),
+                routing(&[
+                    ("one.org", Some(&["@x:one.org", "@y:one.org"])),
+                    ("two.org", None),
+                ]),
+                0,
+            )
+            .unwrap();
+        until(|| fake.presence_to("one.org").len() == 1 && fake.presence_to("two.org").len() == 1)
+            .await;
+        // @y loses sight; two.org drops out entirely.
+        outbox
+            .routing_changed(
+                u,
+                &online(),
+                routing(&[("one.org", Some(&["@x:one.org"]))]),
+                1,
+            )
+            .unwrap();
+        until(|| fake.presence_to("one.org").len() == 2 && fake.presence_to("two.org").len() == 2)
+            .await;
+        let one = fake.presence_to("one.org");
+        assert_eq!(
+            (one[1]["presence"].as_str(), &one[1]["allowed_recipients"]),
+            (Some("offline"), &json!(["@y:one.org"]))
+        );
+        let two = fake.presence_to("two.org");
+        assert_eq!(two[1]["presence"], "offline");
+        assert!(two[1].get("allowed_recipients").is_none());
+        // A new server gains a viewer: it gets the current presence; one.org gets nothing new.
+        outbox
+            .routing_changed(
+                u,
+                &online(),
+                routing(&[("one.org", Some(&["@x:one.org"])), ("three.org", None)]),
+                2,
+            )
+            .unwrap();
+        until(|| fake.presence_to("three.org").len() == 1).await;
+        until(|| idle(&s)).await;
+        assert_eq!(fake.presence_to("one.org").len(), 2);
+        assert_eq!(fake.presence_to("three.org")[0]["presence"], "online");
+        assert!(outbox.due_for_refresh(PRESENCE_REFRESH_MS).is_empty());
+        assert_eq!(
+            outbox.due_for_refresh(PRESENCE_REFRESH_MS + 2),
+            vec![u.to_owned()]
+        );
+    }
+}
+
+mod bridge_tests {
+    use super::*;
+    use crate::bridge::PresenceBridge;
+    use crate::presence_out::PeerTrust;
+    use presence_service::{PresenceService, PresenceServiceConfig, SyncWaker};
+
+    struct NoWake;
+    impl SyncWaker for NoWake {
+        fn wake_users(&self, _: &[&UserId], _: u64) {}
+    }
+
+    #[tokio::test]
+    async fn a_local_status_change_reaches_the_remote_server_in_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let presence = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(NoWake),
+        )
+        .unwrap();
+        presence.set_server_name(server_name!("home.org").to_owned());
+        let room: ruma::OwnedRoomId = "!r:home.org".try_into().unwrap();
+        let (a, r) = (user_id!("@a:home.org"), user_id!("@r:remote.org"));
+        presence.membership_changed(&room, a, true);
+        presence.membership_changed(&room, r, true);
+        let fake = Fake::default();
+        let sender = FederationSender::start(db, fake.clone(), config()).unwrap();
+        let _bridge = PresenceBridge::install(&presence, sender, PeerTrust::default());
+        presence
+            .set_status(a, "D", presence_core::DeviceState::Online, None)
+            .unwrap();
+        until(|| !fake.presence_to("remote.org").is_empty()).await;
+        let got = fake.presence_to("remote.org");
+        assert_eq!(
+            (got[0]["user_id"].as_str(), got[0]["presence"].as_str()),
+            (Some("@a:home.org"), Some("online"))
+        );
+        assert!(got[0].get("allowed_recipients").is_none());
+    }
+}
+
+mod ephemeral_tests {
+    use super::*;
+    use crate::ephemeral_out::EphemeralBridge;
+    use ephemeral::{EphemeralService, Origin, Receipt, ReceiptType};
+    use presence_service::{PresenceService, PresenceServiceConfig, SyncWaker};
+
+    struct NoWake;
+    impl SyncWaker for NoWake {
+        fn wake_users(&self, _: &[&UserId], _: u64) {}
+    }
+
+    fn edus_to(fake: &Fake, dest: &str, ty: &str) -> Vec<Value> {
+        fake.sent()
+            .iter()
+            .filter(|(d, _, _)| d == dest)
+            .flat_map(|(_, _, b)| b["edus"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["edu_type"] == ty)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn local_typing_and_public_receipts_go_to_the_room_servers_private_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let presence = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(NoWake),
+        )
+        .unwrap();
+        presence.set_server_name(server_name!("home.org").to_owned());
+        let room: ruma::OwnedRoomId = "!r:home.org".try_into().unwrap();
+        let (a, r) = (user_id!("@a:home.org"), user_id!("@r:remote.org"));
+        presence.membership_changed(&room, a, true);
+        presence.membership_changed(&room, r, true);
+        let fake = Fake::default();
+        let sender = FederationSender::start(db.clone(), fake.clone(), config()).unwrap();
+        let eph = EphemeralService::new(db);
+        eph.add_observer(EphemeralBridge::new(sender.clone(), &presence));
+        eph.set_typing(&room, a, true, Duration::from_secs(30), Origin::Local)
+            .unwrap();
+        // A remote user's typing (from their server) is not echoed back.
+        eph.set_typing(
+            &room,
+            r,
+            true,
+            Duration::from_secs(30),
+            Origin::Remote(server_name!("remote.org").to_owned()),
+        )
+        .unwrap();
+        for (ty, ev) in [(ReceiptType::ReadPrivate, "$p"), (ReceiptType::Read, "$e")] {
+            eph.put_receipt(
+                Receipt {
+                    room_id: room.clone(),
+                    user_id: a.to_owned(),
+                    receipt_type: ty,
+                    event_id: ruma::OwnedEventId::try_from(format!("{ev}:home.org")).unwrap(),
+                    thread_id: None,
+                    ts: 7,
+                },
+                1,
+                Origin::Local,
+            )
+            .unwrap();
+        }
+        until(|| {
+            !edus_to(&fake, "remote.org", "m.typing").is_empty()
+                && !edus_to(&fake, "remote.org", "m.receipt").is_empty()
+        })
+        .await;
+        until(|| idle(&sender)).await;
+        let typing = edus_to(&fake, "remote.org", "m.typing");
+        assert_eq!(typing.len(), 1);
+        assert_eq!(
+            typing[0]["content"],
+            json!({"room_id": "!r:home.org", "user_id": "@a:home.org", "typing": true})
+        );
+        let receipts = edus_to(&fake, "remote.org", "m.receipt");
+        assert_eq!(receipts.len(), 1, "private receipts stay home");
+        assert_eq!(
+            receipts[0]["content"]["!r:home.org"]["m.read"]["@a:home.org"]["event_ids"],
+            json!(["$e:home.org"])
+        );
+    }
+}
+
+mod membership_tests {
+    use super::*;
+    use crate::bridge::PresenceBridge;
+    use crate::presence_out::PeerTrust;
+    use presence_service::{PresenceService, PresenceServiceConfig, SyncWaker};
+
+    struct NoWake;
+    impl SyncWaker for NoWake {
+        fn wake_users(&self, _: &[&UserId], _: u64) {}
+    }
+
+    #[tokio::test]
+    async fn a_newly_joined_remote_server_gets_current_presence_and_a_leaving_one_a_final_offline()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let presence = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(NoWake),
+        )
+        .unwrap();
+        presence.set_server_name(server_name!("home.org").to_owned());
+        let room: ruma::OwnedRoomId = "!r:home.org".try_into().unwrap();
+        let (a, r) = (user_id!("@a:home.org"), user_id!("@r:remote.org"));
+        presence.membership_changed(&room, a, true);
+        let fake = Fake::default();
+        let sender = FederationSender::start(db, fake.clone(), config()).unwrap();
+        let _bridge = PresenceBridge::install(&presence, sender.clone(), PeerTrust::default());
+        presence
+            .set_status(a, "D", presence_core::DeviceState::Online, None)
+            .unwrap();
+        // Nobody remote yet: nothing sent.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(fake.sent().is_empty());
+        presence.membership_changed(&room, r, true);
+        presence.membership_observed(&room, r);
+        until(|| fake.presence_to("remote.org").len() == 1).await;
+        assert_eq!(fake.presence_to("remote.org")[0]["presence"], "online");
+        presence.membership_changed(&room, r, false);
+        presence.membership_observed(&room, r);
+        until(|| fake.presence_to("remote.org").len() == 2).await;
+        assert_eq!(fake.presence_to("remote.org")[1]["presence"], "offline");
+    }
 }

@@ -105,10 +105,12 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
             queue::read_edus(&inner.db, dest.as_str(), MAX_EDUS_PER_TXN)?,
         ))
     });
-    let (pdus, edus) = match read {
+    let (pdus, mut edus) = match read {
         Ok(x) => x,
         Err(e) => return Step::Failed(format!("storage: {e}")),
     };
+    // Keep only what fits in one transaction once presence is merged; the rest waits.
+    edus.truncate(edus_that_fit(&edus));
     if pdus.is_empty() && edus.is_empty() {
         let mut dests = lock(&inner.dests);
         let d = dests.entry(dest.clone()).or_default();
@@ -184,6 +186,24 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
         d.last_error = Some("last transaction rejected".to_owned());
     }
     Step::Progress
+}
+
+/// How many of the queued `edus` (a prefix) fit in one transaction: other EDUs count one
+/// each, presence entries one per [`MAX_PRESENCE_PER_EDU`] merged. Always at least one, so an
+/// oversized item cannot wedge the queue (a single queued item is at most a few chunks).
+pub(crate) fn edus_that_fit(edus: &[Pending<QueuedEdu>]) -> usize {
+    let (mut others, mut entries) = (0usize, 0usize);
+    for (i, e) in edus.iter().enumerate() {
+        if e.item.edu_type == PRESENCE_EDU {
+            entries += e.item.content.as_array().map_or(0, Vec::len);
+        } else {
+            others += 1;
+        }
+        if i > 0 && others + entries.div_ceil(MAX_PRESENCE_PER_EDU) > MAX_EDUS_PER_TXN {
+            return i;
+        }
+    }
+    edus.len()
 }
 
 /// Turns queued EDUs into transaction EDUs: presence entries of all users merged into

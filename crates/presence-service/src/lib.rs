@@ -28,7 +28,12 @@
 //!
 //! Lock order: `sharing_updates` → `stream_pos` → `engine`, and `sharing` → `rooms`; the
 //! engine lock is never held while taking `sharing` or `rooms`, nor the other way round.
+mod remote;
 pub mod sharing;
+
+pub use remote::{
+    MAX_PUSH_ENTRIES, MAX_REMOTE_USERS, PresenceObserver, REMOTE_PRESENCE_TIMEOUT_MS, RemoteReceipt,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,6 +170,10 @@ pub struct PresenceService {
     armed_deadline: AtomicU64,
     kick: Notify,
     status_buckets: Mutex<HashMap<OwnedUserId, presence_core::token_bucket::TokenBucket>>,
+    /// Presence of remote users received over federation ([`remote`]).
+    remote: Mutex<remote::RemoteStore>,
+    /// Told about every published change of a local user (the federation sender).
+    observer: OnceLock<Arc<dyn PresenceObserver>>,
 }
 
 pub use storage::now_ms;
@@ -214,6 +223,8 @@ impl PresenceService {
             armed_deadline: AtomicU64::new(u64::MAX),
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
+            remote: Mutex::new(remote::RemoteStore::default()),
+            observer: OnceLock::new(),
         });
         service.publish(restored_changes)?;
         Ok(service)
@@ -248,6 +259,7 @@ impl PresenceService {
                 if let Err(e) = me.publish(changes) {
                     tracing::error!("writing presence changes failed: {e}");
                 }
+                me.expire_remote(now_ms());
                 if last_persist.elapsed() >= me.config.persist_interval {
                     last_persist = Instant::now();
                     if let Err(e) = me.persist_dirty() {
@@ -342,6 +354,7 @@ impl PresenceService {
         for c in &changes {
             self.with_fanout(&c.user_id, |users| self.waker.wake_users(users, pos));
         }
+        self.notify_observer(&changes);
         Ok(())
     }
 
@@ -478,7 +491,10 @@ impl PresenceService {
     /// Presence events for an initial sync: the viewer's own, and every user whose presence
     /// the viewer's sync carries ([`PresenceService::pushes_to`]) who is not offline.
     pub fn initial_events(&self, viewer: &UserId) -> Vec<Value> {
-        let users = self.initial_candidates(viewer);
+        let (remote, users): (Vec<OwnedUserId>, Vec<OwnedUserId>) = self
+            .initial_candidates(viewer)
+            .into_iter()
+            .partition(|u| self.is_remote(u));
         let now = now_ms();
         let engine = self.engine();
         let mut out = Vec::new();
@@ -490,6 +506,13 @@ impl PresenceService {
             let p = engine.current(&user, now);
             if p.state != presence_core::PresenceState::Offline {
                 out.push(json!({ "type": "m.presence", "sender": user, "content": p.content(now, Audience::Msc4042Client) }));
+            }
+        }
+        drop(engine);
+        for user in remote {
+            let event = self.remote_event_for(viewer, &user);
+            if event["content"]["presence"] != "offline" {
+                out.push(event);
             }
         }
         out
@@ -545,14 +568,14 @@ impl PresenceService {
         let mut out = Vec::new();
         for user in changed {
             if visible.contains(user) {
-                out.push(self.event_for(user));
+                out.push(self.event_for_viewer(viewer, user));
             }
         }
         // A marker: the viewer's view of this user changed (config change or leave). Show
         // what they should see now — the presence, or one final offline.
         for user in marked {
             out.push(if visible.contains(user) {
-                self.event_for(user)
+                self.event_for_viewer(viewer, user)
             } else {
                 sharing::final_offline(user)
             });

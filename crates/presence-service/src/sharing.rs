@@ -340,6 +340,16 @@ impl PresenceService {
             .is_none_or(|name| user.server_name() == name)
     }
 
+    /// `user`'s compiled sharing policy (`None`: no config, legacy).
+    pub(crate) fn sharing_policy_of(&self, user: &UserId) -> Option<SharingPolicy> {
+        self.sharing().owners.get(user).map(|o| o.policy.clone())
+    }
+
+    /// Whether `viewer`'s ignore list names `user` (then `viewer` sees none of `user`'s presence).
+    pub(crate) fn viewer_ignores(&self, viewer: &UserId, user: &UserId) -> bool {
+        self.sharing().ignores(viewer, user)
+    }
+
     fn sharing(&self) -> RwLockReadGuard<'_, SharingState> {
         self.sharing.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -722,6 +732,9 @@ impl PresenceService {
     pub fn may_see(&self, viewer: &UserId, user: &UserId) -> bool {
         if viewer == user {
             return true;
+        }
+        if self.is_remote(user) {
+            return self.remote_visible(viewer, user);
         }
         let sharing = self.sharing();
         if sharing.ignores(user, viewer) {

@@ -131,7 +131,11 @@ impl Default for Presence {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Federation {}
+pub struct Federation {
+    /// Peers known to honour MSC4325 `allowed_recipients` (docs/federation.md, "Presence
+    /// routing"). Empty by default: restricted presence goes only where it cannot leak.
+    pub allowed_recipients_peers: Vec<String>,
+}
 
 impl Default for Config {
     fn default() -> Self {

@@ -259,6 +259,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         presence,
         query_token_warnings: Default::default(),
         ephemeral,
+        federation_status: Default::default(),
     });
     Ok(Services { db, state })
 }
@@ -275,6 +276,7 @@ impl rooms::MembershipObserver for PresenceAudience {
     ) {
         self.0
             .membership_changed(room, user, membership == Some(rooms::Membership::Join));
+        self.0.membership_observed(room, user);
     }
 }
 
