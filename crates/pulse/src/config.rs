@@ -30,8 +30,8 @@ pub struct Config {
     pub log: Log,
     /// Reserved for the presence engine (issue 4).
     pub presence: Presence,
-    /// Reserved for federation.
-    pub federation: Federation,
+    /// `[federation]`: outbound TLS, IP range lists, notaries (see `federation_client`).
+    pub federation: federation_client::FederationConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,10 +127,6 @@ impl Default for Presence {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Federation {}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -148,7 +144,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             log: Log::default(),
             presence: Presence::default(),
-            federation: Federation::default(),
+            federation: federation_client::FederationConfig::default(),
         }
     }
 }
