@@ -5,8 +5,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use storage::Cf;
 
-use crate::persist::{AppendOpts, NewEvent};
-use crate::store::{AliasRecord, PUBLIC_PREFIX, alias_reverse_key, public_key, summary_key};
+use crate::persist::{AppendOpts, MembershipSink, NewEvent};
+use crate::store::{
+    AliasRecord, PUBLIC_PREFIX, alias_reverse_key, membership_key, public_key, summary_key,
+};
 use crate::{DEFAULT_ROOM_VERSION, Result, RoomError, RoomService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -141,7 +143,8 @@ impl RoomService {
     /// Create a room per `POST /createRoom`: `m.room.create`, the creator's join, power
     /// levels (default + `power_level_content_override`), canonical alias, the preset's
     /// join rules / history visibility / guest access, `initial_state`, name, topic,
-    /// then invites. Each event is its own positioned write.
+    /// then invites. Each event is its own positioned write, but the room joins its users'
+    /// room lists only once all are written (see below).
     pub fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
         let version = match &req.room_version {
             Some(v) => crate::parse_room_version(v)?,
@@ -186,149 +189,187 @@ impl RoomService {
             }
         };
 
-        // 1. m.room.create
-        let mut create = req.creation_content.clone().unwrap_or_default();
-        create.insert("room_version".into(), Value::from(version.as_str()));
-        if version == ruma::RoomVersionId::V10 {
-            create.insert("creator".into(), Value::from(creator.as_str()));
-        } else {
-            create.remove("creator");
-        }
-        let new = NewEvent::state("m.room.create", "", Value::Object(create));
-        let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
-        self.append(id, obj, AppendOpts::default())?;
-
-        // 2. the creator joins
-        let content = member_content("join", Some(&req.creator_profile), None);
-        self.send_locked(
-            &room_id,
-            creator,
-            NewEvent::state("m.room.member", creator.as_str(), content),
-            AppendOpts::default(),
-        )?;
-
-        // 3. power levels
-        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
-            &invites
-        } else {
-            &[]
+        // Memberships are held back until every event is written: a half-built room is in
+        // nobody's room list, and a failure removes the room (its summary and alias) again.
+        let sink = MembershipSink::default();
+        let opts = || AppendOpts {
+            defer_memberships: Some(sink.clone()),
+            ..AppendOpts::default()
         };
-        let mut pl = match initial_state
-            .iter()
-            .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
-        {
-            Some(i) => initial_state.remove(i).content,
-            None => default_power_levels(creator, ops),
-        };
-        if let Some(over) = &req.power_level_content_override {
-            for (k, v) in over {
-                pl.insert(k.clone(), v.clone());
+        let built = (|| -> Result<()> {
+            // 1. m.room.create
+            let mut create = req.creation_content.clone().unwrap_or_default();
+            create.insert("room_version".into(), Value::from(version.as_str()));
+            if version == ruma::RoomVersionId::V10 {
+                create.insert("creator".into(), Value::from(creator.as_str()));
+            } else {
+                create.remove("creator");
             }
-        }
-        self.send_locked(
-            &room_id,
-            creator,
-            NewEvent::state("m.room.power_levels", "", Value::Object(pl)),
-            AppendOpts::default(),
-        )?;
+            let new = NewEvent::state("m.room.create", "", Value::Object(create));
+            let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
+            self.append(id, obj, opts())?;
 
-        // 4. canonical alias, reserving the alias in the same write
-        if let Some(a) = &alias {
-            let rec = AliasRecord {
-                room_id: room_id.clone(),
-                creator: creator.to_owned(),
+            // 2. the creator joins
+            let content = member_content("join", Some(&req.creator_profile), None);
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.member", creator.as_str(), content),
+                opts(),
+            )?;
+
+            // 3. power levels
+            let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
+                &invites
+            } else {
+                &[]
             };
-            let (alias_s, room_s) = (a.to_string(), room_id.clone());
-            let extra = Box::new(move |_pos: u64, b: &mut storage::Batch| {
-                b.put_json(Cf::Aliases, alias_s.as_str(), &rec);
-                b.put(
-                    Cf::Aliases,
-                    alias_reverse_key(&room_s, &alias_s),
-                    Vec::new(),
-                );
-            });
-            let content = json!({ "alias": a.as_str() });
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.canonical_alias", "", content),
-                AppendOpts {
-                    txn: None,
-                    extra: Some(extra),
-                },
-            )?;
-        }
-
-        // 5. the preset's state, unless initial_state sets it
-        let overridden = |t: &str| {
-            initial_state
+            let mut pl = match initial_state
                 .iter()
-                .any(|e| e.kind == t && e.state_key.is_empty())
-        };
-        let (join_rule, guest) = match preset {
-            Preset::PublicChat => ("public", None),
-            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
-        };
-        let mut preset_events = vec![
-            NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
-            NewEvent::state(
-                "m.room.history_visibility",
-                "",
-                json!({ "history_visibility": "shared" }),
-            ),
-        ];
-        if let Some(g) = guest {
-            preset_events.push(NewEvent::state(
-                "m.room.guest_access",
-                "",
-                json!({ "guest_access": g }),
-            ));
-        }
-        for ev in preset_events {
-            if !overridden(&ev.kind) {
-                self.send_locked(&room_id, creator, ev, AppendOpts::default())?;
-            }
-        }
-
-        // 6. initial_state
-        for ev in initial_state {
-            let new = NewEvent::state(&ev.kind, &ev.state_key, Value::Object(ev.content));
-            self.send_locked(&room_id, creator, new, AppendOpts::default())?;
-        }
-
-        // 7. name, topic
-        if let Some(name) = &req.name {
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.name", "", json!({ "name": name })),
-                AppendOpts::default(),
-            )?;
-        }
-        if let Some(topic) = &req.topic {
-            let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] } });
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.topic", "", content),
-                AppendOpts::default(),
-            )?;
-        }
-
-        // 8. invites
-        for u in &invites {
-            let mut content = member_content("invite", None, None);
-            if req.is_direct
-                && let Some(o) = content.as_object_mut()
+                .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
             {
-                o.insert("is_direct".into(), Value::Bool(true));
+                Some(i) => initial_state.remove(i).content,
+                None => default_power_levels(creator, ops),
+            };
+            if let Some(over) = &req.power_level_content_override {
+                for (k, v) in over {
+                    pl.insert(k.clone(), v.clone());
+                }
             }
             self.send_locked(
                 &room_id,
                 creator,
-                NewEvent::state("m.room.member", u.as_str(), content),
-                AppendOpts::default(),
+                NewEvent::state("m.room.power_levels", "", Value::Object(pl)),
+                opts(),
             )?;
+
+            // 4. canonical alias, reserving the alias in the same write
+            if let Some(a) = &alias {
+                let rec = AliasRecord {
+                    room_id: room_id.clone(),
+                    creator: creator.to_owned(),
+                };
+                let (alias_s, room_s) = (a.to_string(), room_id.clone());
+                let extra = Box::new(move |_pos: u64, b: &mut storage::Batch| {
+                    b.put_json(Cf::Aliases, alias_s.as_str(), &rec);
+                    b.put(
+                        Cf::Aliases,
+                        alias_reverse_key(&room_s, &alias_s),
+                        Vec::new(),
+                    );
+                });
+                let content = json!({ "alias": a.as_str() });
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.canonical_alias", "", content),
+                    AppendOpts {
+                        extra: Some(extra),
+                        ..opts()
+                    },
+                )?;
+            }
+
+            // 5. the preset's state, unless initial_state sets it
+            let overridden = |t: &str| {
+                initial_state
+                    .iter()
+                    .any(|e| e.kind == t && e.state_key.is_empty())
+            };
+            let (join_rule, guest) = match preset {
+                Preset::PublicChat => ("public", None),
+                Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
+            };
+            let mut preset_events = vec![
+                NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
+                NewEvent::state(
+                    "m.room.history_visibility",
+                    "",
+                    json!({ "history_visibility": "shared" }),
+                ),
+            ];
+            if let Some(g) = guest {
+                preset_events.push(NewEvent::state(
+                    "m.room.guest_access",
+                    "",
+                    json!({ "guest_access": g }),
+                ));
+            }
+            for ev in preset_events {
+                if !overridden(&ev.kind) {
+                    self.send_locked(&room_id, creator, ev, opts())?;
+                }
+            }
+
+            // 6. initial_state
+            for ev in initial_state {
+                let new = NewEvent::state(&ev.kind, &ev.state_key, Value::Object(ev.content));
+                self.send_locked(&room_id, creator, new, opts())?;
+            }
+
+            // 7. name, topic
+            if let Some(name) = &req.name {
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.name", "", json!({ "name": name })),
+                    opts(),
+                )?;
+            }
+            if let Some(topic) = &req.topic {
+                let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] } });
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.topic", "", content),
+                    opts(),
+                )?;
+            }
+
+            // 8. invites
+            for u in &invites {
+                let mut content = member_content("invite", None, None);
+                if req.is_direct
+                    && let Some(o) = content.as_object_mut()
+                {
+                    o.insert("is_direct".into(), Value::Bool(true));
+                }
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.member", u.as_str(), content),
+                    opts(),
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = built {
+            let mut b = storage::Batch::new();
+            b.delete(Cf::Rooms, summary_key(&room_id));
+            if let Some(a) = &alias {
+                b.delete(Cf::Aliases, a.as_str());
+                b.delete(Cf::Aliases, alias_reverse_key(&room_id, a.as_str()));
+            }
+            if let Err(cleanup) = self.db.write(b) {
+                tracing::error!(room = %room_id, error = %cleanup, "half-built room not removed");
+            }
+            return Err(e);
+        }
+        let deferred = sink.take();
+        let mut b = storage::Batch::new();
+        for (user, rec) in &deferred {
+            match rec {
+                Some(rec) => b.put_json(Cf::Memberships, membership_key(user, &room_id), rec),
+                None => b.delete(Cf::Memberships, membership_key(user, &room_id)),
+            }
+        }
+        self.db.write(b)?;
+        if let Some(observer) = self.membership_observer.get() {
+            for (user, rec) in &deferred {
+                if let Ok(user) = <&UserId>::try_from(user.as_str()) {
+                    observer.membership_changed(&room_id, user, rec.as_ref().map(|r| r.membership));
+                }
+            }
         }
 
         if visibility == Visibility::Public {

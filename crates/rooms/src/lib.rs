@@ -78,6 +78,9 @@ mod pdu;
 mod persist;
 mod read;
 mod resolve;
+mod restricted;
+#[cfg(test)]
+mod security_tests;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -265,6 +268,11 @@ impl RoomService {
         &self.db
     }
 
+    /// The single stream's current position (what a sync token made now would say).
+    pub fn current_position(&self) -> u64 {
+        self.db.current_position()
+    }
+
     /// The id of the signing key, e.g. `ed25519:AbC123`.
     pub fn signing_key_id(&self) -> &str {
         &self.key.key_id
@@ -286,13 +294,7 @@ impl RoomService {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use storage::now_ms;
 
 pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
     let v =

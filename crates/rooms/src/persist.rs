@@ -1,7 +1,9 @@
 //! Building PDUs (hash, sign, reference-hash id) and appending them to a room: the
 //! authorization rules, the state before the event, forward extremities, current state,
 //! memberships and the stream position, in one atomic write.
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ruma::events::{StateEventType, TimelineEventType};
@@ -60,7 +62,14 @@ pub(crate) struct AppendOpts {
     pub txn: Option<(Key, OwnedDeviceId, String)>,
     /// More writes for the same batch (alias records on room creation).
     pub extra: Option<ExtraWrites>,
+    /// Room creation: collect the users' membership records here instead of writing them,
+    /// so the room stays out of everyone's room list (and `/sync`) until it is complete.
+    pub defer_memberships: Option<MembershipSink>,
 }
+
+/// Membership records held back by [`AppendOpts::defer_memberships`]: user → record
+/// (`None`: the membership was removed), in stream order.
+pub(crate) type MembershipSink = Rc<RefCell<Vec<(String, Option<MembershipRecord>)>>>;
 
 pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
@@ -266,10 +275,11 @@ impl RoomService {
         &self,
         room: &RoomId,
         sender: &UserId,
-        new: NewEvent,
+        mut new: NewEvent,
         opts: AppendOpts,
     ) -> Result<SentEvent> {
         let summary = self.require_summary(room)?;
+        self.prepare_local_member(room, sender, &mut new)?;
         let (event_id, obj) =
             self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
         self.append(event_id, obj, opts)
@@ -512,12 +522,28 @@ impl RoomService {
             (Some(target), true) => self.event(target)?.filter(|t| t.room_id() == room.as_str()),
             _ => None,
         };
+        let redaction_target = match redaction_target {
+            Some(t) => {
+                let pl_content = match lookup_before("m.room.power_levels", "") {
+                    Some(id) => self.event(&id)?.map(|e| e.content()),
+                    None => None,
+                };
+                let creator = summary.as_ref().map(|s| s.creator.as_str()).unwrap_or("");
+                self.redaction_allowed(&pdu.sender, &t, pl_content, creator)?
+                    .then_some(t)
+            }
+            None => None,
+        };
         let max_depth = summary
             .as_ref()
             .map(|s| s.max_depth)
             .unwrap_or(0)
             .max(pdu.depth);
-        let AppendOpts { txn, extra } = opts;
+        let AppendOpts {
+            txn,
+            extra,
+            defer_memberships,
+        } = opts;
         let state_pair = pdu.state_pair();
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             let record = StoredEvent {
@@ -564,11 +590,17 @@ impl RoomService {
                             event_id: id.clone(),
                             forgotten: false,
                         };
-                        b.put_json(Cf::Memberships, membership_key(user, &room), &rec);
+                        match &defer_memberships {
+                            Some(sink) => sink.borrow_mut().push((user.clone(), Some(rec))),
+                            None => b.put_json(Cf::Memberships, membership_key(user, &room), &rec),
+                        }
                     }
                     None => {
                         b.delete(Cf::Rooms, member_key(&room, user));
-                        b.delete(Cf::Memberships, membership_key(user, &room));
+                        match &defer_memberships {
+                            Some(sink) => sink.borrow_mut().push((user.clone(), None)),
+                            None => b.delete(Cf::Memberships, membership_key(user, &room)),
+                        }
                     }
                 }
             }
@@ -615,7 +647,9 @@ impl RoomService {
         })?;
         // Tell the observer (the presence audience index) after the commit, still under the
         // room write lock, so it sees membership changes in stream order.
-        if let Some(observer) = self.membership_observer.get() {
+        if let Some(observer) = self.membership_observer.get()
+            && defer_memberships.is_none()
+        {
             for (user, m) in &member_changes {
                 if let Ok(user) = <&ruma::UserId>::try_from(user.as_str()) {
                     observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));
@@ -623,6 +657,36 @@ impl RoomService {
             }
         }
         Ok(SentEvent { event_id, pos })
+    }
+
+    /// The room version's redaction rule, for every path an `m.room.redaction` arrives by
+    /// (`/redact`, `PUT /send` and `PUT /state`, federation): the redaction applies when its
+    /// sender sent the target or has the `redact` power level in the state before it; a
+    /// remote redaction also applies to events from its own server (the rule servers
+    /// follow for v3+ rooms). A local sender's disallowed redaction is refused; a remote
+    /// one is kept as an event but not applied.
+    fn redaction_allowed(
+        &self,
+        sender: &UserId,
+        target: &crate::store::StoredEvent,
+        power_levels: Option<Value>,
+        creator: &str,
+    ) -> Result<bool> {
+        if target.sender() == sender.as_str() {
+            return Ok(true);
+        }
+        let pl = crate::ops::PowerLevels::new(power_levels, creator);
+        if pl.user(sender.as_str()) >= pl.action("redact") {
+            return Ok(true);
+        }
+        if sender.server_name() == self.server_name {
+            return Err(RoomError::Forbidden(
+                "you may not redact other users' events".into(),
+            ));
+        }
+        let same_server = <&UserId>::try_from(target.sender())
+            .is_ok_and(|t| t.server_name() == sender.server_name());
+        Ok(same_server)
     }
 
     /// The auth chain (recursive `auth_events`, excluding the starting events) of a set of events.
