@@ -28,6 +28,9 @@ pub struct FederationConfig {
     pub connect_timeout_secs: u64,
     /// Largest response body read from a peer, in bytes (default 32 MiB: send_join replies are big).
     pub max_response_bytes: usize,
+    /// Peers known to honour MSC4325 `allowed_recipients` (docs/federation.md, "Presence
+    /// routing"). Empty by default: restricted presence goes only where it cannot leak.
+    pub allowed_recipients_peers: Vec<String>,
 }
 
 /// Non-routable and private ranges (IANA special-purpose registries).
@@ -74,6 +77,7 @@ impl Default for FederationConfig {
             request_timeout_secs: 60,
             connect_timeout_secs: 10,
             max_response_bytes: 32 * 1024 * 1024,
+            allowed_recipients_peers: Vec::new(),
         }
     }
 }

@@ -18,12 +18,13 @@
 //! - [`FederationClient::get_unsigned(destination, path)`](FederationClient::get_unsigned): for
 //!   key fetching (`/_matrix/key/v2/server` needs no authentication).
 //!
-//! Not here yet: the remote key cache and notary queries (keys are fetched by callers through
-//! `get_unsigned`).
+//! - [`keys::RemoteKeys`] ([`keys::KeySource`]): a remote server's key valid at a given time,
+//!   fetched from the origin and cached in memory. Not yet: the storage-backed cache and notaries.
 mod client;
 pub mod config;
 pub mod discovery;
 pub mod ip_filter;
+pub mod keys;
 
 pub use client::{FederationClient, FederationResponse};
 pub use config::FederationConfig;

@@ -30,8 +30,8 @@ pub struct Config {
     pub log: Log,
     /// Reserved for the presence engine (issue 4).
     pub presence: Presence,
-    /// Reserved for federation.
-    pub federation: Federation,
+    /// `[federation]`: outbound TLS, IP range lists, notaries (see `federation_client`).
+    pub federation: federation_client::FederationConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,14 +129,6 @@ impl Default for Presence {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Federation {
-    /// Peers known to honour MSC4325 `allowed_recipients` (docs/federation.md, "Presence
-    /// routing"). Empty by default: restricted presence goes only where it cannot leak.
-    pub allowed_recipients_peers: Vec<String>,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -154,7 +146,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             log: Log::default(),
             presence: Presence::default(),
-            federation: Federation::default(),
+            federation: federation_client::FederationConfig::default(),
         }
     }
 }

@@ -149,6 +149,7 @@ fn init_logging(filter: &str) {
 /// Everything the server runs on, built from the configuration.
 struct Services {
     db: Arc<storage::Db>,
+    server_keys: server_keys::ServerKeys,
     state: Arc<api_client::AppState>,
 }
 
@@ -167,6 +168,9 @@ fn open_services(config: &Config) -> Result<Services, String> {
     })?;
     let db = Arc::new(db);
     let server_name = ruma::ServerName::parse(&config.server_name).map_err(|e| e.to_string())?;
+    // The same stored key rooms signs events with.
+    let server_keys = server_keys::ServerKeys::load_or_generate(&db, server_name.clone())
+        .map_err(|e| format!("cannot load the server signing key: {e}"))?;
     let hashing = accounts::PasswordHashing {
         m_cost: config.accounts.argon2_memory_kib,
         t_cost: config.accounts.argon2_iterations,
@@ -261,7 +265,11 @@ fn open_services(config: &Config) -> Result<Services, String> {
         ephemeral,
         federation_status: Default::default(),
     });
-    Ok(Services { db, state })
+    Ok(Services {
+        db,
+        server_keys,
+        state,
+    })
 }
 
 /// Feeds room membership changes into the presence audience index.
@@ -283,7 +291,19 @@ impl rooms::MembershipObserver for PresenceAudience {
 async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
     let services = open_services(&config)?;
-    let app = api_client::router(services.state.clone());
+    let mut app = api_client::router(services.state.clone());
+    if config.federation.enabled {
+        let client = federation_client::FederationClient::new(
+            config.federation.clone(),
+            services.server_keys.clone(),
+        )
+        .map_err(|e| format!("[federation]: {e}"))?;
+        let federation = Arc::new(api_federation::FederationState {
+            keys: services.server_keys.clone(),
+            remote_keys: Arc::new(federation_client::keys::RemoteKeys::new(client)),
+        });
+        app = app.merge(api_federation::router(federation));
+    }
     let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
