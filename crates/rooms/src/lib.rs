@@ -81,6 +81,8 @@ mod resolve;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_security;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};

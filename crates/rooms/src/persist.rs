@@ -50,6 +50,27 @@ impl NewEvent {
     }
 }
 
+/// Member-content fields only a resident server may set, after checking the conditions
+/// itself: `join_authorised_via_users_server` (restricted joins, v8+) and
+/// `third_party_signed`. Pulse signs its own events, so a client-supplied value would be
+/// believed by the authorization rules (any local user could join any restricted room
+/// by naming a member with invite power). Pulse does not perform restricted joins for
+/// its users yet, so every local path drops both fields.
+const SERVER_ONLY_MEMBER_FIELDS: [&str; 2] =
+    ["join_authorised_via_users_server", "third_party_signed"];
+
+/// Remove [`SERVER_ONLY_MEMBER_FIELDS`] from a locally built member event.
+fn strip_client_authorisation(mut new: NewEvent) -> NewEvent {
+    if new.kind == "m.room.member"
+        && let Value::Object(c) = &mut new.content
+    {
+        for f in SERVER_ONLY_MEMBER_FIELDS {
+            c.remove(f);
+        }
+    }
+    new
+}
+
 /// Extra writes for the batch of an event, given its stream position.
 pub(crate) type ExtraWrites = Box<dyn FnOnce(u64, &mut Batch)>;
 
@@ -270,6 +291,7 @@ impl RoomService {
         opts: AppendOpts,
     ) -> Result<SentEvent> {
         let summary = self.require_summary(room)?;
+        let new = strip_client_authorisation(new);
         let (event_id, obj) =
             self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
         self.append(event_id, obj, opts)
