@@ -297,6 +297,59 @@ impl RoomService {
         self.append(event_id, obj, opts)
     }
 
+    /// Whether a redaction by `sender` may redact `target` (checked for every path:
+    /// `/redact`, `PUT /state`, `append_pdu`). The sender's own events always; a remote
+    /// sender's redaction of an event from its own server (room versions 3+: the
+    /// sending server speaks for its users); otherwise only with the `redact` power
+    /// level. A redaction that fails this is still stored but redacts nothing.
+    /// Power levels are read from the current state.
+    fn redaction_allowed(
+        &self,
+        room: &RoomId,
+        summary: Option<&RoomSummary>,
+        sender: &ruma::UserId,
+        target: &StoredEvent,
+    ) -> Result<bool> {
+        if target.sender() == sender.as_str() {
+            return Ok(true);
+        }
+        let target_server = target.sender().rsplit_once(':').map(|(_, s)| s);
+        if sender.server_name() != self.server_name
+            && target_server == Some(sender.server_name().as_str())
+        {
+            return Ok(true);
+        }
+        let Some(summary) = summary else {
+            return Ok(false);
+        };
+        let pl = self.power_levels(room, summary)?;
+        Ok(pl.user(sender.as_str()) >= pl.action("redact"))
+    }
+
+    /// The accepted state events that replaced `target` (whose `prev_state` is it).
+    fn replacers_of(&self, room: &RoomId, target: &StoredEvent) -> Result<Vec<StoredEvent>> {
+        let Some(k) = target.state_key() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (_, id) in self
+            .db
+            .scan_prefix(Cf::Rooms, log_prefix(room, target.kind(), k))?
+        {
+            let Ok(id) = OwnedEventId::try_from(String::from_utf8_lossy(&id).as_ref()) else {
+                continue;
+            };
+            if let Some(e) = self.event(&id)?
+                && e.prev_state
+                    .as_ref()
+                    .is_some_and(|p| p.event_id == target.event_id)
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
     /// The `StateAt` record for an event whose only prev event is `prev`.
     fn state_after_record(&self, prev: &EventId) -> Result<StateAtRecord> {
         let p = self.require_event(prev)?;
@@ -531,8 +584,26 @@ impl RoomService {
 
         // 6. One atomic write.
         let redaction_target = match (&pdu.redacts, pdu.kind == TimelineEventType::RoomRedaction) {
-            (Some(target), true) => self.event(target)?.filter(|t| t.room_id() == room.as_str()),
+            (Some(target), true) => match self.event(target)? {
+                Some(t)
+                    if t.room_id() == room.as_str()
+                        && self.redaction_allowed(&room, summary.as_ref(), &pdu.sender, &t)? =>
+                {
+                    Some(t)
+                }
+                _ => None,
+            },
             _ => None,
+        };
+        // A redacted state event must not live on in the `unsigned.prev_content` of the
+        // events that replaced it (issue 13 item 4): they get the redacted content too.
+        let (redacted_target_pdu, replacers) = match &redaction_target {
+            Some(t) => {
+                let redacted = ruma::canonical_json::redact(t.pdu.clone(), &rules.redaction, None)
+                    .map_err(|e| RoomError::Internal(format!("redaction failed: {e}")))?;
+                (Some(redacted), self.replacers_of(&room, t)?)
+            }
+            None => (None, Vec::new()),
         };
         let max_depth = summary
             .as_ref()
@@ -622,12 +693,16 @@ impl RoomService {
             if let Some((key, _, _)) = &txn {
                 b.put(Cf::Txns, key, event_id.as_str().as_bytes().to_vec());
             }
-            if let Some(mut target) = redaction_target {
-                let redacted =
-                    ruma::canonical_json::redact(target.pdu.clone(), &rules.redaction, None)
-                        .map_err(|e| RoomError::Internal(format!("redaction failed: {e}")))?;
+            if let (Some(mut target), Some(redacted)) = (redaction_target, redacted_target_pdu) {
                 target.pdu = redacted;
                 target.redacted_because = Some(record.client_event(None, None));
+                let redacted_content = target.content();
+                for mut r in replacers {
+                    if let Some(prev) = &mut r.prev_state {
+                        prev.content = redacted_content.clone();
+                    }
+                    b.put_json(Cf::Events, r.event_id.as_str(), &r);
+                }
                 b.put_json(Cf::Events, target.event_id.as_str(), &target);
             }
             if let Some(extra) = extra {

@@ -92,3 +92,122 @@ fn restricted_join_cannot_be_forged_through_put_state() {
         "forged restricted join must be refused, got {r:?}"
     );
 }
+
+fn message(svc: &RoomService, sender: &OwnedUserId, room: &RoomId, body: &str) -> SentEvent {
+    svc.send_message_event(sender, room, "m.room.message", json!({"body": body}), None)
+        .expect("send")
+}
+
+fn body_of(svc: &RoomService, id: &ruma::EventId) -> Option<Value> {
+    svc.event(id)
+        .expect("read")
+        .expect("stored")
+        .content()
+        .get("body")
+        .cloned()
+}
+
+#[test]
+fn redacted_state_does_not_survive_in_prev_content() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let room = svc
+        .create_room(&alice, CreateRoomRequest::default())
+        .expect("create");
+    let old = svc
+        .send_state_event(
+            &alice,
+            &room,
+            "m.room.topic",
+            "",
+            json!({"topic": "secret"}),
+        )
+        .expect("topic");
+    let new = svc
+        .send_state_event(
+            &alice,
+            &room,
+            "m.room.topic",
+            "",
+            json!({"topic": "public"}),
+        )
+        .expect("topic");
+    svc.redact(&alice, &room, &old.event_id, None, None)
+        .expect("redact");
+    let ev = svc.event(&new.event_id).expect("read").expect("stored");
+    let client = ev.to_client_event(None, 0);
+    assert_eq!(client["unsigned"]["replaces_state"], old.event_id.as_str());
+    assert!(
+        !client.to_string().contains("secret"),
+        "redacted content leaked through unsigned: {client}"
+    );
+}
+
+/// A room (v11, `redacts` in content) where Bob may send state (50) but the redact level is 100.
+fn room_with_high_redact_level(
+    svc: &RoomService,
+    alice: &OwnedUserId,
+    bob: &OwnedUserId,
+) -> ruma::OwnedRoomId {
+    let req = CreateRoomRequest {
+        preset: Some(Preset::PublicChat),
+        room_version: Some("11".into()),
+        ..Default::default()
+    };
+    let room = svc.create_room(alice, req).expect("create");
+    svc.join(bob, room.as_str(), &Profile::default(), None)
+        .expect("join");
+    svc.send_state_event(
+        alice,
+        &room,
+        "m.room.power_levels",
+        "",
+        json!({"users": {alice.as_str(): 100, bob.as_str(): 50}, "redact": 100,
+               "state_default": 50, "events_default": 0}),
+    )
+    .expect("power levels");
+    room
+}
+
+#[test]
+fn redaction_through_put_state_needs_the_redact_level() {
+    let (_d, svc) = setup();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let room = room_with_high_redact_level(&svc, &alice, &bob);
+    let msg = message(&svc, &alice, &room, "keep me");
+    // Whether the state path refuses it or stores it without effect, the target stays.
+    let _ = svc.send_state_event(
+        &bob,
+        &room,
+        "m.room.redaction",
+        "",
+        json!({"redacts": msg.event_id.as_str()}),
+    );
+    assert_eq!(body_of(&svc, &msg.event_id), Some(json!("keep me")));
+}
+
+#[test]
+fn redaction_through_append_pdu_needs_the_redact_level() {
+    let (_d, svc) = setup();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let room = room_with_high_redact_level(&svc, &alice, &bob);
+    let msg = message(&svc, &alice, &room, "keep me");
+    let version = svc.room_version(&room).expect("v").expect("known");
+    let summary = svc.require_summary(&room).expect("summary");
+    let red = crate::persist::NewEvent {
+        kind: "m.room.redaction".into(),
+        state_key: None,
+        content: json!({"redacts": msg.event_id.as_str()}),
+        redacts: Some(msg.event_id.clone()),
+    };
+    let current = |t: &str, k: &str| svc.current_state_event_id(&room, t, k);
+    let (_, obj) = svc
+        .build_event_on(&version, &room, &bob, &red, &summary.extremities, current)
+        .expect("build");
+    let _ = svc.append_pdu(obj);
+    assert_eq!(body_of(&svc, &msg.event_id), Some(json!("keep me")));
+    // Alice (100) still may.
+    svc.redact(&alice, &room, &msg.event_id, None, None)
+        .expect("redact");
+    assert_eq!(body_of(&svc, &msg.event_id), None);
+}
