@@ -142,6 +142,10 @@ impl RoomService {
     /// levels (default + `power_level_content_override`), canonical alias, the preset's
     /// join rules / history visibility / guest access, `initial_state`, name, topic,
     /// then invites. Each event is its own positioned write.
+    ///
+    /// Atomic for readers: the `Memberships` index and the membership observer learn of
+    /// the room only after its last event, in one batch, and on any failure every key the
+    /// room wrote is deleted again, so no one sees a half-built room (issue 13 item 10).
     pub fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
         let version = match &req.room_version {
             Some(v) => crate::parse_room_version(v)?,
@@ -164,7 +168,7 @@ impl RoomService {
             Visibility::Public => Preset::PublicChat,
             Visibility::Private => Preset::PrivateChat,
         });
-        let mut initial_state = req.initial_state.clone();
+        let initial_state = req.initial_state.clone();
         for ev in &initial_state {
             if ev.kind == "m.room.create" {
                 return Err(RoomError::BadJson(
@@ -185,6 +189,109 @@ impl RoomService {
                 break id;
             }
         };
+        let built = self.build_room_locked(
+            creator,
+            &req,
+            &version,
+            &room_id,
+            &invites,
+            alias.as_ref(),
+            preset,
+            initial_state,
+        );
+        if let Err(e) = built {
+            if let Err(cleanup) = self.discard_room_locked(&room_id, alias.as_ref()) {
+                tracing::error!(room = %room_id, error = %cleanup, "could not discard a half-built room");
+            }
+            return Err(e);
+        }
+        let members: Vec<&UserId> = std::iter::once(creator)
+            .chain(invites.iter().map(|u| &**u))
+            .collect();
+        self.publish_memberships_locked(&room_id, &members)?;
+        if visibility == Visibility::Public {
+            self.set_public_locked(&room_id, true)?;
+        }
+        Ok(room_id)
+    }
+
+    /// Write the `Memberships` records of `users` from the room's current member events
+    /// in one batch, then tell the membership observer.
+    fn publish_memberships_locked(&self, room: &RoomId, users: &[&UserId]) -> Result<()> {
+        let mut b = storage::Batch::new();
+        let mut changed = Vec::new();
+        for u in users {
+            if let Some(ev) = self.current_state_event(room, "m.room.member", u.as_str())?
+                && let Some(m) = ev.membership()
+            {
+                let rec = crate::store::MembershipRecord {
+                    membership: m,
+                    pos: ev.pos,
+                    event_id: ev.event_id.clone(),
+                    forgotten: false,
+                };
+                b.put_json(
+                    Cf::Memberships,
+                    crate::store::membership_key(u.as_str(), room),
+                    &rec,
+                );
+                changed.push((*u, m));
+            }
+        }
+        self.db.write(b)?;
+        if let Some(observer) = self.membership_observer.get() {
+            for (u, m) in changed {
+                observer.membership_changed(room, u, Some(m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete every key a failed createRoom wrote for `room` (its events, timeline, state
+    /// records, summary and alias).
+    fn discard_room_locked(&self, room: &RoomId, alias: Option<&OwnedRoomAliasId>) -> Result<()> {
+        let mut b = storage::Batch::new();
+        let tl = crate::store::timeline_prefix(room);
+        let tl_len = tl.as_bytes().len();
+        for (k, id) in self.db.scan_prefix(Cf::Timeline, &tl)? {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            b.delete(Cf::Events, id.as_str());
+            b.delete(Cf::StateAt, id.as_str());
+            if let Some(pos) = storage::KeyReader::new(&k[tl_len..]).u64() {
+                b.delete(Cf::RoomStream, storage::Key::new().u64(pos));
+            }
+            b.delete(Cf::Timeline, &k);
+        }
+        for (k, _) in self.db.scan_prefix(Cf::Rooms, summary_key(room))? {
+            b.delete(Cf::Rooms, &k);
+        }
+        if let Some(a) = alias {
+            b.delete(Cf::Aliases, a.as_str());
+            b.delete(Cf::Aliases, alias_reverse_key(room, a.as_str()));
+        }
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// The events of a new room, in createRoom order. Caller holds the write lock.
+    #[allow(clippy::too_many_arguments)]
+    fn build_room_locked(
+        &self,
+        creator: &UserId,
+        req: &CreateRoomRequest,
+        version: &ruma::RoomVersionId,
+        room_id: &RoomId,
+        invites: &[OwnedUserId],
+        alias: Option<&OwnedRoomAliasId>,
+        preset: Preset,
+        mut initial_state: Vec<InitialStateEvent>,
+    ) -> Result<()> {
+        let version = version.clone();
+        let room_id = room_id.to_owned();
+        let deferred = || AppendOpts {
+            defer_memberships: true,
+            ..Default::default()
+        };
 
         // 1. m.room.create
         let mut create = req.creation_content.clone().unwrap_or_default();
@@ -196,7 +303,7 @@ impl RoomService {
         }
         let new = NewEvent::state("m.room.create", "", Value::Object(create));
         let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
-        self.append(id, obj, AppendOpts::default())?;
+        self.append(id, obj, deferred())?;
 
         // 2. the creator joins
         let content = member_content("join", Some(&req.creator_profile), None);
@@ -204,12 +311,12 @@ impl RoomService {
             &room_id,
             creator,
             NewEvent::state("m.room.member", creator.as_str(), content),
-            AppendOpts::default(),
+            deferred(),
         )?;
 
         // 3. power levels
         let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
-            &invites
+            invites
         } else {
             &[]
         };
@@ -229,7 +336,7 @@ impl RoomService {
             &room_id,
             creator,
             NewEvent::state("m.room.power_levels", "", Value::Object(pl)),
-            AppendOpts::default(),
+            deferred(),
         )?;
 
         // 4. canonical alias, reserving the alias in the same write
@@ -253,8 +360,8 @@ impl RoomService {
                 creator,
                 NewEvent::state("m.room.canonical_alias", "", content),
                 AppendOpts {
-                    txn: None,
                     extra: Some(extra),
+                    ..deferred()
                 },
             )?;
         }
@@ -286,14 +393,14 @@ impl RoomService {
         }
         for ev in preset_events {
             if !overridden(&ev.kind) {
-                self.send_locked(&room_id, creator, ev, AppendOpts::default())?;
+                self.send_locked(&room_id, creator, ev, deferred())?;
             }
         }
 
         // 6. initial_state
         for ev in initial_state {
             let new = NewEvent::state(&ev.kind, &ev.state_key, Value::Object(ev.content));
-            self.send_locked(&room_id, creator, new, AppendOpts::default())?;
+            self.send_locked(&room_id, creator, new, deferred())?;
         }
 
         // 7. name, topic
@@ -302,7 +409,7 @@ impl RoomService {
                 &room_id,
                 creator,
                 NewEvent::state("m.room.name", "", json!({ "name": name })),
-                AppendOpts::default(),
+                deferred(),
             )?;
         }
         if let Some(topic) = &req.topic {
@@ -311,12 +418,12 @@ impl RoomService {
                 &room_id,
                 creator,
                 NewEvent::state("m.room.topic", "", content),
-                AppendOpts::default(),
+                deferred(),
             )?;
         }
 
         // 8. invites
-        for u in &invites {
+        for u in invites {
             let mut content = member_content("invite", None, None);
             if req.is_direct
                 && let Some(o) = content.as_object_mut()
@@ -327,14 +434,11 @@ impl RoomService {
                 &room_id,
                 creator,
                 NewEvent::state("m.room.member", u.as_str(), content),
-                AppendOpts::default(),
+                deferred(),
             )?;
         }
 
-        if visibility == Visibility::Public {
-            self.set_public_locked(&room_id, true)?;
-        }
-        Ok(room_id)
+        Ok(())
     }
 
     pub(crate) fn set_public_locked(&self, room: &RoomId, public: bool) -> Result<()> {

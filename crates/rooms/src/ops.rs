@@ -150,7 +150,7 @@ impl RoomService {
             new,
             AppendOpts {
                 txn: key,
-                extra: None,
+                ..Default::default()
             },
         )
     }
@@ -453,7 +453,7 @@ impl RoomService {
             new,
             AppendOpts {
                 txn: key,
-                extra: None,
+                ..Default::default()
             },
         )
     }

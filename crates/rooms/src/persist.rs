@@ -79,6 +79,9 @@ pub(crate) type ExtraWrites = Box<dyn FnOnce(u64, &mut Batch)>;
 pub(crate) struct AppendOpts {
     /// `(Cf::Txns key, device, txn id)` for send idempotency and `unsigned.transaction_id`.
     pub txn: Option<(Key, OwnedDeviceId, String)>,
+    /// Leave the `Memberships` index (user → rooms) and the membership observer alone:
+    /// createRoom writes them once the whole room exists, so no reader sees a half room.
+    pub defer_memberships: bool,
     /// More writes for the same batch (alias records on room creation).
     pub extra: Option<ExtraWrites>,
 }
@@ -610,7 +613,11 @@ impl RoomService {
             .map(|s| s.max_depth)
             .unwrap_or(0)
             .max(pdu.depth);
-        let AppendOpts { txn, extra } = opts;
+        let AppendOpts {
+            txn,
+            extra,
+            defer_memberships,
+        } = opts;
         let state_pair = pdu.state_pair();
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             let record = StoredEvent {
@@ -657,11 +664,15 @@ impl RoomService {
                             event_id: id.clone(),
                             forgotten: false,
                         };
-                        b.put_json(Cf::Memberships, membership_key(user, &room), &rec);
+                        if !defer_memberships {
+                            b.put_json(Cf::Memberships, membership_key(user, &room), &rec);
+                        }
                     }
                     None => {
                         b.delete(Cf::Rooms, member_key(&room, user));
-                        b.delete(Cf::Memberships, membership_key(user, &room));
+                        if !defer_memberships {
+                            b.delete(Cf::Memberships, membership_key(user, &room));
+                        }
                     }
                 }
             }
@@ -712,7 +723,9 @@ impl RoomService {
         })?;
         // Tell the observer (the presence audience index) after the commit, still under the
         // room write lock, so it sees membership changes in stream order.
-        if let Some(observer) = self.membership_observer.get() {
+        if let Some(observer) = self.membership_observer.get()
+            && !defer_memberships
+        {
             for (user, m) in &member_changes {
                 if let Ok(user) = <&ruma::UserId>::try_from(user.as_str()) {
                     observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));

@@ -211,3 +211,49 @@ fn redaction_through_append_pdu_needs_the_redact_level() {
         .expect("redact");
     assert_eq!(body_of(&svc, &msg.event_id), None);
 }
+
+#[test]
+fn failed_create_room_leaves_nothing_behind() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let bob = user("bob");
+    // The last initial_state event fails the auth rules (Alice cannot join Bob), after
+    // the create event, Alice's join and the power levels were written.
+    let req = CreateRoomRequest {
+        preset: Some(Preset::PublicChat),
+        room_alias_name: Some("half".into()),
+        initial_state: vec![InitialStateEvent {
+            kind: "m.room.member".into(),
+            state_key: bob.to_string(),
+            content: json!({"membership": "join"})
+                .as_object()
+                .cloned()
+                .expect("object"),
+        }],
+        ..Default::default()
+    };
+    let r = svc.create_room(&alice, req);
+    assert!(r.is_err(), "createRoom must fail: {r:?}");
+    assert!(
+        svc.rooms_for_user(&alice).expect("rooms").is_empty(),
+        "a failed createRoom must leave no room for its creator"
+    );
+    let alias = ruma::RoomAliasId::parse(format!("#half:{SERVER}")).expect("alias");
+    assert_eq!(svc.resolve_alias(&alias).expect("resolve"), None);
+    for cf in [
+        storage::Cf::Timeline,
+        storage::Cf::Events,
+        storage::Cf::StateAt,
+    ] {
+        assert!(
+            svc.db().scan_prefix(cf, []).expect("scan").is_empty(),
+            "{cf:?} still holds the half-built room"
+        );
+    }
+    // The alias is free again.
+    let req = CreateRoomRequest {
+        room_alias_name: Some("half".into()),
+        ..Default::default()
+    };
+    svc.create_room(&alice, req).expect("create with the alias");
+}
