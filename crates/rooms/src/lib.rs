@@ -54,6 +54,23 @@
 //! caller verifies signatures and fetches missing events first) through the same
 //! authorization and state-resolution path as local events.
 //!
+//! Security rules applied on every path (issue 13):
+//! * locally built `m.room.member` events never carry a client's
+//!   `join_authorised_via_users_server` or `third_party_signed` (only a resident server
+//!   that checked the allow conditions may set them; Pulse does not do that yet);
+//! * a redaction (`/redact`, `PUT /state/m.room.redaction`, [`RoomService::append_pdu`])
+//!   takes effect only for the sender's own event, a remote sender's redaction of an event
+//!   from its own server, or with the `redact` power level; otherwise it is stored and
+//!   redacts nothing. Redacting a state event also redacts the `unsigned.prev_content`
+//!   copies in the events that replaced it;
+//! * createRoom publishes the room to the `Memberships` index and the membership observer
+//!   only once all its events are written, and deletes what it wrote if it fails.
+//!
+//! Not yet (issue 15): one entry point for remote events returning accepted / soft-failed /
+//! rejected / needs-missing-events, outliers, a signature-verification hook, topological
+//! order for pagination, serve-time redaction, per-room locks, room versions 1–9 and 12.
+//! Until then federation code calls [`RoomService::append_pdu`].
+//!
 //! Not yet: the federation endpoints themselves, knocking and restricted joins through
 //! the API, third-party invites, room upgrades, room versions other than 10 and 11.
 //!
