@@ -81,44 +81,101 @@ ensure_docker() {
 
 # ---------------------------------------------------------------------------------------------
 # 2. Complement as a Go module pinned in complement/go.mod (GOTOOLCHAIN=local: never download a
-# toolchain). The source of record is the Go module proxy. Where the proxy does not serve the
-# module (seen on the build machines: 403 "This module version is not available"), a developer can
-# point COMPLEMENT_SRC at their own git clone of github.com/matrix-org/complement: the pinned commit
-# is exported from it into complement/.work and used through an alternate go.mod (-modfile) with a
-# `replace`, so the committed go.mod is never edited. Nothing of Complement is committed here.
+# toolchain). Its source comes from, in order:
+#   a. the Go module proxy (the source of record);
+#   b. $COMPLEMENT_SRC: a git clone of github.com/matrix-org/complement (the top level of its own
+#      repository: the pinned commit is exported with `git archive`) or a plain source tree with a
+#      COMMIT file naming the pinned commit;
+#   c. ../shared/vendor/complement beside the repository (a plain tree with a COMMIT file; read-only
+#      in CI).
+# A directory counts as a git clone only if it is the top level of its own repository: a plain
+# tree that merely sits inside some other repository is not one. Whatever the source, it is copied
+# to complement/.work/complement-src (writable; go needs nothing else) and used through an
+# alternate go.mod (-modfile) with a `replace`, so the committed go.mod is never edited. Go
+# dependencies still come from the module proxy (go.sum). Nothing of Complement is committed here.
 export GOTOOLCHAIN=local
 pinned_version=$(sed -n 's/^[[:space:]]*\(require \)\{0,1\}github.com\/matrix-org\/complement \(v0\.0\.0-[0-9]*-[0-9a-f]\{12\}\)$/\2/p' "$here/go.mod")
 pinned=${pinned_version##*-}
 [ -n "$pinned" ] || die "no pinned Complement pseudo-version in complement/go.mod"
 src=$work/complement-src
+shared_src=$root/../shared/vendor/complement
+
+# is_git_top DIR: DIR is the top level of its own git repository (work tree or bare clone).
+is_git_top() {
+  local top
+  top=$(git -C "$1" rev-parse --show-toplevel 2>/dev/null) || {
+    # A bare clone has no work tree; it is its own git directory.
+    [ "$(git -C "$1" rev-parse --is-bare-repository 2>/dev/null)" = true ] || return 1
+    [ "$(cd "$1" && pwd -P)" = "$(cd "$(git -C "$1" rev-parse --absolute-git-dir)" && pwd -P)" ]
+    return
+  }
+  [ "$(cd "$1" && pwd -P)" = "$(cd "$top" && pwd -P)" ]
+}
+
+# copy_source DIR: DIR's pinned Complement into $src. Returns 1 (with the reason in $why) when DIR
+# does not hold the pinned commit.
+copy_source() {
+  local from=$1
+  rm -rf "$src" && mkdir -p "$src"
+  if is_git_top "$from"; then
+    if ! git -C "$from" archive "$pinned" 2>"$work/archive.err" | tar -x -C "$src" 2>/dev/null; then
+      why="$from (a git clone) has no commit $pinned: $(head -c 200 "$work/archive.err")"
+      return 1
+    fi
+  else
+    local commit
+    [ -f "$from/COMMIT" ] && commit=$(tr -d '[:space:]' <"$from/COMMIT") || { why="$from is neither the top level of a git clone nor a source tree with a COMMIT file"; return 1; }
+    case "$commit" in
+      "$pinned"*) ;;
+      *) why="$from/COMMIT says ${commit:-nothing}, complement/go.mod pins $pinned"; return 1 ;;
+    esac
+    [ -f "$from/go.mod" ] || { why="$from has a COMMIT file but no go.mod"; return 1; }
+    # cp -r, not hard links or symlinks: the source may be read-only and go wants nothing there.
+    cp -r "$from"/. "$src"/ || { why="cannot copy $from"; return 1; }
+    chmod -R u+w "$src"
+  fi
+  echo "$pinned" >"$src/.pinned"
+}
 
 ensure_complement_source() {
   if (cd "$here" && GOFLAGS=-mod=mod go mod download "github.com/matrix-org/complement@$pinned_version") 2>"$work/proxy.err"; then
+    log "Complement $pinned from the Go module proxy"
     export GOFLAGS=-mod=mod
     return 0
   fi
-  local from=${COMPLEMENT_SRC:-}
-  if [ -z "$from" ] || [ ! -d "$from" ]; then
-    local why="no source for Complement $pinned_version: the Go module proxy refused it
-    ($(head -c 300 "$work/proxy.err" | tr '\n' ' ')); set COMPLEMENT_SRC to a git clone of
-    github.com/matrix-org/complement to run the suite anyway"
+  local reasons="the Go module proxy refused it ($(head -c 300 "$work/proxy.err" | tr '\n' ' '))"
+  local from="" why="" candidate
+  for candidate in ${COMPLEMENT_SRC:+"$COMPLEMENT_SRC"} "$shared_src"; do
+    if [ ! -d "$candidate" ]; then
+      reasons="$reasons; $candidate does not exist"
+      continue
+    fi
+    candidate=$(cd "$candidate" && pwd -P)
+    if [ -f "$src/.pinned" ] && [ "$(cat "$src/.pinned")" = "$pinned" ] \
+      && [ "$(cat "$src/.from" 2>/dev/null)" = "$candidate" ]; then
+      from=$candidate
+      break
+    fi
+    if copy_source "$candidate"; then
+      echo "$candidate" >"$src/.from"
+      from=$candidate
+      break
+    fi
+    rm -rf "$src"
+    reasons="$reasons; $why"
+  done
+  if [ -z "$from" ]; then
+    local msg="no source for Complement $pinned_version: $reasons. Set COMPLEMENT_SRC to a git
+    clone of github.com/matrix-org/complement (or a tree with a COMMIT file) to run the suite"
     # A machine without the module cannot run the suite at all. In CI that is reported loudly but
-    # does not fail the build unless COMPLEMENT_REQUIRED=1.
+    # does not fail the build unless COMPLEMENT_REQUIRED=1 (.ci/run sets it).
     if [ "$ci" = 1 ] && [ "${COMPLEMENT_REQUIRED:-0}" != 1 ]; then
-      log "SKIPPED, NOT RUN: $why"
+      log "SKIPPED, NOT RUN: $msg"
       exit 0
     fi
-    die "$why"
+    die "$msg"
   fi
-  if ! { [ -f "$src/.pinned" ] && [ "$(cat "$src/.pinned")" = "$pinned" ]; }; then
-    rm -rf "$src" && mkdir -p "$src"
-    if git -C "$from" rev-parse --git-dir >/dev/null 2>&1; then
-      git -C "$from" archive "$pinned" | tar -x -C "$src" || die "$from has no commit $pinned"
-    else
-      cp -r "$from"/. "$src"/   # a plain source tree; assumed to be the pinned version
-    fi
-    echo "$pinned" >"$src/.pinned"
-  fi
+  log "Complement $pinned from $from (copied to $src)"
   cp "$here/go.mod" "$work/go.alt.mod"
   cp "$here/go.sum" "$work/go.alt.sum"
   echo "replace github.com/matrix-org/complement => $src" >>"$work/go.alt.mod"
@@ -156,6 +213,20 @@ build_image() {
   echo 'hosts: files dns' >"$ctx/rootfs/etc/nsswitch.conf"
   [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
   cp "$here/image/entrypoint.sh" "$here/image/pulse.toml" "$ctx/rootfs/pulse/"
+  # Outbound federation settings (image/federation.toml) only for a binary that knows the keys:
+  # the config loader rejects unknown keys, and federation support is landing in steps. Known =
+  # every key of federation.toml appears in `pulse generate-config` (the documented example).
+  local example missing=""
+  example=$("$bin" generate-config 2>/dev/null || true)
+  for key in $(sed -n 's/^\([a-z_]*\)[[:space:]]*=.*/\1/p' "$here/image/federation.toml"); do
+    grep -qw -- "$key" <<<"$example" || missing="$missing $key"
+  done
+  if [ -z "$missing" ]; then
+    cat "$here/image/federation.toml" >>"$ctx/rootfs/pulse/pulse.toml"
+    log "image config: outbound federation settings included (image/federation.toml)"
+  else
+    log "image config: this pulse does not document [federation]$missing; federation settings left out"
+  fi
   cp "$here/image/Dockerfile" "$ctx/Dockerfile"
   log "docker build $image ($(du -sh "$ctx/rootfs" | cut -f1))"
   # (The legacy builder prints a deprecation notice on every build: shown only on failure.)
@@ -264,6 +335,10 @@ else
   done
 fi
 log "wall time: $(( $(date +%s) - start )) s"
+if [ "$ci" = 1 ] && ! grep -q '"Action":"pass"' "$logs"; then
+  # Nothing passed at all: the suite did not really run (a crashed package, no homeserver).
+  die "no Complement test passed in this run; see $logs"
+fi
 
 sel=()
 [ -s "$selected" ] && sel=(-selected "$selected")

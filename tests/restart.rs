@@ -65,6 +65,15 @@ async fn acknowledged_writes_survive_kill_9() {
         )
         .await;
     assert_eq!(st, 200);
+    // Bob's status message has no override hiding it.
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+            Some(&bob.token),
+            json!({"presence": "unavailable", "status_msg": "also surviving"}),
+        )
+        .await;
+    assert_eq!(st, 200);
 
     s.kill9_and_restart().await;
 
@@ -144,6 +153,36 @@ async fn acknowledged_writes_survive_kill_9() {
         .await;
     assert_eq!(st, 200);
     assert_eq!(ov["presence_override"], "org.matrix.msc3026.busy");
+    let (st, presence) = s
+        .get(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{presence}");
+    assert_eq!(presence["status_msg"], "also surviving", "{presence}");
+    assert_eq!(presence["presence"], "unavailable", "{presence}");
+    // The override hides Alice's own status message (it replaces the whole visible
+    // presence); clearing it shows the message stored before the restart.
+    let (st, _) = s
+        .put(
+            &format!(
+                "/_matrix/client/v1/presence/{}/override",
+                enc(&alice.user_id)
+            ),
+            Some(&alice.token),
+            json!({"presence_override": ""}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, presence) = s
+        .get(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{presence}");
+    assert_eq!(presence["status_msg"], "surviving", "{presence}");
     // Sending with a used transaction ID still returns the original event (idempotency survives).
     let (st, again) = s
         .put(

@@ -223,3 +223,82 @@ async fn filters_limit_the_timeline_and_bad_params_are_rejected() {
         assert_eq!(body["errcode"], "M_INVALID_PARAM", "{bad}");
     }
 }
+
+async fn set_topic(s: &TestServer, u: &User, room: &str, topic: &str) {
+    let (st, resp) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room)),
+            Some(&u.token),
+            json!({ "topic": topic }),
+        )
+        .await;
+    assert_eq!(st, 200, "{resp}");
+}
+
+/// Issue 13 item 11: `timeline.limit: 0` still reports a joined room's state changes in
+/// an incremental sync (as the state section), not nothing.
+#[tokio::test]
+async fn limit_zero_incremental_sync_reports_state_changes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"name": "r"})).await;
+    let filter = enc(&json!({"room": {"timeline": {"limit": 0}}}).to_string());
+    let initial = sync(&s, &alice, &format!("timeout=0&filter={filter}")).await;
+    let since = initial["next_batch"].as_str().expect("token").to_owned();
+    set_topic(&s, &alice, &room, "changed").await;
+    let inc = sync(
+        &s,
+        &alice,
+        &format!("since={since}&timeout=0&filter={filter}"),
+    )
+    .await;
+    let section = &inc["rooms"]["join"][&room];
+    assert_eq!(section["timeline"]["events"], json!([]), "{inc}");
+    assert_eq!(section["timeline"]["limited"], true, "{inc}");
+    let topics: Vec<&Value> = section["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.topic")
+        .collect();
+    assert_eq!(topics.len(), 1, "{inc}");
+    assert_eq!(topics[0]["content"]["topic"], "changed");
+}
+
+/// Issue 13 item 11: the timeline filter applies before the limit, so a timeline is
+/// `limit` long whenever the room holds that many matching events.
+#[tokio::test]
+async fn timeline_filter_applies_before_the_limit() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"name": "r"})).await;
+    for i in 0..4 {
+        send(&s, &alice, &room, &format!("m{i}"), &format!("msg {i}")).await;
+    }
+    for i in 0..6 {
+        set_topic(&s, &alice, &room, &format!("topic {i}")).await;
+    }
+    let filter =
+        enc(&json!({"room": {"timeline": {"limit": 3, "types": ["m.room.message"]}}}).to_string());
+    let initial = sync(&s, &alice, &format!("timeout=0&filter={filter}")).await;
+    assert_eq!(
+        timeline_bodies(&initial, &room),
+        vec!["msg 1", "msg 2", "msg 3"],
+        "{initial}"
+    );
+    assert_eq!(initial["rooms"]["join"][&room]["timeline"]["limited"], true);
+    let since = initial["next_batch"].as_str().expect("token").to_owned();
+    send(&s, &alice, &room, "m9", "late").await;
+    set_topic(&s, &alice, &room, "after").await;
+    let inc = sync(
+        &s,
+        &alice,
+        &format!("since={since}&timeout=0&filter={filter}"),
+    )
+    .await;
+    assert_eq!(timeline_bodies(&inc, &room), vec!["late"], "{inc}");
+    assert_eq!(
+        inc["rooms"]["join"][&room]["timeline"]["limited"], false,
+        "{inc}"
+    );
+}

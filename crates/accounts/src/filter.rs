@@ -1,246 +1,101 @@
-//! The typed sync filter of the client-server spec (`Filter`, `EventFilter`, `RoomFilter`,
-//! `RoomEventFilter`), validated on upload and applied by `/sync` and `/messages`.
+//! Sync filters: ruma's types (`ruma::api::client::filter`), validated on upload, plus
+//! the matching `/sync` and `/messages` apply ([`EventFilterExt`], [`RoomFilterExt`],
+//! [`RoomEventFilterExt`]).
 //!
-//! Parsing is strict about types (a string where a list is expected, a number in a list of
-//! event types, a room ID that is not a room ID, a sender that is not a user ID are all
-//! errors, which the HTTP layer turns into 400 `M_BAD_JSON`) and lenient about absence:
-//! every field is optional, an explicit `null` means "absent", and unknown fields are
-//! ignored as the spec asks.
+//! Parsing ([`parse_filter`]) is strict about types (a string where a list is expected, a
+//! number in a list of event types, a room ID that is not a room ID, a sender that is not a
+//! user ID are all errors, which the HTTP layer turns into 400 `M_BAD_JSON` with serde's
+//! message naming the problem) and lenient about absence: every field is optional, an
+//! explicit `null` means "absent" (nulls are dropped before ruma sees them), and unknown
+//! fields are ignored as the spec asks.
 //!
 //! Matching follows the spec: `not_*` lists win over their positive counterparts, an
-//! absent positive list includes everything, an empty one includes nothing, and `*` in
-//! an event type is a wildcard for any sequence of characters.
+//! absent positive list includes everything, an empty one includes nothing, and event
+//! types are Matrix globs (`*`, `?`; the matcher is `presence-core`'s).
+use ruma::api::client::filter::UrlFilter;
+pub use ruma::api::client::filter::{
+    EventFormat, Filter as EventFilter, FilterDefinition as Filter, LazyLoadOptions,
+    RoomEventFilter, RoomFilter,
+};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
-/// Deserialise `null` (or an absent field, with `#[serde(default)]`) as `T::default()`.
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
+/// Event-type globs in filters are Matrix globs; the matcher is owned by `presence-core`.
+pub use presence_core::sharing::glob_match;
 
-fn is_default<T: Default + PartialEq>(t: &T) -> bool {
-    *t == T::default()
-}
-
-/// The format of events in a sync response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventFormat {
-    /// The client-server format (the default).
-    #[default]
-    Client,
-    /// The raw PDU as received over federation.
-    Federation,
-}
-
-/// A filter for a sync (or `/messages`) request: the spec's `Filter` object.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Filter {
-    /// Fields to include in each event (dotted paths); absent means all fields.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_fields: Option<Vec<String>>,
-    /// `client` (default) or `federation`.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub event_format: EventFormat,
-    /// Which presence updates to include.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub presence: EventFilter,
-    /// Which global account data to include.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub account_data: EventFilter,
-    /// Filters for everything inside rooms.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub room: RoomFilter,
-}
-
-/// The spec's `EventFilter` (presence, global account data).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EventFilter {
-    /// Maximum number of events to return.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    /// Event types to include (`*` wildcards); absent means all.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Event types to exclude; wins over `types`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    /// Senders to include; absent means all.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<OwnedUserId>>,
-    /// Senders to exclude; wins over `senders`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<OwnedUserId>>,
-}
-
-/// The spec's `RoomFilter`: which rooms, and what of them, to include.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RoomFilter {
-    /// Rooms to include; absent means all. Applies to every room section.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<OwnedRoomId>>,
-    /// Rooms to exclude; wins over `rooms`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<OwnedRoomId>>,
-    /// Include rooms the user has left (the `leave` section of sync).
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub include_leave: bool,
-    /// Events in the `timeline` section.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub timeline: RoomEventFilter,
-    /// Events in the `state` section.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub state: RoomEventFilter,
-    /// Ephemeral events (typing, receipts).
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub ephemeral: RoomEventFilter,
-    /// Per-room account data.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub account_data: RoomEventFilter,
-}
-
-/// The spec's `RoomEventFilter` (also used for `StateFilter`, which has the same fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RoomEventFilter {
-    /// Maximum number of events to return.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    /// Event types to include (`*` wildcards); absent means all.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Event types to exclude; wins over `types`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    /// Senders to include; absent means all.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<OwnedUserId>>,
-    /// Senders to exclude; wins over `senders`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<OwnedUserId>>,
-    /// Rooms to include; absent means all.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<OwnedRoomId>>,
-    /// Rooms to exclude; wins over `rooms`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<OwnedRoomId>>,
-    /// `Some(true)`: only events with a `url` key in their content; `Some(false)`: only
-    /// events without; `None`: both.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub contains_url: Option<bool>,
-    /// Lazy-load room members (only the senders of returned events in `state`).
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub lazy_load_members: bool,
-    /// With lazy loading: resend members the client should already have.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub include_redundant_members: bool,
-    /// Per-thread notification counts in sync.
-    #[serde(deserialize_with = "null_default", skip_serializing_if = "is_default")]
-    pub unread_thread_notifications: bool,
-}
-
-impl Filter {
-    /// Parse and validate a filter from JSON (an uploaded filter, or an inline `/sync`
-    /// `filter` parameter). The error is a human-readable reason for a 400 `M_BAD_JSON`.
-    pub fn from_json(value: serde_json::Value) -> Result<Filter, String> {
-        if !value.is_object() {
-            return Err("filter must be a JSON object".to_owned());
+/// Remove `null` members of every object, recursively (`null` means "absent").
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
         }
-        serde_json::from_value(value).map_err(|e| e.to_string())
-    }
-
-    /// Parse a filter from a JSON string (e.g. a `/sync?filter={...}` parameter).
-    pub fn from_str_json(s: &str) -> Result<Filter, String> {
-        let value: serde_json::Value =
-            serde_json::from_str(s).map_err(|e| format!("filter is not JSON: {e}"))?;
-        Filter::from_json(value)
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 
-/// Does `pattern` (where `*` matches any sequence, including none) match `value`?
-pub fn glob_match(pattern: &str, value: &str) -> bool {
-    if !pattern.contains('*') {
-        return pattern == value;
+/// Parse and validate a filter from JSON (an uploaded filter, or an inline `/sync`
+/// `filter` parameter). The error is a human-readable reason for a 400 `M_BAD_JSON`.
+pub fn parse_filter(mut value: Value) -> Result<Filter, String> {
+    if !value.is_object() {
+        return Err("filter must be a JSON object".to_owned());
     }
-    let p = pattern.as_bytes();
-    let v = value.as_bytes();
-    // Classic iterative wildcard matching with backtracking to the last star.
-    let (mut pi, mut vi) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == v[vi] {
-            pi += 1;
-            vi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
+    drop_nulls(&mut value);
+    let filter: Filter = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    // ruma keeps unknown formats as a custom value; the spec knows only these two.
+    if !matches!(
+        filter.event_format,
+        EventFormat::Client | EventFormat::Federation
+    ) {
+        return Err(format!(
+            "event_format must be \"client\" or \"federation\", not {:?}",
+            filter.event_format.as_str()
+        ));
     }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
+    Ok(filter)
 }
 
-fn types_match(
-    types: &Option<Vec<String>>,
-    not_types: &Option<Vec<String>>,
-    event_type: &str,
-) -> bool {
-    if let Some(not) = not_types
-        && not.iter().any(|p| glob_match(p, event_type))
-    {
+/// Parse a filter from a JSON string (e.g. a `/sync?filter={...}` parameter).
+pub fn parse_filter_str(s: &str) -> Result<Filter, String> {
+    let value: Value = serde_json::from_str(s).map_err(|e| format!("filter is not JSON: {e}"))?;
+    parse_filter(value)
+}
+
+/// Parse a `RoomEventFilter` alone (the `/messages` and `/context` `filter` parameter).
+pub fn parse_room_event_filter_str(s: &str) -> Result<RoomEventFilter, String> {
+    let mut value: Value =
+        serde_json::from_str(s).map_err(|e| format!("filter is not JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("filter must be a JSON object".to_owned());
+    }
+    drop_nulls(&mut value);
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+fn types_match(types: Option<&[String]>, not_types: &[String], event_type: &str) -> bool {
+    if not_types.iter().any(|p| glob_match(p, event_type)) {
         return false;
     }
-    match types {
-        Some(types) => types.iter().any(|p| glob_match(p, event_type)),
-        None => true,
-    }
+    types.is_none_or(|types| types.iter().any(|p| glob_match(p, event_type)))
 }
 
 fn senders_match(
-    senders: &Option<Vec<OwnedUserId>>,
-    not_senders: &Option<Vec<OwnedUserId>>,
+    senders: Option<&[OwnedUserId]>,
+    not_senders: &[OwnedUserId],
     sender: &UserId,
 ) -> bool {
-    if let Some(not) = not_senders
-        && not.iter().any(|s| s == sender)
-    {
+    if not_senders.iter().any(|s| s == sender) {
         return false;
     }
-    match senders {
-        Some(senders) => senders.iter().any(|s| s == sender),
-        None => true,
-    }
+    senders.is_none_or(|senders| senders.iter().any(|s| s == sender))
 }
 
-fn rooms_match(
-    rooms: &Option<Vec<OwnedRoomId>>,
-    not_rooms: &Option<Vec<OwnedRoomId>>,
-    room: &RoomId,
-) -> bool {
-    if let Some(not) = not_rooms
-        && not.iter().any(|r| r == room)
-    {
+fn rooms_match(rooms: Option<&[OwnedRoomId]>, not_rooms: &[OwnedRoomId], room: &RoomId) -> bool {
+    if not_rooms.iter().any(|r| r == room) {
         return false;
     }
-    match rooms {
-        Some(rooms) => rooms.iter().any(|r| r == room),
-        None => true,
-    }
+    rooms.is_none_or(|rooms| rooms.iter().any(|r| r == room))
 }
 
 /// Clamp a filter's `limit` to `1..=max`, using `default` when absent.
@@ -253,60 +108,100 @@ fn clamp_limit(limit: Option<u64>, default: usize, max: usize) -> usize {
     }
 }
 
-impl EventFilter {
+fn excludes_all_types(types: Option<&[String]>, not_types: &[String]) -> bool {
+    types.is_some_and(<[String]>::is_empty) || not_types.iter().any(|t| t == "*")
+}
+
+/// Matching for the spec's `EventFilter` (presence, global account data).
+pub trait EventFilterExt {
     /// Does an event of this type (and sender, when it has one) pass the filter?
     /// Without a sender (global account data) only the type lists apply.
-    pub fn matches(&self, event_type: &str, sender: Option<&UserId>) -> bool {
-        types_match(&self.types, &self.not_types, event_type)
-            && sender.is_none_or(|s| senders_match(&self.senders, &self.not_senders, s))
-    }
-
+    fn matches(&self, event_type: &str, sender: Option<&UserId>) -> bool;
+    /// The `limit`, if set.
+    fn limit_u64(&self) -> Option<u64>;
     /// The number of events to return: `limit` clamped to `1..=max`, or `default`.
-    pub fn limit_or(&self, default: usize, max: usize) -> usize {
-        clamp_limit(self.limit, default, max)
-    }
-
+    fn limit_or(&self, default: usize, max: usize) -> usize;
     /// True when the filter excludes every event type (`types: []` or `not_types: ["*"]`),
     /// so the section can be skipped without computing it.
-    pub fn excludes_all(&self) -> bool {
-        self.types.as_ref().is_some_and(Vec::is_empty)
-            || self
-                .not_types
-                .as_ref()
-                .is_some_and(|n| n.iter().any(|t| t == "*"))
+    fn excludes_all(&self) -> bool;
+}
+
+impl EventFilterExt for EventFilter {
+    fn matches(&self, event_type: &str, sender: Option<&UserId>) -> bool {
+        types_match(self.types.as_deref(), &self.not_types, event_type)
+            && sender.is_none_or(|s| senders_match(self.senders.as_deref(), &self.not_senders, s))
+    }
+    fn limit_u64(&self) -> Option<u64> {
+        self.limit.map(u64::from)
+    }
+    fn limit_or(&self, default: usize, max: usize) -> usize {
+        clamp_limit(self.limit_u64(), default, max)
+    }
+    fn excludes_all(&self) -> bool {
+        excludes_all_types(self.types.as_deref(), &self.not_types)
     }
 }
 
-impl RoomFilter {
+/// Matching for the spec's `RoomFilter`.
+pub trait RoomFilterExt {
     /// Is this room included at all (the top-level `rooms` / `not_rooms`)?
-    pub fn matches_room(&self, room: &RoomId) -> bool {
-        rooms_match(&self.rooms, &self.not_rooms, room)
+    fn matches_room(&self, room: &RoomId) -> bool;
+}
+
+impl RoomFilterExt for RoomFilter {
+    fn matches_room(&self, room: &RoomId) -> bool {
+        rooms_match(self.rooms.as_deref(), &self.not_rooms, room)
     }
 }
 
-impl RoomEventFilter {
+/// Matching for the spec's `RoomEventFilter` (also used for `StateFilter`).
+pub trait RoomEventFilterExt {
     /// Is this room included by this section's `rooms` / `not_rooms`?
-    pub fn matches_room(&self, room: &RoomId) -> bool {
-        rooms_match(&self.rooms, &self.not_rooms, room)
-    }
-
+    fn matches_room(&self, room: &RoomId) -> bool;
     /// Does an event pass this filter? `sender` is `None` for per-room account data;
     /// `contains_url` is whether the event's content has a string `url` key.
-    pub fn matches(
+    fn matches(
+        &self,
+        room: &RoomId,
+        event_type: &str,
+        sender: Option<&UserId>,
+        contains_url: bool,
+    ) -> bool;
+    /// Does a full client-format event (JSON) pass this filter in `room`?
+    fn matches_json(&self, room: &RoomId, event: &Value) -> bool;
+    /// The `limit`, if set.
+    fn limit_u64(&self) -> Option<u64>;
+    /// The number of events to return: `limit` clamped to `1..=max`, or `default`.
+    fn limit_or(&self, default: usize, max: usize) -> usize;
+    /// True when the filter excludes every event type (`types: []` or `not_types: ["*"]`)
+    /// or every room (`rooms: []`).
+    fn excludes_all(&self) -> bool;
+    /// Lazy-load room members (only the senders of returned events in `state`).
+    fn lazy_load_members(&self) -> bool;
+}
+
+impl RoomEventFilterExt for RoomEventFilter {
+    fn matches_room(&self, room: &RoomId) -> bool {
+        rooms_match(self.rooms.as_deref(), &self.not_rooms, room)
+    }
+    fn matches(
         &self,
         room: &RoomId,
         event_type: &str,
         sender: Option<&UserId>,
         contains_url: bool,
     ) -> bool {
+        let url_ok = match self.url_filter {
+            None => true,
+            Some(UrlFilter::EventsWithUrl) => contains_url,
+            Some(UrlFilter::EventsWithoutUrl) => !contains_url,
+        };
         self.matches_room(room)
-            && types_match(&self.types, &self.not_types, event_type)
-            && sender.is_none_or(|s| senders_match(&self.senders, &self.not_senders, s))
-            && self.contains_url.is_none_or(|want| want == contains_url)
+            && types_match(self.types.as_deref(), &self.not_types, event_type)
+            && sender.is_none_or(|s| senders_match(self.senders.as_deref(), &self.not_senders, s))
+            && url_ok
     }
-
-    /// Does a full client-format event (JSON) pass this filter in `room`?
-    pub fn matches_json(&self, room: &RoomId, event: &serde_json::Value) -> bool {
+    fn matches_json(&self, room: &RoomId, event: &Value) -> bool {
         let event_type = event
             .get("type")
             .and_then(|v| v.as_str())
@@ -321,20 +216,18 @@ impl RoomEventFilter {
             .is_some_and(|u| u.is_string());
         self.matches(room, event_type, sender, contains_url)
     }
-
-    /// The number of events to return: `limit` clamped to `1..=max`, or `default`.
-    pub fn limit_or(&self, default: usize, max: usize) -> usize {
-        clamp_limit(self.limit, default, max)
+    fn limit_u64(&self) -> Option<u64> {
+        self.limit.map(u64::from)
     }
-
-    /// True when the filter excludes every event type (`types: []` or `not_types: ["*"]`).
-    pub fn excludes_all(&self) -> bool {
-        self.types.as_ref().is_some_and(Vec::is_empty)
-            || self
-                .not_types
-                .as_ref()
-                .is_some_and(|n| n.iter().any(|t| t == "*"))
+    fn limit_or(&self, default: usize, max: usize) -> usize {
+        clamp_limit(self.limit_u64(), default, max)
+    }
+    fn excludes_all(&self) -> bool {
+        excludes_all_types(self.types.as_deref(), &self.not_types)
             || self.rooms.as_ref().is_some_and(Vec::is_empty)
+    }
+    fn lazy_load_members(&self) -> bool {
+        !self.lazy_load_options.is_disabled()
     }
 }
 
@@ -352,7 +245,7 @@ mod tests {
 
     #[test]
     fn parses_the_full_schema() {
-        let f = Filter::from_json(json!({
+        let f = parse_filter(json!({
             "event_fields": ["type", "content.body"],
             "event_format": "federation",
             "presence": {"limit": 3, "types": ["m.presence"], "not_senders": ["@a:x"]},
@@ -374,13 +267,21 @@ mod tests {
             f.event_fields.as_deref(),
             Some(&["type".to_owned(), "content.body".to_owned()][..])
         );
-        assert_eq!(f.presence.limit, Some(3));
+        assert_eq!(f.presence.limit_u64(), Some(3));
         assert!(f.account_data.excludes_all());
         assert!(f.room.include_leave);
-        assert_eq!(f.room.timeline.limit, Some(10));
-        assert!(f.room.timeline.lazy_load_members);
-        assert_eq!(f.room.timeline.contains_url, Some(false));
-        assert!(f.room.state.include_redundant_members);
+        assert_eq!(f.room.timeline.limit_u64(), Some(10));
+        assert!(f.room.timeline.lazy_load_members());
+        assert_eq!(
+            f.room.timeline.url_filter,
+            Some(UrlFilter::EventsWithoutUrl)
+        );
+        assert!(matches!(
+            f.room.state.lazy_load_options,
+            LazyLoadOptions::Enabled {
+                include_redundant_members: true
+            }
+        ));
         assert!(f.room.matches_room(&room("!r:x")));
         assert!(!f.room.matches_room(&room("!s:x")));
         assert!(!f.room.matches_room(&room("!t:x")));
@@ -388,12 +289,11 @@ mod tests {
 
     #[test]
     fn nulls_and_empty_objects_are_defaults() {
-        let f = Filter::from_json(
-            json!({"room": null, "presence": {"types": null}, "event_format": null}),
-        )
-        .expect("ok");
-        assert_eq!(f, Filter::default());
-        assert_eq!(Filter::from_json(json!({})).expect("ok"), Filter::default());
+        let f =
+            parse_filter(json!({"room": null, "presence": {"types": null}, "event_format": null}))
+                .expect("ok");
+        assert!(f.is_empty());
+        assert!(parse_filter(json!({})).expect("ok").is_empty());
     }
 
     #[test]
@@ -422,7 +322,7 @@ mod tests {
             json!("filter"),
         ];
         for b in bad {
-            assert!(Filter::from_json(b.clone()).is_err(), "accepted {b}");
+            assert!(parse_filter(b.clone()).is_err(), "accepted {b}");
         }
     }
 
@@ -441,12 +341,10 @@ mod tests {
 
     #[test]
     fn event_matching_follows_the_precedence_rules() {
-        let f = RoomEventFilter {
-            types: Some(vec!["m.room.*".into()]),
-            not_types: Some(vec!["m.room.member".into()]),
-            not_senders: Some(vec![user("@spam:x")]),
-            ..Default::default()
-        };
+        let mut f = RoomEventFilter::default();
+        f.types = Some(vec!["m.room.*".into()]);
+        f.not_types = vec!["m.room.member".into()];
+        f.not_senders = vec![user("@spam:x")];
         let r = room("!r:x");
         let a = user("@a:x");
         assert!(f.matches(&r, "m.room.message", Some(&a), false));
@@ -455,20 +353,16 @@ mod tests {
         assert!(!f.matches(&r, "m.room.message", Some(&user("@spam:x")), false));
         assert!(f.matches(&r, "m.room.message", None, false));
 
-        let urls = RoomEventFilter {
-            contains_url: Some(true),
-            ..Default::default()
-        };
+        let mut urls = RoomEventFilter::default();
+        urls.url_filter = Some(UrlFilter::EventsWithUrl);
         assert!(urls.matches(&r, "m.room.message", Some(&a), true));
         assert!(!urls.matches(&r, "m.room.message", Some(&a), false));
         let ev =
             json!({"type": "m.room.message", "sender": "@a:x", "content": {"url": "mxc://x/y"}});
         assert!(urls.matches_json(&r, &ev));
 
-        let none = EventFilter {
-            types: Some(vec![]),
-            ..Default::default()
-        };
+        let mut none = EventFilter::default();
+        none.types = Some(vec![]);
         assert!(!none.matches("m.presence", Some(&a)));
         assert!(none.excludes_all());
         assert!(EventFilter::default().matches("anything", None));
@@ -476,15 +370,10 @@ mod tests {
 
     #[test]
     fn limits_are_clamped() {
-        let f = RoomEventFilter {
-            limit: Some(0),
-            ..Default::default()
-        };
+        let mut f = RoomEventFilter::default();
+        f.limit = Some(0u32.into());
         assert_eq!(f.limit_or(10, 100), 1);
-        let f = RoomEventFilter {
-            limit: Some(1_000_000),
-            ..Default::default()
-        };
+        f.limit = Some(1_000_000u32.into());
         assert_eq!(f.limit_or(10, 100), 100);
         assert_eq!(RoomEventFilter::default().limit_or(10, 100), 10);
     }

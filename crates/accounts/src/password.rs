@@ -1,4 +1,13 @@
-//! Argon2id password hashing with configurable cost.
+//! Argon2id password hashing with configurable cost, and the pool that bounds how many
+//! hashes run at once.
+//!
+//! Every argon2 call allocates its full memory cost (19 MiB by default), so unbounded
+//! concurrency turns a burst of logins or registrations into gigabytes of RSS. The
+//! [`HashingPool`] lets a few run at once; the rest wait briefly for a slot and are then
+//! refused (the client API answers 429 `M_LIMIT_EXCEEDED`).
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
@@ -68,9 +77,108 @@ impl PasswordHashing {
     }
 }
 
+/// A counting semaphore for password hashing (callers are on blocking threads).
+pub struct HashingPool {
+    max: usize,
+    wait: Duration,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    running: usize,
+    /// Most hashes ever running at once (for tests and metrics).
+    peak: usize,
+}
+
+/// A slot in the [`HashingPool`]; released on drop.
+pub struct HashingPermit<'a>(&'a HashingPool);
+
+impl Drop for HashingPermit<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.running -= 1;
+        drop(s);
+        self.0.freed.notify_one();
+    }
+}
+
+impl HashingPool {
+    /// How long a hash waits for a slot by default before being refused.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+
+    /// At most `max` (at least 1) hashes at once; others wait up to `wait`.
+    pub fn new(max: usize, wait: Duration) -> Self {
+        HashingPool {
+            max: max.max(1),
+            wait,
+            state: Mutex::new(PoolState::default()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// One slot per CPU (at least 2): hashing is CPU-bound, more in parallel only adds memory.
+    pub fn per_cpu() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        HashingPool::new(cpus.max(2), Self::DEFAULT_WAIT)
+    }
+
+    /// Wait (blocking, up to the pool's wait time) for a slot; `None` if none freed up.
+    pub fn acquire(&self) -> Option<HashingPermit<'_>> {
+        let deadline = Instant::now() + self.wait;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while s.running >= self.max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            s = self
+                .freed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.running += 1;
+        s.peak = s.peak.max(s.running);
+        Some(HashingPermit(self))
+    }
+
+    /// The most hashes that ever ran at once.
+    pub fn peak(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).peak
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_bounds_concurrency_and_refuses_after_waiting() {
+        let pool = std::sync::Arc::new(HashingPool::new(2, Duration::from_millis(20)));
+        let a = pool.acquire().expect("slot 1");
+        let b = pool.acquire().expect("slot 2");
+        assert!(pool.acquire().is_none(), "a third hash must not run");
+        drop(a);
+        assert!(pool.acquire().is_some());
+        drop(b);
+        // Many threads, never more than `max` at once.
+        let pool = std::sync::Arc::new(HashingPool::new(2, Duration::from_secs(30)));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let _p = pool.acquire().expect("slot");
+                    std::thread::sleep(Duration::from_millis(5));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(pool.peak(), 2);
+    }
 
     #[test]
     fn hash_and_verify() {

@@ -167,7 +167,7 @@ fn login_by_localpart_or_mxid_any_case() {
 }
 
 #[test]
-fn login_reuses_a_device_id() {
+fn login_with_existing_device_id_revokes_its_old_tokens() {
     let (_d, svc) = service();
     let r = register(&svc, "erin", "pw");
     let dev = NewDevice {
@@ -190,8 +190,8 @@ fn login_reuses_a_device_id() {
         .expect("login");
     assert_eq!(a.device_id, b.device_id);
     assert_ne!(a.access_token, b.access_token);
-    // Both tokens work; the existing device keeps its name.
-    assert!(svc.authenticate(&a.access_token).expect("auth").is_some());
+    // The device's old token is revoked (issue 13 item 6); the existing device keeps its name.
+    assert!(svc.authenticate(&a.access_token).expect("auth").is_none());
     assert!(svc.authenticate(&b.access_token).expect("auth").is_some());
     assert_eq!(
         svc.device(&r.user_id, "LAPTOP".into())
@@ -550,7 +550,7 @@ fn filters_round_trip() {
             .expect("exists")
             .room
             .timeline
-            .limit,
+            .limit_u64(),
         Some(10)
     );
     assert!(
@@ -568,7 +568,7 @@ fn filters_round_trip() {
 #[test]
 fn nonces_are_single_use() {
     let (_d, svc) = service();
-    let n = svc.new_registration_nonce();
+    let n = svc.new_registration_nonce().expect("nonce");
     assert!(n.len() >= 16);
     assert!(svc.take_registration_nonce(&n));
     assert!(!svc.take_registration_nonce(&n));
@@ -608,4 +608,87 @@ fn overlong_inputs_are_rejected() {
         Err(AccountError::InvalidParam(_))
     ));
     assert!(!svc.user_exists(&uid("@r:example.org")).expect("exists"));
+}
+
+#[test]
+fn a_full_nonce_table_refuses_new_nonces_instead_of_flushing_live_ones() {
+    let (_d, svc) = service();
+    let first = svc.new_registration_nonce().expect("nonce");
+    for _ in 1..MAX_NONCES {
+        svc.new_registration_nonce().expect("nonce");
+    }
+    assert!(svc.new_registration_nonce().is_none(), "table is full");
+    // The admin's nonce issued first is still valid.
+    assert!(svc.take_registration_nonce(&first));
+    assert!(svc.new_registration_nonce().is_some(), "a slot was freed");
+}
+
+#[test]
+fn filters_per_user_are_bounded() {
+    let (_d, svc) = service();
+    let u = register(&svc, "fil", "pw").user_id;
+    let other = register(&svc, "fim", "pw").user_id;
+    for _ in 0..MAX_FILTERS_PER_USER {
+        svc.create_filter(&u, &json!({})).expect("create");
+    }
+    assert!(matches!(
+        svc.create_filter(&u, &json!({})),
+        Err(AccountError::QuotaExceeded(_))
+    ));
+    // Another user (whose ID sorts right after) is unaffected.
+    svc.create_filter(&other, &json!({})).expect("other user");
+}
+
+#[test]
+fn account_data_entries_per_user_are_bounded() {
+    let (_d, svc) = service();
+    let u = register(&svc, "ada", "pw").user_id;
+    let room = rid("!r:example.org");
+    for i in 0..MAX_ACCOUNT_DATA_PER_USER {
+        let r = (i % 2 == 0).then_some(&*room);
+        svc.set_account_data(&u, r, &format!("t.{i}"), &json!({}))
+            .expect("set");
+    }
+    assert!(matches!(
+        svc.set_account_data(&u, None, "t.new", &json!({})),
+        Err(AccountError::QuotaExceeded(_))
+    ));
+    // Overwriting an existing type is still fine.
+    svc.set_account_data(&u, None, "t.1", &json!({"v": 2}))
+        .expect("overwrite");
+}
+
+#[test]
+fn password_hashing_is_bounded_by_the_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Arc::new(Db::open(dir.path(), false).expect("open db"));
+    let svc = AccountService::new(
+        db,
+        "example.org".try_into().expect("server name"),
+        PasswordHashing::insecure_fast(),
+    )
+    .with_hashing_pool(HashingPool::new(1, Duration::from_millis(20)));
+    register(&svc, "pia", "pw");
+    let busy = svc.hash_pool.acquire().expect("the only slot");
+    // Unknown users, wrong passwords and registrations all need a slot: refused, not queued
+    // without bound.
+    assert!(matches!(
+        svc.login_password("nobody", "x", NewDevice::default(), None),
+        Err(AccountError::HashingBusy)
+    ));
+    assert!(matches!(
+        svc.login_password("pia", "x", NewDevice::default(), None),
+        Err(AccountError::HashingBusy)
+    ));
+    assert!(matches!(
+        svc.register("pib", Some("pw"), NewDevice::default(), false, true),
+        Err(AccountError::HashingBusy)
+    ));
+    drop(busy);
+    assert!(matches!(
+        svc.login_password("nobody", "x", NewDevice::default(), None),
+        Err(AccountError::Forbidden)
+    ));
+    svc.login_password("pia", "pw", NewDevice::default(), None)
+        .expect("login once a slot is free");
 }

@@ -23,6 +23,7 @@ use ruma::{OwnedDeviceId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef, client_route};
@@ -65,31 +66,31 @@ impl From<AccountError> for MatrixError {
             AccountError::UnknownUser | AccountError::UnknownDevice => MatrixError::not_found(msg),
             AccountError::BadJson(_) => MatrixError::bad_json(msg),
             AccountError::InvalidParam(_) => MatrixError::invalid_param(msg),
+            AccountError::HashingBusy => MatrixError::limit_exceeded(1000),
+            AccountError::QuotaExceeded(_) => MatrixError::forbidden(msg),
             AccountError::Hashing(_) | AccountError::Storage(_) => MatrixError::internal(msg),
         }
     }
 }
 
-/// Run blocking work (password hashing) off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(MatrixError::internal)
-}
-
-/// The client's IP address, when the server was started with connect info.
+/// The client's IP address, when known.
 pub(crate) struct ClientIp(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // The address the rate limiter resolved (trusted proxies honoured), else the peer.
         Ok(ClientIp(
             parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+                .get::<crate::ClientAddr>()
+                .map(|a| a.0.to_string())
+                .or_else(|| {
+                    parts
+                        .extensions
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|c| c.0.ip().to_string())
+                }),
         ))
     }
 }
@@ -227,15 +228,18 @@ pub(crate) async fn require_password(
             Some(("M_MISSING_PARAM", "Missing password")),
         ));
     };
+    state
+        .limiter
+        .login_allowed(user.as_str())
+        .map_err(MatrixError::limit_exceeded)?;
     let accounts = state.accounts.clone();
     let owned = user.to_owned();
     match blocking(move || accounts.check_password(&owned, &password)).await? {
         Ok(()) => Ok(()),
-        Err(AccountError::Forbidden) => Err(challenge(
-            STAGE,
-            session,
-            Some(("M_FORBIDDEN", "Invalid password")),
-        )),
+        Err(AccountError::Forbidden) => Err({
+            state.limiter.login_failed(user.as_str());
+            challenge(STAGE, session, Some(("M_FORBIDDEN", "Invalid password")))
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -300,25 +304,26 @@ async fn register(
         }
     }
     let accounts = state.accounts.clone();
-    let localpart = match body.username {
-        Some(u) => u,
-        None => accounts.generate_localpart()?,
-    };
     let login = !body.inhibit_login.unwrap_or(false);
     let device = NewDevice {
         device_id: body.device_id,
         display_name: body.initial_device_display_name,
     };
-    let password = body.password;
-    let registered =
-        blocking(move || accounts.register(&localpart, password.as_deref(), device, false, login))
-            .await??;
-    if let Some(d) = &registered.device_id {
-        state
-            .accounts
-            .touch_device(&registered.user_id, d, ip.as_deref())
-            .map_err(MatrixError::from)?;
-    }
+    let (username, password) = (body.username, body.password);
+    // Name generation, hashing and the writes: all on the blocking pool.
+    let registered = blocking(move || -> ApiResult<accounts::Registered> {
+        let localpart = match username {
+            Some(u) => u,
+            None => accounts.generate_localpart()?,
+        };
+        let registered =
+            accounts.register(&localpart, password.as_deref(), device, false, login)?;
+        if let Some(d) = &registered.device_id {
+            accounts.touch_device(&registered.user_id, d, ip.as_deref())?;
+        }
+        Ok(registered)
+    })
+    .await??;
     let mut resp = json!({
         "user_id": registered.user_id,
         "home_server": state.config.server_name,
@@ -404,10 +409,30 @@ async fn login(
         device_id: body.device_id,
         display_name: body.initial_device_display_name,
     };
+    // Per-account failed-login budget: checked before the (costly) hash, charged on a
+    // wrong password, so guessing one account's password is slow whatever the source.
     let accounts = state.accounts.clone();
-    let session =
-        blocking(move || accounts.login_password(&user, &password, device, ip.as_deref()))
-            .await??;
+    let who = user.clone();
+    let target = match blocking(move || accounts.resolve_user(&who)).await?? {
+        Some(user_id) => user_id.to_string(),
+        // Not an account: limited under the name as typed, so a 429 says nothing about
+        // whether an account exists.
+        None => user.clone(),
+    };
+    state
+        .limiter
+        .login_allowed(&target)
+        .map_err(MatrixError::limit_exceeded)?;
+    let accounts = state.accounts.clone();
+    let result =
+        blocking(move || accounts.login_password(&user, &password, device, ip.as_deref())).await?;
+    let session = match result {
+        Err(AccountError::Forbidden) => {
+            state.limiter.login_failed(&target);
+            return Err(AccountError::Forbidden.into());
+        }
+        other => other?,
+    };
     Ok(Json(json!({
         "user_id": session.user_id,
         "access_token": session.access_token,
@@ -477,9 +502,21 @@ async fn deactivate(
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> ReplyResult<Json<Value>> {
     require_password(&state, &auth.user_id, body.auth).await?;
-    state.accounts.deactivate(&auth.user_id)?;
-    // Leave every joined or invited room, so the deactivated account disappears from member lists.
-    match state.rooms.rooms_for_user(&auth.user_id) {
+    let (state, user) = (state.0.clone(), auth.user_id.clone());
+    // The account write and one leave per room (each a room-engine write): blocking pool.
+    blocking(move || -> ApiResult<()> {
+        state.accounts.deactivate(&user)?;
+        leave_all_rooms(&state, &user);
+        Ok(())
+    })
+    .await??;
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}
+
+/// Leave every joined, invited or knocked room, so a deactivated account disappears
+/// from member lists (best effort: failures are logged). Blocking.
+fn leave_all_rooms(state: &AppState, user: &UserId) {
+    match state.rooms.rooms_for_user(user) {
         Ok(rooms) => {
             let mut left = Vec::new();
             let current = rooms.into_iter().filter(|r| {
@@ -489,20 +526,17 @@ async fn deactivate(
                 )
             });
             for r in current {
-                match state.rooms.leave(&auth.user_id, &r.room_id, None) {
+                match state.rooms.leave(user, &r.room_id, None) {
                     Ok(sent) => left.push((r.room_id, sent.pos)),
                     Err(e) => {
                         tracing::debug!(room = %r.room_id, error = %e, "deactivation: could not leave room")
                     }
                 }
             }
-            crate::profile::wake_rooms(&state, &auth.user_id, &left);
+            crate::profile::wake_rooms(state, user, &left);
         }
-        Err(e) => {
-            tracing::warn!(user = %auth.user_id, error = %e, "deactivation: could not list rooms")
-        }
+        Err(e) => tracing::warn!(%user, error = %e, "deactivation: could not list rooms"),
     }
-    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }
 
 // ----- devices -----------------------------------------------------------------------------

@@ -106,7 +106,7 @@ async fn write(
         // client goes away, so what is stored is always what is applied.
         let (state, user, event_type) =
             (state.clone(), auth.user_id.clone(), event_type.to_owned());
-        tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        crate::blocking::blocking(move || -> ApiResult<()> {
             // Store, read back the effective config and apply it as one step, so two racing
             // PUTs cannot leave the older config applied.
             let _serialised = state.presence.lock_sharing_updates();
@@ -114,24 +114,46 @@ async fn write(
                 .accounts
                 .set_account_data(&user, None, &event_type, &content)?;
             let effective = effective_sharing_config(&state, &user)?;
-            state.presence.set_sharing_config(&user, effective.as_ref());
+            state.presence.set_sharing_config(&user, effective.as_ref())?;
             state.notifier.wake([&*user], pos);
             Ok(())
         })
-        .await
-        .map_err(MatrixError::internal)??;
+        .await??;
         return Ok(Json(json!({})));
     }
-    let pos = state
-        .accounts
-        .set_account_data(&auth.user_id, room, event_type, &content)?;
-    if room.is_none() && event_type == presence_service::sharing::IGNORED_USER_LIST {
-        // Ignored users stop seeing this user's presence (MSC4325).
-        state
-            .presence
-            .set_ignored_users(&auth.user_id, Some(&content));
-    }
-    state.notifier.wake([&*auth.user_id], pos);
+    // A storage read-modify-write (and for room data a membership read): off the async workers.
+    let (state, user, room, event_type) = (
+        state.clone(),
+        auth.user_id.clone(),
+        room.map(ToOwned::to_owned),
+        event_type.to_owned(),
+    );
+    crate::blocking::blocking(move || -> ApiResult<()> {
+        // Storing and applying an ignore list is serialised like a sharing config change.
+        let _serialised = (room.is_none()
+            && event_type == presence_service::sharing::IGNORED_USER_LIST)
+            .then(|| state.presence.lock_sharing_updates());
+        if let Some(room) = &room
+            && state.rooms.membership_state(room, &user)?.is_none()
+        {
+            // Bounds room account data to rooms the user has a membership in.
+            return Err(MatrixError::forbidden(format!(
+                "You are not a member of {room}"
+            )));
+        }
+        let pos = state
+            .accounts
+            .set_account_data(&user, room.as_deref(), &event_type, &content)?;
+        if room.is_none() && event_type == presence_service::sharing::IGNORED_USER_LIST {
+            // Ignored users stop seeing this user's presence (MSC4325).
+            state
+                .presence
+                .set_ignored_users(&user, Some(&content), pos)?;
+        }
+        state.notifier.wake([&*user], pos);
+        Ok(())
+    })
+    .await??;
     Ok(Json(json!({})))
 }
 

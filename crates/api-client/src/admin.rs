@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Sha1;
 
-use crate::account::blocking;
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::JsonBody;
 use crate::{AppState, AppStateRef};
@@ -37,9 +37,12 @@ fn secret(state: &AppState) -> ApiResult<&str> {
 
 async fn nonce(state: AppStateRef) -> ApiResult<Json<Value>> {
     secret(&state)?;
-    Ok(Json(
-        json!({ "nonce": state.accounts.new_registration_nonce() }),
-    ))
+    // Outstanding nonces are bounded; when full, callers wait for some to expire.
+    let nonce = state
+        .accounts
+        .new_registration_nonce()
+        .ok_or_else(|| MatrixError::limit_exceeded(accounts::NONCE_TTL.as_millis() as u64))?;
+    Ok(Json(json!({ "nonce": nonce })))
 }
 
 #[derive(Deserialize)]

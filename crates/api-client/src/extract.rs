@@ -19,26 +19,80 @@ pub struct Auth {
     pub access_token: String,
 }
 
+/// Where a request's access token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    /// The `access_token` query parameter (deprecated by the spec, still accepted).
+    Query,
+}
+
+/// The access token of a request and its session, resolved once by the rate-limit
+/// middleware (so the extractor does not read storage again on a tokio worker).
+#[derive(Debug, Clone)]
+pub struct TokenLookup {
+    pub token: String,
+    pub source: TokenSource,
+    /// `None`: the token is not valid.
+    pub session: Option<accounts::Session>,
+}
+
 /// Pull the access token out of a request, if one was given.
 pub fn access_token(parts: &Parts) -> Option<String> {
+    access_token_with_source(parts).map(|(t, _)| t)
+}
+
+/// The access token of a request and where it was found.
+pub fn access_token_with_source(parts: &Parts) -> Option<(String, TokenSource)> {
     if let Some(h) = parts.headers.get(http::header::AUTHORIZATION) {
         let s = h.to_str().ok()?;
         let t = s
             .strip_prefix("Bearer ")
             .or_else(|| s.strip_prefix("bearer "))?;
-        return Some(t.trim().to_owned());
+        return Some((t.trim().to_owned(), TokenSource::Header));
     }
     let query = parts.uri.query()?;
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("access_token=") {
-            return Some(
+            return Some((
                 percent_encoding::percent_decode_str(v)
                     .decode_utf8_lossy()
                     .into_owned(),
-            );
+                TokenSource::Query,
+            ));
         }
     }
     None
+}
+
+/// Who has already been warned about the `access_token` query parameter: each client
+/// (user when the token is valid, else address) is logged once, not on every request.
+/// Bounded: past [`QueryTokenWarnings::CAPACITY`] entries it starts over.
+#[derive(Default)]
+pub struct QueryTokenWarnings {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl QueryTokenWarnings {
+    pub const CAPACITY: usize = 10_000;
+
+    /// True the first time this client is seen using the query parameter.
+    pub fn first_use(
+        &self,
+        session: Option<&accounts::Session>,
+        addr: Option<std::net::IpAddr>,
+    ) -> bool {
+        let who = match (session, addr) {
+            (Some(s), _) => format!("{}|{}", s.user_id, s.device_id),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => String::new(),
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= Self::CAPACITY && !seen.contains(&who) {
+            seen.clear();
+        }
+        seen.insert(who)
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Auth {
@@ -47,21 +101,45 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, MatrixError> {
-        let token = access_token(parts).ok_or_else(MatrixError::missing_token)?;
-        let Some(session) = state.accounts.authenticate(&token)? else {
+        let (token, session) = match parts.extensions.get::<TokenLookup>() {
+            Some(l) => (l.token.clone(), l.session.clone()),
+            None => {
+                let token = access_token(parts).ok_or_else(MatrixError::missing_token)?;
+                let accounts = state.accounts.clone();
+                let t = token.clone();
+                let session =
+                    crate::blocking::blocking(move || accounts.authenticate(&t)).await??;
+                (token, session)
+            }
+        };
+        let Some(session) = session else {
             return Err(MatrixError::unknown_token());
         };
-        // Device "last seen" (cached: writes at most every few minutes per device).
+        // Device "last seen": the cache check is cheap; the write (at most every few
+        // minutes per device) goes to the blocking pool.
         let ip = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        if let Err(e) =
-            state
-                .accounts
-                .touch_device(&session.user_id, &session.device_id, ip.as_deref())
+            .get::<crate::ClientAddr>()
+            .map(|a| a.0.to_string())
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip().to_string())
+            });
+        if state
+            .accounts
+            .last_seen_due(&session.user_id, &session.device_id, ip.as_deref())
         {
-            tracing::warn!("recording device last-seen failed: {e}");
+            let accounts = state.accounts.clone();
+            let (user, device) = (session.user_id.clone(), session.device_id.clone());
+            let written = crate::blocking::blocking(move || {
+                accounts.touch_device(&user, &device, ip.as_deref())
+            })
+            .await?;
+            if let Err(e) = written {
+                tracing::warn!("recording device last-seen failed: {e}");
+            }
         }
         Ok(Auth {
             user_id: session.user_id,

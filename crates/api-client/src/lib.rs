@@ -34,6 +34,7 @@ pub mod ratelimit;
 mod account;
 mod account_data;
 mod admin;
+mod blocking;
 mod ephemeral;
 mod filter;
 mod meta;
@@ -42,10 +43,10 @@ mod profile;
 mod room;
 mod sync;
 
-pub use ephemeral::TypingState;
+pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
 pub use notifier::SyncNotifier;
-pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
 
 /// Settings the client API needs (built by the `pulse` binary from its config file).
 #[derive(Debug, Clone)]
@@ -67,14 +68,15 @@ pub struct ClientApiConfig {
 /// Everything handlers need, passed explicitly as axum state.
 pub struct AppState {
     pub config: ClientApiConfig,
-    pub db: Arc<storage::Db>,
     pub accounts: Arc<accounts::AccountService>,
     pub rooms: Arc<rooms::RoomService>,
     pub notifier: Arc<SyncNotifier>,
     pub presence: Arc<presence_service::PresenceService>,
     pub limiter: RateLimiter,
-    /// Who is typing in which room (in memory; see the `ephemeral` module).
-    pub typing: TypingState,
+    /// Clients already warned about the deprecated `access_token` query parameter.
+    pub query_token_warnings: extract::QueryTokenWarnings,
+    /// Typing and receipts (shared with inbound federation).
+    pub ephemeral: Arc<::ephemeral::EphemeralService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -148,24 +150,70 @@ async fn cors(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Resolves the access token once per request (on the blocking pool: it is a storage
+/// read) and charges the request to its user, or to the client address when there is no
+/// valid token. The lookup is left in the request for the [`extract::Auth`] extractor.
 async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if state.config.rate_limit.enabled {
-        let (parts, body) = req.into_parts();
-        let key = match extract::access_token(&parts) {
-            Some(t) => t,
-            None => parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_default(),
-        };
-        if let Err(retry) = state.limiter.check(&key) {
-            return MatrixError::limit_exceeded(retry).into_response();
+    let (mut parts, body) = req.into_parts();
+    let lookup = match extract::access_token_with_source(&parts) {
+        Some((token, source)) => {
+            let accounts = state.accounts.clone();
+            let t = token.clone();
+            let session = match blocking::blocking(move || accounts.authenticate(&t)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return MatrixError::from(e).into_response(),
+                Err(e) => return e.into_response(),
+            };
+            Some(extract::TokenLookup {
+                token,
+                source,
+                session,
+            })
         }
-        return next.run(Request::from_parts(parts, body)).await;
+        None => None,
+    };
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let addr = ratelimit::client_addr(
+        peer,
+        &parts.headers,
+        &state.limiter.config().trusted_proxies,
+    );
+    if let Some(l) = &lookup
+        && l.source == extract::TokenSource::Query
+        && state
+            .query_token_warnings
+            .first_use(l.session.as_ref(), addr)
+    {
+        tracing::warn!(
+            user = ?l.session.as_ref().map(|s| s.user_id.as_str()),
+            client = ?addr,
+            "client sent the deprecated access_token query parameter (use the Authorization header)"
+        );
     }
-    next.run(req).await
+    let key = match lookup.as_ref().and_then(|l| l.session.as_ref()) {
+        Some(s) => Some(RateKey::User(s.user_id.clone())),
+        None => addr.map(RateKey::Addr),
+    };
+    if let Some(l) = lookup {
+        parts.extensions.insert(l);
+    }
+    if let Some(addr) = addr {
+        parts.extensions.insert(ClientAddr(addr));
+    }
+    if let Some(key) = key
+        && let Err(retry) = state.limiter.check(&key)
+    {
+        return MatrixError::limit_exceeded(retry).into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
+
+/// The client's address as the rate limiter saw it (trusted proxies resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 /// Register `method_router` at `/_matrix/client/r0{path}` and `/_matrix/client/v3{path}`.
 pub(crate) fn client_route(
@@ -178,10 +226,4 @@ pub(crate) fn client_route(
         .route(&format!("/_matrix/client/v3{path}"), method_router)
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use storage::now_ms;

@@ -99,7 +99,10 @@ async fn put_status(
     state
         .presence
         .set_status(&user, auth.device_id.as_str(), device_state, msg)
-        .map_err(|limited| MatrixError::limit_exceeded(limited.0))?;
+        .map_err(|e| match e {
+            presence_service::SetStatusError::RateLimited(l) => MatrixError::limit_exceeded(l.0),
+            presence_service::SetStatusError::Storage(e) => e.into(),
+        })?;
     Ok(Json(json!({})))
 }
 
@@ -187,10 +190,9 @@ async fn preview_audience(
     let limit = params.limit.unwrap_or(PREVIEW_DEFAULT_LIMIT);
     // Compiling a large candidate can take a while: off the async workers.
     let presence = state.presence.clone();
-    let preview = tokio::task::spawn_blocking(move || {
+    let preview = crate::blocking::blocking(move || {
         presence.audience_preview(&auth.user_id, Some(&config), limit)
     })
-    .await
-    .map_err(MatrixError::internal)?;
+    .await?;
     Ok(Json(json!(preview)))
 }

@@ -92,7 +92,7 @@ fn field(body: &Map<String, Value>, name: &str) -> ApiResult<Option<String>> {
 }
 
 async fn put_field(
-    state: &AppState,
+    state: &Arc<AppState>,
     auth: &Auth,
     user_id: &str,
     name: &str,
@@ -104,18 +104,26 @@ async fn put_field(
         ));
     }
     let value = field(&body, name)?;
-    let profile = if name == "displayname" {
-        state.accounts.set_displayname(&auth.user_id, value)?
-    } else {
-        state.accounts.set_avatar_url(&auth.user_id, value)?
-    };
-    // The profile is saved; propagation to rooms is best effort.
-    match state.rooms.update_member_profile(&auth.user_id, &profile) {
-        Ok(rooms) => wake_rooms(state, &auth.user_id, &rooms),
-        Err(e) => {
-            tracing::warn!(user = %auth.user_id, error = %e, "profile change not propagated to rooms")
+    let is_displayname = name == "displayname";
+    let (state, user) = (state.clone(), auth.user_id.clone());
+    // A storage write, then one member event per joined room and member scans to wake:
+    // all on the blocking pool, not a tokio worker.
+    crate::blocking::blocking(move || -> ApiResult<()> {
+        let profile = if is_displayname {
+            state.accounts.set_displayname(&user, value)?
+        } else {
+            state.accounts.set_avatar_url(&user, value)?
+        };
+        // The profile is saved; propagation to rooms is best effort.
+        match state.rooms.update_member_profile(&user, &profile) {
+            Ok(rooms) => wake_rooms(&state, &user, &rooms),
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "profile change not propagated to rooms")
+            }
         }
-    }
+        Ok(())
+    })
+    .await??;
     Ok(Json(json!({})))
 }
 

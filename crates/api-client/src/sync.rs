@@ -14,13 +14,16 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use accounts::filter::{Filter, RoomEventFilter};
+use accounts::filter::{
+    EventFilterExt, Filter, RoomEventFilter, RoomEventFilterExt, RoomFilterExt,
+};
 use axum::routing::get;
 use axum::{Json, Router};
 use ruma::{OwnedEventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, Query};
 use crate::{AppState, AppStateRef, now_ms};
@@ -98,11 +101,17 @@ async fn sync(
             .presence
             .sync_started(&auth.user_id, auth.device_id.as_str(), set_presence);
     let mut wake = state.notifier.subscribe(&auth.user_id);
+    let (filter, auth) = (Arc::new(filter), Arc::new(auth));
     loop {
-        let now = state.db.current_position();
-        // A token from the future (e.g. a wiped database) is treated as "now".
-        let since = since.map(|s| s.min(now));
-        let body = build_response(&state, &auth, &filter, since, now, full_state)?;
+        // The build reads storage throughout: on the blocking pool, never a tokio worker.
+        let (st, f, a) = (state.clone(), filter.clone(), auth.clone());
+        let (now, body) = blocking(move || -> ApiResult<(u64, SyncBody)> {
+            let now = st.rooms.current_position();
+            // A token from the future (e.g. a wiped database) is treated as "now".
+            let since = since.map(|s| s.min(now));
+            Ok((now, build_response(&st, &a, &f, since, now, full_state)?))
+        })
+        .await??;
         let give_up = since.is_none() || full_state || tokio::time::Instant::now() >= deadline;
         if body.has_content || give_up {
             return Ok(Json(body.into_json(now)));
@@ -120,7 +129,7 @@ fn load_filter(state: &AppState, user: &UserId, param: Option<&str>) -> ApiResul
         return Ok(Filter::default());
     };
     if param.trim_start().starts_with('{') {
-        return Filter::from_str_json(param)
+        return accounts::filter::parse_filter_str(param)
             .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")));
     }
     state
@@ -212,7 +221,7 @@ fn build_response(
     // only); absent means the default.
     let timeline_limit = room_filter
         .timeline
-        .limit
+        .limit_u64()
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
             (l as usize).min(MAX_TIMELINE_LIMIT)
         });
@@ -382,7 +391,7 @@ fn presence_events(
             .and_then(|s| <&UserId>::try_from(s).ok());
         filter.presence.matches("m.presence", sender)
     });
-    if let Some(limit) = filter.presence.limit {
+    if let Some(limit) = filter.presence.limit_u64() {
         events.truncate(limit as usize);
     }
     Ok(events)
@@ -413,11 +422,18 @@ fn joined_room(
     state_filter: &RoomEventFilter,
     now_ts: u64,
 ) -> ApiResult<Option<Value>> {
-    let (events, limited) = state
-        .rooms
-        .timeline(room_id, after, now, limit)
-        .map_err(room_err)?;
-    if events.is_empty() && !include_full_state {
+    let (events, limited) = filtered_timeline(
+        state,
+        &auth.user_id,
+        room_id,
+        after,
+        now,
+        limit,
+        timeline_filter,
+    )?;
+    // `limited` with no events: something happened in the range that the limit (`0`)
+    // or filter left out; the section still carries the state that changed.
+    if events.is_empty() && !limited && !include_full_state {
         return Ok(None);
     }
     let section = room_section(
@@ -429,7 +445,6 @@ fn joined_room(
         &events,
         limited,
         include_full_state,
-        timeline_filter,
         state_filter,
         now_ts,
     )?;
@@ -448,10 +463,15 @@ fn left_room(
     now_ts: u64,
 ) -> ApiResult<Value> {
     // The timeline stops at the leave event: nothing after it is visible.
-    let (events, limited) = state
-        .rooms
-        .timeline(room_id, since, leave_pos, limit)
-        .map_err(room_err)?;
+    let (events, limited) = filtered_timeline(
+        state,
+        &auth.user_id,
+        room_id,
+        since,
+        leave_pos,
+        limit,
+        &room_filter.timeline,
+    )?;
     let mut section = room_section(
         state,
         auth,
@@ -461,7 +481,6 @@ fn left_room(
         &events,
         limited,
         since.is_none(),
-        &room_filter.timeline,
         &room_filter.state,
         now_ts,
     )?;
@@ -471,6 +490,85 @@ fn left_room(
         obj.remove("summary");
     }
     Ok(section)
+}
+
+/// Events scanned at most for one room's filtered timeline (a filter that matches almost
+/// nothing must not walk a whole room's history in one sync).
+const MAX_TIMELINE_SCAN: usize = 5_000;
+
+/// The newest `limit` events of `room` in `(after, up_to]` that `viewer` may see (history
+/// visibility) and the timeline filter passes, oldest first. Both are applied *before* the
+/// limit, so a timeline is only shorter than `limit` when the range holds fewer such
+/// events. `limited` is true when the range holds events older than the oldest returned
+/// one (with `limit` 0: when it holds any event).
+fn filtered_timeline(
+    state: &AppState,
+    viewer: &UserId,
+    room: &RoomId,
+    after: Option<u64>,
+    up_to: u64,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> ApiResult<(Vec<rooms::StoredEvent>, bool)> {
+    let mut kept: Vec<rooms::StoredEvent> = Vec::new(); // newest first
+    let mut hi = up_to;
+    let mut scanned = 0;
+    loop {
+        // First page: exactly what is wanted (the common, unfiltered case reads no more
+        // than before); later pages grow, for filters that match few events.
+        let want = limit - kept.len();
+        let page = if scanned == 0 {
+            want
+        } else {
+            want.saturating_mul(2).clamp(20, MAX_TIMELINE_SCAN)
+        };
+        let (events, more) = state
+            .rooms
+            .timeline(room, after, hi, if limit == 0 { 0 } else { page })
+            .map_err(room_err)?;
+        if limit == 0 {
+            return Ok((Vec::new(), more));
+        }
+        scanned += events.len();
+        let oldest = events.first().map(|e| e.pos);
+        let n = events.len();
+        let visible = state
+            .rooms
+            .filter_visible(viewer, events)
+            .map_err(room_err)?;
+        for ev in visible.into_iter().rev() {
+            if kept.len() == limit {
+                break;
+            }
+            if event_matches(filter, room, &ev) {
+                kept.push(ev);
+            }
+        }
+        if kept.len() == limit {
+            // Anything in the range older than the oldest kept event makes it limited.
+            let oldest_kept = kept.last().map_or(0, |e| e.pos);
+            let limited = more || oldest.is_some_and(|o| o < oldest_kept);
+            kept.reverse();
+            return Ok((kept, limited));
+        }
+        let Some(oldest) = oldest.filter(|_| more && n > 0) else {
+            kept.reverse();
+            return Ok((kept, false));
+        };
+        if scanned >= MAX_TIMELINE_SCAN || oldest <= 1 {
+            kept.reverse();
+            return Ok((kept, true));
+        }
+        hi = oldest - 1;
+    }
+}
+
+/// The timeline filter's verdict on a stored event (type, sender, `contains_url`, room).
+fn event_matches(filter: &RoomEventFilter, room: &RoomId, ev: &rooms::StoredEvent) -> bool {
+    let sender = <&UserId>::try_from(ev.sender()).ok();
+    let contains_url =
+        filter.url_filter.is_some() && ev.content().get("url").is_some_and(Value::is_string);
+    filter.matches(room, ev.kind(), sender, contains_url)
 }
 
 /// Build `{timeline, state, ...}` for a room given its timeline slice.
@@ -484,28 +582,20 @@ fn room_section(
     events: &[rooms::StoredEvent],
     limited: bool,
     include_full_state: bool,
-    timeline_filter: &RoomEventFilter,
     state_filter: &RoomEventFilter,
     now_ts: u64,
 ) -> ApiResult<Value> {
     let user = &*auth.user_id;
     let device = Some(&*auth.device_id);
-    // History visibility applies to sync timelines too.
-    let visible = state
-        .rooms
-        .filter_visible(user, events.to_vec())
-        .map_err(room_err)?;
-    let mut timeline = Vec::with_capacity(visible.len());
-    for e in &visible {
-        let ev = sync_format(
+    // `events` already passed history visibility and the timeline filter.
+    let mut timeline = Vec::with_capacity(events.len());
+    for e in events {
+        timeline.push(sync_format(
             state
                 .rooms
                 .client_event_for(e, user, device, now_ts)
                 .map_err(room_err)?,
-        );
-        if timeline_filter.matches_json(room_id, &ev) {
-            timeline.push(ev);
-        }
+        ));
     }
     let timeline_ids: HashSet<&str> = timeline
         .iter()
@@ -545,7 +635,7 @@ fn room_section(
     } else {
         Vec::new()
     };
-    let lazy = state_filter.lazy_load_members;
+    let lazy = state_filter.lazy_load_members();
     let senders: HashSet<&str> = timeline
         .iter()
         .filter_map(|e| e["sender"].as_str())

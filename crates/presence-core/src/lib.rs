@@ -135,9 +135,11 @@
 pub mod audience;
 mod config;
 mod engine;
+pub mod routing;
 pub mod sharing;
 mod state;
 mod timers;
+pub mod token_bucket;
 mod view;
 
 pub use config::PresenceConfig;

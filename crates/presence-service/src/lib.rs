@@ -78,6 +78,16 @@ impl Default for PresenceServiceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited(pub u64);
 
+/// Why `PUT .../status` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SetStatusError {
+    #[error("rate limited; retry after {} ms", .0.0)]
+    RateLimited(RateLimited),
+    /// The change could not be stored: it must not be acknowledged.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// What is stored per user in `Cf::Presence`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredPresence {
@@ -154,15 +164,10 @@ pub struct PresenceService {
     /// Deadline the timer task is sleeping towards (ms; u64::MAX when none).
     armed_deadline: AtomicU64,
     kick: Notify,
-    status_buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
+    status_buckets: Mutex<HashMap<OwnedUserId, presence_core::token_bucket::TokenBucket>>,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use storage::now_ms;
 
 impl PresenceService {
     /// Restore every stored user and return the service. Call [`PresenceService::spawn_timer`]
@@ -210,7 +215,7 @@ impl PresenceService {
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
         });
-        service.publish(restored_changes);
+        service.publish(restored_changes)?;
         Ok(service)
     }
 
@@ -240,7 +245,9 @@ impl PresenceService {
                     _ = me.kick.notified() => {}
                 }
                 let changes = me.engine().advance(now_ms());
-                me.publish(changes);
+                if let Err(e) = me.publish(changes) {
+                    tracing::error!("writing presence changes failed: {e}");
+                }
                 if last_persist.elapsed() >= me.config.persist_interval {
                     last_persist = Instant::now();
                     if let Err(e) = me.persist_dirty() {
@@ -289,10 +296,12 @@ impl PresenceService {
     }
 
     /// Persist and fan out visible changes: one batch, one stream position, then wake the
-    /// audience of every changed user.
-    fn publish(&self, changes: Vec<PresenceChange>) {
+    /// audience of every changed user. On a storage error nothing is published (the
+    /// in-memory engine already moved; viewers see it with the next change) and the error is
+    /// returned, so a request that caused it is not acknowledged.
+    fn publish(&self, changes: Vec<PresenceChange>) -> Result<(), StorageError> {
         if changes.is_empty() {
-            return;
+            return Ok(());
         }
         // Lock order everywhere: stream_pos, then engine. Taking the snapshots under the
         // stream_pos lock means two racing publishes of one user write in snapshot order.
@@ -323,14 +332,7 @@ impl PresenceService {
                 }
                 Ok(())
             });
-        let pos = match written {
-            Ok((pos, ())) => pos,
-            Err(e) => {
-                // The in-memory engine already moved; viewers will see it on their next sync.
-                tracing::error!("writing presence changes failed: {e}");
-                return;
-            }
-        };
+        let (pos, ()) = written?;
         for (user, _) in &snapshots {
             stream_pos.set(user, pos);
         }
@@ -339,6 +341,15 @@ impl PresenceService {
         // more than once; that is harmless and cheaper than merging big lists).
         for c in &changes {
             self.with_fanout(&c.user_id, |users| self.waker.wake_users(users, pos));
+        }
+        Ok(())
+    }
+
+    /// [`Self::publish`] for inputs no request waits on (syncs, activity, device removal):
+    /// the error can only be logged.
+    fn publish_logged(&self, changes: Vec<PresenceChange>) {
+        if let Err(e) = self.publish(changes) {
+            tracing::error!("writing presence changes failed: {e}");
         }
     }
 
@@ -355,7 +366,7 @@ impl PresenceService {
             self.rearm(&engine);
             s
         };
-        self.publish(started.change.into_iter().collect());
+        self.publish_logged(started.change.into_iter().collect());
         SyncGuard {
             service: self.clone(),
             ticket: started.ticket,
@@ -369,7 +380,7 @@ impl PresenceService {
             self.rearm(&engine);
             c
         };
-        self.publish(change.into_iter().collect());
+        self.publish_logged(change.into_iter().collect());
     }
 
     /// `PUT /presence/{userId}/status`.
@@ -379,15 +390,16 @@ impl PresenceService {
         device: &str,
         state: DeviceState,
         status_msg: Option<StatusMsg>,
-    ) -> Result<(), RateLimited> {
-        self.check_status_rate(user)?;
+    ) -> Result<(), SetStatusError> {
+        self.check_status_rate(user)
+            .map_err(SetStatusError::RateLimited)?;
         let change = {
             let mut engine = self.engine();
             let c = engine.set_status(user, device, state, status_msg, now_ms());
             self.rearm(&engine);
             c
         };
-        self.publish(change.into_iter().collect());
+        self.publish(change.into_iter().collect())?;
         Ok(())
     }
 
@@ -401,15 +413,11 @@ impl PresenceService {
             .status_buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = buckets.entry(user.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(RateLimited(((1.0 - *tokens) / rate * 1000.0).ceil() as u64))
-        }
+        buckets
+            .entry(user.to_owned())
+            .or_insert_with(|| presence_core::token_bucket::TokenBucket::full(burst, now))
+            .take(now, rate, burst)
+            .map_err(RateLimited)
     }
 
     /// MSC4043: set (`Some`) or clear (`None`) the override. Written at once (not batched):
@@ -426,7 +434,7 @@ impl PresenceService {
             c
         };
         match change {
-            Some(c) => self.publish(vec![c]),
+            Some(c) => self.publish(vec![c])?,
             None => self.persist_dirty()?,
         }
         Ok(())
@@ -444,13 +452,13 @@ impl PresenceService {
             self.rearm(&engine);
             c
         };
-        self.publish(change.into_iter().collect());
+        self.publish_logged(change.into_iter().collect());
     }
 
     /// A device was logged out or deleted.
     pub fn device_removed(&self, user: &UserId, device: &str) {
         let change = self.engine().device_removed(user, device, now_ms());
-        self.publish(change.into_iter().collect());
+        self.publish_logged(change.into_iter().collect());
     }
 
     pub fn current(&self, user: &UserId) -> EffectivePresence {
@@ -728,9 +736,54 @@ mod tests {
         let a = uid("@a:x");
         assert!(svc.set_status(&a, "D", DeviceState::Online, None).is_ok());
         assert!(svc.set_status(&a, "D", DeviceState::Online, None).is_ok());
-        let RateLimited(ms) = svc
-            .set_status(&a, "D", DeviceState::Online, None)
-            .expect_err("limited");
+        let Err(SetStatusError::RateLimited(RateLimited(ms))) =
+            svc.set_status(&a, "D", DeviceState::Online, None)
+        else {
+            panic!("expected rate limiting");
+        };
         assert!(ms > 0 && ms <= 1000);
+    }
+
+    #[test]
+    fn storage_failure_is_returned_not_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(dir.path(), false).expect("db"));
+        let config = PresenceServiceConfig {
+            status_per_second: 0.0,
+            ..Default::default()
+        };
+        let svc = PresenceService::open(db.clone(), config, Arc::new(RecordingWaker::default()))
+            .expect("open");
+        let a = uid("@a:x");
+        db.fail_writes(true);
+        assert!(matches!(
+            svc.set_status(&a, "D", DeviceState::Online, None),
+            Err(SetStatusError::Storage(_))
+        ));
+        let over = PresenceOverride {
+            state: presence_core::PresenceState::Unavailable,
+            status_msg: None,
+        };
+        assert!(svc.set_override(&a, Some(over)).is_err());
+        let room: ruma::OwnedRoomId = "!r:x".try_into().expect("room");
+        db.fail_writes(false);
+        svc.set_server_name("x".try_into().expect("server name"));
+        // A fresh owner: a's failed override is in force in memory, so a changes nothing.
+        let (a, b, c) = (uid("@d:x"), uid("@b:x"), uid("@c:x"));
+        svc.membership_changed(&room, &a, true);
+        svc.membership_changed(&room, &b, true);
+        svc.membership_changed(&room, &c, true);
+        svc.set_status(&a, "D", DeviceState::Busy, None)
+            .expect("stored");
+        db.fail_writes(true);
+        // Ignoring b hides a's presence from b: that marker write fails, so does the call.
+        assert!(
+            svc.set_ignored_users(&a, Some(&json!({ "ignored_users": { "@b:x": {} } })), 1)
+                .is_err()
+        );
+        assert!(
+            svc.set_sharing_config(&a, Some(&json!({ "denied_users": ["@c:x"] })))
+                .is_err()
+        );
     }
 }

@@ -251,6 +251,9 @@ pub(crate) struct SharingState {
     allowers: HashMap<OwnedUserId, HashSet<OwnedUserId>>,
     /// owner → the users on the owner's `m.ignored_user_list`: they never see the owner.
     ignored: HashMap<OwnedUserId, HashSet<OwnedUserId>>,
+    /// owner → stream position of the ignore list in `ignored` (0: loaded at start-up), so a
+    /// list stored earlier but applied later never replaces a newer one.
+    ignored_pos: HashMap<OwnedUserId, u64>,
     /// Entries in all `fanout` sets.
     cached_viewers: usize,
     /// Bumped by every change that can change a push audience (memberships, configs).
@@ -366,10 +369,28 @@ impl PresenceService {
     /// The users `owner` ignores (`m.ignored_user_list` content; `None`: none stored). They
     /// stop seeing the owner's presence: a viewer whose `/sync` carried it gets one final
     /// `offline`; a viewer no longer ignored gets the current presence at once.
-    pub fn set_ignored_users(&self, owner: &UserId, content: Option<&Value>) {
+    ///
+    /// `pos` is the stream position the list was stored at: a list older than the one in
+    /// force is ignored, so two racing PUTs leave the newer list applied whatever order they
+    /// get here in. Call under [`Self::lock_sharing_updates`], like a sharing config change.
+    ///
+    /// Fails if the markers cannot be stored (the list is applied in memory all the same).
+    pub fn set_ignored_users(
+        &self,
+        owner: &UserId,
+        content: Option<&Value>,
+        pos: u64,
+    ) -> Result<(), StorageError> {
         let new = parse_ignored_users(content);
         let changed: Vec<OwnedUserId> = {
             let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
+            if sharing.ignored_pos.get(owner).is_some_and(|p| *p > pos) {
+                return Ok(());
+            }
+            sharing.ignored_pos.insert(owner.to_owned(), pos);
+            // A config change evaluated concurrently under the read locks must be redone:
+            // who the owner pushes to may have just changed.
+            sharing.version += 1;
             let rooms = self.index();
             let old = sharing.ignored.get(owner).cloned().unwrap_or_default();
             let touched: Vec<OwnedUserId> = old.symmetric_difference(&new).cloned().collect();
@@ -389,7 +410,7 @@ impl PresenceService {
                 .map(|(v, _)| v)
                 .collect()
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)));
+        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)))
     }
 
     /// Start-up: install every user's stored ignore list without visibility changes.
@@ -407,7 +428,12 @@ impl PresenceService {
     /// policy, and gives every local viewer whose `/sync` view of `user` changes a marker:
     /// those who lose it get one final `offline`, those who gain it the current presence at
     /// once. Call after the account data is stored, under [`Self::lock_sharing_updates`].
-    pub fn set_sharing_config(&self, user: &UserId, content: Option<&Value>) {
+    /// Fails if the markers cannot be stored (the config is applied in memory all the same).
+    pub fn set_sharing_config(
+        &self,
+        user: &UserId,
+        content: Option<&Value>,
+    ) -> Result<(), StorageError> {
         let mut new = OwnerSharing::from_content(user, content);
         // Evaluating old and new view for a big audience can take long (docs/benchmarks.md),
         // so it is done under the read locks; the write lock only installs the result — unless
@@ -441,7 +467,7 @@ impl PresenceService {
             sharing.install(user, new);
             changed
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)));
+        self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)))
     }
 
     /// For a config change of `user` to `new`: the local viewers whose push-audience
@@ -488,7 +514,7 @@ impl PresenceService {
     fn mark_visibility_changed<'a>(
         &self,
         pairs: impl IntoIterator<Item = (&'a UserId, &'a UserId)>,
-    ) {
+    ) -> Result<(), StorageError> {
         let pairs: Vec<(&UserId, &UserId)> = {
             let published = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
             pairs
@@ -497,7 +523,7 @@ impl PresenceService {
                 .collect()
         };
         if pairs.is_empty() {
-            return;
+            return Ok(());
         }
         let written = self
             .db
@@ -517,15 +543,12 @@ impl PresenceService {
                 }
                 Ok(())
             });
-        match written {
-            Ok((pos, ())) => {
-                let mut viewers: Vec<&UserId> = pairs.iter().map(|(v, _)| *v).collect();
-                viewers.sort_unstable();
-                viewers.dedup();
-                self.waker.wake_users(&viewers, pos);
-            }
-            Err(e) => tracing::error!("writing presence visibility markers failed: {e}"),
-        }
+        let (pos, ()) = written?;
+        let mut viewers: Vec<&UserId> = pairs.iter().map(|(v, _)| *v).collect();
+        viewers.sort_unstable();
+        viewers.dedup();
+        self.waker.wake_users(&viewers, pos);
+        Ok(())
     }
 
     /// Owners with a visibility marker for `viewer` in `(since, up_to]`.
@@ -556,9 +579,13 @@ impl PresenceService {
     /// A joined-membership change: keeps the audience index and the push-audience caches
     /// current, and gives viewers who no longer see a user because of a leave (their last
     /// shared room, or the last one the owner's config does not deny) a final `offline`.
-    /// Joins need nothing more: `/sync` sends the presence of users who newly share a room.
+    ///
+    /// A join gives markers too, to each pair that newly shares a room and now sees the other:
+    /// this runs after the join is committed, so a `/sync` racing it can return the join
+    /// while the index does not have it yet (no presence sent) and move its token past the
+    /// join; the marker, at a later position, makes its next `/sync` send the presence.
     pub fn membership_changed(&self, room: &RoomId, user: &UserId, joined: bool) {
-        let lost: Vec<(OwnedUserId, OwnedUserId)> = {
+        let changed: Vec<(OwnedUserId, OwnedUserId)> = {
             let mut sharing = self.sharing.write().unwrap_or_else(|p| p.into_inner());
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
             if rooms.is_joined(user, room) == joined {
@@ -566,12 +593,30 @@ impl PresenceService {
             }
             let delta = rooms.apply_membership(room, user, joined);
             sharing.version += 1;
-            if sharing.owners.is_empty() && (joined || delta.lost.is_empty()) {
-                return;
+            let mut changed = if sharing.owners.is_empty() && (joined || delta.lost.is_empty())
+            {
+                Vec::new()
+            } else {
+                self.update_for_membership(&mut sharing, &rooms, room, user, joined, &delta)
+            };
+            if joined {
+                let user_is_local = self.is_local(user);
+                for other in &delta.gained {
+                    if self.is_local(other) && pushes_to_locked(&sharing, &rooms, user, other) {
+                        changed.push((other.clone(), user.to_owned()));
+                    }
+                    if user_is_local && pushes_to_locked(&sharing, &rooms, other, user) {
+                        changed.push((user.to_owned(), other.clone()));
+                    }
+                }
             }
-            self.update_for_membership(&mut sharing, &rooms, room, user, joined, &delta)
+            changed
         };
-        self.mark_visibility_changed(lost.iter().map(|(v, o)| (&**v, &**o)));
+        if let Err(e) = self.mark_visibility_changed(changed.iter().map(|(v, o)| (&**v, &**o)))
+        {
+            // The membership is committed already; nothing to refuse.
+            tracing::error!("writing presence visibility markers failed: {e}");
+        }
     }
 
     /// Returns the `(viewer, owner)` pairs that lost visibility.

@@ -129,7 +129,7 @@ fn policy_cost_of_one_update_in_a_10k_room() {
         let once = Duration::ZERO;
         let (_, config_change, _) = measure(once, 1, || {
             if let Some(c) = &config {
-                svc.set_sharing_config(&owner, Some(c));
+                svc.set_sharing_config(&owner, Some(c)).expect("stored");
             }
         });
         let budget = Duration::from_millis(500);

@@ -76,10 +76,12 @@ pub struct Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
     pub enabled: bool,
-    /// Sustained requests per second per access token (or IP without one).
+    /// Sustained requests per second per user (per client address without a valid token).
     pub per_second: f64,
     /// Burst size.
     pub burst: f64,
+    /// Reverse proxies whose `X-Forwarded-For` names the real client (exact addresses).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -188,6 +190,7 @@ impl Default for RateLimits {
             enabled: true,
             per_second: 20.0,
             burst: 100.0,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -198,6 +198,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
             enabled: config.rate_limits.enabled,
             per_second: config.rate_limits.per_second,
             burst: config.rate_limits.burst,
+            trusted_proxies: config.rate_limits.trusted_proxies.clone(),
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
     };
@@ -244,15 +245,20 @@ fn open_services(config: &Config) -> Result<Services, String> {
             .global_account_data_of_type(presence_service::sharing::IGNORED_USER_LIST)
             .map_err(|e| format!("cannot read ignore lists: {e}"))?,
     );
+    let ephemeral = ephemeral::EphemeralService::new(db.clone());
+    ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
+        rooms: rooms.clone(),
+        notifier: notifier.clone(),
+    }));
     let state = Arc::new(api_client::AppState {
-        limiter: api_client::RateLimiter::new(client_config.rate_limit),
+        limiter: api_client::RateLimiter::new(client_config.rate_limit.clone()),
         config: client_config,
-        db: db.clone(),
         accounts,
         rooms,
         notifier,
         presence,
-        typing: Default::default(),
+        query_token_warnings: Default::default(),
+        ephemeral,
     });
     Ok(Services { db, state })
 }

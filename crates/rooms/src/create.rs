@@ -5,8 +5,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use storage::Cf;
 
-use crate::persist::{AppendOpts, NewEvent};
-use crate::store::{AliasRecord, PUBLIC_PREFIX, alias_reverse_key, public_key, summary_key};
+use crate::persist::{AppendOpts, MembershipSink, NewEvent};
+use crate::store::{
+    AliasRecord, PUBLIC_PREFIX, alias_reverse_key, membership_key, public_key, summary_key,
+};
 use crate::{DEFAULT_ROOM_VERSION, Result, RoomError, RoomService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -141,11 +143,8 @@ impl RoomService {
     /// Create a room per `POST /createRoom`: `m.room.create`, the creator's join, power
     /// levels (default + `power_level_content_override`), canonical alias, the preset's
     /// join rules / history visibility / guest access, `initial_state`, name, topic,
-    /// then invites. Each event is its own positioned write.
-    ///
-    /// Atomic for readers: the `Memberships` index and the membership observer learn of
-    /// the room only after its last event, in one batch, and on any failure every key the
-    /// room wrote is deleted again, so no one sees a half-built room (issue 13 item 10).
+    /// then invites. Each event is its own positioned write, but the room joins its users'
+    /// room lists only once all are written (see below).
     pub fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
         let version = match &req.room_version {
             Some(v) => crate::parse_room_version(v)?,
@@ -168,7 +167,7 @@ impl RoomService {
             Visibility::Public => Preset::PublicChat,
             Visibility::Private => Preset::PrivateChat,
         });
-        let initial_state = req.initial_state.clone();
+        let mut initial_state = req.initial_state.clone();
         for ev in &initial_state {
             if ev.kind == "m.room.create" {
                 return Err(RoomError::BadJson(
@@ -189,256 +188,194 @@ impl RoomService {
                 break id;
             }
         };
-        let built = self.build_room_locked(
-            creator,
-            &req,
-            &version,
-            &room_id,
-            &invites,
-            alias.as_ref(),
-            preset,
-            initial_state,
-        );
+
+        // Memberships are held back until every event is written: a half-built room is in
+        // nobody's room list, and a failure removes the room (its summary and alias) again.
+        let sink = MembershipSink::default();
+        let opts = || AppendOpts {
+            defer_memberships: Some(sink.clone()),
+            ..AppendOpts::default()
+        };
+        let built = (|| -> Result<()> {
+            // 1. m.room.create
+            let mut create = req.creation_content.clone().unwrap_or_default();
+            create.insert("room_version".into(), Value::from(version.as_str()));
+            if version == ruma::RoomVersionId::V10 {
+                create.insert("creator".into(), Value::from(creator.as_str()));
+            } else {
+                create.remove("creator");
+            }
+            let new = NewEvent::state("m.room.create", "", Value::Object(create));
+            let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
+            self.append(id, obj, opts())?;
+
+            // 2. the creator joins
+            let content = member_content("join", Some(&req.creator_profile), None);
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.member", creator.as_str(), content),
+                opts(),
+            )?;
+
+            // 3. power levels
+            let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
+                &invites
+            } else {
+                &[]
+            };
+            let mut pl = match initial_state
+                .iter()
+                .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
+            {
+                Some(i) => initial_state.remove(i).content,
+                None => default_power_levels(creator, ops),
+            };
+            if let Some(over) = &req.power_level_content_override {
+                for (k, v) in over {
+                    pl.insert(k.clone(), v.clone());
+                }
+            }
+            self.send_locked(
+                &room_id,
+                creator,
+                NewEvent::state("m.room.power_levels", "", Value::Object(pl)),
+                opts(),
+            )?;
+
+            // 4. canonical alias, reserving the alias in the same write
+            if let Some(a) = &alias {
+                let rec = AliasRecord {
+                    room_id: room_id.clone(),
+                    creator: creator.to_owned(),
+                };
+                let (alias_s, room_s) = (a.to_string(), room_id.clone());
+                let extra = Box::new(move |_pos: u64, b: &mut storage::Batch| {
+                    b.put_json(Cf::Aliases, alias_s.as_str(), &rec);
+                    b.put(
+                        Cf::Aliases,
+                        alias_reverse_key(&room_s, &alias_s),
+                        Vec::new(),
+                    );
+                });
+                let content = json!({ "alias": a.as_str() });
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.canonical_alias", "", content),
+                    AppendOpts {
+                        extra: Some(extra),
+                        ..opts()
+                    },
+                )?;
+            }
+
+            // 5. the preset's state, unless initial_state sets it
+            let overridden = |t: &str| {
+                initial_state
+                    .iter()
+                    .any(|e| e.kind == t && e.state_key.is_empty())
+            };
+            let (join_rule, guest) = match preset {
+                Preset::PublicChat => ("public", None),
+                Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
+            };
+            let mut preset_events = vec![
+                NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
+                NewEvent::state(
+                    "m.room.history_visibility",
+                    "",
+                    json!({ "history_visibility": "shared" }),
+                ),
+            ];
+            if let Some(g) = guest {
+                preset_events.push(NewEvent::state(
+                    "m.room.guest_access",
+                    "",
+                    json!({ "guest_access": g }),
+                ));
+            }
+            for ev in preset_events {
+                if !overridden(&ev.kind) {
+                    self.send_locked(&room_id, creator, ev, opts())?;
+                }
+            }
+
+            // 6. initial_state
+            for ev in initial_state {
+                let new = NewEvent::state(&ev.kind, &ev.state_key, Value::Object(ev.content));
+                self.send_locked(&room_id, creator, new, opts())?;
+            }
+
+            // 7. name, topic
+            if let Some(name) = &req.name {
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.name", "", json!({ "name": name })),
+                    opts(),
+                )?;
+            }
+            if let Some(topic) = &req.topic {
+                let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] } });
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.topic", "", content),
+                    opts(),
+                )?;
+            }
+
+            // 8. invites
+            for u in &invites {
+                let mut content = member_content("invite", None, None);
+                if req.is_direct
+                    && let Some(o) = content.as_object_mut()
+                {
+                    o.insert("is_direct".into(), Value::Bool(true));
+                }
+                self.send_locked(
+                    &room_id,
+                    creator,
+                    NewEvent::state("m.room.member", u.as_str(), content),
+                    opts(),
+                )?;
+            }
+            Ok(())
+        })();
         if let Err(e) = built {
-            if let Err(cleanup) = self.discard_room_locked(&room_id, alias.as_ref()) {
-                tracing::error!(room = %room_id, error = %cleanup, "could not discard a half-built room");
+            let mut b = storage::Batch::new();
+            b.delete(Cf::Rooms, summary_key(&room_id));
+            if let Some(a) = &alias {
+                b.delete(Cf::Aliases, a.as_str());
+                b.delete(Cf::Aliases, alias_reverse_key(&room_id, a.as_str()));
+            }
+            if let Err(cleanup) = self.db.write(b) {
+                tracing::error!(room = %room_id, error = %cleanup, "half-built room not removed");
             }
             return Err(e);
         }
-        let members: Vec<&UserId> = std::iter::once(creator)
-            .chain(invites.iter().map(|u| &**u))
-            .collect();
-        self.publish_memberships_locked(&room_id, &members)?;
-        if visibility == Visibility::Public {
-            self.set_public_locked(&room_id, true)?;
-        }
-        Ok(room_id)
-    }
-
-    /// Write the `Memberships` records of `users` from the room's current member events
-    /// in one batch, then tell the membership observer.
-    fn publish_memberships_locked(&self, room: &RoomId, users: &[&UserId]) -> Result<()> {
+        let deferred = sink.take();
         let mut b = storage::Batch::new();
-        let mut changed = Vec::new();
-        for u in users {
-            if let Some(ev) = self.current_state_event(room, "m.room.member", u.as_str())?
-                && let Some(m) = ev.membership()
-            {
-                let rec = crate::store::MembershipRecord {
-                    membership: m,
-                    pos: ev.pos,
-                    event_id: ev.event_id.clone(),
-                    forgotten: false,
-                };
-                b.put_json(
-                    Cf::Memberships,
-                    crate::store::membership_key(u.as_str(), room),
-                    &rec,
-                );
-                changed.push((*u, m));
+        for (user, rec) in &deferred {
+            match rec {
+                Some(rec) => b.put_json(Cf::Memberships, membership_key(user, &room_id), rec),
+                None => b.delete(Cf::Memberships, membership_key(user, &room_id)),
             }
         }
         self.db.write(b)?;
         if let Some(observer) = self.membership_observer.get() {
-            for (u, m) in changed {
-                observer.membership_changed(room, u, Some(m));
-            }
-        }
-        Ok(())
-    }
-
-    /// Delete every key a failed createRoom wrote for `room` (its events, timeline, state
-    /// records, summary and alias).
-    fn discard_room_locked(&self, room: &RoomId, alias: Option<&OwnedRoomAliasId>) -> Result<()> {
-        let mut b = storage::Batch::new();
-        let tl = crate::store::timeline_prefix(room);
-        let tl_len = tl.as_bytes().len();
-        for (k, id) in self.db.scan_prefix(Cf::Timeline, &tl)? {
-            let id = String::from_utf8_lossy(&id).into_owned();
-            b.delete(Cf::Events, id.as_str());
-            b.delete(Cf::StateAt, id.as_str());
-            if let Some(pos) = storage::KeyReader::new(&k[tl_len..]).u64() {
-                b.delete(Cf::RoomStream, storage::Key::new().u64(pos));
-            }
-            b.delete(Cf::Timeline, &k);
-        }
-        for (k, _) in self.db.scan_prefix(Cf::Rooms, summary_key(room))? {
-            b.delete(Cf::Rooms, &k);
-        }
-        if let Some(a) = alias {
-            b.delete(Cf::Aliases, a.as_str());
-            b.delete(Cf::Aliases, alias_reverse_key(room, a.as_str()));
-        }
-        self.db.write(b)?;
-        Ok(())
-    }
-
-    /// The events of a new room, in createRoom order. Caller holds the write lock.
-    #[allow(clippy::too_many_arguments)]
-    fn build_room_locked(
-        &self,
-        creator: &UserId,
-        req: &CreateRoomRequest,
-        version: &ruma::RoomVersionId,
-        room_id: &RoomId,
-        invites: &[OwnedUserId],
-        alias: Option<&OwnedRoomAliasId>,
-        preset: Preset,
-        mut initial_state: Vec<InitialStateEvent>,
-    ) -> Result<()> {
-        let version = version.clone();
-        let room_id = room_id.to_owned();
-        let deferred = || AppendOpts {
-            defer_memberships: true,
-            ..Default::default()
-        };
-
-        // 1. m.room.create
-        let mut create = req.creation_content.clone().unwrap_or_default();
-        create.insert("room_version".into(), Value::from(version.as_str()));
-        if version == ruma::RoomVersionId::V10 {
-            create.insert("creator".into(), Value::from(creator.as_str()));
-        } else {
-            create.remove("creator");
-        }
-        let new = NewEvent::state("m.room.create", "", Value::Object(create));
-        let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
-        self.append(id, obj, deferred())?;
-
-        // 2. the creator joins
-        let content = member_content("join", Some(&req.creator_profile), None);
-        self.send_locked(
-            &room_id,
-            creator,
-            NewEvent::state("m.room.member", creator.as_str(), content),
-            deferred(),
-        )?;
-
-        // 3. power levels
-        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
-            invites
-        } else {
-            &[]
-        };
-        let mut pl = match initial_state
-            .iter()
-            .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
-        {
-            Some(i) => initial_state.remove(i).content,
-            None => default_power_levels(creator, ops),
-        };
-        if let Some(over) = &req.power_level_content_override {
-            for (k, v) in over {
-                pl.insert(k.clone(), v.clone());
-            }
-        }
-        self.send_locked(
-            &room_id,
-            creator,
-            NewEvent::state("m.room.power_levels", "", Value::Object(pl)),
-            deferred(),
-        )?;
-
-        // 4. canonical alias, reserving the alias in the same write
-        if let Some(a) = &alias {
-            let rec = AliasRecord {
-                room_id: room_id.clone(),
-                creator: creator.to_owned(),
-            };
-            let (alias_s, room_s) = (a.to_string(), room_id.clone());
-            let extra = Box::new(move |_pos: u64, b: &mut storage::Batch| {
-                b.put_json(Cf::Aliases, alias_s.as_str(), &rec);
-                b.put(
-                    Cf::Aliases,
-                    alias_reverse_key(&room_s, &alias_s),
-                    Vec::new(),
-                );
-            });
-            let content = json!({ "alias": a.as_str() });
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.canonical_alias", "", content),
-                AppendOpts {
-                    extra: Some(extra),
-                    ..deferred()
-                },
-            )?;
-        }
-
-        // 5. the preset's state, unless initial_state sets it
-        let overridden = |t: &str| {
-            initial_state
-                .iter()
-                .any(|e| e.kind == t && e.state_key.is_empty())
-        };
-        let (join_rule, guest) = match preset {
-            Preset::PublicChat => ("public", None),
-            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
-        };
-        let mut preset_events = vec![
-            NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
-            NewEvent::state(
-                "m.room.history_visibility",
-                "",
-                json!({ "history_visibility": "shared" }),
-            ),
-        ];
-        if let Some(g) = guest {
-            preset_events.push(NewEvent::state(
-                "m.room.guest_access",
-                "",
-                json!({ "guest_access": g }),
-            ));
-        }
-        for ev in preset_events {
-            if !overridden(&ev.kind) {
-                self.send_locked(&room_id, creator, ev, deferred())?;
+            for (user, rec) in &deferred {
+                if let Ok(user) = <&UserId>::try_from(user.as_str()) {
+                    observer.membership_changed(&room_id, user, rec.as_ref().map(|r| r.membership));
+                }
             }
         }
 
-        // 6. initial_state
-        for ev in initial_state {
-            let new = NewEvent::state(&ev.kind, &ev.state_key, Value::Object(ev.content));
-            self.send_locked(&room_id, creator, new, deferred())?;
+        if visibility == Visibility::Public {
+            self.set_public_locked(&room_id, true)?;
         }
-
-        // 7. name, topic
-        if let Some(name) = &req.name {
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.name", "", json!({ "name": name })),
-                deferred(),
-            )?;
-        }
-        if let Some(topic) = &req.topic {
-            let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] } });
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.topic", "", content),
-                deferred(),
-            )?;
-        }
-
-        // 8. invites
-        for u in invites {
-            let mut content = member_content("invite", None, None);
-            if req.is_direct
-                && let Some(o) = content.as_object_mut()
-            {
-                o.insert("is_direct".into(), Value::Bool(true));
-            }
-            self.send_locked(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.member", u.as_str(), content),
-                deferred(),
-            )?;
-        }
-
-        Ok(())
+        Ok(room_id)
     }
 
     pub(crate) fn set_public_locked(&self, room: &RoomId, public: bool) -> Result<()> {

@@ -54,23 +54,6 @@
 //! caller verifies signatures and fetches missing events first) through the same
 //! authorization and state-resolution path as local events.
 //!
-//! Security rules applied on every path (issue 13):
-//! * locally built `m.room.member` events never carry a client's
-//!   `join_authorised_via_users_server` or `third_party_signed` (only a resident server
-//!   that checked the allow conditions may set them; Pulse does not do that yet);
-//! * a redaction (`/redact`, `PUT /state/m.room.redaction`, [`RoomService::append_pdu`])
-//!   takes effect only for the sender's own event, a remote sender's redaction of an event
-//!   from its own server, or with the `redact` power level; otherwise it is stored and
-//!   redacts nothing. Redacting a state event also redacts the `unsigned.prev_content`
-//!   copies in the events that replaced it;
-//! * createRoom publishes the room to the `Memberships` index and the membership observer
-//!   only once all its events are written, and deletes what it wrote if it fails.
-//!
-//! Not yet (issue 15): one entry point for remote events returning accepted / soft-failed /
-//! rejected / needs-missing-events, outliers, a signature-verification hook, topological
-//! order for pagination, serve-time redaction, per-room locks, room versions 1–9 and 12.
-//! Until then federation code calls [`RoomService::append_pdu`].
-//!
 //! Not yet: the federation endpoints themselves, knocking and restricted joins through
 //! the API, third-party invites, room upgrades, room versions other than 10 and 11.
 //!
@@ -95,6 +78,9 @@ mod pdu;
 mod persist;
 mod read;
 mod resolve;
+mod restricted;
+#[cfg(test)]
+mod security_tests;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -284,6 +270,11 @@ impl RoomService {
         &self.db
     }
 
+    /// The single stream's current position (what a sync token made now would say).
+    pub fn current_position(&self) -> u64 {
+        self.db.current_position()
+    }
+
     /// The id of the signing key, e.g. `ed25519:AbC123`.
     pub fn signing_key_id(&self) -> &str {
         &self.key.key_id
@@ -305,13 +296,7 @@ impl RoomService {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use storage::now_ms;
 
 pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
     let v =

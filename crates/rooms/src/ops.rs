@@ -24,6 +24,13 @@ fn as_level(v: &Value) -> Option<i64> {
 }
 
 impl PowerLevels {
+    /// From an `m.room.power_levels` content (`None`: the room has none yet).
+    pub fn new(content: Option<Value>, creator: &str) -> PowerLevels {
+        PowerLevels {
+            content,
+            creator: creator.to_owned(),
+        }
+    }
     pub fn user(&self, user: &str) -> i64 {
         match &self.content {
             Some(c) => c
@@ -150,7 +157,7 @@ impl RoomService {
             new,
             AppendOpts {
                 txn: key,
-                ..Default::default()
+                ..AppendOpts::default()
             },
         )
     }
@@ -272,6 +279,7 @@ impl RoomService {
         let room = self.resolve_room_or_alias(room_or_alias)?;
         let mut c = content.unwrap_or_default();
         c.remove("third_party_signed");
+        c.remove(crate::restricted::AUTHORISED_VIA);
         c.insert("membership".into(), Value::from("join"));
         for (field, value) in [
             ("displayname", &profile.displayname),
@@ -453,7 +461,7 @@ impl RoomService {
             new,
             AppendOpts {
                 txn: key,
-                ..Default::default()
+                ..AppendOpts::default()
             },
         )
     }

@@ -1,7 +1,9 @@
 //! Building PDUs (hash, sign, reference-hash id) and appending them to a room: the
 //! authorization rules, the state before the event, forward extremities, current state,
 //! memberships and the stream position, in one atomic write.
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ruma::events::{StateEventType, TimelineEventType};
@@ -50,27 +52,6 @@ impl NewEvent {
     }
 }
 
-/// Member-content fields only a resident server may set, after checking the conditions
-/// itself: `join_authorised_via_users_server` (restricted joins, v8+) and
-/// `third_party_signed`. Pulse signs its own events, so a client-supplied value would be
-/// believed by the authorization rules (any local user could join any restricted room
-/// by naming a member with invite power). Pulse does not perform restricted joins for
-/// its users yet, so every local path drops both fields.
-const SERVER_ONLY_MEMBER_FIELDS: [&str; 2] =
-    ["join_authorised_via_users_server", "third_party_signed"];
-
-/// Remove [`SERVER_ONLY_MEMBER_FIELDS`] from a locally built member event.
-fn strip_client_authorisation(mut new: NewEvent) -> NewEvent {
-    if new.kind == "m.room.member"
-        && let Value::Object(c) = &mut new.content
-    {
-        for f in SERVER_ONLY_MEMBER_FIELDS {
-            c.remove(f);
-        }
-    }
-    new
-}
-
 /// Extra writes for the batch of an event, given its stream position.
 pub(crate) type ExtraWrites = Box<dyn FnOnce(u64, &mut Batch)>;
 
@@ -79,12 +60,16 @@ pub(crate) type ExtraWrites = Box<dyn FnOnce(u64, &mut Batch)>;
 pub(crate) struct AppendOpts {
     /// `(Cf::Txns key, device, txn id)` for send idempotency and `unsigned.transaction_id`.
     pub txn: Option<(Key, OwnedDeviceId, String)>,
-    /// Leave the `Memberships` index (user → rooms) and the membership observer alone:
-    /// createRoom writes them once the whole room exists, so no reader sees a half room.
-    pub defer_memberships: bool,
     /// More writes for the same batch (alias records on room creation).
     pub extra: Option<ExtraWrites>,
+    /// Room creation: collect the users' membership records here instead of writing them,
+    /// so the room stays out of everyone's room list (and `/sync`) until it is complete.
+    pub defer_memberships: Option<MembershipSink>,
 }
+
+/// Membership records held back by [`AppendOpts::defer_memberships`]: user → record
+/// (`None`: the membership was removed), in stream order.
+pub(crate) type MembershipSink = Rc<RefCell<Vec<(String, Option<MembershipRecord>)>>>;
 
 pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
@@ -290,67 +275,14 @@ impl RoomService {
         &self,
         room: &RoomId,
         sender: &UserId,
-        new: NewEvent,
+        mut new: NewEvent,
         opts: AppendOpts,
     ) -> Result<SentEvent> {
         let summary = self.require_summary(room)?;
-        let new = strip_client_authorisation(new);
+        self.prepare_local_member(room, sender, &mut new)?;
         let (event_id, obj) =
             self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
         self.append(event_id, obj, opts)
-    }
-
-    /// Whether a redaction by `sender` may redact `target` (checked for every path:
-    /// `/redact`, `PUT /state`, `append_pdu`). The sender's own events always; a remote
-    /// sender's redaction of an event from its own server (room versions 3+: the
-    /// sending server speaks for its users); otherwise only with the `redact` power
-    /// level. A redaction that fails this is still stored but redacts nothing.
-    /// Power levels are read from the current state.
-    fn redaction_allowed(
-        &self,
-        room: &RoomId,
-        summary: Option<&RoomSummary>,
-        sender: &ruma::UserId,
-        target: &StoredEvent,
-    ) -> Result<bool> {
-        if target.sender() == sender.as_str() {
-            return Ok(true);
-        }
-        let target_server = target.sender().rsplit_once(':').map(|(_, s)| s);
-        if sender.server_name() != self.server_name
-            && target_server == Some(sender.server_name().as_str())
-        {
-            return Ok(true);
-        }
-        let Some(summary) = summary else {
-            return Ok(false);
-        };
-        let pl = self.power_levels(room, summary)?;
-        Ok(pl.user(sender.as_str()) >= pl.action("redact"))
-    }
-
-    /// The accepted state events that replaced `target` (whose `prev_state` is it).
-    fn replacers_of(&self, room: &RoomId, target: &StoredEvent) -> Result<Vec<StoredEvent>> {
-        let Some(k) = target.state_key() else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for (_, id) in self
-            .db
-            .scan_prefix(Cf::Rooms, log_prefix(room, target.kind(), k))?
-        {
-            let Ok(id) = OwnedEventId::try_from(String::from_utf8_lossy(&id).as_ref()) else {
-                continue;
-            };
-            if let Some(e) = self.event(&id)?
-                && e.prev_state
-                    .as_ref()
-                    .is_some_and(|p| p.event_id == target.event_id)
-            {
-                out.push(e);
-            }
-        }
-        Ok(out)
     }
 
     /// The `StateAt` record for an event whose only prev event is `prev`.
@@ -587,26 +519,20 @@ impl RoomService {
 
         // 6. One atomic write.
         let redaction_target = match (&pdu.redacts, pdu.kind == TimelineEventType::RoomRedaction) {
-            (Some(target), true) => match self.event(target)? {
-                Some(t)
-                    if t.room_id() == room.as_str()
-                        && self.redaction_allowed(&room, summary.as_ref(), &pdu.sender, &t)? =>
-                {
-                    Some(t)
-                }
-                _ => None,
-            },
+            (Some(target), true) => self.event(target)?.filter(|t| t.room_id() == room.as_str()),
             _ => None,
         };
-        // A redacted state event must not live on in the `unsigned.prev_content` of the
-        // events that replaced it (issue 13 item 4): they get the redacted content too.
-        let (redacted_target_pdu, replacers) = match &redaction_target {
+        let redaction_target = match redaction_target {
             Some(t) => {
-                let redacted = ruma::canonical_json::redact(t.pdu.clone(), &rules.redaction, None)
-                    .map_err(|e| RoomError::Internal(format!("redaction failed: {e}")))?;
-                (Some(redacted), self.replacers_of(&room, t)?)
+                let pl_content = match lookup_before("m.room.power_levels", "") {
+                    Some(id) => self.event(&id)?.map(|e| e.content()),
+                    None => None,
+                };
+                let creator = summary.as_ref().map(|s| s.creator.as_str()).unwrap_or("");
+                self.redaction_allowed(&pdu.sender, &t, pl_content, creator)?
+                    .then_some(t)
             }
-            None => (None, Vec::new()),
+            None => None,
         };
         let max_depth = summary
             .as_ref()
@@ -664,14 +590,16 @@ impl RoomService {
                             event_id: id.clone(),
                             forgotten: false,
                         };
-                        if !defer_memberships {
-                            b.put_json(Cf::Memberships, membership_key(user, &room), &rec);
+                        match &defer_memberships {
+                            Some(sink) => sink.borrow_mut().push((user.clone(), Some(rec))),
+                            None => b.put_json(Cf::Memberships, membership_key(user, &room), &rec),
                         }
                     }
                     None => {
                         b.delete(Cf::Rooms, member_key(&room, user));
-                        if !defer_memberships {
-                            b.delete(Cf::Memberships, membership_key(user, &room));
+                        match &defer_memberships {
+                            Some(sink) => sink.borrow_mut().push((user.clone(), None)),
+                            None => b.delete(Cf::Memberships, membership_key(user, &room)),
                         }
                     }
                 }
@@ -704,16 +632,12 @@ impl RoomService {
             if let Some((key, _, _)) = &txn {
                 b.put(Cf::Txns, key, event_id.as_str().as_bytes().to_vec());
             }
-            if let (Some(mut target), Some(redacted)) = (redaction_target, redacted_target_pdu) {
+            if let Some(mut target) = redaction_target {
+                let redacted =
+                    ruma::canonical_json::redact(target.pdu.clone(), &rules.redaction, None)
+                        .map_err(|e| RoomError::Internal(format!("redaction failed: {e}")))?;
                 target.pdu = redacted;
                 target.redacted_because = Some(record.client_event(None, None));
-                let redacted_content = target.content();
-                for mut r in replacers {
-                    if let Some(prev) = &mut r.prev_state {
-                        prev.content = redacted_content.clone();
-                    }
-                    b.put_json(Cf::Events, r.event_id.as_str(), &r);
-                }
                 b.put_json(Cf::Events, target.event_id.as_str(), &target);
             }
             if let Some(extra) = extra {
@@ -724,7 +648,7 @@ impl RoomService {
         // Tell the observer (the presence audience index) after the commit, still under the
         // room write lock, so it sees membership changes in stream order.
         if let Some(observer) = self.membership_observer.get()
-            && !defer_memberships
+            && defer_memberships.is_none()
         {
             for (user, m) in &member_changes {
                 if let Ok(user) = <&ruma::UserId>::try_from(user.as_str()) {
@@ -733,6 +657,36 @@ impl RoomService {
             }
         }
         Ok(SentEvent { event_id, pos })
+    }
+
+    /// The room version's redaction rule, for every path an `m.room.redaction` arrives by
+    /// (`/redact`, `PUT /send` and `PUT /state`, federation): the redaction applies when its
+    /// sender sent the target or has the `redact` power level in the state before it; a
+    /// remote redaction also applies to events from its own server (the rule servers
+    /// follow for v3+ rooms). A local sender's disallowed redaction is refused; a remote
+    /// one is kept as an event but not applied.
+    fn redaction_allowed(
+        &self,
+        sender: &UserId,
+        target: &crate::store::StoredEvent,
+        power_levels: Option<Value>,
+        creator: &str,
+    ) -> Result<bool> {
+        if target.sender() == sender.as_str() {
+            return Ok(true);
+        }
+        let pl = crate::ops::PowerLevels::new(power_levels, creator);
+        if pl.user(sender.as_str()) >= pl.action("redact") {
+            return Ok(true);
+        }
+        if sender.server_name() == self.server_name {
+            return Err(RoomError::Forbidden(
+                "you may not redact other users' events".into(),
+            ));
+        }
+        let same_server = <&UserId>::try_from(target.sender())
+            .is_ok_and(|t| t.server_name() == sender.server_name());
+        Ok(same_server)
     }
 
     /// The auth chain (recursive `auth_events`, excluding the starting events) of a set of events.

@@ -239,8 +239,24 @@ impl RoomService {
     }
 
     /// One stored event.
+    /// Every served event is read here, so this is where a later redaction of the state
+    /// event it replaced reaches its `unsigned.prev_content` (a copy taken at write time).
     pub fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
-        Ok(self.db.get_json(Cf::Events, event_id.as_str())?)
+        let Some(mut ev) = self
+            .db
+            .get_json::<StoredEvent>(Cf::Events, event_id.as_str())?
+        else {
+            return Ok(None);
+        };
+        if let Some(prev) = ev.prev_state.as_mut()
+            && let Some(replaced) = self
+                .db
+                .get_json::<StoredEvent>(Cf::Events, prev.event_id.as_str())?
+            && replaced.redacted_because.is_some()
+        {
+            prev.content = replaced.content();
+        }
+        Ok(Some(ev))
     }
 
     pub(crate) fn require_event(&self, event_id: &EventId) -> Result<StoredEvent> {

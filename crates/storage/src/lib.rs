@@ -86,10 +86,15 @@ pub enum Cf {
     /// `room_id 0xFF pos` → the receipt written at pos (one entry per current receipt: a
     /// newer receipt of the same kind deletes the older entry), for incremental sync.
     ReceiptStream,
+    /// Outbound federation queues (owned by `federation-sender`):
+    /// `"d" 0xFF destination 0xFF` → destination record (next txn counter);
+    /// `"p" 0xFF destination 0xFF seq` → a pending PDU; `"e" 0xFF destination 0xFF seq` → a
+    /// pending EDU; `"k" 0xFF destination 0xFF coalescing key 0xFF` → seq of its latest EDU.
+    FederationQueue,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 20] = [
+    pub const ALL: [Cf; 21] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -110,6 +115,7 @@ impl Cf {
         Cf::Misc,
         Cf::Receipts,
         Cf::ReceiptStream,
+        Cf::FederationQueue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -134,6 +140,7 @@ impl Cf {
             Cf::Misc => "misc",
             Cf::Receipts => "receipts",
             Cf::ReceiptStream => "receipt_stream",
+            Cf::FederationQueue => "federation_queue",
         }
     }
 }
@@ -148,6 +155,8 @@ pub enum StorageError {
     SchemaMismatch { found: u64, expected: u64 },
     #[error("missing column family {0}")]
     MissingCf(&'static str),
+    #[error("cannot serialise a value for {cf}: {reason}")]
+    Serialize { cf: &'static str, reason: String },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -211,9 +220,14 @@ impl<'a> KeyReader<'a> {
 }
 
 /// Puts and deletes applied atomically by [`Db::write`].
+///
+/// A value that fails to serialise in [`Batch::put_json`] poisons the batch: `Db::write`
+/// then refuses it with that error and writes nothing, so a caller never acknowledges a
+/// write whose value went missing (callers need no error handling per put).
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<Op>,
+    failed: Option<StorageError>,
 }
 
 enum Op {
@@ -229,16 +243,30 @@ impl Batch {
         self.ops
             .push(Op::Put(cf, key.as_ref().to_vec(), value.into()));
     }
+    /// Put `value` as JSON. If it cannot be serialised the whole batch fails at
+    /// [`Db::write`] with [`StorageError::Serialize`] (the first such error is kept).
     pub fn put_json<T: Serialize + ?Sized>(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: &T) {
-        // Serialising our own in-memory types to JSON cannot fail (no non-string map keys).
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
-        self.put(cf, key, bytes);
+        match serde_json::to_vec(value) {
+            Ok(bytes) => self.put(cf, key, bytes),
+            Err(e) => {
+                if self.failed.is_none() {
+                    self.failed = Some(StorageError::Serialize {
+                        cf: cf.name(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    /// The serialisation error that will make [`Db::write`] refuse this batch, if any.
+    pub fn error(&self) -> Option<&StorageError> {
+        self.failed.as_ref()
     }
     pub fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         self.ops.push(Op::Delete(cf, key.as_ref().to_vec()));
     }
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.failed.is_none()
     }
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -254,6 +282,9 @@ pub struct Db {
     position: AtomicU64,
     /// Serialises position allocation with its write, so positions become visible in order.
     writer: Mutex<()>,
+    /// Test-only: every write fails while set ([`Db::fail_writes`]).
+    #[cfg(feature = "fault-injection")]
+    failing: std::sync::atomic::AtomicBool,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -277,6 +308,8 @@ impl Db {
             fsync,
             position: AtomicU64::new(0),
             writer: Mutex::new(()),
+            #[cfg(feature = "fault-injection")]
+            failing: std::sync::atomic::AtomicBool::new(false),
         };
         match db.get(Cf::Meta, META_SCHEMA)? {
             Some(v) => {
@@ -409,6 +442,9 @@ impl Db {
     }
 
     fn to_rocks(&self, batch: Batch) -> Result<rocksdb::WriteBatch> {
+        if let Some(e) = batch.failed {
+            return Err(e);
+        }
         let mut wb = rocksdb::WriteBatch::default();
         for op in batch.ops {
             match op {
@@ -419,10 +455,24 @@ impl Db {
         Ok(wb)
     }
 
+    /// Test-only (feature `fault-injection`): while `on`, every write fails and writes nothing,
+    /// so callers' error paths can be tested.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_writes(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
     /// Apply a batch atomically. Returns once it is in the WAL.
     pub fn write(&self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        #[cfg(feature = "fault-injection")]
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StorageError::Corrupt {
+                cf: "meta",
+                reason: "write refused by fault injection".into(),
+            });
         }
         let wb = self.to_rocks(batch)?;
         self.rocks.write_opt(wb, &self.write_opts())?;
@@ -468,6 +518,16 @@ impl Db {
 
 pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it). The one
+/// owner for every service crate (they all sit on `storage`, and timestamps are stored);
+/// `presence-core` stays clock-free and is handed times by its callers.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -524,6 +584,35 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(db.current_position(), 0);
         assert_eq!(db.get(Cf::Users, "@a:x").expect("get"), None);
+    }
+
+    struct Unserialisable;
+    impl Serialize for Unserialisable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refuses to serialise"))
+        }
+    }
+
+    #[test]
+    fn put_json_serialisation_failure_fails_the_write() {
+        let (_d, db) = open();
+        let mut b = Batch::new();
+        b.put(Cf::Users, "@a:x", b"1".to_vec());
+        b.put_json(Cf::Users, "@b:x", &Unserialisable);
+        assert!(matches!(
+            db.write(b),
+            Err(StorageError::Serialize { cf: "users", .. })
+        ));
+        // Nothing of the batch was written, and no empty value in particular.
+        assert_eq!(db.get(Cf::Users, "@a:x").expect("get"), None);
+        assert_eq!(db.get(Cf::Users, "@b:x").expect("get"), None);
+        let r = db.write_with_position::<(), StorageError>(|_, b| {
+            b.put_json(Cf::Users, "@c:x", &Unserialisable);
+            Ok(())
+        });
+        assert!(matches!(r, Err(StorageError::Serialize { .. })));
+        assert_eq!(db.current_position(), 0);
+        assert_eq!(db.get(Cf::Users, "@c:x").expect("get"), None);
     }
 
     #[test]

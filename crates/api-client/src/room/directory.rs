@@ -9,7 +9,7 @@ use ruma::{OwnedRoomAliasId, RoomId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, route, wake_room};
+use super::{blocking, hide_unknown, parse_room_id, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef};
@@ -40,7 +40,9 @@ fn parse_alias(raw: &str) -> ApiResult<OwnedRoomAliasId> {
 
 async fn get_alias(state: AppStateRef, Path(alias): Path<String>) -> ApiResult<Json<Value>> {
     let alias = parse_alias(&alias)?;
-    match state.rooms.resolve_alias(&alias)? {
+    let lookup = alias.clone();
+    let found = blocking(&state, move |rooms| rooms.resolve_alias(&lookup)).await?;
+    match found {
         Some(room) => Ok(Json(
             json!({ "room_id": room, "servers": [state.config.server_name.as_str()] }),
         )),
@@ -78,7 +80,7 @@ async fn delete_alias(
     if let Some((room, sent)) =
         blocking(&state, move |rooms| rooms.delete_alias(&user, &alias)).await?
     {
-        wake_room(&state, &room, sent.pos, &[]);
+        wake(&state, &room, sent.pos, &[]).await;
     }
     Ok(Json(json!({})))
 }
@@ -89,11 +91,11 @@ async fn room_aliases(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
-    match state
-        .rooms
-        .room_access(&room, &auth.user_id)
-        .map_err(hide_unknown)?
-    {
+    let (r, user) = (room.clone(), auth.user_id.clone());
+    let access = blocking(&state, move |rooms| rooms.room_access(&r, &user))
+        .await
+        .map_err(hide_unknown)?;
+    match access {
         RoomAccess::Joined | RoomAccess::WorldReadable => {}
         _ => {
             return Err(MatrixError::forbidden(format!(
@@ -101,12 +103,13 @@ async fn room_aliases(
             )));
         }
     }
-    Ok(Json(json!({ "aliases": state.rooms.room_aliases(&room)? })))
+    let aliases = blocking(&state, move |rooms| rooms.room_aliases(&room)).await?;
+    Ok(Json(json!({ "aliases": aliases })))
 }
 
 async fn get_visibility(state: AppStateRef, Path(room_id): Path<String>) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
-    let public = state.rooms.room_is_public(&room)?;
+    let public = blocking(&state, move |rooms| rooms.room_is_public(&room)).await?;
     Ok(Json(
         json!({ "visibility": if public { "public" } else { "private" } }),
     ))

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use accounts::RoomEventFilter;
+use accounts::{RoomEventFilter, RoomEventFilterExt};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use rooms::{RoomAccess, RoomService, StoredEvent};
@@ -11,7 +11,7 @@ use ruma::{OwnedEventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, parse_token, route, token, wake_room};
+use super::{blocking, hide_unknown, parse_room_id, parse_token, route, token, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef, now_ms};
@@ -63,7 +63,7 @@ async fn send(
     })
     .await
     .map_err(hide_unknown)?;
-    wake_room(&state, &room, sent.pos, &[]);
+    wake(&state, &room, sent.pos, &[]).await;
     // Sending a message is activity: it keeps the sender online and `currently_active`.
     state
         .presence
@@ -92,7 +92,7 @@ async fn do_put_state(
     .await
     .map_err(hide_unknown)?;
     let extra: Vec<&UserId> = target.iter().map(|u| &**u).collect();
-    wake_room(&state, &room, sent.pos, &extra);
+    wake(&state, &room, sent.pos, &extra).await;
     Ok(Json(json!({ "event_id": sent.event_id })))
 }
 
@@ -141,7 +141,7 @@ async fn redact(
     })
     .await
     .map_err(hide_unknown)?;
-    wake_room(&state, &room, sent.pos, &[]);
+    wake(&state, &room, sent.pos, &[]).await;
     Ok(Json(json!({ "event_id": sent.event_id })))
 }
 
@@ -194,14 +194,18 @@ async fn get_state_event(
     Path((room_id, event_type, state_key)): Path<(String, String, String)>,
     Query(q): Query<FormatQuery>,
 ) -> ApiResult<Json<Value>> {
-    state_event(
-        &state,
-        &auth,
-        &room_id,
-        &event_type,
-        &state_key,
-        q.format.as_deref(),
-    )
+    let state = state.0.clone();
+    crate::blocking::blocking(move || {
+        state_event(
+            &state,
+            &auth,
+            &room_id,
+            &event_type,
+            &state_key,
+            q.format.as_deref(),
+        )
+    })
+    .await?
 }
 
 async fn get_state_event_empty(
@@ -210,14 +214,18 @@ async fn get_state_event_empty(
     Path((room_id, event_type)): Path<(String, String)>,
     Query(q): Query<FormatQuery>,
 ) -> ApiResult<Json<Value>> {
-    state_event(
-        &state,
-        &auth,
-        &room_id,
-        &event_type,
-        "",
-        q.format.as_deref(),
-    )
+    let state = state.0.clone();
+    crate::blocking::blocking(move || {
+        state_event(
+            &state,
+            &auth,
+            &room_id,
+            &event_type,
+            "",
+            q.format.as_deref(),
+        )
+    })
+    .await?
 }
 
 fn state_event(
@@ -264,9 +272,17 @@ async fn get_state(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
-    let access = access(&state.rooms, &room, &auth.user_id)?;
-    let map = visible_state(&state.rooms, &room, &access, None)?;
-    Ok(Json(Value::Array(state_events(&state.rooms, &map, &auth)?)))
+    let state = state.0;
+    let events = blocking(&state, move |rooms| {
+        let run = || -> ApiResult<Vec<Value>> {
+            let access = access(rooms, &room, &auth.user_id)?;
+            let map = visible_state(rooms, &room, &access, None)?;
+            state_events(rooms, &map, &auth)
+        };
+        Ok(run())
+    })
+    .await??;
+    Ok(Json(Value::Array(events)))
 }
 
 #[derive(Deserialize, Default)]
@@ -299,15 +315,45 @@ async fn members(
             )));
         }
     }
-    let rooms = &state.rooms;
-    let access = access(rooms, &room, &auth.user_id)?;
-    let mut map = visible_state(rooms, &room, &access, at)?;
-    if at.is_some() && !map.keys().any(|(t, _)| t == "m.room.member") {
-        // A token from before anyone joined (e.g. the `prev_batch` of a timeline that
-        // starts at `m.room.create`): answer with the room's first membership, the
-        // creator's join, rather than an empty list.
-        if let Some(first_join) = rooms.paginate(&room, 0, None, false, 2)?.into_iter().nth(1) {
-            map = rooms.state_after(&first_join)?;
+    let state = state.0;
+    let chunk = blocking(&state, move |rooms| {
+        Ok(member_chunk(rooms, &room, &auth, at, &q))
+    })
+    .await??;
+    Ok(Json(json!({ "chunk": chunk })))
+}
+
+/// The member events of `/members`: current (or as of the user's leave), or at the `at`
+/// position. As Synapse does, a past member list is only shown when the user may see the
+/// room's last event at that position (history visibility), else 403: a new member of a
+/// `joined`-visibility room cannot read who was there before them.
+fn member_chunk(
+    rooms: &RoomService,
+    room: &RoomId,
+    auth: &Auth,
+    at: Option<u64>,
+    q: &MembersQuery,
+) -> ApiResult<Vec<Value>> {
+    let access = access(rooms, room, &auth.user_id)?;
+    let mut map = visible_state(rooms, room, &access, at)?;
+    if let Some(at) = at {
+        let at = at.min(read_cap(&access));
+        let last = match rooms.timeline(room, None, at, 1)?.0.pop() {
+            Some(ev) => Some(ev),
+            // A token from before anyone joined (e.g. the `prev_batch` of a timeline that
+            // starts at `m.room.create`): answer with the room's first membership, the
+            // creator's join, rather than an empty list.
+            None => rooms.paginate(room, 0, None, false, 2)?.into_iter().nth(1),
+        };
+        if let Some(last) = last {
+            if !rooms.visible_to(&auth.user_id, &last)? {
+                return Err(MatrixError::forbidden(format!(
+                    "You may not see the members of room {room} at that point"
+                )));
+            }
+            if !map.keys().any(|(t, _)| t == "m.room.member") {
+                map = rooms.state_after(&last)?;
+            }
         }
     }
     let now = now_ms();
@@ -325,7 +371,7 @@ async fn members(
         }
         chunk.push(ev.to_client_event(Some((&auth.user_id, &auth.device_id)), now));
     }
-    Ok(Json(json!({ "chunk": chunk })))
+    Ok(chunk)
 }
 
 async fn joined_members(
@@ -334,14 +380,19 @@ async fn joined_members(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
-    let rooms = &state.rooms;
-    if access(rooms, &room, &auth.user_id)? != RoomAccess::Joined {
+    let state = state.0;
+    let joined = blocking(&state, move |rooms| Ok(joined_map(rooms, &room, &auth))).await??;
+    Ok(Json(json!({ "joined": joined })))
+}
+
+fn joined_map(rooms: &RoomService, room: &RoomId, auth: &Auth) -> ApiResult<Map<String, Value>> {
+    if access(rooms, room, &auth.user_id)? != RoomAccess::Joined {
         return Err(MatrixError::forbidden(format!(
             "You are not in room {room}"
         )));
     }
     let mut joined = Map::new();
-    for (user_key, id) in rooms.current_state_of_type(&room, "m.room.member")? {
+    for (user_key, id) in rooms.current_state_of_type(room, "m.room.member")? {
         let Some(ev) = rooms.event(&id)? else {
             continue;
         };
@@ -357,13 +408,13 @@ async fn joined_members(
             }),
         );
     }
-    Ok(Json(json!({ "joined": joined })))
+    Ok(joined)
 }
 
 fn parse_filter(raw: Option<&str>) -> ApiResult<RoomEventFilter> {
     match raw {
         None | Some("") => Ok(RoomEventFilter::default()),
-        Some(s) => serde_json::from_str(s)
+        Some(s) => accounts::filter::parse_room_event_filter_str(s)
             .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}"))),
     }
 }
@@ -521,7 +572,7 @@ async fn messages(
             let access = access(rooms, &room, &auth2.user_id)?;
             let cap = read_cap(&access);
             let from = from.unwrap_or(if backwards {
-                rooms.db().current_position()
+                rooms.current_position()
             } else {
                 0
             });
@@ -543,7 +594,7 @@ async fn messages(
             if let Some(n) = next {
                 body["end"] = Value::from(token(n));
             }
-            if filter.lazy_load_members {
+            if filter.lazy_load_members() {
                 let refs: Vec<&StoredEvent> = events.iter().collect();
                 body["state"] = Value::Array(lazy_members(rooms, &room, &refs, &auth2)?);
             }
@@ -650,7 +701,7 @@ async fn context(
             let end = after.last().map_or(ev.pos, |e| e.pos);
             let last = after.last().unwrap_or(&ev);
             let state_map = rooms.state_after(last)?;
-            let state_events = if filter.lazy_load_members {
+            let state_events = if filter.lazy_load_members() {
                 let mut all: Vec<&StoredEvent> = before.iter().chain(after.iter()).collect();
                 all.push(&ev);
                 lazy_members(rooms, &room, &all, &auth)?

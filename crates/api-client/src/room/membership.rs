@@ -8,7 +8,7 @@ use rooms::{CreateRoomRequest, RoomError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake_room};
+use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path};
 use crate::{AppState, AppStateRef};
@@ -30,6 +30,9 @@ fn profile(state: &AppState, user: &ruma::UserId) -> ApiResult<accounts::Profile
     Ok(state.accounts.profile(user)?.unwrap_or_default())
 }
 
+/// Longest `invite`, `invite_3pid` or `initial_state` list accepted by `createRoom`.
+pub const MAX_CREATE_ROOM_LIST: usize = 100;
+
 async fn create_room(
     auth: Auth,
     state: AppStateRef,
@@ -40,28 +43,42 @@ async fn create_room(
     }
     let mut req: CreateRoomRequest = serde_json::from_value(body)
         .map_err(|e| MatrixError::bad_json(format!("Invalid createRoom request: {e}")))?;
+    // Each entry is an event built and authorised in the creating batch: bound them.
+    for (field, len) in [
+        ("invite", req.invite.len()),
+        ("invite_3pid", req.invite_3pid.len()),
+        ("initial_state", req.initial_state.len()),
+    ] {
+        if len > MAX_CREATE_ROOM_LIST {
+            return Err(MatrixError::invalid_param(format!(
+                "createRoom {field} has {len} entries; at most {MAX_CREATE_ROOM_LIST} are allowed"
+            )));
+        }
+    }
     req.creator_profile = profile(&state, &auth.user_id)?;
     let creator = auth.user_id.clone();
-    let room = blocking(&state, move |rooms| rooms.create_room(&creator, req))
-        .await
-        .map_err(|e| match e {
-            RoomError::AliasInUse(a) => MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_ROOM_IN_USE",
-                format!("Room alias {a} is already in use"),
-            ),
-            e => e.into(),
-        })?;
-    let pos = state.rooms.room_last_pos(&room)?;
-    let invited: Vec<ruma::OwnedUserId> = state
-        .rooms
-        .members(&room)?
-        .into_iter()
-        .filter(|(_, m)| *m == rooms::Membership::Invite)
-        .map(|(u, _)| u)
-        .collect();
+    let (room, pos, invited) = blocking(&state, move |rooms| {
+        let room = rooms.create_room(&creator, req)?;
+        let pos = rooms.room_last_pos(&room)?;
+        let invited: Vec<ruma::OwnedUserId> = rooms
+            .members(&room)?
+            .into_iter()
+            .filter(|(_, m)| *m == rooms::Membership::Invite)
+            .map(|(u, _)| u)
+            .collect();
+        Ok((room, pos, invited))
+    })
+    .await
+    .map_err(|e| match e {
+        RoomError::AliasInUse(a) => MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_ROOM_IN_USE",
+            format!("Room alias {a} is already in use"),
+        ),
+        e => e.into(),
+    })?;
     let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
-    wake_room(&state, &room, pos, &extra);
+    wake(&state, &room, pos, &extra).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -90,7 +107,7 @@ async fn do_join(
         rooms.join(&user, &target, &prof, content)
     })
     .await?;
-    wake_room(&state, &room, sent.pos, &[&auth.user_id]);
+    wake(&state, &room, sent.pos, &[&auth.user_id]).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -132,7 +149,7 @@ async fn leave(
         rooms.leave(&user, &r, body.reason.as_deref())
     })
     .await?;
-    wake_room(&state, &room, sent.pos, &[&auth.user_id]);
+    wake(&state, &room, sent.pos, &[&auth.user_id]).await;
     Ok(Json(json!({})))
 }
 
@@ -188,7 +205,7 @@ async fn act(
     })
     .await
     .map_err(hide_unknown)?;
-    wake_room(&state, &room, sent.pos, &[&target]);
+    wake(&state, &room, sent.pos, &[&target]).await;
     Ok(Json(json!({})))
 }
 
@@ -229,6 +246,6 @@ async fn unban(
 }
 
 async fn joined_rooms(auth: Auth, state: AppStateRef) -> ApiResult<Json<Value>> {
-    let rooms = state.rooms.joined_rooms(&auth.user_id)?;
+    let rooms = blocking(&state, move |rooms| rooms.joined_rooms(&auth.user_id)).await?;
     Ok(Json(json!({ "joined_rooms": rooms })))
 }

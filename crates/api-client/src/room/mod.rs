@@ -20,10 +20,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::StatusCode;
 use rooms::{RoomError, RoomService};
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use crate::AppState;
 use crate::error::MatrixError;
+use crate::notifier::SyncNotifier;
 
 mod directory;
 mod events;
@@ -73,15 +74,16 @@ pub(crate) fn hide_unknown(e: RoomError) -> MatrixError {
     }
 }
 
-/// Run room-engine work on the blocking pool.
+/// Run room-engine work on the blocking pool (through the crate's one
+/// [`crate::blocking::blocking`]), keeping the engine's error type.
 pub(crate) async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&RoomService) -> Result<T, RoomError> + Send + 'static,
 ) -> Result<T, RoomError> {
     let rooms = state.rooms.clone();
-    tokio::task::spawn_blocking(move || f(&rooms))
+    crate::blocking::blocking(move || f(&rooms))
         .await
-        .map_err(|e| RoomError::Internal(format!("room task failed: {e}")))?
+        .map_err(|_| RoomError::Internal("room task failed".to_owned()))?
 }
 
 pub(crate) fn parse_room_id(raw: &str) -> Result<OwnedRoomId, MatrixError> {
@@ -112,15 +114,37 @@ pub(crate) fn token(pos: u64) -> String {
 
 /// Wake the joined members of `room` and any `extra` users (a membership target, a
 /// user who just left) at stream position `pos`.
-pub(crate) fn wake_room(state: &AppState, room: &RoomId, pos: u64, extra: &[&UserId]) {
-    match state.rooms.joined_members(room) {
-        Ok(members) => state.notifier.wake(
+/// [`wake_room`] on the blocking pool: its member scan reads storage.
+pub(crate) async fn wake(state: &Arc<AppState>, room: &RoomId, pos: u64, extra: &[&UserId]) {
+    let (rooms, notifier) = (state.rooms.clone(), state.notifier.clone());
+    let room = room.to_owned();
+    let extra: Vec<OwnedUserId> = extra.iter().map(|u| (*u).to_owned()).collect();
+    let woken = crate::blocking::blocking(move || {
+        let extra: Vec<&UserId> = extra.iter().map(|u| &**u).collect();
+        wake_room(&rooms, &notifier, &room, pos, &extra);
+    })
+    .await;
+    if woken.is_err() {
+        tracing::warn!("waking room members failed");
+    }
+}
+
+/// Reads storage: call it from the blocking pool.
+pub(crate) fn wake_room(
+    rooms: &RoomService,
+    notifier: &SyncNotifier,
+    room: &RoomId,
+    pos: u64,
+    extra: &[&UserId],
+) {
+    match rooms.joined_members(room) {
+        Ok(members) => notifier.wake(
             members.iter().map(|u| &**u).chain(extra.iter().copied()),
             pos,
         ),
         Err(e) => {
             tracing::warn!(%room, error = %e, "could not list members to wake");
-            state.notifier.wake(extra.iter().copied(), pos);
+            notifier.wake(extra.iter().copied(), pos);
         }
     }
 }

@@ -113,6 +113,15 @@ impl UserGlob {
     }
 }
 
+/// Whether a Matrix glob (`*` any run, `?` one character) matches `value`, character-wise.
+/// The one glob matcher of Pulse: also used for sync filters' event types.
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    if !UserGlob::is_glob(pattern) {
+        return pattern == value;
+    }
+    intersects(&tokenize(pattern), &tokenize_literal(value))
+}
+
 fn tokenize(pattern: &str) -> Vec<GlobToken> {
     pattern
         .chars()

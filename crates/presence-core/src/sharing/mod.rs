@@ -50,7 +50,7 @@ use globset::{GlobSet, GlobSetBuilder};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::Value;
 
-pub use glob::UserGlob;
+pub use glob::{UserGlob, glob_match};
 
 /// Account-data type of the sharing config.
 pub const EVENT_TYPE: &str = "m.presence_sharing_config";

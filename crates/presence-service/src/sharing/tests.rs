@@ -76,7 +76,9 @@ impl Fixture {
     }
 
     fn config(&self, user: &UserId, content: Value) {
-        self.svc.set_sharing_config(user, Some(&content));
+        self.svc
+            .set_sharing_config(user, Some(&content))
+            .expect("stored");
     }
 
     /// `owner`'s presence content in `viewer`'s incremental sync from `since`, if any.
@@ -250,7 +252,7 @@ fn unparseable_config_fails_closed() {
     assert_eq!(preview.local_user_count, 0);
     // Removing the config (e.g. only the unstable type was stored and is now unparseable →
     // the caller passes None when nothing is stored) restores legacy sharing.
-    f.svc.set_sharing_config(&a, None);
+    f.svc.set_sharing_config(&a, None).expect("stored");
     assert!(f.svc.may_see(&b, &a));
 }
 
@@ -427,11 +429,15 @@ impl RoomFacts for Model {
 }
 
 impl Model {
+    fn share(&self, a: &UserId, b: &UserId) -> bool {
+        self.joined_rooms(a).any(|r| self.is_joined(b, r))
+    }
+
     fn pushes(&self, owner: &UserId, viewer: &UserId) -> bool {
         if owner == viewer {
             return true;
         }
-        let share = self.joined_rooms(owner).any(|r| self.is_joined(viewer, r));
+        let share = self.share(owner, viewer);
         let policy = SharingPolicy::from_account_data(self.configs.get(owner));
         let explicit = policy.explicitly_allowed_users().any(|u| u == viewer);
         (share || explicit) && policy.may_see(owner, viewer, self)
@@ -443,7 +449,8 @@ proptest! {
 
     /// After every step the cached push audience equals a from-scratch evaluation, and the
     /// markers written by the step are exactly the local viewers whose view flipped (losses
-    /// from leaves and config changes, gains from config changes) of owners who published.
+    /// from leaves and config changes, gains from config changes) of owners who published,
+    /// plus, for a join, the pairs that newly share a room and see each other.
     #[test]
     fn caches_and_markers_match_a_model(ops in prop::collection::vec(op(), 1..40)) {
         let f = fixture();
@@ -458,8 +465,13 @@ proptest! {
                 .flat_map(|o| (0..users.len()).map(move |v| (o, v)))
                 .map(|(o, v)| ((o, v), model.pushes(&users[o], &users[v])))
                 .collect();
+            let shared_before: BTreeMap<(usize, usize), bool> = (0..users.len())
+                .flat_map(|o| (0..users.len()).map(move |v| (o, v)))
+                .map(|(o, v)| ((o, v), model.share(&users[o], &users[v])))
+                .collect();
             let pos_before = f.pos();
             let mut gains_marked = false;
+            let joins = matches!(op, Op::Join(..));
             match &op {
                 Op::Join(u, r) => {
                     f.svc.membership_changed(&rooms[*r], &users[*u], true);
@@ -470,7 +482,9 @@ proptest! {
                     model.joined.entry(users[*u].clone()).or_default().remove(&rooms[*r]);
                 }
                 Op::Config(u, c) => {
-                    f.svc.set_sharing_config(&users[*u], configs[*c].as_ref());
+                    f.svc
+                        .set_sharing_config(&users[*u], configs[*c].as_ref())
+                        .expect("stored");
                     match &configs[*c] {
                         Some(v) => model.configs.insert(users[*u].clone(), v.clone()),
                         None => model.configs.remove(&users[*u]),
@@ -503,7 +517,11 @@ proptest! {
                     }
                     let flipped_off = before[&(o, v)] && !now;
                     let flipped_on = !before[&(o, v)] && now && gains_marked;
-                    if (flipped_off || flipped_on) && published.contains(owner)
+                    let joined_to_see = joins
+                        && now
+                        && !shared_before[&(o, v)]
+                        && model.share(owner, viewer);
+                    if (flipped_off || flipped_on || joined_to_see) && published.contains(owner)
                         && viewer.server_name() == "x" && owner != viewer {
                         expected.insert((viewer.clone(), owner.clone()));
                     }
@@ -518,4 +536,55 @@ proptest! {
             prop_assert_eq!(marked, expected, "markers after {:?}", op);
         }
     }
+}
+
+#[test]
+fn an_older_ignore_list_applied_late_does_not_replace_the_newer_one() {
+    // Two PUTs of m.ignored_user_list: the first (stored at position 10, ignoring b) is
+    // applied after the second (stored at 11, ignoring nobody). The newer list must stay.
+    let f = fixture();
+    let (a, b) = (uid("@a:x"), uid("@b:x"));
+    let r = rid("!r:x");
+    f.join(&r, &[&a, &b]);
+    f.status(&a, DeviceState::Online, None);
+    f.svc
+        .set_ignored_users(&a, Some(&json!({"ignored_users": {}})), 11)
+        .expect("stored");
+    f.svc
+        .set_ignored_users(&a, Some(&json!({"ignored_users": {"@b:x": {}}})), 10)
+        .expect("stored");
+    assert!(f.svc.may_see(&b, &a) && f.svc.pushes_to(&b, &a));
+    // In order, the later list applies.
+    f.svc
+        .set_ignored_users(&a, Some(&json!({"ignored_users": {"@b:x": {}}})), 12)
+        .expect("stored");
+    assert!(!f.svc.may_see(&b, &a) && !f.svc.pushes_to(&b, &a));
+}
+
+#[test]
+fn a_sync_racing_a_join_gets_the_joined_users_presence_on_its_next_sync() {
+    let f = fixture();
+    let (a, b) = (uid("@a:x"), uid("@b:x"));
+    let r = rid("!r:x");
+    f.join(&r, &[&a]);
+    f.status(&a, DeviceState::Online, Some("here"));
+    let before_join = f.pos();
+    // b's join commits at `join_pos`; a /sync of b runs before the audience index has it:
+    // it shows the join, no presence of a (b shares no room with a yet), and moves on.
+    let (join_pos, ()) = f
+        .svc
+        .db
+        .write_with_position::<_, storage::StorageError>(|_, _| Ok(()))
+        .expect("join written");
+    assert!(!f.svc.pushes_to(&b, &a));
+    let racing = f
+        .svc
+        .events_since(&b, before_join, join_pos)
+        .expect("events");
+    assert!(racing.iter().all(|e| e["sender"] != a.as_str()));
+    // Now the index learns of the join; b's next sync (from the token it was given) must
+    // carry a's presence although a did not change since.
+    f.join(&r, &[&b]);
+    let seen = f.seen(&b, join_pos, &a).expect("a's presence after the join");
+    assert_eq!(seen["status_msg"], "here");
 }

@@ -1,0 +1,90 @@
+"""Pulse <-> Synapse federation on loopback (issue 16's interop test), driven by
+tests/interop/federation-synapse.sh, which starts both servers and passes their env.json files.
+
+    federation_synapse.py PULSE_ENV_JSON SYNAPSE_ENV_JSON
+
+Checks, in order, stopping at the first failure:
+  1. Pulse's /_matrix/federation/v1/version and /_matrix/key/v2/server (signed by its own key);
+  2. a Pulse user joins a public room on Synapse (Pulse's make_join/send_join), messages both ways;
+  3. a Synapse user joins a public room on Pulse (Synapse's make_join/send_join against Pulse),
+     messages both ways.
+"""
+
+import sys
+import time
+
+from synapse_harness import Synapse, has_message, wait_for
+
+
+def step(name):
+    print(f"== {name}", flush=True)
+
+
+def check_keys(pulse):
+    version = pulse.federation("GET", "/_matrix/federation/v1/version")
+    print(f"Pulse federation version: {version.get('server')}")
+    keys = pulse.federation("GET", "/_matrix/key/v2/server")
+    assert keys.get("server_name") == pulse.server_name, keys
+    import signedjson.key
+    import signedjson.sign
+
+    for key_id, v in keys["verify_keys"].items():
+        algorithm, version_id = key_id.split(":", 1)
+        verify_key = signedjson.key.decode_verify_key_base64(algorithm, version_id, v["key"])
+        signedjson.sign.verify_signed_json(keys, pulse.server_name, verify_key)
+    print(f"Pulse server keys {list(keys['verify_keys'])} verify")
+
+
+def join_and_talk(home, home_user, guest, guest_user, label):
+    """guest_user (on guest) joins a public room home_user made on home; messages both ways."""
+    room_id = home.client(
+        "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"},
+        token=home_user["access_token"],
+    )["room_id"]
+    started = time.monotonic()
+    guest.client(
+        "POST", f"/_matrix/client/v3/join/{room_id}?server_name={home.server_name}", {},
+        token=guest_user["access_token"],
+    )
+    print(f"{guest_user['user_id']} joined {room_id} in {time.monotonic() - started:.1f} s")
+    guest.client(
+        "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{label}-g",
+        {"msgtype": "m.text", "body": f"{label}: from the guest"}, token=guest_user["access_token"],
+    )
+    home.client(
+        "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{label}-h",
+        {"msgtype": "m.text", "body": f"{label}: from the home server"},
+        token=home_user["access_token"],
+    )
+    wait_for("the guest's message on the room's server",
+             lambda: has_message(home, home_user["access_token"], room_id, f"{label}: from the guest"))
+    wait_for("the home server's message on the guest's server",
+             lambda: has_message(guest, guest_user["access_token"], room_id,
+                                 f"{label}: from the home server"))
+    print("messages arrived both ways")
+
+
+def main(argv):
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    pulse = Synapse.from_env_file(argv[1])  # the same shape of env.json; the same admin API
+    synapse = Synapse.from_env_file(argv[2])
+
+    step("1. Pulse's federation endpoints")
+    check_keys(pulse)
+    p_alice = pulse.register("alice", "alice-password")
+    s_bob = synapse.register("bob", "bob-password")
+
+    step("2. a Pulse user joins a Synapse room")
+    join_and_talk(synapse, s_bob, pulse, p_alice, "synapse-room")
+
+    step("3. a Synapse user joins a Pulse room")
+    join_and_talk(pulse, p_alice, synapse, s_bob, "pulse-room")
+
+    print("federation with Synapse: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
