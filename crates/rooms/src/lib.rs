@@ -84,6 +84,8 @@ mod security_tests;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_security;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
