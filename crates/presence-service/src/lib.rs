@@ -255,19 +255,32 @@ impl PresenceService {
                     _ = tokio::time::sleep(until_timer.min(until_persist)) => {}
                     _ = me.kick.notified() => {}
                 }
-                let changes = me.engine().advance(now_ms());
-                if let Err(e) = me.publish(changes) {
-                    tracing::error!("writing presence changes failed: {e}");
-                }
-                me.expire_remote(now_ms());
-                if last_persist.elapsed() >= me.config.persist_interval {
-                    last_persist = Instant::now();
-                    if let Err(e) = me.persist_dirty() {
-                        tracing::error!("persisting presence snapshots failed: {e}");
-                    }
+                // The writes (and a possible fsync) run on the blocking pool, not on an async
+                // worker that other requests are waiting for.
+                let worker = me.clone();
+                match tokio::task::spawn_blocking(move || worker.fire_due(last_persist)).await {
+                    Ok(persisted_at) => last_persist = persisted_at,
+                    Err(e) => tracing::error!("presence timer work failed: {e}"),
                 }
             }
         })
+    }
+
+    /// One timer tick: publish every due timer's change, and persist dirty snapshots when the
+    /// interval since `last_persist` passed. Returns the new time of the last persist.
+    fn fire_due(&self, last_persist: Instant) -> Instant {
+        let changes = self.engine().advance(now_ms());
+        if let Err(e) = self.publish(changes) {
+            tracing::error!("writing timed presence changes failed: {e}");
+        }
+        self.expire_remote(now_ms());
+        if last_persist.elapsed() < self.config.persist_interval {
+            return last_persist;
+        }
+        if let Err(e) = self.persist_dirty() {
+            tracing::error!("persisting presence snapshots failed: {e}");
+        }
+        Instant::now()
     }
 
     /// Write the snapshots of users whose state changed invisibly (at shutdown too).
@@ -765,6 +778,48 @@ mod tests {
             panic!("expected rate limiting");
         };
         assert!(ms > 0 && ms <= 1000);
+    }
+
+    /// Records the thread each wake-up ran on.
+    struct ThreadWaker(Mutex<Vec<std::thread::ThreadId>>);
+    impl SyncWaker for ThreadWaker {
+        fn wake_users(&self, _users: &[&UserId], _position: u64) {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(std::thread::current().id());
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn timer_writes_run_off_the_async_worker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(dir.path(), false).expect("db"));
+        let waker = Arc::new(ThreadWaker(Mutex::new(Vec::new())));
+        let config = PresenceServiceConfig {
+            status_per_second: 0.0,
+            engine: PresenceConfig {
+                idle_timeout_ms: 50,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let svc = PresenceService::open(db, config, waker.clone()).expect("open");
+        let timer = svc.spawn_timer();
+        let a = uid("@a:x");
+        svc.set_status(&a, "D", DeviceState::Online, None)
+            .expect("stored");
+        let worker = std::thread::current().id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The idle timer turns a unavailable and publishes that from the timer task.
+        while waker.0.lock().expect("lock").len() < 2 {
+            assert!(Instant::now() < deadline, "idle timer never fired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        timer.abort();
+        let threads = waker.0.lock().expect("lock").clone();
+        assert_eq!(threads[0], worker, "the PUT itself ran here");
+        assert_ne!(threads[1], worker, "timer write ran on the async worker");
     }
 
     #[test]
