@@ -156,12 +156,13 @@ fn allowed_recipients_restrict_delivery_and_a_final_offline_touches_only_its_rec
 #[test]
 fn a_viewer_who_ignores_the_remote_user_sees_nothing() {
     let fx = fixture();
-    fx.svc.set_ignored_users(
-        &uid("@l1:home.org"),
-        Some(&json!({"ignored_users": {"@r:remote.org": {}}})),
-        1,
-    )
-    .expect("ignore list applied");
+    fx.svc
+        .set_ignored_users(
+            &uid("@l1:home.org"),
+            Some(&json!({"ignored_users": {"@r:remote.org": {}}})),
+            1,
+        )
+        .expect("ignore list applied");
     let r = fx.svc.receive_remote_presence(
         server_name!("remote.org"),
         &push(json!([{"user_id": "@r:remote.org", "presence": "online"}])),
