@@ -96,18 +96,26 @@ pub fn route_presence(
             AllowedRecipients::Nobody | AllowedRecipients::Legacy => continue,
         };
         let trusted = honours(&server);
-        let viewers: BTreeSet<OwnedUserId> = if trusted {
-            let explicit = policy
-                .explicitly_allowed_users()
-                .filter(|u| u.server_name() == server)
-                .map(ToOwned::to_owned);
-            sharers
-                .into_iter()
-                .chain(explicit)
-                .filter(|u| policy.may_see(owner, u, index))
-                .collect()
+        // Users there who may see the owner: room sharers and users named exactly.
+        let explicit = policy
+            .explicitly_allowed_users()
+            .filter(|u| u.server_name() == server)
+            .map(ToOwned::to_owned);
+        let seeing: BTreeSet<OwnedUserId> = sharers
+            .iter()
+            .cloned()
+            .chain(explicit)
+            .filter(|u| policy.may_see(owner, u, index))
+            .collect();
+        // Nobody there may see the owner: sending would only cost bytes.
+        if seeing.is_empty() {
+            continue;
+        }
+        let viewers = if trusted {
+            seeing
         } else {
-            if !sharers.iter().all(|u| policy.may_see(owner, u, index)) {
+            // A receiver that ignores allowed_recipients shows the update to every sharer.
+            if !sharers.is_subset(&seeing) {
                 continue;
             }
             sharers
