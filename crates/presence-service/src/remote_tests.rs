@@ -231,10 +231,12 @@ fn local_changes_reach_the_observer_and_route_to_remote_servers() {
         PresenceState::Online
     );
     // With a config denying @r, an untrusted remote.org gets nothing.
-    fx.svc.set_sharing_config(
-        &uid("@l1:home.org"),
-        Some(&json!({"denied_users": ["@r:remote.org"]})),
-    );
+    fx.svc
+        .set_sharing_config(
+            &uid("@l1:home.org"),
+            Some(&json!({"denied_users": ["@r:remote.org"]})),
+        )
+        .expect("config applied");
     assert!(
         fx.svc
             .federation_routing(&uid("@l1:home.org"), |_| false)
