@@ -552,8 +552,15 @@ fn filtered_timeline(
             return Ok((kept, limited));
         }
         let Some(oldest) = oldest.filter(|_| more && n > 0) else {
+            // The range is exhausted: still limited when it holds older events that the
+            // filter or history visibility left out, so a client knows there is more before
+            // the first event it got (Complement's "Newly joined room has correct timeline").
+            let limited = match (kept.last(), oldest) {
+                (Some(oldest_kept), Some(oldest)) => oldest < oldest_kept.pos,
+                _ => false,
+            };
             kept.reverse();
-            return Ok((kept, false));
+            return Ok((kept, limited));
         };
         if scanned >= MAX_TIMELINE_SCAN || oldest <= 1 {
             kept.reverse();
