@@ -1,33 +1,11 @@
 //! Tests for the room-engine findings of the security review (issue 13).
-use std::sync::Arc;
-
 use accounts::Profile;
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::OwnedUserId;
 use serde_json::{Map, Value, json};
-use storage::Db;
 
 use crate::*;
 
-const SERVER: &str = "test.local";
-
-fn setup() -> (tempfile::TempDir, RoomService) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Arc::new(Db::open(dir.path(), false).expect("open"));
-    let svc = RoomService::new(db, SERVER.try_into().expect("server")).expect("service");
-    (dir, svc)
-}
-
-fn user(local: &str) -> OwnedUserId {
-    OwnedUserId::try_from(format!("@{local}:{SERVER}")).expect("user id")
-}
-
-fn create(svc: &RoomService, creator: &OwnedUserId, preset: Preset) -> OwnedRoomId {
-    let req = CreateRoomRequest {
-        preset: Some(preset),
-        ..Default::default()
-    };
-    svc.create_room(creator, req).expect("create room")
-}
+use crate::tests::{SERVER, create, setup, user};
 
 fn is_forbidden<T: std::fmt::Debug>(r: Result<T>) -> bool {
     matches!(r, Err(RoomError::Forbidden(_)))

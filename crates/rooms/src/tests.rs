@@ -11,20 +11,20 @@ use storage::Db;
 use crate::persist::{AppendOpts, NewEvent, rules_for};
 use crate::*;
 
-const SERVER: &str = "test.local";
+pub(crate) const SERVER: &str = "test.local";
 
-fn setup() -> (tempfile::TempDir, RoomService) {
+pub(crate) fn setup() -> (tempfile::TempDir, RoomService) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Arc::new(Db::open(dir.path(), false).expect("open"));
     let svc = RoomService::new(db, SERVER.try_into().expect("server")).expect("service");
     (dir, svc)
 }
 
-fn user(local: &str) -> OwnedUserId {
+pub(crate) fn user(local: &str) -> OwnedUserId {
     OwnedUserId::try_from(format!("@{local}:{SERVER}")).expect("user id")
 }
 
-fn create(svc: &RoomService, creator: &OwnedUserId, preset: Preset) -> OwnedRoomId {
+pub(crate) fn create(svc: &RoomService, creator: &OwnedUserId, preset: Preset) -> OwnedRoomId {
     let req = CreateRoomRequest {
         preset: Some(preset),
         ..Default::default()

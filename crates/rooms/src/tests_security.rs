@@ -1,25 +1,11 @@
 //! Regression tests for the security findings of issue 13 (items 1 and 4).
-use std::sync::Arc;
-
 use accounts::Profile;
 use ruma::{OwnedUserId, RoomId};
 use serde_json::{Value, json};
-use storage::Db;
 
 use crate::*;
 
-const SERVER: &str = "test.local";
-
-fn setup() -> (tempfile::TempDir, RoomService) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Arc::new(Db::open(dir.path(), false).expect("open"));
-    let svc = RoomService::new(db, SERVER.try_into().expect("server")).expect("service");
-    (dir, svc)
-}
-
-fn user(local: &str) -> OwnedUserId {
-    OwnedUserId::try_from(format!("@{local}:{SERVER}")).expect("user id")
-}
+use crate::tests::{SERVER, setup, user};
 
 /// A public room whose join rule is then set to `restricted` (members of `allow_room` only).
 fn restricted_room(
