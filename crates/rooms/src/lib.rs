@@ -72,7 +72,6 @@ use storage::{Db, StorageError};
 
 mod client;
 mod create;
-mod keys;
 mod ops;
 mod pdu;
 mod persist;
@@ -217,7 +216,8 @@ pub trait MembershipObserver: Send + Sync {
 pub struct RoomService {
     db: Arc<Db>,
     server_name: OwnedServerName,
-    key: keys::SigningKey,
+    /// The server's signing key (owned by the `server-keys` crate).
+    key: server_keys::ServerKeys,
     /// Serialises all room writes (see the crate docs).
     write_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
@@ -227,7 +227,8 @@ impl RoomService {
     /// Open the room engine: loads the server's ed25519 signing key from `Cf::Meta`,
     /// generating and persisting one on first start.
     pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Result<Self> {
-        let key = keys::SigningKey::load_or_generate(&db)?;
+        let key = server_keys::ServerKeys::load_or_generate(&db, server_name.clone())
+            .map_err(|e| RoomError::Internal(format!("server signing key: {e}")))?;
         Ok(RoomService {
             db,
             server_name,
@@ -277,12 +278,12 @@ impl RoomService {
 
     /// The id of the signing key, e.g. `ed25519:AbC123`.
     pub fn signing_key_id(&self) -> &str {
-        &self.key.key_id
+        self.key.key_id()
     }
 
     /// The public half of the signing key (raw 32 bytes).
     pub fn public_key(&self) -> [u8; 32] {
-        self.key.pair.public_key()
+        self.key.pair().public_key()
     }
 
     /// The public key as unpadded standard base64, as `/_matrix/key/v2/server` publishes it.

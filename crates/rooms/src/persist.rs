@@ -113,7 +113,7 @@ impl RoomService {
         }
         ruma::signatures::hash_and_sign_event(
             self.server_name.as_str(),
-            &self.key.pair,
+            self.key.pair(),
             &mut obj,
             &rules.redaction,
         )
