@@ -320,6 +320,7 @@ impl RoomService {
                 redacted_because: None,
                 prev_state,
                 status: EventStatus::Timeline,
+                off_stream: false,
             };
             b.put_json(Cf::Events, join_id.as_str(), &record);
             b.put(

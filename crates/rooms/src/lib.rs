@@ -88,6 +88,8 @@ mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_remote;
+#[cfg(test)]
 mod tests_security;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
