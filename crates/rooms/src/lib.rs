@@ -91,11 +91,13 @@ mod tests;
 mod tests_remote;
 #[cfg(test)]
 mod tests_security;
+mod txn;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use remote::{KeyLookup, Received, StaticKeys, event_id_for, keys_needed};
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
+pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;
@@ -225,8 +227,8 @@ pub struct RoomService {
     server_name: OwnedServerName,
     /// The server's signing key (owned by the `server-keys` crate).
     key: server_keys::ServerKeys,
-    /// Serialises the writes of each room (see the crate docs).
-    room_locks: RoomLocks,
+    /// Serialises the writes of each room, and each federation transaction (see the crate docs).
+    key_locks: KeyLocks,
     /// Serialises alias changes (taken before a room's lock, never after).
     alias_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
@@ -242,7 +244,7 @@ impl RoomService {
             db,
             server_name,
             key,
-            room_locks: RoomLocks::default(),
+            key_locks: KeyLocks::default(),
             alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
         })
@@ -303,24 +305,8 @@ impl RoomService {
     }
 
     /// Take the write lock of one room (blocks while another write to it runs).
-    pub(crate) fn lock_room(&self, room: &ruma::RoomId) -> RoomGuard<'_> {
-        let mut held = self
-            .room_locks
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while held.contains(room) {
-            held = self
-                .room_locks
-                .freed
-                .wait(held)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        held.insert(room.to_owned());
-        RoomGuard {
-            locks: &self.room_locks,
-            room: room.to_owned(),
-        }
+    pub(crate) fn lock_room(&self, room: &ruma::RoomId) -> KeyGuard<'_> {
+        self.key_locks.lock(room.as_str())
     }
 
     /// Take the alias lock (before any room lock).
@@ -329,23 +315,39 @@ impl RoomService {
     }
 }
 
-/// The rooms whose write lock is held.
+/// Locks by name: a room's writes (its room id) and a federation transaction
+/// (`txn <origin> <txn id>`; room ids start with `!`, so the names never collide).
 #[derive(Default)]
-struct RoomLocks {
-    held: Mutex<HashSet<OwnedRoomId>>,
+pub(crate) struct KeyLocks {
+    held: Mutex<HashSet<String>>,
     freed: Condvar,
 }
 
-/// Holds one room's write lock until dropped.
-pub(crate) struct RoomGuard<'a> {
-    locks: &'a RoomLocks,
-    room: OwnedRoomId,
+impl KeyLocks {
+    /// Block until no one holds `key`, then hold it until the guard drops.
+    pub(crate) fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(key) {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(key.to_owned());
+        KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+        }
+    }
 }
 
-impl Drop for RoomGuard<'_> {
+/// Holds one [`KeyLocks`] key until dropped.
+pub(crate) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+}
+
+impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&self.room);
+        held.remove(&self.key);
         drop(held);
         self.locks.freed.notify_all();
     }

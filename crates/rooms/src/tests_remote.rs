@@ -954,3 +954,31 @@ mod each_version {
         remote_invite_shows_in_invite_state,
     );
 }
+
+#[test]
+fn rooms_are_written_in_parallel() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let a = crate::tests::create(&svc, &alice, Preset::PublicChat);
+    let b = crate::tests::create(&svc, &alice, Preset::PublicChat);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        // Room A is busy (its lock held) while room B is written from another thread.
+        let busy = svc.lock_room(&a);
+        let (svc, alice, b) = (&svc, &alice, &b);
+        s.spawn(move || {
+            let r = svc.send_message_event(alice, b, "m.room.message", json!({"body": "b"}), None);
+            let _ = tx.send(r.is_ok());
+        });
+        let written = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(busy);
+        assert_eq!(
+            written,
+            Ok(true),
+            "a write to room B waited for room A's lock"
+        );
+    });
+    // And a write to A waits for A's lock, then goes through.
+    svc.send_message_event(&alice, &a, "m.room.message", json!({"body": "a"}), None)
+        .expect("write A");
+}
