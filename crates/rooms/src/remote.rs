@@ -371,6 +371,63 @@ impl RoomService {
     }
 }
 
+impl RoomService {
+    /// An unsigned event template for a remote user, built on the room's forward
+    /// extremities with `auth_events` from the current state (`make_join`, `make_leave`,
+    /// `make_knock`). The resident server does not sign it; the remote server fills in
+    /// hashes and signatures and sends it back through `send_*`, which goes through
+    /// [`RoomService::receive_pdu`]. Returns the room version with it.
+    pub fn event_template(
+        &self,
+        room: &ruma::RoomId,
+        sender: &ruma::UserId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: serde_json::Value,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let summary = self.require_summary(room)?;
+        let new = crate::persist::NewEvent {
+            kind: kind.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            content,
+            redacts: None,
+        };
+        let start = summary.extremities.len().saturating_sub(20);
+        let obj = self.unsigned_event_on(
+            &summary.version,
+            room,
+            sender,
+            &new,
+            &summary.extremities[start..],
+            |t, k| self.current_state_event_id(room, t, k),
+        )?;
+        Ok((summary.version, obj))
+    }
+
+    /// Hash and sign a PDU with this server's key (a template a remote resident server
+    /// made for one of our users, e.g. the join of [`RoomService::import_join`]); returns
+    /// its event id and the signed PDU. Enforces the size limit.
+    pub fn sign_template(
+        &self,
+        version: &RoomVersionId,
+        template: CanonicalJsonObject,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+        let rules = rules_for(version)?;
+        let (_, signed) = self.sign_pdu(&rules, template)?;
+        Ok((event_id_for(version, &signed)?, signed))
+    }
+
+    /// The auth chain of `events`: every event reachable through `auth_events`, for
+    /// `/state_ids`, `/event_auth` and `send_join` answers (sorted by event id).
+    pub fn auth_chain_ids(&self, events: &[OwnedEventId]) -> Vec<OwnedEventId> {
+        let cache = EventCache::new(self);
+        let mut out: Vec<OwnedEventId> =
+            self.auth_chain(events.iter(), &cache).into_iter().collect();
+        out.sort();
+        out
+    }
+}
+
 pub(crate) fn outlier_record(
     event_id: &OwnedEventId,
     pdu: CanonicalJsonObject,

@@ -596,7 +596,6 @@ fn outlier_is_in_no_timeline(v: &RoomVersionId) {
     // Our user's join, as make_join/send_join would produce it (signed by us).
     let dave = user("dave");
     let join = {
-        let rules = rules_for(v).expect("rules");
         let (_, mut obj) = remote.build(
             v,
             &room,
@@ -612,9 +611,8 @@ fn outlier_is_in_no_timeline(v: &RoomVersionId) {
             now_ms(),
         );
         obj.remove("signatures");
-        ruma::signatures::hash_and_sign_event(SERVER, svc.key.pair(), &mut obj, &rules.redaction)
-            .expect("sign");
-        obj
+        obj.remove("hashes");
+        svc.sign_template(v, obj).expect("sign").1
     };
     let state_pdus = chain.clone();
     let joined = svc
@@ -926,6 +924,40 @@ fn remote_invite_shows_in_invite_state(v: &RoomVersionId) {
     ));
 }
 
+fn make_join_template_round_trip(v: &RoomVersionId) {
+    let f = Fixture::new(v, 0);
+    let erin = f.remote.user("erin");
+    let (version, mut template) = f
+        .svc
+        .event_template(
+            &f.room,
+            &erin,
+            "m.room.member",
+            Some(erin.as_str()),
+            json!({"membership": "join"}),
+        )
+        .expect("template");
+    assert_eq!(version, *v);
+    assert!(!template.contains_key("signatures"));
+    let rules = rules_for(v).expect("rules");
+    ruma::signatures::hash_and_sign_event(REMOTE, &f.remote.pair, &mut template, &rules.redaction)
+        .expect("sign");
+    let r = f.receive(template);
+    assert!(matches!(r, Received::Accepted { .. }), "{r:?}");
+    assert!(f.svc.is_joined(&f.room, &erin).expect("joined"));
+    // The auth chain of the join reaches the create event.
+    let create = f
+        .svc
+        .require_summary(&f.room)
+        .expect("summary")
+        .create_event;
+    assert!(
+        f.svc
+            .auth_chain_ids(&[r.event_id().to_owned()])
+            .contains(&create)
+    );
+}
+
 macro_rules! per_version {
     ($($name:ident),* $(,)?) => {
         $(
@@ -952,6 +984,7 @@ mod each_version {
         history_visibility_at_a_past_event,
         bad_signatures_and_foreign_senders_are_dropped,
         remote_invite_shows_in_invite_state,
+        make_join_template_round_trip,
     );
 }
 
