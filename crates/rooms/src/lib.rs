@@ -119,12 +119,19 @@ mod tests;
 #[cfg(test)]
 mod tests_remote;
 #[cfg(test)]
+mod tests_remote_dag;
+#[cfg(test)]
+mod tests_remote_join;
+#[cfg(test)]
 mod tests_security;
 mod txn;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
+pub use import::{MAX_IMPORTED_EVENTS, MAX_INVITE_STATE};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
-pub use remote::{KeyLookup, Received, StaticKeys, event_id_for, keys_needed};
+pub use remote::{
+    KeyLookup, MAX_AUTH_EVENTS, MAX_PREV_EVENTS, Received, StaticKeys, event_id_for, keys_needed,
+};
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
 pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
 

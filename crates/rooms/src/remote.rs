@@ -19,6 +19,12 @@ use crate::resolve::EventCache;
 use crate::store::{EventStatus, StoredEvent, entries_to_map};
 use crate::{MAX_PDU_BYTES, Result, RoomError, RoomService, StateMap};
 
+/// Most `prev_events` a received PDU may cite (Synapse's limit; bounds state resolution).
+pub const MAX_PREV_EVENTS: usize = 20;
+
+/// Most `auth_events` a received PDU may cite (the auth selection never needs more).
+pub const MAX_AUTH_EVENTS: usize = 10;
+
 /// The servers' public keys, for checking event signatures. The federation layer
 /// implements it over its key cache; `rooms` never fetches keys itself, so the caller
 /// makes sure the keys [`keys_needed`] names are cached before calling in.
@@ -157,7 +163,13 @@ impl RoomService {
         pdu.remove("unsigned");
         let rules = rules_for(version)?;
         let event_id = event_id_for(version, &pdu)?;
-        Pdu::parse(event_id.clone(), &pdu)?;
+        let parsed = Pdu::parse(event_id.clone(), &pdu)?;
+        if parsed.prev_events.len() > MAX_PREV_EVENTS || parsed.auth_events.len() > MAX_AUTH_EVENTS
+        {
+            return Err(RoomError::BadJson(format!(
+                "{event_id} cites more than {MAX_PREV_EVENTS} prev events or {MAX_AUTH_EVENTS} auth events"
+            )));
+        }
         let ts = match pdu.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
             _ => return Err(RoomError::BadJson("PDU without origin_server_ts".into())),
