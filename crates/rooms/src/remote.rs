@@ -176,8 +176,8 @@ impl RoomService {
         };
         let mut map = PublicKeyMap::new();
         for (server, key_id) in keys_needed(version, &pdu)? {
-            let key = if server == self.server_name && key_id == self.key.key_id() {
-                Some(self.public_key().to_vec())
+            let key = if server == self.server_name {
+                self.own_verify_key(&key_id, ts)
             } else {
                 keys.verify_key(&server, &key_id, ts)
             };
@@ -201,6 +201,20 @@ impl RoomService {
             }
         }
         Ok((event_id, pdu))
+    }
+
+    /// This server's key `key_id` as of `ts_ms`: the current key, or an old one that had
+    /// not expired then (our own events come back through federation too).
+    fn own_verify_key(&self, key_id: &str, ts_ms: u64) -> Option<Vec<u8>> {
+        if key_id == self.key.key_id() {
+            return Some(self.public_key().to_vec());
+        }
+        self.key
+            .old_keys()
+            .iter()
+            .find(|k| k.key_id == key_id && ts_ms < k.expired_ts)
+            .and_then(|k| Base64::<ruma::serde::base64::Standard>::parse(&k.public_key).ok())
+            .map(|b| b.as_bytes().to_vec())
     }
 
     /// The one entry point for a PDU from another server (`/send`, `/get_missing_events`
