@@ -12,9 +12,7 @@ use crate::FederationState;
 pub fn server_allowed_by_acl(content: &Value, server: &str) -> bool {
     let host = strip_port(server);
     let is_ip_literal = host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok();
-    if is_ip_literal
-        && content.get("allow_ip_literals").and_then(Value::as_bool) == Some(false)
-    {
+    if is_ip_literal && content.get("allow_ip_literals").and_then(Value::as_bool) == Some(false) {
         return false;
     }
     let globs = |field: &str| -> Vec<&str> {
@@ -71,7 +69,11 @@ fn glob_match(glob: &str, s: &str) -> bool {
 }
 
 /// `Err(reason)` when the room's current ACL refuses `server` (no ACL: everyone allowed).
-pub(crate) fn check(state: &FederationState, room: &RoomId, server: &ServerName) -> Result<(), String> {
+pub(crate) fn check(
+    state: &FederationState,
+    room: &RoomId,
+    server: &ServerName,
+) -> Result<(), String> {
     let acl = state
         .rooms
         .current_state_event(room, "m.room.server_acl", "")
@@ -98,11 +100,20 @@ mod tests {
         assert!(!server_allowed_by_acl(&acl, "a.b.bad.example"));
         assert!(!server_allowed_by_acl(&acl, "127.0.0.1:8448"));
         assert!(!server_allowed_by_acl(&acl, "[::1]:8448"));
-        assert!(server_allowed_by_acl(&json!({"allow": ["*"]}), "127.0.0.1:1"));
+        assert!(server_allowed_by_acl(
+            &json!({"allow": ["*"]}),
+            "127.0.0.1:1"
+        ));
         // No allow list: nobody.
         assert!(!server_allowed_by_acl(&json!({}), "good.example"));
-        assert!(server_allowed_by_acl(&json!({"allow": ["good.ex?mple"]}), "GOOD.example"));
-        assert!(!server_allowed_by_acl(&json!({"allow": ["good.ex?mple"]}), "good.exmple"));
+        assert!(server_allowed_by_acl(
+            &json!({"allow": ["good.ex?mple"]}),
+            "GOOD.example"
+        ));
+        assert!(!server_allowed_by_acl(
+            &json!({"allow": ["good.ex?mple"]}),
+            "good.exmple"
+        ));
         assert!(glob_match("*a*b*", "xxaxxbxx"));
         assert!(!glob_match("*a*b", "xxaxxbxx"));
     }

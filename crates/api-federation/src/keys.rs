@@ -58,7 +58,10 @@ struct KeyCriteria {
 }
 
 /// `POST /_matrix/key/v2/query`.
-pub(crate) async fn query_batch(State(state): State<Arc<FederationState>>, body: Bytes) -> Response {
+pub(crate) async fn query_batch(
+    State(state): State<Arc<FederationState>>,
+    body: Bytes,
+) -> Response {
     if body.len() > MAX_QUERY_BODY {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,

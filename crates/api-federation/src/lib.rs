@@ -132,4 +132,6 @@ pub(crate) fn error(status: http::StatusCode, errcode: &str, message: &str) -> R
 }
 
 #[cfg(test)]
+mod send_tests;
+#[cfg(test)]
 mod tests;

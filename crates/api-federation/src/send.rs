@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Extension;
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use http::StatusCode;
 use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName};
 use serde_json::{Value, json};
@@ -62,7 +62,13 @@ pub(crate) async fn send_transaction(
 ) -> Response {
     let txn: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "M_BAD_JSON", "transaction is not an object"),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+                "transaction is not an object",
+            );
+        }
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -94,7 +100,11 @@ pub(crate) async fn send_transaction(
         Ok(None) => {}
         Err(e) => {
             tracing::error!("cannot read transaction record: {e}");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "storage error");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "storage error",
+            );
         }
     }
     let mut results = serde_json::Map::new();
@@ -174,8 +184,9 @@ async fn accept_pdu(
 ) -> Result<(), String> {
     acl::check(state, room, origin)?;
     let sender = match pdu.get("sender") {
-        Some(ruma::CanonicalJsonValue::String(s)) => OwnedUserId::try_from(s.as_str())
-            .map_err(|_| format!("invalid sender {s:?}"))?,
+        Some(ruma::CanonicalJsonValue::String(s)) => {
+            OwnedUserId::try_from(s.as_str()).map_err(|_| format!("invalid sender {s:?}"))?
+        }
         _ => return Err("PDU without a sender".into()),
     };
     if sender.server_name() != origin {
@@ -210,7 +221,10 @@ async fn append(state: &Arc<FederationState>, pdu: CanonicalJsonObject) -> Resul
     blocking(move || rooms.append_pdu(pdu).map(|_| ()).map_err(|e| e.to_string())).await
 }
 
-fn missing_prev_events(state: &FederationState, pdu: &CanonicalJsonObject) -> Result<Vec<String>, String> {
+fn missing_prev_events(
+    state: &FederationState,
+    pdu: &CanonicalJsonObject,
+) -> Result<Vec<String>, String> {
     let mut missing = Vec::new();
     for prev in verify::id_list(pdu, "prev_events") {
         let Ok(id) = OwnedEventId::try_from(prev.as_str()) else {
@@ -347,13 +361,21 @@ fn may_speak_in_room(
         return Err(format!("{user} does not belong to {origin}"));
     }
     acl::check(state, room, origin)?;
-    if !state.rooms.is_joined(room, user).map_err(|e| e.to_string())? {
+    if !state
+        .rooms
+        .is_joined(room, user)
+        .map_err(|e| e.to_string())?
+    {
         return Err(format!("{user} is not joined to {room}"));
     }
     Ok(())
 }
 
-async fn typing(state: &Arc<FederationState>, origin: &ServerName, content: Value) -> Result<(), String> {
+async fn typing(
+    state: &Arc<FederationState>,
+    origin: &ServerName,
+    content: Value,
+) -> Result<(), String> {
     let room = content
         .get("room_id")
         .and_then(Value::as_str)
@@ -433,13 +455,15 @@ async fn receipts(state: &Arc<FederationState>, origin: &ServerName, content: Va
     let state = state.clone();
     let origin = origin.to_owned();
     let _ = blocking(move || {
-        for (room, user, event_id, ts, thread_id) in entries.into_iter().take(MAX_RECEIPTS_PER_EDU) {
-            let stored = may_speak_in_room(&state, &origin, &room, &user).and_then(|()| {
-                match state.rooms.event(&event_id).map_err(|e| e.to_string())? {
-                    Some(ev) if ev.room_id() == room.as_str() => Ok(ev.pos),
-                    _ => Err(format!("{event_id} is not an event of {room}")),
-                }
-            });
+        for (room, user, event_id, ts, thread_id) in entries.into_iter().take(MAX_RECEIPTS_PER_EDU)
+        {
+            let stored =
+                may_speak_in_room(&state, &origin, &room, &user).and_then(|()| {
+                    match state.rooms.event(&event_id).map_err(|e| e.to_string())? {
+                        Some(ev) if ev.room_id() == room.as_str() => Ok(ev.pos),
+                        _ => Err(format!("{event_id} is not an event of {room}")),
+                    }
+                });
             let pos = match stored {
                 Ok(pos) => pos,
                 Err(e) => {

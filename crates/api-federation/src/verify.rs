@@ -31,7 +31,10 @@ pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, String> {
 }
 
 /// The reference-hash event ID (room v3+).
-pub fn event_id(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId, String> {
+pub fn event_id(
+    pdu: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<OwnedEventId, String> {
     let hash = ruma::signatures::reference_hash(pdu, rules)
         .map_err(|e| format!("cannot hash the PDU: {e}"))?;
     OwnedEventId::try_from(format!("${hash}")).map_err(|e| format!("bad event ID: {e}"))
@@ -63,7 +66,9 @@ pub async fn check_pdu(
     pdu: CanonicalJsonObject,
     rules: &RoomVersionRules,
 ) -> Result<CheckedPdu, String> {
-    let size = serde_json::to_vec(&pdu).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&pdu)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_PDU_BYTES {
         return Err(format!("PDU is {size} bytes; the limit is {MAX_PDU_BYTES}"));
     }

@@ -236,7 +236,8 @@ impl RemoteKeys {
         if let Some(db) = &self.db {
             let mut batch = Batch::new();
             batch.put_json(Cf::Misc, Self::storage_key(server), &record);
-            db.write(batch).map_err(|e| FederationError::Config(format!("storage: {e}")))?;
+            db.write(batch)
+                .map_err(|e| FederationError::Config(format!("storage: {e}")))?;
         }
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(server.to_owned(), record);
@@ -272,7 +273,13 @@ impl RemoteKeys {
 
     /// The origin's document as a notary serves it: signed by the origin and by the notary
     /// (whose own key is fetched directly, never through another notary).
-    async fn fetch_via_notary(&self, notary: &str, server: &str, key_id: &str, at: u64) -> Result<()> {
+    async fn fetch_via_notary(
+        &self,
+        notary: &str,
+        server: &str,
+        key_id: &str,
+        at: u64,
+    ) -> Result<()> {
         let query = serde_json::json!({
             "server_keys": { server: { key_id: { "minimum_valid_until_ts": at } } }
         });
@@ -370,7 +377,10 @@ impl RemoteKeys {
 
 /// `doc` with only `entity`'s signatures: `verify_json` insists on a key for every signer,
 /// and a notary's answer carries both the origin's and the notary's.
-fn signed_by(doc: &serde_json::Value, entity: &str) -> std::result::Result<ruma::CanonicalJsonObject, String> {
+fn signed_by(
+    doc: &serde_json::Value,
+    entity: &str,
+) -> std::result::Result<ruma::CanonicalJsonObject, String> {
     let mut object: ruma::CanonicalJsonObject =
         serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
     if let Some(ruma::CanonicalJsonValue::Object(sigs)) = object.get_mut("signatures") {

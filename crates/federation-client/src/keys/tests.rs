@@ -132,10 +132,7 @@ async fn valid_until_ts_is_honoured_and_refetched() {
             .is_ok()
     );
     // ... not for a request now, even after refetching the (same, stale) document.
-    let err = rk
-        .key_at("a.test", a.key_id(), now_ms())
-        .await
-        .unwrap_err();
+    let err = rk.key_at("a.test", a.key_id(), now_ms()).await.unwrap_err();
     assert!(err.to_string().contains("valid at"), "{err}");
     // Failures back off: an immediate retry does not fetch again.
     let calls = fetcher.calls.load(Ordering::SeqCst);
