@@ -14,6 +14,7 @@
 //! ([`acl`]). An authenticated request to a path we do not serve gets `404 M_UNRECOGNIZED`.
 mod acl;
 mod auth;
+mod inbound;
 mod keys;
 mod send;
 mod verify;

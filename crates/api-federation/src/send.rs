@@ -7,12 +7,7 @@
 //!   `"fed_txn" 0xFF origin 0xFF txn_id 0xFF` once the transaction is processed, and a retry
 //!   gets it back; transactions of one origin are processed one at a time.
 //! * PDUs, in order: unknown rooms and unparsable PDUs are skipped without an entry (no event
-//!   ID can be computed); the origin must pass the room's server ACL; the sender must belong
-//!   to the origin; then [`verify::check_pdu`] (size, shape, signatures with keys valid at the
-//!   event's time, content hash: a mismatch is redacted); missing `prev_events` are fetched from
-//!   the origin with `get_missing_events` (≤ 10 events, each verified the same way but allowed
-//!   to come from any server, since the origin relays history); then the room engine's
-//!   authorization and state resolution ([`rooms::RoomService::append_pdu`]).
+//!   ID can be computed); the rest go through [`inbound::pushed_pdu`].
 //! * EDUs: `m.presence` to the presence service; `m.typing` and `m.receipt` to the ephemeral
 //!   service when the user belongs to the origin, is joined to the room and the room's ACL lets
 //!   the origin in; anything else is dropped and logged.
@@ -30,13 +25,10 @@ use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, 
 use serde_json::{Value, json};
 use storage::{Batch, Cf, Key};
 
-use crate::verify::{self, check_pdu};
-use crate::{FederationState, Origin, acl, error};
+use crate::{FederationState, Origin, acl, error, inbound};
 
 pub const MAX_PDUS_PER_TXN: usize = 50;
 pub const MAX_EDUS_PER_TXN: usize = 100;
-/// Events asked for with `get_missing_events` (Synapse asks for 10 as well).
-const MISSING_EVENTS_LIMIT: usize = 10;
 /// Receipt entries read from one `m.receipt` EDU.
 const MAX_RECEIPTS_PER_EDU: usize = 1_000;
 
@@ -168,165 +160,9 @@ async fn handle_pdu(
             return None;
         }
     };
-    let rules = verify::rules(&version).ok()?;
-    let id = verify::event_id(&pdu, &rules).ok()?;
-    let outcome = accept_pdu(state, origin, &room, pdu, &rules, &id).await;
+    let id = rooms::event_id_for(&version, &pdu).ok()?;
+    let outcome = inbound::pushed_pdu(state, origin, &room, &version, pdu).await;
     Some((id, outcome))
-}
-
-async fn accept_pdu(
-    state: &Arc<FederationState>,
-    origin: &ServerName,
-    room: &RoomId,
-    pdu: CanonicalJsonObject,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-    id: &OwnedEventId,
-) -> Result<(), String> {
-    acl::check(state, room, origin)?;
-    let sender = match pdu.get("sender") {
-        Some(ruma::CanonicalJsonValue::String(s)) => {
-            OwnedUserId::try_from(s.as_str()).map_err(|_| format!("invalid sender {s:?}"))?
-        }
-        _ => return Err("PDU without a sender".into()),
-    };
-    if sender.server_name() != origin {
-        return Err(format!(
-            "sender {sender} does not belong to the sending server {origin}"
-        ));
-    }
-    acl::check(state, room, sender.server_name())?;
-    if state.rooms.event(id).map_err(|e| e.to_string())?.is_some() {
-        return Ok(());
-    }
-    let checked = check_pdu(state.remote_keys.as_ref(), pdu, rules).await?;
-    if checked.redacted {
-        tracing::info!(%origin, event_id = %id, "content hash mismatch: stored redacted");
-    }
-    let missing = missing_prev_events(state, &checked.pdu)?;
-    if !missing.is_empty() {
-        fetch_missing(state, origin, room, id, rules).await;
-        let still = missing_prev_events(state, &checked.pdu)?;
-        if !still.is_empty() {
-            return Err(format!(
-                "prev_events {} are unknown and the origin did not supply them",
-                still.join(", ")
-            ));
-        }
-    }
-    append(state, checked.pdu).await
-}
-
-async fn append(state: &Arc<FederationState>, pdu: CanonicalJsonObject) -> Result<(), String> {
-    let rooms = state.rooms.clone();
-    blocking(move || rooms.append_pdu(pdu).map(|_| ()).map_err(|e| e.to_string())).await
-}
-
-fn missing_prev_events(
-    state: &FederationState,
-    pdu: &CanonicalJsonObject,
-) -> Result<Vec<String>, String> {
-    let mut missing = Vec::new();
-    for prev in verify::id_list(pdu, "prev_events") {
-        let Ok(id) = OwnedEventId::try_from(prev.as_str()) else {
-            return Err(format!("invalid prev_event {prev:?}"));
-        };
-        if state.rooms.event(&id).map_err(|e| e.to_string())?.is_none() {
-            missing.push(prev);
-        }
-    }
-    Ok(missing)
-}
-
-/// `POST /get_missing_events/{room}` to the origin; every returned event is verified and
-/// appended oldest first. Failures are logged: the caller then refuses the pushed event.
-async fn fetch_missing(
-    state: &Arc<FederationState>,
-    origin: &ServerName,
-    room: &RoomId,
-    latest: &OwnedEventId,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-) {
-    let earliest = match recent_event_ids(state, room) {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(%room, "cannot list recent events: {e}");
-            return;
-        }
-    };
-    let body = json!({
-        "earliest_events": earliest,
-        "latest_events": [latest],
-        "limit": MISSING_EVENTS_LIMIT,
-        "min_depth": 0,
-    });
-    let path = format!(
-        "/_matrix/federation/v1/get_missing_events/{}",
-        federation_client::percent_encode_segment(room.as_str())
-    );
-    let resp = match state
-        .client
-        .request(http::Method::POST, origin.as_str(), &path, Some(&body))
-        .await
-    {
-        Ok(r) if r.status == 200 => r.body,
-        Ok(r) => {
-            tracing::info!(%origin, %room, status = r.status, "get_missing_events refused");
-            return;
-        }
-        Err(e) => {
-            tracing::info!(%origin, %room, "get_missing_events failed: {e}");
-            return;
-        }
-    };
-    let mut events: Vec<CanonicalJsonObject> = resp
-        .get("events")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .take(MISSING_EVENTS_LIMIT)
-                .filter_map(|e| serde_json::from_value(e.clone()).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    events.retain(|e| matches!(e.get("room_id"), Some(ruma::CanonicalJsonValue::String(r)) if r == room.as_str()));
-    events.sort_by_key(|e| match e.get("depth") {
-        Some(ruma::CanonicalJsonValue::Integer(d)) => i64::from(*d),
-        _ => i64::MAX,
-    });
-    for ev in events {
-        let Ok(id) = verify::event_id(&ev, rules) else {
-            continue;
-        };
-        if state.rooms.event(&id).ok().flatten().is_some() {
-            continue;
-        }
-        if let Err(e) = acl::check(state, room, origin) {
-            tracing::info!("{e}");
-            return;
-        }
-        let result = match check_pdu(state.remote_keys.as_ref(), ev, rules).await {
-            Ok(c) => match missing_prev_events(state, &c.pdu) {
-                Ok(m) if m.is_empty() => append(state, c.pdu).await,
-                Ok(m) => Err(format!("its prev_events {} are unknown", m.join(", "))),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::info!(%origin, event_id = %id, "missing event not accepted: {e}");
-        }
-    }
-}
-
-/// The newest events we have of the room (what `earliest_events` means: the origin stops
-/// walking back when it reaches one of them).
-fn recent_event_ids(state: &FederationState, room: &RoomId) -> Result<Vec<String>, String> {
-    let last = state.rooms.room_last_pos(room).map_err(|e| e.to_string())?;
-    let (events, _) = state
-        .rooms
-        .timeline(room, None, last, 10)
-        .map_err(|e| e.to_string())?;
-    Ok(events.into_iter().map(|e| e.event_id.to_string()).collect())
 }
 
 async fn handle_edu(state: &Arc<FederationState>, origin: &ServerName, edu: &Value) {

@@ -85,7 +85,7 @@ fn sign(mut pdu: CanonicalJsonObject, server: &str, key: &Ed25519KeyPair) -> Can
 }
 
 fn event_id(pdu: &CanonicalJsonObject) -> OwnedEventId {
-    crate::verify::event_id(pdu, &ruma::RoomVersionId::V10.rules().unwrap()).unwrap()
+    rooms::event_id_for(&ruma::RoomVersionId::V10, pdu).unwrap()
 }
 
 fn join(fx: &Fx, room: &OwnedRoomId, user: &str) -> CanonicalJsonObject {
