@@ -16,6 +16,8 @@ mod acl;
 mod auth;
 mod inbound;
 mod keys;
+mod queries;
+mod reads;
 mod send;
 mod verify;
 
@@ -94,6 +96,24 @@ impl FederationState {
 pub fn router(state: Arc<FederationState>) -> Router {
     let authenticated = Router::new()
         .route("/v1/send/{txn_id}", put(send::send_transaction))
+        .route("/v1/event/{event_id}", get(reads::get_event))
+        .route("/v1/state/{room_id}", get(reads::get_state))
+        .route("/v1/state_ids/{room_id}", get(reads::get_state_ids))
+        .route("/v1/backfill/{room_id}", get(reads::backfill))
+        .route(
+            "/v1/get_missing_events/{room_id}",
+            post(reads::get_missing_events),
+        )
+        .route(
+            "/v1/event_auth/{room_id}/{event_id}",
+            get(reads::get_event_auth),
+        )
+        .route("/v1/query/profile", get(queries::profile))
+        .route("/v1/query/directory", get(queries::directory))
+        .route(
+            "/v1/publicRooms",
+            get(queries::public_rooms_get).post(queries::public_rooms_post),
+        )
         .fallback(unrecognized)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -132,6 +152,8 @@ pub(crate) fn error(status: http::StatusCode, errcode: &str, message: &str) -> R
         .into_response()
 }
 
+#[cfg(test)]
+mod reads_tests;
 #[cfg(test)]
 mod send_tests;
 #[cfg(test)]

@@ -8,11 +8,11 @@ use crate::tests::{FakeKeys, Fx, call, fixture_with, signed};
 
 const FAR: u64 = u64::MAX;
 
-fn uid(s: &str) -> OwnedUserId {
+pub(crate) fn uid(s: &str) -> OwnedUserId {
     s.try_into().unwrap()
 }
 
-fn fixture() -> (Fx, OwnedRoomId) {
+pub(crate) fn fixture() -> (Fx, OwnedRoomId) {
     let origin = ServerKeys::generate_ephemeral("a.test".try_into().unwrap()).unwrap();
     fixture_and_room(FakeKeys {
         origin,
@@ -22,7 +22,7 @@ fn fixture() -> (Fx, OwnedRoomId) {
 }
 
 /// `@alice:b.test` made a public room.
-fn fixture_and_room(keys: FakeKeys) -> (Fx, OwnedRoomId) {
+pub(crate) fn fixture_and_room(keys: FakeKeys) -> (Fx, OwnedRoomId) {
     let fx = fixture_with(keys);
     let req: rooms::CreateRoomRequest =
         serde_json::from_value(json!({"preset": "public_chat"})).unwrap();
@@ -34,7 +34,7 @@ fn fixture_and_room(keys: FakeKeys) -> (Fx, OwnedRoomId) {
     (fx, room)
 }
 
-fn state_id(fx: &Fx, room: &OwnedRoomId, kind: &str, key: &str) -> Option<String> {
+pub(crate) fn state_id(fx: &Fx, room: &OwnedRoomId, kind: &str, key: &str) -> Option<String> {
     fx.state
         .rooms
         .current_state_event_id(room, kind, key)
@@ -43,7 +43,7 @@ fn state_id(fx: &Fx, room: &OwnedRoomId, kind: &str, key: &str) -> Option<String
 }
 
 /// An unsigned PDU from `sender` on top of the room's latest event.
-fn template(
+pub(crate) fn template(
     fx: &Fx,
     room: &OwnedRoomId,
     sender: &str,
@@ -78,17 +78,21 @@ fn template(
     serde_json::from_value(v).unwrap()
 }
 
-fn sign(mut pdu: CanonicalJsonObject, server: &str, key: &Ed25519KeyPair) -> CanonicalJsonObject {
+pub(crate) fn sign(
+    mut pdu: CanonicalJsonObject,
+    server: &str,
+    key: &Ed25519KeyPair,
+) -> CanonicalJsonObject {
     let rules = ruma::RoomVersionId::V10.rules().unwrap();
     ruma::signatures::hash_and_sign_event(server, key, &mut pdu, &rules.redaction).unwrap();
     pdu
 }
 
-fn event_id(pdu: &CanonicalJsonObject) -> OwnedEventId {
+pub(crate) fn event_id(pdu: &CanonicalJsonObject) -> OwnedEventId {
     rooms::event_id_for(&ruma::RoomVersionId::V10, pdu).unwrap()
 }
 
-fn join(fx: &Fx, room: &OwnedRoomId, user: &str) -> CanonicalJsonObject {
+pub(crate) fn join(fx: &Fx, room: &OwnedRoomId, user: &str) -> CanonicalJsonObject {
     let t = template(
         fx,
         room,
@@ -100,7 +104,7 @@ fn join(fx: &Fx, room: &OwnedRoomId, user: &str) -> CanonicalJsonObject {
     sign(t, "a.test", fx.origin.pair())
 }
 
-fn message(fx: &Fx, room: &OwnedRoomId, user: &str, body: &str) -> CanonicalJsonObject {
+pub(crate) fn message(fx: &Fx, room: &OwnedRoomId, user: &str, body: &str) -> CanonicalJsonObject {
     let t = template(
         fx,
         room,
@@ -112,7 +116,7 @@ fn message(fx: &Fx, room: &OwnedRoomId, user: &str, body: &str) -> CanonicalJson
     sign(t, "a.test", fx.origin.pair())
 }
 
-async fn send(
+pub(crate) async fn send(
     fx: &Fx,
     txn: &str,
     pdus: Vec<CanonicalJsonObject>,
@@ -132,7 +136,7 @@ async fn send(
     .await
 }
 
-fn stored(fx: &Fx, id: &OwnedEventId) -> bool {
+pub(crate) fn stored(fx: &Fx, id: &OwnedEventId) -> bool {
     fx.state.rooms.event(id).unwrap().is_some()
 }
 
