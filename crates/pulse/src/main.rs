@@ -298,10 +298,19 @@ async fn serve(config: Config) -> Result<(), String> {
             services.server_keys.clone(),
         )
         .map_err(|e| format!("[federation]: {e}"))?;
-        let federation = Arc::new(api_federation::FederationState {
-            keys: services.server_keys.clone(),
-            remote_keys: Arc::new(federation_client::keys::RemoteKeys::new(client)),
-        });
+        let s = &services.state;
+        let federation = Arc::new(api_federation::FederationState::new(
+            services.server_keys.clone(),
+            Arc::new(federation_client::keys::RemoteKeys::persistent(
+                client.clone(),
+                services.db.clone(),
+            )),
+            s.rooms.clone(),
+            s.presence.clone(),
+            s.ephemeral.clone(),
+            s.accounts.clone(),
+            client,
+        ));
         app = app.merge(api_federation::router(federation));
     }
     let presence_timer = services.state.presence.spawn_timer();
