@@ -345,6 +345,47 @@ async fn restart_resumes_from_the_queue_on_disk_with_fresh_txn_ids() {
     until(|| idle(&s)).await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn pdu_cursor_moves_with_each_queued_pdu_and_lazily_otherwise() {
+    use crate::pdu_out::PduOutbox;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = server_name!("remote.org");
+    let none: [&ServerName; 0] = [];
+    {
+        let fake = Fake::default();
+        let s = FederationSender::start(open(&dir), fake.clone(), config()).unwrap();
+        let out = PduOutbox::open(s.clone()).unwrap();
+        assert_eq!(out.cursor(), 0);
+        out.event(3, [remote], &json!({"n": 3})).unwrap();
+        // Only our own server: nothing queued, the cursor moves in memory only.
+        out.event(5, [server_name!("home.org")], &json!({"n": 5}))
+            .unwrap();
+        out.event(6, none, &json!({"n": 6})).unwrap();
+        assert_eq!(out.cursor(), 6);
+        // A position already handled (a replay overlapping live events) is not queued again.
+        out.event(3, [remote], &json!({"n": 3})).unwrap();
+        until(|| fake.pdus_to("remote.org") == [3]).await;
+        until(|| idle(&s)).await;
+        s.shutdown();
+    }
+    let db = reopen(&dir).await;
+    let s = FederationSender::start(db, Fake::default(), config()).unwrap();
+    let out = PduOutbox::open(s.clone()).unwrap();
+    assert_eq!(
+        out.cursor(),
+        3,
+        "stored with the queued PDU; 5 and 6 were not persisted"
+    );
+    out.event(6, none, &json!({"n": 6})).unwrap();
+    out.persist_cursor().unwrap();
+    s.shutdown();
+    drop(out);
+    drop(s);
+    let db = reopen(&dir).await;
+    let s = FederationSender::start(db, Fake::default(), config()).unwrap();
+    assert_eq!(PduOutbox::open(s).unwrap().cursor(), 6);
+}
+
 /// Opens the database again once the previous owner's tasks have let go of it.
 async fn reopen(dir: &tempfile::TempDir) -> Arc<Db> {
     for _ in 0..1000 {

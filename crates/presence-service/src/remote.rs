@@ -266,6 +266,16 @@ impl PresenceService {
         }
     }
 
+    /// Tells the observer that local `user`'s sharing config or ignore list changed (who may
+    /// see them over federation may have changed).
+    pub(crate) fn notify_audience_changed(&self, user: &UserId) {
+        if let Some(o) = self.observer.get()
+            && !self.is_remote(user)
+        {
+            o.audience_changed(user);
+        }
+    }
+
     /// `user`'s presence as a federation `push` entry body, now.
     pub fn federation_presence(&self, user: &UserId) -> FederationPresence {
         let now = crate::now_ms();

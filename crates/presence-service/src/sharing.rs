@@ -420,7 +420,9 @@ impl PresenceService {
                 .map(|(v, _)| v)
                 .collect()
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)))
+        let marked = self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)));
+        self.notify_audience_changed(owner);
+        marked
     }
 
     /// Start-up: install every user's stored ignore list without visibility changes.
@@ -477,7 +479,9 @@ impl PresenceService {
             sharing.install(user, new);
             changed
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)))
+        let marked = self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)));
+        self.notify_audience_changed(user);
+        marked
     }
 
     /// For a config change of `user` to `new`: the local viewers whose push-audience

@@ -72,6 +72,7 @@ use storage::{Db, StorageError};
 
 mod client;
 mod create;
+mod observer;
 mod ops;
 mod pdu;
 mod persist;
@@ -87,6 +88,7 @@ mod tests;
 mod tests_security;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
+pub use observer::{CommittedEvent, EventObserver, departing_remote_target};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use store::{MembershipRecord, PrevState, StoredEvent};
 
@@ -221,6 +223,7 @@ pub struct RoomService {
     /// Serialises all room writes (see the crate docs).
     write_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
+    event_observer: std::sync::OnceLock<Arc<dyn EventObserver>>,
 }
 
 impl RoomService {
@@ -235,6 +238,7 @@ impl RoomService {
             key,
             write_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
+            event_observer: std::sync::OnceLock::new(),
         })
     }
 

@@ -545,6 +545,7 @@ impl RoomService {
             defer_memberships,
         } = opts;
         let state_pair = pdu.state_pair();
+        let observed = self.observes_sender(&pdu.sender).then(|| obj.clone());
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             let record = StoredEvent {
                 event_id: event_id.clone(),
@@ -655,6 +656,9 @@ impl RoomService {
                     observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));
                 }
             }
+        }
+        if let Some(obj) = &observed {
+            self.notify_event_observer(&room, &event_id, pos, obj);
         }
         Ok(SentEvent { event_id, pos })
     }
