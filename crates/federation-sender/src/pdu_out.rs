@@ -2,19 +2,22 @@
 //! stream so nothing committed is missed across a crash.
 //!
 //! The room engine commits an event, then (in a separate write) the caller queues its PDU
-//! here. A `kill -9` between the two writes would lose the PDU for federation, so the
-//! outbox keeps a *cursor*: the stream position up to which every local event has been
-//! queued or needed no queueing. It is written in the same batch as each queued PDU (so a
-//! queued event is never queued again) and, for events that went nowhere, lazily
-//! ([`PduOutbox::persist_cursor`]): re-examining a few such events after a crash is harmless.
-//! At start-up the caller replays the events after [`PduOutbox::cursor`] before taking live
-//! events.
+//! here. A `kill -9` between the two writes would lose the PDU for federation, so at start-up
+//! the caller replays the local events after [`PduOutbox::cursor`] before taking live ones:
+//!
+//! * each queued PDU is written with a *marker* (`"q" pos`) in the same batch, so a replay
+//!   never queues an event twice ([`PduOutbox::event`] skips marked positions);
+//! * rooms commit in parallel (one lock per room), so events may reach the outbox slightly out
+//!   of stream order. The cursor therefore never claims a position still in flight:
+//!   [`PduOutbox::persist_cursor`] stores the database position sampled at its *previous*
+//!   call (a tick earlier, by then every commit up to it has been handed over: the hand-over
+//!   runs right after the commit) and drops the markers at or below it.
 
 use std::sync::Mutex;
 
 use ruma::ServerName;
 use serde_json::Value;
-use storage::{Batch, Cf, Key, StorageError};
+use storage::{Batch, Cf, Key, KeyReader, StorageError};
 
 use crate::{FederationSender, Transport, lock};
 
@@ -22,12 +25,25 @@ fn cursor_key() -> Key {
     Key::new().str("c")
 }
 
+fn marker_prefix() -> Key {
+    Key::new().str("q")
+}
+
+fn marker_key(pos: u64) -> Key {
+    marker_prefix().u64(pos)
+}
+
+struct Cursor {
+    /// On disk: every local event at or below it has been queued or went nowhere.
+    stored: u64,
+    /// The database position at the previous [`PduOutbox::persist_cursor`].
+    sampled: u64,
+}
+
 /// Queues local PDUs and tracks the stream cursor.
 pub struct PduOutbox<T: Transport> {
     sender: FederationSender<T>,
-    /// (position handled in memory, position on disk). Held across the cursor's writes so
-    /// the on-disk value never moves backwards.
-    cursor: Mutex<(u64, u64)>,
+    cursor: Mutex<Cursor>,
 }
 
 impl<T: Transport> PduOutbox<T> {
@@ -41,60 +57,73 @@ impl<T: Transport> PduOutbox<T> {
             .unwrap_or(0);
         Ok(PduOutbox {
             sender,
-            cursor: Mutex::new((stored, stored)),
+            cursor: Mutex::new(Cursor {
+                stored,
+                sampled: stored,
+            }),
         })
     }
 
-    /// Every local event at or below this position has been queued (or went nowhere).
+    /// Every local event at or below this position was queued (or went nowhere) before the
+    /// last stop; replay the ones after it.
     pub fn cursor(&self) -> u64 {
-        lock(&self.cursor).0
+        lock(&self.cursor).stored
     }
 
-    /// Queues `pdu` (committed at stream position `pos`) for `destinations` and moves the
-    /// cursor to `pos`, atomically. With no remote destination only the in-memory cursor
-    /// moves. Positions must come in increasing order.
+    /// Queues `pdu` (committed at stream position `pos`) for `destinations` (our own server
+    /// skipped) unless that position was queued already; the queue entries and the position's
+    /// marker are one atomic write. Returns whether it was queued.
     pub fn event<'a>(
         &self,
         pos: u64,
         destinations: impl IntoIterator<Item = &'a ServerName>,
         pdu: &Value,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let origin = self.sender.inner.config.origin.clone();
         let dests: Vec<&ServerName> = destinations.into_iter().filter(|d| **d != origin).collect();
-        let mut cursor = lock(&self.cursor);
-        if pos <= cursor.0 {
-            return Ok(()); // replayed at start-up already
+        if dests.is_empty() || pos <= self.cursor() {
+            return Ok(false);
         }
-        if dests.is_empty() {
-            cursor.0 = pos;
-            return Ok(());
+        let db = &self.sender.inner.db;
+        if db.exists(Cf::FederationQueue, marker_key(pos))? {
+            return Ok(false); // queued before a restart
         }
         let mut batch = Batch::new();
-        batch.put(
-            Cf::FederationQueue,
-            cursor_key(),
-            pos.to_be_bytes().to_vec(),
-        );
+        batch.put(Cf::FederationQueue, marker_key(pos), Vec::new());
         self.sender.queue_pdu_with(dests, pdu, batch)?;
-        *cursor = (pos, pos);
-        Ok(())
+        Ok(true)
     }
 
-    /// Writes the in-memory cursor if it moved past the stored one (call now and then, and at
-    /// shutdown: it bounds how many events a restart re-examines).
-    pub fn persist_cursor(&self) -> Result<(), StorageError> {
+    /// Moves the stored cursor to the position sampled at the previous call and samples anew.
+    /// Call every few seconds (it bounds how much a restart replays) and once after the
+    /// start-up replay with `replayed_to` = the last position replayed.
+    pub fn persist_cursor(&self, replayed_to: Option<u64>) -> Result<(), StorageError> {
+        let db = &self.sender.inner.db;
         let mut cursor = lock(&self.cursor);
-        if cursor.0 <= cursor.1 {
+        let target = replayed_to.unwrap_or(cursor.sampled).max(cursor.stored);
+        cursor.sampled = db.current_position();
+        if target == cursor.stored {
             return Ok(());
         }
         let mut batch = Batch::new();
         batch.put(
             Cf::FederationQueue,
             cursor_key(),
-            cursor.0.to_be_bytes().to_vec(),
+            target.to_be_bytes().to_vec(),
         );
-        self.sender.inner.db.write(batch)?;
-        cursor.1 = cursor.0;
+        for (k, _) in db.scan_range(
+            Cf::FederationQueue,
+            marker_prefix(),
+            marker_key(target.saturating_add(1)),
+            false,
+            usize::MAX,
+        )? {
+            if KeyReader::new(&k).str().is_some() {
+                batch.delete(Cf::FederationQueue, k);
+            }
+        }
+        db.write(batch)?;
+        cursor.stored = target;
         Ok(())
     }
 }

@@ -346,44 +346,49 @@ async fn restart_resumes_from_the_queue_on_disk_with_fresh_txn_ids() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn pdu_cursor_moves_with_each_queued_pdu_and_lazily_otherwise() {
+async fn pdu_outbox_never_queues_a_position_twice_and_its_cursor_lags_one_tick() {
     use crate::pdu_out::PduOutbox;
     let dir = tempfile::tempdir().unwrap();
     let remote = server_name!("remote.org");
-    let none: [&ServerName; 0] = [];
-    {
-        let fake = Fake::default();
-        let s = FederationSender::start(open(&dir), fake.clone(), config()).unwrap();
-        let out = PduOutbox::open(s.clone()).unwrap();
-        assert_eq!(out.cursor(), 0);
-        out.event(3, [remote], &json!({"n": 3})).unwrap();
-        // Only our own server: nothing queued, the cursor moves in memory only.
-        out.event(5, [server_name!("home.org")], &json!({"n": 5}))
-            .unwrap();
-        out.event(6, none, &json!({"n": 6})).unwrap();
-        assert_eq!(out.cursor(), 6);
-        // A position already handled (a replay overlapping live events) is not queued again.
-        out.event(3, [remote], &json!({"n": 3})).unwrap();
-        until(|| fake.pdus_to("remote.org") == [3]).await;
-        until(|| idle(&s)).await;
-        s.shutdown();
-    }
-    let db = reopen(&dir).await;
-    let s = FederationSender::start(db, Fake::default(), config()).unwrap();
+    let db = open(&dir);
+    let bump = |db: &Db| {
+        db.write_with_position::<_, StorageError>(|_, _| Ok(()))
+            .unwrap()
+            .0
+    };
+    let fake = Fake::default();
+    let s = FederationSender::start(db.clone(), fake.clone(), config()).unwrap();
     let out = PduOutbox::open(s.clone()).unwrap();
+    assert_eq!(out.cursor(), 0);
+    let (p1, p2) = (bump(&db), bump(&db));
+    // Rooms commit in parallel: p2 may be handed over before p1.
+    out.event(p2, [remote], &json!({"n": 2})).unwrap();
+    out.event(p1, [remote, server_name!("home.org")], &json!({"n": 1}))
+        .unwrap();
+    // A replay of positions already queued queues nothing.
+    out.event(p2, [remote], &json!({"n": 2})).unwrap();
+    until(|| fake.pdus_to("remote.org").len() == 2).await;
+    assert_eq!(fake.pdus_to("remote.org"), [2, 1]);
+    // The first call only samples; the second stores what the first sampled.
+    out.persist_cursor(None).unwrap();
+    assert_eq!(out.cursor(), 0);
+    let p3 = bump(&db);
+    out.persist_cursor(None).unwrap();
     assert_eq!(
         out.cursor(),
-        3,
-        "stored with the queued PDU; 5 and 6 were not persisted"
+        p2,
+        "not p3: it was committed after the sample"
     );
-    out.event(6, none, &json!({"n": 6})).unwrap();
-    out.persist_cursor().unwrap();
+    out.event(p1, [remote], &json!({"n": 1})).unwrap();
+    out.persist_cursor(Some(p3)).unwrap();
+    assert_eq!(out.cursor(), p3);
+    until(|| idle(&s)).await;
+    assert_eq!(fake.pdus_to("remote.org"), [2, 1], "nothing queued twice");
     s.shutdown();
-    drop(out);
-    drop(s);
+    drop((out, s, db));
     let db = reopen(&dir).await;
     let s = FederationSender::start(db, Fake::default(), config()).unwrap();
-    assert_eq!(PduOutbox::open(s).unwrap().cursor(), 6);
+    assert_eq!(PduOutbox::open(s).unwrap().cursor(), p3);
 }
 
 /// Opens the database again once the previous owner's tasks have let go of it.

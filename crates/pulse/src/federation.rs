@@ -91,7 +91,7 @@ pub fn start_federation(
     tasks.push(tokio::spawn(async move {
         loop {
             tokio::time::sleep(CURSOR_PERSIST_INTERVAL).await;
-            if let Err(e) = p.persist_cursor() {
+            if let Err(e) = p.persist_cursor(None) {
                 tracing::error!("persisting the federation cursor failed: {e}");
             }
         }
@@ -109,7 +109,7 @@ impl Federation {
         for t in &self.tasks {
             t.abort();
         }
-        if let Err(e) = self.pdus.persist_cursor() {
+        if let Err(e) = self.pdus.persist_cursor(None) {
             tracing::error!("persisting the federation cursor failed: {e}");
         }
         self.sender.shutdown();
@@ -133,18 +133,20 @@ fn catch_up(
                 .servers_joined_after(&ev.event)
                 .map_err(|e| e.to_string())?;
             let pdu = serde_json::to_value(&ev.event.pdu).map_err(|e| e.to_string())?;
-            if !servers.is_empty() {
+            if pdus
+                .event(ev.event.pos, servers.iter().map(|s| &**s), &pdu)
+                .map_err(|e| e.to_string())?
+            {
                 replayed += 1;
             }
-            pdus.event(ev.event.pos, servers.iter().map(|s| &**s), &pdu)
-                .map_err(|e| e.to_string())?;
         }
         if last == after {
             break;
         }
         after = last;
     }
-    pdus.persist_cursor().map_err(|e| e.to_string())?;
+    pdus.persist_cursor(Some(after))
+        .map_err(|e| e.to_string())?;
     Ok(replayed)
 }
 
@@ -201,8 +203,8 @@ impl rooms::EventObserver for PduForwarder {
                 return;
             }
         };
-        // A storage failure here is logged; the event is not retried (the next event moves
-        // the cursor past it).
+        // A storage failure here is logged; a restart within a few seconds replays the
+        // event, later the cursor has moved past it.
         if let Err(e) = self.pdus.event(pos, servers.iter().map(|s| &**s), &value) {
             tracing::error!(%event_id, "queueing PDU for federation failed: {e}");
         }
