@@ -195,7 +195,16 @@ const FEDERATION: &str =
 
 /// Pulse with alice in a public room that the fake's `remote_users` have joined.
 async fn setup(fake: &FakeRemote, remote_users: &[&str]) -> (TestServer, User, String) {
-    let mut pulse = TestServer::start_with(FEDERATION).await;
+    setup_with(fake, remote_users, "").await
+}
+
+/// [`setup`] with more `[federation]` settings, and the server admin `ops` (password "password").
+async fn setup_with(
+    fake: &FakeRemote,
+    remote_users: &[&str],
+    federation_extra: &str,
+) -> (TestServer, User, String) {
+    let mut pulse = TestServer::start_with(&format!("{FEDERATION}{federation_extra}")).await;
     let alice = pulse.register("alice").await;
     let room = pulse
         .create_room(&alice, json!({"preset": "public_chat"}))
@@ -208,6 +217,13 @@ async fn setup(fake: &FakeRemote, remote_users: &[&str]) -> (TestServer, User, S
             remote_join(&rooms, &room, &fake.user(u), fake);
         }
     }
+    let made = std::process::Command::new(common::BIN)
+        .args(["register-user", "--config"])
+        .arg(pulse.config_path())
+        .args(["ops", "--password", "password", "--admin"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     pulse.start_again().await;
     (pulse, alice, room)
 }
@@ -252,6 +268,32 @@ fn remote_join(rooms: &rooms::RoomService, room: &str, user: &str, fake: &FakeRe
     )]));
     let got = rooms.receive_pdu(&fake.name, pdu, &keys).unwrap();
     assert!(matches!(got, rooms::Received::Accepted { .. }), "{got:?}");
+}
+
+/// The admin endpoint's entry for `dest`.
+async fn destination_status(pulse: &TestServer, dest: &str) -> Value {
+    let (status, login) = pulse
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "ops"}, "password": "password"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let (status, body) = pulse
+        .get(
+            "/_pulse/admin/v1/federation/destinations",
+            login["access_token"].as_str(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["destination"] == dest)
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 async fn say(pulse: &TestServer, user: &User, room: &str, body: &str) {
@@ -332,6 +374,11 @@ async fn after_an_outage_every_pdu_arrives_in_order_and_presence_once_with_the_l
     set_presence(&pulse, &alice, "unavailable", "second").await;
     set_presence(&pulse, &alice, "online", "latest").await;
     assert!(fake.txns().is_empty(), "nothing got through the outage");
+    let during = destination_status(&pulse, fake.name.as_str()).await;
+    assert!(during["failures"].as_u64().unwrap() >= 1, "{during}");
+    assert_eq!(during["pending_pdus"], 10, "{during}");
+    assert!(during["retry_at_ms"].is_u64(), "backing off: {during}");
+    assert!(during["last_success_ms"].is_null(), "{during}");
     fake.fail(false);
     let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
     until("every message", || fake.messages().len() >= 10).await;
@@ -353,6 +400,78 @@ async fn after_an_outage_every_pdu_arrives_in_order_and_presence_once_with_the_l
             .all(|(_, p)| p["status_msg"] != "first" && p["status_msg"] != "second"),
         "superseded states are never sent: {presence:?}"
     );
+    let after = destination_status(&pulse, fake.name.as_str()).await;
+    assert_eq!(after["pending_pdus"], 0, "{after}");
+    assert_eq!(after["failures"], 0, "{after}");
+    assert!(after["last_success_ms"].is_u64(), "{after}");
+}
+
+/// EDUs of one type received, in arrival order.
+fn edus(fake: &FakeRemote, edu_type: &str) -> Vec<Value> {
+    fake.txns()
+        .iter()
+        .flat_map(|(_, b)| b["edus"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["edu_type"] == edu_type)
+        .map(|e| e["content"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_public_read_receipts_reach_the_remote_server_private_ones_do_not() {
+    let fake = FakeRemote::start().await;
+    let (pulse, alice, room) = setup(&fake, &["bob"]).await;
+    let (status, _) = pulse
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&alice.user_id)
+            ),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    until("typing", || !edus(&fake, "m.typing").is_empty()).await;
+    let t = &edus(&fake, "m.typing")[0];
+    assert_eq!(t["room_id"], room.as_str());
+    assert_eq!(t["user_id"], alice.user_id.as_str());
+    assert_eq!(t["typing"], true);
+    say(&pulse, &alice, &room, "read me").await;
+    until("the message", || fake.messages() == ["read me"]).await;
+    let (_, last) = pulse
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                enc(&room)
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    let event_id = last["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    for kind in ["m.read.private", "m.read"] {
+        let (status, body) = pulse
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                    enc(&room),
+                    enc(&event_id)
+                ),
+                Some(&alice.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    until("receipt", || !edus(&fake, "m.receipt").is_empty()).await;
+    let receipts = edus(&fake, "m.receipt");
+    assert_eq!(receipts.len(), 1, "only the public one: {receipts:?}");
+    let r = &receipts[0][room.as_str()];
+    assert_eq!(
+        r["m.read"][alice.user_id.as_str()]["event_ids"],
+        json!([event_id])
+    );
+    assert!(r.get("m.read.private").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,4 +552,68 @@ async fn a_restricted_update_is_not_sent_to_a_peer_that_would_show_it_to_users_n
         .collect();
     allowed.sort();
     assert_eq!(allowed, [bob.as_str(), carol.as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_trusted_to_honour_allowed_recipients_gets_the_restricted_update_naming_only_the_allowed()
+ {
+    let fake = FakeRemote::start().await;
+    let peers = format!("allowed_recipients_peers = [\"{}\"]\n", fake.name);
+    let (pulse, alice, _room) = setup_with(&fake, &["bob", "carol"], &peers).await;
+    let bob = fake.user("bob");
+    let (status, resp) = pulse
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.presence_sharing_config",
+                enc(&alice.user_id)
+            ),
+            Some(&alice.token),
+            json!({"allowed_users": [bob], "denied_users": ["@*:*"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    set_presence(&pulse, &alice, "online", "for bob").await;
+    let for_bob = || -> Vec<Value> {
+        fake.presence_of(&alice.user_id)
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p["status_msg"] == "for bob")
+            .collect()
+    };
+    until("presence", || !for_bob().is_empty()).await;
+    for p in for_bob() {
+        assert_eq!(p["allowed_recipients"], json!([bob]), "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_but_never_queued_are_sent_after_a_restart() {
+    let fake = FakeRemote::start().await;
+    let (mut pulse, alice, room) = setup(&fake, &["bob"]).await;
+    say(&pulse, &alice, &room, "before").await;
+    until("the first message", || fake.messages() == ["before"]).await;
+    // A crash between an event's commit and its queueing: commit events with no sender
+    // running (the room engine alone, as Pulse would just before dying).
+    pulse.kill9();
+    {
+        let db = Arc::new(storage::Db::open(&pulse.dir.path().join("data"), false).unwrap());
+        let rooms = rooms::RoomService::new(db, "localhost".try_into().unwrap()).unwrap();
+        let sender = ruma::UserId::parse(&alice.user_id).unwrap();
+        let room = RoomId::parse(&room).unwrap();
+        for body in ["lost 1", "lost 2"] {
+            rooms
+                .send_message_event(
+                    &sender,
+                    &room,
+                    "m.room.message",
+                    json!({"msgtype": "m.text", "body": body}),
+                    None,
+                )
+                .unwrap();
+        }
+    }
+    pulse.start_again().await;
+    say(&pulse, &alice, &room, "after").await;
+    until("every message", || fake.messages().len() >= 4).await;
+    assert_eq!(fake.messages(), ["before", "lost 1", "lost 2", "after"]);
 }
