@@ -617,3 +617,52 @@ async fn events_committed_but_never_queued_are_sent_after_a_restart() {
     until("every message", || fake.messages().len() >= 4).await;
     assert_eq!(fake.messages(), ["before", "lost 1", "lost 2", "after"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_grant_sends_one_final_offline_to_the_users_who_lost_sight() {
+    let fake = FakeRemote::start().await;
+    let peers = format!("allowed_recipients_peers = [\"{}\"]\n", fake.name);
+    let (pulse, alice, room) = setup_with(&fake, &["bob", "carol"], &peers).await;
+    let (bob, carol) = (fake.user("bob"), fake.user("carol"));
+    let config_path = format!(
+        "/_matrix/client/v3/user/{}/account_data/m.presence_sharing_config",
+        enc(&alice.user_id)
+    );
+    let share = |allowed: Vec<&str>| json!({"allowed_users": allowed, "denied_users": ["@*:*"]});
+    let (status, _) = pulse
+        .put(&config_path, Some(&alice.token), share(vec![&bob, &carol]))
+        .await;
+    assert_eq!(status, 200);
+    set_presence(&pulse, &alice, "online", "hi both").await;
+    until("presence", || {
+        fake.presence_of(&alice.user_id)
+            .iter()
+            .any(|(_, p)| p["status_msg"] == "hi both")
+    })
+    .await;
+    let seen = fake.presence_of(&alice.user_id).len();
+    // Carol loses sight: her server gets one offline addressed to her alone.
+    let (status, _) = pulse
+        .put(&config_path, Some(&alice.token), share(vec![&bob]))
+        .await;
+    assert_eq!(status, 200);
+    say(&pulse, &alice, &room, "barrier").await;
+    until("the barrier", || fake.messages() == ["barrier"]).await;
+    let after: Vec<Value> = fake.presence_of(&alice.user_id)[seen..]
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    let offline: Vec<&Value> = after
+        .iter()
+        .filter(|p| p["presence"] == "offline")
+        .collect();
+    assert_eq!(offline.len(), 1, "one final offline: {after:?}");
+    assert_eq!(offline[0]["allowed_recipients"], json!([carol]));
+    assert!(
+        after
+            .iter()
+            .filter(|p| p["presence"] != "offline")
+            .all(|p| p["allowed_recipients"] == json!([bob])),
+        "bob's view is untouched or re-sent to him alone: {after:?}"
+    );
+}
