@@ -216,6 +216,7 @@ impl PresenceService {
             }
         }
         let _ = engine.take_dirty();
+        let remote = remote::RemoteStore::load(&db, now)?;
         let service = Arc::new(PresenceService {
             db,
             config,
@@ -230,7 +231,7 @@ impl PresenceService {
             armed_deadline: AtomicU64::new(u64::MAX),
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
-            remote: Mutex::new(remote::RemoteStore::default()),
+            remote: Mutex::new(remote),
             observer: OnceLock::new(),
         });
         service.publish(restored_changes)?;
