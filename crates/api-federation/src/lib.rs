@@ -11,6 +11,7 @@
 //! authenticated request to a path we do not serve gets `404 M_UNRECOGNIZED` after its
 //! signature has been checked.
 mod auth;
+pub mod membership;
 
 use std::sync::Arc;
 
@@ -31,12 +32,14 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub struct FederationState {
     pub keys: ServerKeys,
     pub remote_keys: Arc<dyn KeySource>,
+    /// Room membership endpoints (make/send join and leave, invite); `None`: not served.
+    pub membership: Option<Arc<membership::MembershipState>>,
 }
 
 /// The router for `/_matrix/key/*` and `/_matrix/federation/*`; merge it into the main app.
 pub fn router(state: Arc<FederationState>) -> Router {
     let authenticated =
-        Router::new()
+        membership::routes()
             .fallback(unrecognized)
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),

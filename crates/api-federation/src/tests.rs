@@ -43,6 +43,7 @@ fn setup(valid_until: u64) -> (Router, ServerKeys) {
     let us = ServerKeys::generate_ephemeral("b.test".try_into().unwrap()).unwrap();
     let state = Arc::new(FederationState {
         keys: us,
+        membership: None,
         remote_keys: Arc::new(FakeKeys {
             origin: origin.clone(),
             valid_until,

@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
 mod config;
+mod remote_membership;
 mod tls;
 
 use config::Config;
@@ -264,6 +265,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         query_token_warnings: Default::default(),
         ephemeral,
         federation_status: Default::default(),
+        remote_membership: Default::default(),
     });
     Ok(Services {
         db,
@@ -298,9 +300,28 @@ async fn serve(config: Config) -> Result<(), String> {
             services.server_keys.clone(),
         )
         .map_err(|e| format!("[federation]: {e}"))?;
+        let remote_keys: Arc<dyn federation_client::keys::KeySource> =
+            Arc::new(federation_client::keys::RemoteKeys::new(client.clone()));
+        let rooms = services.state.rooms.clone();
+        let membership = Arc::new(federation_membership::MembershipService::new(
+            rooms.clone(),
+            client,
+            remote_keys.clone(),
+        ));
+        let _ = services
+            .state
+            .remote_membership
+            .set(Arc::new(remote_membership::Remote(membership, rooms.clone())));
+        let app_state = services.state.clone();
         let federation = Arc::new(api_federation::FederationState {
             keys: services.server_keys.clone(),
-            remote_keys: Arc::new(federation_client::keys::RemoteKeys::new(client)),
+            remote_keys,
+            membership: Some(Arc::new(api_federation::membership::MembershipState {
+                rooms,
+                wake: Arc::new(move |room, pos, extra| {
+                    api_client::wake_room_members(&app_state, room, pos, extra)
+                }),
+            })),
         });
         app = app.merge(api_federation::router(federation));
     }

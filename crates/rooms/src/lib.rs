@@ -81,6 +81,7 @@ mod restricted;
 #[cfg(test)]
 mod security_tests;
 mod store;
+mod template;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -89,6 +90,7 @@ mod tests_security;
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use store::{MembershipRecord, PrevState, StoredEvent};
+pub use template::AcceptedMember;
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;
