@@ -10,7 +10,7 @@ use axum::extract::{Extension, OriginalUri, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use federation_membership::{KeyMemo, verify_pdu};
+use federation_membership::{KeyMemo, static_keys, verify_pdu};
 use http::StatusCode;
 use rooms::{Membership, RoomError, RoomService};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
@@ -248,14 +248,15 @@ fn str_field<'a>(obj: &'a CanonicalJsonObject, field: &str) -> Option<&'a str> {
     }
 }
 
-/// Checks the origin's signature on its user's event; returns the PDU to store.
+/// Checks the origin's signature on its user's event (the sender must be the origin's);
+/// returns the keys the check fetched, for the room engine's own check.
 async fn check_origin_event(
     state: &FederationState,
     origin: &Origin,
     version: &RoomVersionId,
-    pdu: CanonicalJsonObject,
-) -> Result<CanonicalJsonObject, Response> {
-    let sender = str_field(&pdu, "sender")
+    pdu: &CanonicalJsonObject,
+) -> Result<rooms::StaticKeys, Response> {
+    let sender = str_field(pdu, "sender")
         .and_then(|s| UserId::parse(s).ok())
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad sender"))?;
     if sender.server_name() != origin.0 {
@@ -269,10 +270,10 @@ async fn check_origin_event(
         room_error(RoomError::UnsupportedRoomVersion(version.to_string()))
     })?;
     let mut memo = KeyMemo::new();
-    let (_, pdu) = verify_pdu(&*state.remote_keys, &rules, pdu, &mut memo)
+    verify_pdu(&*state.remote_keys, &rules, pdu.clone(), &mut memo)
         .await
         .map_err(|e| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &e.to_string()))?;
-    Ok(pdu)
+    Ok(static_keys(&memo))
 }
 
 async fn send_member(
@@ -297,11 +298,14 @@ async fn send_member(
                 .ok_or_else(|| RoomError::UnknownRoom(r.clone()))
         })
         .await?;
-        let pdu = check_origin_event(&state, &origin, &version, pdu).await?;
+        let keys = check_origin_event(&state, &origin, &version, &pdu).await?;
         let rooms = m.rooms.clone();
         let r = room.clone();
-        let accepted =
-            blocking(move || rooms.accept_remote_member(&r, &event_id, pdu, membership)).await?;
+        let from = origin.0.clone();
+        let accepted = blocking(move || {
+            rooms.accept_remote_member(&from, &r, &event_id, pdu, membership, &keys)
+        })
+        .await?;
         let wake = m.wake.clone();
         let r = room.clone();
         let pos = accepted.pos;
@@ -387,23 +391,20 @@ async fn invite(
         if computed != event_id {
             return Err(bad("the event ID in the path is not the event's reference hash"));
         }
-        let pdu = check_origin_event(&state, &origin, &version, pdu).await?;
+        let keys = check_origin_event(&state, &origin, &version, &pdu).await?;
         let stripped: Vec<Value> = body
             .get("invite_room_state")
             .and_then(Value::as_array)
             .map(|a| a.iter().take(MAX_INVITE_ROOM_STATE).cloned().collect())
             .unwrap_or_default();
         let rooms = m.rooms.clone();
-        let (signed, pos) = blocking(move || {
-            let signed = rooms.countersign(&version, pdu)?;
-            let _ = stripped;
-            Err::<(CanonicalJsonObject, u64), _>(RoomError::Forbidden(
-                "receiving invites over federation is not built yet (rooms::receive_invite)"
-                    .into(),
-            ))
-            .map(|_| (signed, 0))
-        })
-        .await?;
+        let from = origin.0.clone();
+        let signed = blocking(move || rooms.receive_invite(&from, &version, pdu, stripped, &keys))
+            .await?;
+        let rooms = m.rooms.clone();
+        let (r, u) = (room.clone(), invitee.clone());
+        let pos = blocking(move || Ok(rooms.membership(&r, &u)?.map(|m| m.pos).unwrap_or(0)))
+            .await?;
         let wake = m.wake.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let invitee: &UserId = &invitee;

@@ -32,7 +32,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-pub use verify::{KeyMemo, PduError, event_id_of, verify_pdu, verify_server_signature};
+pub use verify::{KeyMemo, PduError, event_id_of, static_keys, verify_pdu, verify_server_signature};
 
 /// Most servers a join tries before giving up.
 const MAX_JOIN_CANDIDATES: usize = 10;
@@ -375,10 +375,22 @@ impl MembershipService {
         join: CanonicalJsonObject,
         memo: KeyMemo,
     ) -> Result<rooms::SentEvent> {
-        let _ = (room, version, state, auth_chain, join, memo);
-        Err(MembershipError::Unreachable(
-            "importing a remote room's state is not built yet (rooms::import_join)".into(),
-        ))
+        // The room engine checks each event again with the keys fetched here.
+        let keys = static_keys(&memo);
+        let rooms = self.rooms.clone();
+        let room = room.to_owned();
+        let state: Vec<CanonicalJsonObject> = state.into_iter().map(|(_, e)| e).collect();
+        let auth_chain: Vec<CanonicalJsonObject> =
+            auth_chain.into_iter().map(|(_, e)| e).collect();
+        let mut memo = memo;
+        // The join itself is ours: signed with our key, which the engine knows.
+        let _ = &mut memo;
+        tokio::task::spawn_blocking(move || {
+            rooms.import_join(&room, &version, join, state, auth_chain, &keys)
+        })
+        .await
+        .map_err(|e| MembershipError::BadResponse(format!("join import panicked: {e}")))?
+        .map_err(MembershipError::from)
     }
 
     /// Verified `(event ID, PDU)` of a `send_join` list; events of other rooms and events
@@ -551,10 +563,12 @@ impl MembershipService {
         version: RoomVersionId,
         signed: CanonicalJsonObject,
     ) -> Result<rooms::SentEvent> {
-        let _ = (room, user, version, signed);
-        Err(MembershipError::Unreachable(
-            "recording a leave of a room without state is not built yet".into(),
-        ))
+        let rooms = self.rooms.clone();
+        let (room, user) = (room.to_owned(), user.to_owned());
+        tokio::task::spawn_blocking(move || rooms.record_remote_leave(&room, &user, &version, signed))
+            .await
+            .map_err(|e| MembershipError::BadResponse(format!("leave panicked: {e}")))?
+            .map_err(MembershipError::from)
     }
 
     /// Invite remote `target` to `room` (which lives here or that we are joined to).
@@ -604,7 +618,7 @@ impl MembershipService {
             .await
             .map_err(|e| MembershipError::BadResponse(format!("{server}'s invite answer: {e}")))?;
         let rooms = self.rooms.clone();
-        let sent = tokio::task::spawn_blocking(move || rooms.append_pdu(returned))
+        let sent = tokio::task::spawn_blocking(move || rooms.store_remote_invite(returned))
             .await
             .map_err(|e| MembershipError::BadResponse(format!("invite append panicked: {e}")))??;
         Ok(Done {

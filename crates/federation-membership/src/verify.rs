@@ -132,3 +132,18 @@ async fn public_keys(
     }
     Ok(map)
 }
+
+/// The keys a batch check fetched, for the room engine's own check ([`rooms::KeyLookup`]);
+/// each was valid at the time of the event it was fetched for.
+pub fn static_keys(memo: &KeyMemo) -> rooms::StaticKeys {
+    let mut keys = rooms::StaticKeys::default();
+    for ((server, key_id), key) in memo {
+        if let (Some(key), Ok(server)) = (key, ruma::OwnedServerName::try_from(server.as_str())) {
+            keys.0
+                .entry(server)
+                .or_default()
+                .insert(key_id.clone(), key.as_bytes().to_vec());
+        }
+    }
+    keys
+}

@@ -64,18 +64,22 @@
 //! linear. Events whose `prev_events` fork (federation, or the unit tests) go through
 //! state resolution v2.
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 use storage::{Db, StorageError};
 
+mod append;
 mod client;
 mod create;
+mod import;
 mod ops;
 mod pdu;
 mod persist;
 mod read;
+mod remote;
 mod resolve;
 mod restricted;
 #[cfg(test)]
@@ -85,12 +89,17 @@ mod template;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_remote;
+#[cfg(test)]
 mod tests_security;
+mod txn;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
-pub use store::{MembershipRecord, PrevState, StoredEvent};
+pub use remote::{KeyLookup, Received, StaticKeys, event_id_for, keys_needed};
+pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
 pub use template::AcceptedMember;
+pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;
@@ -220,8 +229,10 @@ pub struct RoomService {
     server_name: OwnedServerName,
     /// The server's signing key (owned by the `server-keys` crate).
     key: server_keys::ServerKeys,
-    /// Serialises all room writes (see the crate docs).
-    write_lock: Mutex<()>,
+    /// Serialises the writes of each room, and each federation transaction (see the crate docs).
+    key_locks: KeyLocks,
+    /// Serialises alias changes (taken before a room's lock, never after).
+    alias_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
 }
 
@@ -235,7 +246,8 @@ impl RoomService {
             db,
             server_name,
             key,
-            write_lock: Mutex::new(()),
+            key_locks: KeyLocks::default(),
+            alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
         })
     }
@@ -294,8 +306,52 @@ impl RoomService {
             .encode()
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    /// Take the write lock of one room (blocks while another write to it runs).
+    pub(crate) fn lock_room(&self, room: &ruma::RoomId) -> KeyGuard<'_> {
+        self.key_locks.lock(room.as_str())
+    }
+
+    /// Take the alias lock (before any room lock).
+    pub(crate) fn lock_aliases(&self) -> MutexGuard<'_, ()> {
+        self.alias_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Locks by name: a room's writes (its room id) and a federation transaction
+/// (`txn <origin> <txn id>`; room ids start with `!`, so the names never collide).
+#[derive(Default)]
+pub(crate) struct KeyLocks {
+    held: Mutex<HashSet<String>>,
+    freed: Condvar,
+}
+
+impl KeyLocks {
+    /// Block until no one holds `key`, then hold it until the guard drops.
+    pub(crate) fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(key) {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(key.to_owned());
+        KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// Holds one [`KeyLocks`] key until dropped.
+pub(crate) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.key);
+        drop(held);
+        self.locks.freed.notify_all();
     }
 }
 

@@ -68,7 +68,7 @@ impl RoomService {
                 "{user} is a local user: no template is needed"
             )));
         }
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         let summary = self.require_summary(room)?;
         if !supported.contains(&summary.version) {
             return Err(RoomError::UnsupportedRoomVersion(
@@ -124,15 +124,18 @@ impl RoomService {
     }
 
     /// `send_join` / `send_leave` as the resident server: `pdu` is a remote user's own
-    /// member event with `membership` (the caller checked its signatures and that the
-    /// sender belongs to the requesting server). It is appended like any remote PDU; the
-    /// answer carries the state before it and the auth chain.
+    /// member event with `membership`, delivered by `origin` (the caller checked that the
+    /// sender belongs to it). It goes through [`RoomService::receive_pdu`] like any remote
+    /// PDU (signatures through `keys`, authorization rules); only an accepted event is
+    /// answered, with the state before it and the auth chain.
     pub fn accept_remote_member(
         &self,
+        origin: &ruma::ServerName,
         room: &RoomId,
         event_id: &EventId,
         pdu: CanonicalJsonObject,
         membership: Membership,
+        keys: &dyn crate::KeyLookup,
     ) -> Result<AcceptedMember> {
         let version = self
             .room_version(room)?
@@ -167,7 +170,20 @@ impl RoomService {
                 "the event ID in the path is not the event's reference hash".into(),
             ));
         }
-        let sent = self.append_pdu(pdu)?;
+        let sent = match self.receive_pdu(origin, pdu, keys)? {
+            crate::Received::Accepted { event_id, pos } => SentEvent { event_id, pos },
+            crate::Received::SoftFailed { reason, .. } | crate::Received::Rejected { reason, .. } => {
+                return Err(RoomError::Forbidden(format!(
+                    "the {} is not allowed: {reason}",
+                    membership.as_str()
+                )));
+            }
+            crate::Received::NeedsMissingEvents { .. } => {
+                return Err(RoomError::InvalidParam(
+                    "the event cites events this server does not have".into(),
+                ));
+            }
+        };
         self.member_answer(room, &sent)
     }
 
@@ -280,7 +296,8 @@ impl RoomService {
 
     /// An outbound invite of remote `target`: built and signed here on the room's current
     /// state and checked against the authorization rules, but not stored; the invitee's
-    /// server counter-signs it (`PUT /invite`), then [`RoomService::append_pdu`] stores it.
+    /// server counter-signs it (`PUT /invite`), then [`RoomService::store_remote_invite`]
+    /// stores it.
     /// Returns the room version, the event ID and the event.
     pub fn build_remote_invite(
         &self,
@@ -289,7 +306,7 @@ impl RoomService {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<(RoomVersionId, OwnedEventId, CanonicalJsonObject)> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         let summary = self.require_summary(room)?;
         let new = NewEvent::state(
             "m.room.member",
@@ -300,6 +317,65 @@ impl RoomService {
             self.build_event(&summary.version, Some(&summary), room, sender, &new)?;
         self.check_against_current_state(&summary.version, &event_id, &obj)?;
         Ok((summary.version, event_id, obj))
+    }
+
+    /// Store an invite built by [`RoomService::build_remote_invite`] once the invitee's
+    /// server signed it (the caller checked that signature): through the remote entry
+    /// point, so the authorization rules run against the state at that moment.
+    pub fn store_remote_invite(&self, pdu: CanonicalJsonObject) -> Result<SentEvent> {
+        let origin = self.server_name.clone();
+        match self.receive_pdu(&origin, pdu, &crate::StaticKeys::default())? {
+            crate::Received::Accepted { event_id, pos } => Ok(SentEvent { event_id, pos }),
+            crate::Received::SoftFailed { reason, .. } | crate::Received::Rejected { reason, .. } => {
+                Err(RoomError::Forbidden(format!("the invite is not allowed: {reason}")))
+            }
+            crate::Received::NeedsMissingEvents { .. } => Err(RoomError::Internal(
+                "our own invite cites unknown events".into(),
+            )),
+        }
+    }
+
+    /// A leave that a remote resident accepted for a room this server has no state of
+    /// (rejecting a remote invite): stored as an outlier, and the user's membership becomes
+    /// `leave` at a new stream position, in one write.
+    pub fn record_remote_leave(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        version: &RoomVersionId,
+        pdu: CanonicalJsonObject,
+    ) -> Result<SentEvent> {
+        let rules = rules_for(version)?;
+        let hash = ruma::signatures::reference_hash(&pdu, &rules)
+            .map_err(|e| RoomError::BadJson(format!("cannot hash the leave: {e}")))?;
+        let event_id = OwnedEventId::try_from(format!("${hash}"))
+            .map_err(|e| RoomError::Internal(format!("reference hash is not an event id: {e}")))?;
+        let _guard = self.lock_room(room);
+        if self.room_exists(room)? {
+            return Err(RoomError::BadState(format!(
+                "{room} has state here: leave it with an event in the room"
+            )));
+        }
+        let record = crate::remote::outlier_record(&event_id, pdu, crate::EventStatus::Outlier);
+        let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
+            b.put_json(storage::Cf::Events, event_id.as_str(), &record);
+            b.delete(storage::Cf::Rooms, crate::store::invite_state_key(room, user));
+            b.put_json(
+                storage::Cf::Memberships,
+                crate::store::membership_key(user.as_str(), room),
+                &crate::MembershipRecord {
+                    membership: Membership::Leave,
+                    pos,
+                    event_id: event_id.clone(),
+                    forgotten: false,
+                },
+            );
+            Ok(())
+        })?;
+        if let Some(observer) = self.membership_observer.get() {
+            observer.membership_changed(room, user, Some(Membership::Leave));
+        }
+        Ok(SentEvent { event_id, pos })
     }
 
     /// Full PDUs of the room's current state of the stripped-state types (create, join
