@@ -122,7 +122,13 @@ ip_range_allowlist = ["127.0.0.0/8"]
         format!("http://127.0.0.1:{}{path}", self.client_port)
     }
 
-    async fn req(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut rb = self
             .http
             .request(method.parse().unwrap(), self.url(path))
@@ -154,7 +160,12 @@ ip_range_allowlist = ["127.0.0.0/8"]
 
     async fn create_room(&self, user: &User, body: Value) -> String {
         let (status, resp) = self
-            .req("POST", "/_matrix/client/v3/createRoom", &user.token, Some(body))
+            .req(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                &user.token,
+                Some(body),
+            )
             .await;
         assert_eq!(status, 200, "createRoom: {resp}");
         resp["room_id"].as_str().unwrap().to_owned()
@@ -174,7 +185,8 @@ ip_range_allowlist = ["127.0.0.0/8"]
             return None;
         }
         body["chunk"].as_array()?.iter().find_map(|e| {
-            (e["state_key"] == user).then(|| e["content"]["membership"].as_str().unwrap_or("").to_owned())
+            (e["state_key"] == user)
+                .then(|| e["content"]["membership"].as_str().unwrap_or("").to_owned())
         })
     }
 
@@ -182,7 +194,10 @@ ip_range_allowlist = ["127.0.0.0/8"]
         let (status, body) = self
             .req(
                 "PUT",
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room)
+                ),
                 &user.token,
                 Some(json!({"msgtype": "m.text", "body": text})),
             )
@@ -195,7 +210,10 @@ ip_range_allowlist = ["127.0.0.0/8"]
         let (status, body) = self
             .req(
                 "GET",
-                &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room)),
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                    enc(room)
+                ),
                 &user.token,
                 None,
             )
@@ -212,14 +230,23 @@ ip_range_allowlist = ["127.0.0.0/8"]
             .await;
         body["joined_rooms"]
             .as_array()
-            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The rooms `/sync` lists `user` as invited to.
     async fn invited_rooms(&self, user: &User) -> Vec<String> {
         let (_, body) = self
-            .req("GET", "/_matrix/client/v3/sync?timeout=0", &user.token, None)
+            .req(
+                "GET",
+                "/_matrix/client/v3/sync?timeout=0",
+                &user.token,
+                None,
+            )
             .await;
         body["rooms"]["invite"]
             .as_object()
@@ -260,7 +287,11 @@ async fn join(server: &Server, user: &User, room: &str, via: &Server) -> (u16, V
     server
         .req(
             "POST",
-            &format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), enc(&via.name())),
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(room),
+                enc(&via.name())
+            ),
             &user.token,
             Some(json!({})),
         )
@@ -274,7 +305,10 @@ async fn remote_user_joins_and_leaves_a_room_and_state_matches() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = a
-        .create_room(&alice, json!({"preset": "public_chat", "name": "federated"}))
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "name": "federated"}),
+        )
         .await;
 
     let (status, body) = join(&b, &bob, &room, &a).await;
@@ -282,8 +316,14 @@ async fn remote_user_joins_and_leaves_a_room_and_state_matches() {
     assert_eq!(body["room_id"], room.as_str());
     // Both servers agree bob is joined; B knows the room's state from send_join.
     assert!(b.joined_rooms(&bob).await.contains(&room));
-    assert_eq!(a.membership_of(&alice, &room, &bob.id).await.as_deref(), Some("join"));
-    assert_eq!(b.membership_of(&bob, &room, &alice.id).await.as_deref(), Some("join"));
+    assert_eq!(
+        a.membership_of(&alice, &room, &bob.id).await.as_deref(),
+        Some("join")
+    );
+    assert_eq!(
+        b.membership_of(&bob, &room, &alice.id).await.as_deref(),
+        Some("join")
+    );
     let (status, name) = b
         .req(
             "GET",
@@ -322,7 +362,9 @@ async fn join_of_a_private_room_is_refused_by_the_resident() {
     let b = Server::start().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let room = a
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
     let (status, body) = join(&b, &bob, &room, &a).await;
     assert_eq!(status, 403, "join of an invite-only room: {body}");
     assert!(!b.joined_rooms(&bob).await.contains(&room));
@@ -337,7 +379,10 @@ async fn join_of_a_private_room_is_refused_by_the_resident() {
             Some(json!({})),
         )
         .await;
-    assert!(status == 404 || status == 502, "unknown room: {status} {body}");
+    assert!(
+        status == 404 || status == 502,
+        "unknown room: {status} {body}"
+    );
 }
 
 #[tokio::test]
@@ -346,7 +391,9 @@ async fn invites_across_servers_can_be_accepted_and_rejected() {
     let b = Server::start().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let room = a
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
 
     // alice@A invites bob@B: B countersigns, bob sees the invite in /sync.
     let (status, body) = a
@@ -358,7 +405,10 @@ async fn invites_across_servers_can_be_accepted_and_rejected() {
         )
         .await;
     assert_eq!(status, 200, "remote invite: {body}");
-    assert_eq!(a.membership_of(&alice, &room, &bob.id).await.as_deref(), Some("invite"));
+    assert_eq!(
+        a.membership_of(&alice, &room, &bob.id).await.as_deref(),
+        Some("invite")
+    );
     assert!(b.invited_rooms(&bob).await.contains(&room));
 
     // bob accepts: a remote join through the inviter's server (no server_name needed).
@@ -371,10 +421,15 @@ async fn invites_across_servers_can_be_accepted_and_rejected() {
         )
         .await;
     assert_eq!(status, 200, "accepting the invite: {body}");
-    assert_eq!(a.membership_of(&alice, &room, &bob.id).await.as_deref(), Some("join"));
+    assert_eq!(
+        a.membership_of(&alice, &room, &bob.id).await.as_deref(),
+        Some("join")
+    );
 
     // A second room: bob rejects the invite through make_leave/send_leave.
-    let room2 = a.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let room2 = a
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
     let (status, _) = a
         .req(
             "POST",
@@ -395,7 +450,10 @@ async fn invites_across_servers_can_be_accepted_and_rejected() {
         .await;
     assert_eq!(status, 200, "rejecting the invite: {body}");
     assert!(!b.invited_rooms(&bob).await.contains(&room2));
-    assert_eq!(a.membership_of(&alice, &room2, &bob.id).await.as_deref(), Some("leave"));
+    assert_eq!(
+        a.membership_of(&alice, &room2, &bob.id).await.as_deref(),
+        Some("leave")
+    );
 }
 
 #[tokio::test]
@@ -404,14 +462,22 @@ async fn messages_kicks_and_bans_flow_both_ways() {
     let b = Server::start().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let room = a
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
     let (status, body) = join(&b, &bob, &room, &a).await;
     assert_eq!(status, 200, "remote join: {body}");
 
     a.send_text(&alice, &room, "t1", "hello from A").await;
     b.send_text(&bob, &room, "t1", "hello from B").await;
-    eventually("A's message on B", || b.has_message(&bob, &room, "hello from A")).await;
-    eventually("B's message on A", || a.has_message(&alice, &room, "hello from B")).await;
+    eventually("A's message on B", || {
+        b.has_message(&bob, &room, "hello from A")
+    })
+    .await;
+    eventually("B's message on A", || {
+        a.has_message(&alice, &room, "hello from B")
+    })
+    .await;
 
     // alice kicks bob: B learns it over /send.
     let (status, body) = a
@@ -455,7 +521,10 @@ async fn user_on_a_joins_a_room_on_b_by_alias() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = b
-        .create_room(&bob, json!({"preset": "public_chat", "room_alias_name": "lobby"}))
+        .create_room(
+            &bob,
+            json!({"preset": "public_chat", "room_alias_name": "lobby"}),
+        )
         .await;
     let alias = format!("#lobby:{}", b.name());
     let (status, body) = a
@@ -468,5 +537,8 @@ async fn user_on_a_joins_a_room_on_b_by_alias() {
         .await;
     assert_eq!(status, 200, "join by remote alias: {body}");
     assert_eq!(body["room_id"], room.as_str());
-    assert_eq!(b.membership_of(&bob, &room, &alice.id).await.as_deref(), Some("join"));
+    assert_eq!(
+        b.membership_of(&bob, &room, &alice.id).await.as_deref(),
+        Some("join")
+    );
 }

@@ -82,7 +82,8 @@ pub struct AppState {
     /// The outbound federation queues' status, once a federation sender runs.
     pub federation_status: std::sync::OnceLock<federation_admin::FederationStatus>,
     /// Joins, leaves and invites that need another server, once federation runs.
-    pub remote_membership: std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
+    pub remote_membership:
+        std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -90,12 +91,7 @@ pub type AppStateRef = State<Arc<AppState>>;
 /// Wake the `/sync`s of a room's joined members (plus `extra`) at stream position `pos`,
 /// for events stored outside a client request (federation). Reads storage: call it from
 /// the blocking pool.
-pub fn wake_room_members(
-    state: &AppState,
-    room: &ruma::RoomId,
-    pos: u64,
-    extra: &[&ruma::UserId],
-) {
+pub fn wake_room_members(state: &AppState, room: &ruma::RoomId, pos: u64, extra: &[&ruma::UserId]) {
     room::wake_room(&state.rooms, &state.notifier, room, pos, extra);
 }
 

@@ -21,7 +21,11 @@ pub trait RemoteMembership: Send + Sync {
     /// a room with no local state or no local member). Reads storage.
     fn join_needs_federation(&self, room_or_alias: &str) -> Result<bool, MatrixError>;
     /// Whether `user` leaving `room` must go through another server (no local state).
-    fn leave_needs_federation(&self, user: &OwnedUserId, room: &OwnedRoomId) -> Result<bool, MatrixError>;
+    fn leave_needs_federation(
+        &self,
+        user: &OwnedUserId,
+        room: &OwnedRoomId,
+    ) -> Result<bool, MatrixError>;
     fn join(
         &self,
         user: OwnedUserId,
@@ -71,7 +75,9 @@ mod tests {
 
     #[test]
     fn via_and_server_name_are_collected() {
-        let v = via_from_query(Some("server_name=a.test&via=b.test%3A8448&via=a.test&x=c.test&via=bad%20name"));
+        let v = via_from_query(Some(
+            "server_name=a.test&via=b.test%3A8448&via=a.test&x=c.test&via=bad%20name",
+        ));
         let names: Vec<&str> = v.iter().map(|s| s.as_str()).collect();
         assert_eq!(names, ["a.test", "b.test:8448"]);
         assert!(via_from_query(None).is_empty());

@@ -13,10 +13,13 @@ use axum::{Json, Router};
 use federation_membership::{KeyMemo, static_keys, verify_pdu};
 use http::StatusCode;
 use rooms::{Membership, RoomError, RoomService};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+};
 use serde_json::{Value, json};
 
-use crate::{FederationState, Origin, error};
+use crate::{FederationState, Origin};
 
 /// Wakes local `/sync`s after an event was stored: (room, stream position, extra users).
 pub type WakeFn = dyn Fn(&RoomId, u64, &[&UserId]) + Send + Sync;
@@ -39,44 +42,79 @@ pub(crate) fn routes() -> Router<Arc<FederationState>> {
         .route("/v2/invite/{room_id}/{event_id}", put(invite))
 }
 
-fn room_error(e: RoomError) -> Response {
+/// A refusal: status, Matrix error code, message (and the room version, for
+/// `M_INCOMPATIBLE_ROOM_VERSION`).
+pub(crate) struct Fail {
+    status: StatusCode,
+    errcode: &'static str,
+    message: String,
+    room_version: Option<String>,
+}
+
+impl Fail {
+    fn new(status: StatusCode, errcode: &'static str, message: &str) -> Fail {
+        Fail {
+            status,
+            errcode,
+            message: message.to_owned(),
+            room_version: None,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut body = json!({ "errcode": self.errcode, "error": self.message });
+        if let Some(v) = self.room_version {
+            body["room_version"] = Value::from(v);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn room_error(e: RoomError) -> Fail {
     match e {
-        RoomError::Forbidden(m) => error(StatusCode::FORBIDDEN, "M_FORBIDDEN", &m),
-        RoomError::UnknownRoom(r) => error(
+        RoomError::Forbidden(m) => Fail::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", &m),
+        RoomError::UnknownRoom(r) => Fail::new(
             StatusCode::NOT_FOUND,
             "M_NOT_FOUND",
             &format!("unknown room {r}"),
         ),
-        RoomError::NotFound(m) => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", &m),
-        RoomError::UnsupportedRoomVersion(v) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({
-                "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
-                "error": format!("the room's version {v} is not one the joining server supports"),
-                "room_version": v,
-            })),
-        )
-            .into_response(),
-        RoomError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", &m),
-        RoomError::InvalidParam(m) => error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &m),
-        RoomError::BadJson(m) => error(StatusCode::BAD_REQUEST, "M_BAD_JSON", &m),
+        RoomError::NotFound(m) => Fail::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", &m),
+        RoomError::UnsupportedRoomVersion(v) => Fail {
+            room_version: Some(v.clone()),
+            ..Fail::new(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                &format!("the room's version {v} is not one the joining server supports"),
+            )
+        },
+        RoomError::TooLarge(m) => Fail::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", &m),
+        RoomError::InvalidParam(m) => Fail::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &m),
+        RoomError::BadJson(m) => Fail::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", &m),
         RoomError::BadAlias(m) | RoomError::BadState(m) | RoomError::AliasInUse(m) => {
-            error(StatusCode::BAD_REQUEST, "M_UNKNOWN", &m)
+            Fail::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", &m)
         }
         RoomError::Storage(e) => {
             tracing::error!("storage error in a federation membership request: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "storage error")
+            Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "storage error",
+            )
         }
         RoomError::Internal(m) => {
             tracing::error!("internal error in a federation membership request: {m}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "internal error")
+            Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "internal error",
+            )
         }
     }
 }
 
-fn membership_state(state: &FederationState) -> Result<&Arc<MembershipState>, Response> {
+fn membership_state(state: &FederationState) -> Result<&Arc<MembershipState>, Fail> {
     state.membership.as_ref().ok_or_else(|| {
-        error(
+        Fail::new(
             StatusCode::NOT_FOUND,
             "M_UNRECOGNIZED",
             "this server does not serve room membership over federation",
@@ -84,17 +122,27 @@ fn membership_state(state: &FederationState) -> Result<&Arc<MembershipState>, Re
     })
 }
 
-fn parse_room(raw: &str) -> Result<OwnedRoomId, Response> {
-    OwnedRoomId::try_from(raw)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid room ID"))
+fn parse_room(raw: &str) -> Result<OwnedRoomId, Fail> {
+    OwnedRoomId::try_from(raw).map_err(|_| {
+        Fail::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            "invalid room ID",
+        )
+    })
 }
 
 /// The path's user must belong to the requesting server.
-fn parse_origin_user(raw: &str, origin: &Origin) -> Result<OwnedUserId, Response> {
-    let user = OwnedUserId::try_from(raw)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid user ID"))?;
+fn parse_origin_user(raw: &str, origin: &Origin) -> Result<OwnedUserId, Fail> {
+    let user = OwnedUserId::try_from(raw).map_err(|_| {
+        Fail::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            "invalid user ID",
+        )
+    })?;
     if user.server_name() != origin.0 {
-        return Err(error(
+        return Err(Fail::new(
             StatusCode::FORBIDDEN,
             "M_FORBIDDEN",
             "a server may only ask for its own users",
@@ -145,12 +193,16 @@ fn percent_decode(s: &str) -> String {
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RoomError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Fail> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(room_error),
         Err(e) => {
             tracing::error!("federation membership task failed: {e}");
-            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "internal error"))
+            Err(Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "internal error",
+            ))
         }
     }
 }
@@ -190,12 +242,9 @@ async fn make_member(
             Membership::Join => versions_from_query(&uri),
             _ => rooms::supported_room_versions().to_vec(),
         };
-        let (version, template) = blocking(move || {
-            m.rooms
-                .member_template(&room, &user, membership, &versions)
-        })
-        .await?;
-        Ok::<_, Response>(
+        let (version, template) =
+            blocking(move || m.rooms.member_template(&room, &user, membership, &versions)).await?;
+        Ok::<_, Fail>(
             Json(json!({
                 "room_version": version.as_str(),
                 "event": Value::from(CanonicalJsonValue::Object(template)),
@@ -203,7 +252,7 @@ async fn make_member(
             .into_response(),
         )
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(Fail::into_response)
 }
 
 async fn send_join(
@@ -224,16 +273,16 @@ async fn send_leave(
     send_member(state, origin, room_id, event_id, body, Membership::Leave).await
 }
 
-fn parse_pdu(body: &[u8]) -> Result<CanonicalJsonObject, Response> {
+fn parse_pdu(body: &[u8]) -> Result<CanonicalJsonObject, Fail> {
     let v: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "M_NOT_JSON", &format!("body: {e}")))?;
+        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", &format!("body: {e}")))?;
     object_of(v)
 }
 
-fn object_of(v: Value) -> Result<CanonicalJsonObject, Response> {
+fn object_of(v: Value) -> Result<CanonicalJsonObject, Fail> {
     match CanonicalJsonValue::try_from(v) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
-        _ => Err(error(
+        _ => Err(Fail::new(
             StatusCode::BAD_REQUEST,
             "M_BAD_JSON",
             "the event is not a canonical JSON object",
@@ -255,24 +304,24 @@ async fn check_origin_event(
     origin: &Origin,
     version: &RoomVersionId,
     pdu: &CanonicalJsonObject,
-) -> Result<rooms::StaticKeys, Response> {
+) -> Result<rooms::StaticKeys, Fail> {
     let sender = str_field(pdu, "sender")
         .and_then(|s| UserId::parse(s).ok())
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad sender"))?;
+        .ok_or_else(|| Fail::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad sender"))?;
     if sender.server_name() != origin.0 {
-        return Err(error(
+        return Err(Fail::new(
             StatusCode::FORBIDDEN,
             "M_FORBIDDEN",
             "the event's sender does not belong to the requesting server",
         ));
     }
-    let rules = version.rules().ok_or_else(|| {
-        room_error(RoomError::UnsupportedRoomVersion(version.to_string()))
-    })?;
+    let rules = version
+        .rules()
+        .ok_or_else(|| room_error(RoomError::UnsupportedRoomVersion(version.to_string())))?;
     let mut memo = KeyMemo::new();
     verify_pdu(&*state.remote_keys, &rules, pdu.clone(), &mut memo)
         .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &e.to_string()))?;
+        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &e.to_string()))?;
     Ok(static_keys(&memo))
 }
 
@@ -287,8 +336,13 @@ async fn send_member(
     let run = async {
         let m = membership_state(&state)?.clone();
         let room = parse_room(&room_id)?;
-        let event_id = ruma::OwnedEventId::try_from(event_id)
-            .map_err(|_| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid event ID"))?;
+        let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| {
+            Fail::new(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "invalid event ID",
+            )
+        })?;
         let pdu = parse_pdu(&body)?;
         let rooms = m.rooms.clone();
         let r = room.clone();
@@ -326,9 +380,9 @@ async fn send_member(
             }),
             _ => json!({}),
         };
-        Ok::<_, Response>(Json(body).into_response())
+        Ok::<_, Fail>(Json(body).into_response())
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(Fail::into_response)
 }
 
 /// `PUT /v2/invite`: a remote server invites one of our users. We check the event and the
@@ -343,16 +397,25 @@ async fn invite(
     let run = async {
         let m = membership_state(&state)?.clone();
         let room = parse_room(&room_id)?;
-        let event_id = ruma::OwnedEventId::try_from(event_id)
-            .map_err(|_| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid event ID"))?;
+        let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| {
+            Fail::new(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "invalid event ID",
+            )
+        })?;
         let body: Value = serde_json::from_slice(&body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "M_NOT_JSON", &format!("body: {e}")))?;
+            .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", &format!("body: {e}")))?;
         let version_str = body
             .get("room_version")
             .and_then(Value::as_str)
             .unwrap_or("1");
         let version = RoomVersionId::try_from(version_str).map_err(|_| {
-            error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid room_version")
+            Fail::new(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "invalid room_version",
+            )
         })?;
         if !rooms::supported_room_versions().contains(&version) {
             return Err(room_error(RoomError::UnsupportedRoomVersion(
@@ -360,7 +423,7 @@ async fn invite(
             )));
         }
         let pdu = object_of(body.get("event").cloned().unwrap_or(Value::Null))?;
-        let bad = |m: &str| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m);
+        let bad = |m: &str| Fail::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m);
         if str_field(&pdu, "room_id") != Some(room.as_str()) {
             return Err(bad("the event is for another room"));
         }
@@ -383,13 +446,15 @@ async fn invite(
         if invitee.server_name() != state.keys.server_name() {
             return Err(bad("the invitee is not a user of this server"));
         }
-        let rules = version.rules().ok_or_else(|| {
-            room_error(RoomError::UnsupportedRoomVersion(version.to_string()))
-        })?;
-        let computed = federation_membership::event_id_of(&pdu, &rules)
-            .map_err(|e| bad(&e.to_string()))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| room_error(RoomError::UnsupportedRoomVersion(version.to_string())))?;
+        let computed =
+            federation_membership::event_id_of(&pdu, &rules).map_err(|e| bad(&e.to_string()))?;
         if computed != event_id {
-            return Err(bad("the event ID in the path is not the event's reference hash"));
+            return Err(bad(
+                "the event ID in the path is not the event's reference hash",
+            ));
         }
         let keys = check_origin_event(&state, &origin, &version, &pdu).await?;
         let stripped: Vec<Value> = body
@@ -399,24 +464,24 @@ async fn invite(
             .unwrap_or_default();
         let rooms = m.rooms.clone();
         let from = origin.0.clone();
-        let signed = blocking(move || rooms.receive_invite(&from, &version, pdu, stripped, &keys))
-            .await?;
+        let signed =
+            blocking(move || rooms.receive_invite(&from, &version, pdu, stripped, &keys)).await?;
         let rooms = m.rooms.clone();
         let (r, u) = (room.clone(), invitee.clone());
-        let pos = blocking(move || Ok(rooms.membership(&r, &u)?.map(|m| m.pos).unwrap_or(0)))
-            .await?;
+        let pos =
+            blocking(move || Ok(rooms.membership(&r, &u)?.map(|m| m.pos).unwrap_or(0))).await?;
         let wake = m.wake.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let invitee: &UserId = &invitee;
             wake(&room, pos, &[invitee])
         })
         .await;
-        Ok::<_, Response>(
+        Ok::<_, Fail>(
             Json(json!({ "event": Value::from(CanonicalJsonValue::Object(signed)) }))
                 .into_response(),
         )
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(Fail::into_response)
 }
 
 #[cfg(test)]
@@ -425,9 +490,10 @@ mod tests {
 
     #[test]
     fn ver_parameters_are_collected() {
-        let uri: http::Uri = "/_matrix/federation/v1/make_join/%21r%3Ax/%40u%3Ay?ver=10&ver=11&other=1"
-            .parse()
-            .unwrap();
+        let uri: http::Uri =
+            "/_matrix/federation/v1/make_join/%21r%3Ax/%40u%3Ay?ver=10&ver=11&other=1"
+                .parse()
+                .unwrap();
         assert_eq!(
             versions_from_query(&uri),
             vec![RoomVersionId::V10, RoomVersionId::V11]

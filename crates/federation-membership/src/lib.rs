@@ -32,7 +32,9 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-pub use verify::{KeyMemo, PduError, event_id_of, static_keys, verify_pdu, verify_server_signature};
+pub use verify::{
+    KeyMemo, PduError, event_id_of, static_keys, verify_pdu, verify_server_signature,
+};
 
 /// Most servers a join tries before giving up.
 const MAX_JOIN_CANDIDATES: usize = 10;
@@ -116,7 +118,9 @@ fn errcode_of(resp: &FederationResponse) -> (String, String) {
 fn to_object(v: Value, what: &str) -> Result<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(v) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
-        Ok(_) => Err(MembershipError::BadResponse(format!("{what} is not an object"))),
+        Ok(_) => Err(MembershipError::BadResponse(format!(
+            "{what} is not an object"
+        ))),
         Err(e) => Err(MembershipError::BadResponse(format!(
             "{what} is not canonical JSON: {e}"
         ))),
@@ -167,7 +171,12 @@ impl MembershipService {
             .joined_members(&room)?
             .iter()
             .any(|u| u.server_name() == ours);
-        Ok(!local_joined && self.rooms.servers_in_room(&room)?.iter().any(|s| s != ours.as_str()))
+        Ok(!local_joined
+            && self
+                .rooms
+                .servers_in_room(&room)?
+                .iter()
+                .any(|s| s != ours.as_str()))
     }
 
     /// `GET /_matrix/federation/v1/query/directory` at the alias's server.
@@ -186,7 +195,9 @@ impl MembershipService {
             .await
             .map_err(|e| MembershipError::Unreachable(e.to_string()))?;
         if resp.status == 404 {
-            return Err(MembershipError::NotFound(format!("room alias {alias} not found")));
+            return Err(MembershipError::NotFound(format!(
+                "room alias {alias} not found"
+            )));
         }
         if resp.status != 200 {
             let (errcode, message) = errcode_of(&resp);
@@ -262,8 +273,9 @@ impl MembershipService {
             via.push(alias.server_name().to_owned());
             room
         } else {
-            OwnedRoomId::try_from(room_or_alias)
-                .map_err(|_| RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}")))?
+            OwnedRoomId::try_from(room_or_alias).map_err(|_| {
+                RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}"))
+            })?
         };
         let candidates = self.candidates(user, &room, &via);
         if candidates.is_empty() {
@@ -309,7 +321,8 @@ impl MembershipService {
         let join = match body.get("event") {
             Some(ev @ Value::Object(_)) => {
                 let ev = to_object(ev.clone(), "send_join event")?;
-                if event_id_of(&ev, &rules).map_err(|e| MembershipError::BadResponse(e.to_string()))?
+                if event_id_of(&ev, &rules)
+                    .map_err(|e| MembershipError::BadResponse(e.to_string()))?
                     != event_id
                 {
                     return Err(MembershipError::BadResponse(format!(
@@ -356,7 +369,9 @@ impl MembershipService {
                 "{server}'s send_join state has no valid m.room.create of version {version}"
             )));
         }
-        let sent = self.import(room, version, state, auth_chain, join, memo).await?;
+        let sent = self
+            .import(room, version, state, auth_chain, join, memo)
+            .await?;
         Ok(Done {
             room_id: room.to_owned(),
             event_id: sent.event_id,
@@ -380,11 +395,7 @@ impl MembershipService {
         let rooms = self.rooms.clone();
         let room = room.to_owned();
         let state: Vec<CanonicalJsonObject> = state.into_iter().map(|(_, e)| e).collect();
-        let auth_chain: Vec<CanonicalJsonObject> =
-            auth_chain.into_iter().map(|(_, e)| e).collect();
-        let mut memo = memo;
-        // The join itself is ours: signed with our key, which the engine knows.
-        let _ = &mut memo;
+        let auth_chain: Vec<CanonicalJsonObject> = auth_chain.into_iter().map(|(_, e)| e).collect();
         tokio::task::spawn_blocking(move || {
             rooms.import_join(&room, &version, join, state, auth_chain, &keys)
         })
@@ -412,7 +423,9 @@ impl MembershipService {
             }
             match verify_pdu(&*self.keys, rules, obj, memo).await {
                 Ok(v) => out.push(v),
-                Err(e) => tracing::info!(%room, error = %e, "dropping an event of a send_join answer"),
+                Err(e) => {
+                    tracing::info!(%room, error = %e, "dropping an event of a send_join answer")
+                }
             }
         }
         out
@@ -475,8 +488,9 @@ impl MembershipService {
             .get("room_version")
             .and_then(Value::as_str)
             .unwrap_or("1");
-        let version = RoomVersionId::try_from(version_str)
-            .map_err(|_| MembershipError::BadResponse(format!("bad room version {version_str:?}")))?;
+        let version = RoomVersionId::try_from(version_str).map_err(|_| {
+            MembershipError::BadResponse(format!("bad room version {version_str:?}"))
+        })?;
         if !rooms::supported_room_versions().contains(&version) {
             return Err(MembershipError::IncompatibleVersion(version.to_string()));
         }
@@ -484,9 +498,9 @@ impl MembershipService {
             resp.body.get("event").cloned().unwrap_or(Value::Null),
             "make_join event",
         )?;
-        let (event_id, signed) = self.rooms.sign_member_template(
-            &version, room, user, membership, template, content,
-        )?;
+        let (event_id, signed) = self
+            .rooms
+            .sign_member_template(&version, room, user, membership, template, content)?;
         Ok((version, signed, event_id))
     }
 
@@ -511,12 +525,7 @@ impl MembershipService {
     /// Leave (or reject an invite to) a room this server has no usable state of, through
     /// the inviter's or the room's server. The leave is recorded locally once a resident
     /// accepted it.
-    pub async fn leave(
-        &self,
-        user: &UserId,
-        room: &RoomId,
-        reason: Option<&str>,
-    ) -> Result<Done> {
+    pub async fn leave(&self, user: &UserId, room: &RoomId, reason: Option<&str>) -> Result<Done> {
         let candidates = self.candidates(user, room, &[]);
         let mut content = Map::new();
         if let Some(r) = reason {
@@ -565,10 +574,12 @@ impl MembershipService {
     ) -> Result<rooms::SentEvent> {
         let rooms = self.rooms.clone();
         let (room, user) = (room.to_owned(), user.to_owned());
-        tokio::task::spawn_blocking(move || rooms.record_remote_leave(&room, &user, &version, signed))
-            .await
-            .map_err(|e| MembershipError::BadResponse(format!("leave panicked: {e}")))?
-            .map_err(MembershipError::from)
+        tokio::task::spawn_blocking(move || {
+            rooms.record_remote_leave(&room, &user, &version, signed)
+        })
+        .await
+        .map_err(|e| MembershipError::BadResponse(format!("leave panicked: {e}")))?
+        .map_err(MembershipError::from)
     }
 
     /// Invite remote `target` to `room` (which lives here or that we are joined to).
@@ -606,7 +617,8 @@ impl MembershipService {
             "invite answer",
         )?;
         // The invitee's server must have signed exactly our event (same reference hash).
-        if event_id_of(&returned, &rules).map_err(|e| MembershipError::BadResponse(e.to_string()))?
+        if event_id_of(&returned, &rules)
+            .map_err(|e| MembershipError::BadResponse(e.to_string()))?
             != event_id
         {
             return Err(MembershipError::BadResponse(format!(

@@ -311,7 +311,10 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = services
             .state
             .remote_membership
-            .set(Arc::new(remote_membership::Remote(membership, rooms.clone())));
+            .set(Arc::new(remote_membership::Remote(
+                membership,
+                rooms.clone(),
+            )));
         let app_state = services.state.clone();
         let federation = Arc::new(api_federation::FederationState {
             keys: services.server_keys.clone(),

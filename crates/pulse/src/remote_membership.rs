@@ -64,7 +64,9 @@ fn to_matrix(e: MembershipError) -> MatrixError {
 
 impl RemoteMembership for Remote {
     fn join_needs_federation(&self, room_or_alias: &str) -> Result<bool, MatrixError> {
-        self.0.join_needs_federation(room_or_alias).map_err(to_matrix)
+        self.0
+            .join_needs_federation(room_or_alias)
+            .map_err(to_matrix)
     }
 
     fn leave_needs_federation(

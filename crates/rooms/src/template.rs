@@ -172,7 +172,8 @@ impl RoomService {
         }
         let sent = match self.receive_pdu(origin, pdu, keys)? {
             crate::Received::Accepted { event_id, pos } => SentEvent { event_id, pos },
-            crate::Received::SoftFailed { reason, .. } | crate::Received::Rejected { reason, .. } => {
+            crate::Received::SoftFailed { reason, .. }
+            | crate::Received::Rejected { reason, .. } => {
                 return Err(RoomError::Forbidden(format!(
                     "the {} is not allowed: {reason}",
                     membership.as_str()
@@ -326,9 +327,10 @@ impl RoomService {
         let origin = self.server_name.clone();
         match self.receive_pdu(&origin, pdu, &crate::StaticKeys::default())? {
             crate::Received::Accepted { event_id, pos } => Ok(SentEvent { event_id, pos }),
-            crate::Received::SoftFailed { reason, .. } | crate::Received::Rejected { reason, .. } => {
-                Err(RoomError::Forbidden(format!("the invite is not allowed: {reason}")))
-            }
+            crate::Received::SoftFailed { reason, .. }
+            | crate::Received::Rejected { reason, .. } => Err(RoomError::Forbidden(format!(
+                "the invite is not allowed: {reason}"
+            ))),
             crate::Received::NeedsMissingEvents { .. } => Err(RoomError::Internal(
                 "our own invite cites unknown events".into(),
             )),
@@ -359,7 +361,10 @@ impl RoomService {
         let record = crate::remote::outlier_record(&event_id, pdu, crate::EventStatus::Outlier);
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             b.put_json(storage::Cf::Events, event_id.as_str(), &record);
-            b.delete(storage::Cf::Rooms, crate::store::invite_state_key(room, user));
+            b.delete(
+                storage::Cf::Rooms,
+                crate::store::invite_state_key(room, user),
+            );
             b.put_json(
                 storage::Cf::Memberships,
                 crate::store::membership_key(user.as_str(), room),

@@ -12,8 +12,8 @@ use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path};
 use crate::remote_membership::{RemoteMembership, via_from_query};
-use axum::extract::RawQuery;
 use crate::{AppState, AppStateRef};
+use axum::extract::RawQuery;
 
 pub(super) fn routes(r: axum::Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     let r = route(r, "/createRoom", post(create_room));
@@ -111,8 +111,7 @@ async fn do_join(
     let content = join_content(body)?;
     if let Some(remote) = remote(&state) {
         let (r, t) = (remote.clone(), target.clone());
-        let needs = crate::blocking::blocking(move || r.join_needs_federation(&t))
-            .await??;
+        let needs = crate::blocking::blocking(move || r.join_needs_federation(&t)).await??;
         if needs {
             let via = via_from_query(query.as_deref());
             let done = remote
@@ -169,8 +168,7 @@ async fn leave(
     let user = auth.user_id.clone();
     if let Some(remote) = remote(&state) {
         let (r, u, rm) = (remote.clone(), user.clone(), room.clone());
-        let needs = crate::blocking::blocking(move || r.leave_needs_federation(&u, &rm))
-            .await??;
+        let needs = crate::blocking::blocking(move || r.leave_needs_federation(&u, &rm)).await??;
         if needs {
             let done = remote.leave(user, room.clone(), body.reason).await?;
             wake(&state, &room, done.pos, &[&auth.user_id]).await;
