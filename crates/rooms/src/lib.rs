@@ -104,6 +104,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+mod observer;
 mod ops;
 mod pdu;
 mod persist;
@@ -128,6 +129,7 @@ mod txn;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use import::{MAX_IMPORTED_EVENTS, MAX_INVITE_STATE};
+pub use observer::{CommittedEvent, EventObserver, departing_remote_target};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use remote::{
     KeyLookup, MAX_AUTH_EVENTS, MAX_PREV_EVENTS, Received, StaticKeys, event_id_for, keys_needed,
@@ -268,6 +270,7 @@ pub struct RoomService {
     /// Serialises alias changes (taken before a room's lock, never after).
     alias_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
+    event_observer: std::sync::OnceLock<Arc<dyn EventObserver>>,
 }
 
 impl RoomService {
@@ -283,6 +286,7 @@ impl RoomService {
             key_locks: KeyLocks::default(),
             alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
+            event_observer: std::sync::OnceLock::new(),
         })
     }
 
