@@ -90,8 +90,9 @@
 //! an event reads the forward extremities and state it then replaces), so rooms are
 //! written in parallel and each room's local DAG is linear. Alias changes take an alias
 //! lock first (before any room lock). Stream positions stay one global sequence
-//! ([`storage::Db::write_with_position`] is serialised). A federation transaction holds
-//! its own named lock while it is processed.
+//! ([`storage::Db::write_with_position`] commits in position order; the batches are built
+//! outside its lock, so nothing reads inside them). A federation transaction holds its
+//! own named lock while it is processed.
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -328,6 +328,8 @@ mod each_version {
         bad_signatures_and_foreign_senders_are_dropped,
         remote_invite_shows_in_invite_state,
         make_join_template_round_trip,
+        import_join_leaves_out_rejected_and_unsigned_state,
+        missing_auth_events_are_asked_for,
     );
 }
 

@@ -1,6 +1,8 @@
 //! Rooms joined and invited to over federation, redactions and signatures (scenarios
 //! of `tests_remote.rs`).
-use ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId,
+};
 use serde_json::{Value, json};
 
 use crate::persist::rules_for;
@@ -8,13 +10,20 @@ use crate::tests::{SERVER, setup, user};
 use crate::tests_remote::*;
 use crate::*;
 
-pub(crate) fn outlier_is_in_no_timeline(v: &RoomVersionId) {
-    // A room that lives on remote.example; a local user joins it.
-    let (_d, svc) = setup();
-    let remote = Remote::new();
-    let keys = remote.keys();
+/// A room created on remote.example by `@creator:remote.example`: public, shared
+/// history, named; its state, the events in order, the last event and its depth.
+pub(crate) struct RemoteRoom {
+    pub room: OwnedRoomId,
+    pub creator: OwnedUserId,
+    pub state: StateMap,
+    pub chain: Vec<CanonicalJsonObject>,
+    pub prev: Vec<OwnedEventId>,
+    pub depth: u64,
+}
+
+pub(crate) fn remote_room(v: &RoomVersionId, remote: &Remote, local: &str) -> RemoteRoom {
     let creator = remote.user("creator");
-    let room = OwnedRoomId::try_from(format!("!remote:{REMOTE}")).expect("room id");
+    let room = OwnedRoomId::try_from(format!("{local}:{REMOTE}")).expect("room id");
     let mut state = StateMap::new();
     let mut chain = Vec::new();
     let mut prev: Vec<OwnedEventId> = Vec::new();
@@ -55,6 +64,195 @@ pub(crate) fn outlier_is_in_no_timeline(v: &RoomVersionId) {
         chain.push(obj);
         prev = vec![id];
     }
+    RemoteRoom {
+        room,
+        creator,
+        state,
+        chain,
+        prev,
+        depth,
+    }
+}
+
+/// Our user's join on `rr`'s last event, as make_join + send_join produce it.
+fn local_join(
+    svc: &RoomService,
+    v: &RoomVersionId,
+    remote: &Remote,
+    rr: &RemoteRoom,
+    who: &OwnedUserId,
+) -> CanonicalJsonObject {
+    let (_, mut obj) = remote.build(
+        v,
+        &rr.room,
+        who,
+        st("m.room.member", who.as_str(), json!({"membership": "join"})),
+        &rr.prev,
+        &rr.state,
+        rr.depth + 1,
+        now_ms(),
+    );
+    obj.remove("signatures");
+    obj.remove("hashes");
+    svc.sign_template(v, obj).expect("sign").1
+}
+
+pub(crate) fn import_join_leaves_out_rejected_and_unsigned_state(v: &RoomVersionId) {
+    let (_d, svc) = setup();
+    let remote = Remote::new();
+    let keys = remote.keys();
+    let mut rr = remote_room(v, &remote, "!rej");
+    // A topic by someone who never joined: fails its own auth events.
+    let nobody = remote.user("nobody");
+    let (bogus_id, bogus) = remote.build(
+        v,
+        &rr.room,
+        &nobody,
+        st("m.room.topic", "", json!({"topic": "bogus"})),
+        &rr.prev,
+        &rr.state,
+        rr.depth + 1,
+        now_ms(),
+    );
+    // A second name event whose signature was tampered with: dropped.
+    let (forged_id, mut forged) = remote.build(
+        v,
+        &rr.room,
+        &rr.creator,
+        st("m.room.avatar", "", json!({"url": "mxc://x/y"})),
+        &rr.prev,
+        &rr.state,
+        rr.depth + 1,
+        now_ms(),
+    );
+    forged.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(1u32.into()),
+    );
+    let mut state_pdus = rr.chain.clone();
+    state_pdus.push(bogus);
+    state_pdus.push(forged);
+    rr.depth += 1;
+    let dave = user("dave");
+    let join = local_join(&svc, v, &remote, &rr, &dave);
+    svc.import_join(&rr.room, v, join, state_pdus, Vec::new(), &keys)
+        .expect("import_join");
+    assert!(svc.is_joined(&rr.room, &dave).expect("joined"));
+    assert_eq!(
+        svc.current_state_event_id(&rr.room, "m.room.topic", "")
+            .expect("s"),
+        None
+    );
+    assert_eq!(
+        svc.event_any(&bogus_id).expect("read").map(|e| e.status),
+        Some(EventStatus::Rejected)
+    );
+    assert_eq!(svc.event(&bogus_id).expect("read"), None);
+    assert_eq!(svc.event_any(&forged_id).expect("read"), None, "dropped");
+    assert_eq!(
+        svc.current_state_event_id(&rr.room, "m.room.avatar", "")
+            .expect("s"),
+        None
+    );
+    // A join that the room's state does not allow is refused and nothing is stored.
+    let (_d2, svc2) = setup();
+    let mut invite_only = remote_room(v, &remote, "!closed");
+    let (jr_id, jr) = remote.build(
+        v,
+        &invite_only.room,
+        &invite_only.creator,
+        st("m.room.join_rules", "", json!({"join_rule": "invite"})),
+        &invite_only.prev,
+        &invite_only.state,
+        invite_only.depth + 1,
+        now_ms(),
+    );
+    invite_only
+        .state
+        .insert(("m.room.join_rules".into(), String::new()), jr_id.clone());
+    invite_only.chain.push(jr);
+    invite_only.prev = vec![jr_id];
+    invite_only.depth += 1;
+    let join = local_join(&svc2, v, &remote, &invite_only, &dave);
+    // The state is the latest event of each key (the public join rule is history).
+    let current: Vec<CanonicalJsonObject> = invite_only
+        .chain
+        .iter()
+        .filter(|e| {
+            let id = event_id_for(v, e).expect("id");
+            invite_only.state.values().any(|s| *s == id)
+        })
+        .cloned()
+        .collect();
+    assert!(matches!(
+        svc2.import_join(&invite_only.room, v, join, current, Vec::new(), &keys),
+        Err(RoomError::Forbidden(_))
+    ));
+    assert!(!svc2.room_exists(&invite_only.room).expect("exists"));
+    assert!(svc2.rooms_for_user(&dave).expect("rooms").is_empty());
+}
+
+pub(crate) fn missing_auth_events_are_asked_for(v: &RoomVersionId) {
+    let f = Fixture::new(v, 0);
+    let carol = f.remote.user("carol");
+    // Carol's join (never delivered) and her message on it.
+    let (join_id, join) = f.remote_on_tip(
+        &carol,
+        st(
+            "m.room.member",
+            carol.as_str(),
+            json!({"membership": "join"}),
+        ),
+    );
+    let mut state = f.svc.current_state(&f.room).expect("state");
+    state.insert(("m.room.member".into(), carol.to_string()), join_id.clone());
+    let tip = f.extremities()[0].clone();
+    let (msg_id, msg) = f.remote.build(
+        &f.version,
+        &f.room,
+        &carol,
+        message("hello"),
+        std::slice::from_ref(&join_id),
+        &state,
+        f.depth_of(&tip) + 2,
+        now_ms(),
+    );
+    match f.receive(msg.clone()) {
+        Received::NeedsMissingEvents {
+            prev_events,
+            auth_events,
+            ..
+        } => {
+            assert_eq!(prev_events, vec![join_id.clone()]);
+            assert_eq!(auth_events, vec![join_id.clone()]);
+        }
+        other => panic!("expected NeedsMissingEvents, got {other:?}"),
+    }
+    // An outlier needs its auth events stored first, too.
+    assert!(matches!(
+        f.svc
+            .receive_outlier(v, msg.clone(), &f.keys)
+            .expect("outlier"),
+        Received::NeedsMissingEvents { .. }
+    ));
+    assert!(matches!(f.receive(join), Received::Accepted { .. }));
+    assert!(matches!(f.receive(msg), Received::Accepted { .. }));
+    assert_eq!(f.extremities(), vec![msg_id]);
+}
+
+pub(crate) fn outlier_is_in_no_timeline(v: &RoomVersionId) {
+    // A room that lives on remote.example; a local user joins it.
+    let (_d, svc) = setup();
+    let remote = Remote::new();
+    let keys = remote.keys();
+    let RemoteRoom {
+        room,
+        creator,
+        state,
+        chain,
+        prev,
+        depth,
+    } = remote_room(v, &remote, "!remote");
     // Our user's join, as make_join/send_join would produce it (signed by us).
     let dave = user("dave");
     let join = {
