@@ -92,6 +92,8 @@ mod tests;
 mod tests_remote;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_template;
 mod txn;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
