@@ -335,6 +335,7 @@ impl RoomService {
             (Some(target), true) if self.event_any(target)?.is_none() => Some(target.clone()),
             _ => None,
         };
+        let observed = self.observes_sender(&pdu.sender).then(|| obj.clone());
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             let mut record = StoredEvent {
                 event_id: event_id.clone(),
@@ -467,6 +468,9 @@ impl RoomService {
                     observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));
                 }
             }
+        }
+        if let Some(obj) = &observed {
+            self.notify_event_observer(&room, &event_id, pos, obj);
         }
         Ok(Outcome::Timeline(SentEvent { event_id, pos }))
     }
