@@ -380,6 +380,20 @@ async fn remote_user_joins_and_leaves_a_room_and_state_matches() {
         .await;
     assert_eq!(status, 200, "leave: {body}");
     assert!(!b.joined_rooms(&bob).await.contains(&room));
+    eventually("bob's leave on A", || async {
+        a.membership_of(&alice, &room, &bob.id).await.as_deref() == Some("leave")
+    })
+    .await;
+
+    // A restarts; bob joins again through it.
+    let mut a = a;
+    a.restart().await;
+    let (status, body) = join(&b, &bob, &room, &a).await;
+    assert_eq!(status, 200, "rejoin after A's restart: {body}");
+    assert_eq!(
+        a.membership_of(&alice, &room, &bob.id).await.as_deref(),
+        Some("join")
+    );
 }
 
 #[tokio::test]

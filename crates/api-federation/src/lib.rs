@@ -96,7 +96,10 @@ impl FederationState {
     }
 
     /// Serves make/send join and leave and invites with these services.
-    pub fn with_membership(mut self, membership: Arc<membership::MembershipState>) -> FederationState {
+    pub fn with_membership(
+        mut self,
+        membership: Arc<membership::MembershipState>,
+    ) -> FederationState {
         self.membership = Some(membership);
         self
     }

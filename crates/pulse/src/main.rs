@@ -309,11 +309,9 @@ async fn serve(config: Config) -> Result<(), String> {
             &config.federation.allowed_recipients_peers,
         )?;
         let s = &services.state;
-        let remote_keys: Arc<dyn federation_client::keys::KeySource> =
-            Arc::new(federation_client::keys::RemoteKeys::persistent(
-                client.clone(),
-                services.db.clone(),
-            ));
+        let remote_keys: Arc<dyn federation_client::keys::KeySource> = Arc::new(
+            federation_client::keys::RemoteKeys::persistent(client.clone(), services.db.clone()),
+        );
         // Joins, leaves and invites through other servers (the client API's hook) and as
         // the resident server (the federation endpoints), over the same key cache.
         let membership = Arc::new(federation_membership::MembershipService::new(
