@@ -89,18 +89,18 @@ impl FederationState {
         }
     }
 
-    /// Sets the hook told about every authenticated peer (the federation sender).
-    pub fn with_peer_observer(mut self, observer: Arc<dyn PeerObserver>) -> FederationState {
-        self.peer_observer = Some(observer);
-        self
-    }
-
-    /// Serves make/send join and leave and invites with these services.
+    /// Serves the room membership endpoints with `membership`.
     pub fn with_membership(
         mut self,
         membership: Arc<membership::MembershipState>,
     ) -> FederationState {
         self.membership = Some(membership);
+        self
+    }
+
+    /// Sets the hook told about every authenticated peer (the federation sender).
+    pub fn with_peer_observer(mut self, observer: Arc<dyn PeerObserver>) -> FederationState {
+        self.peer_observer = Some(observer);
         self
     }
 }

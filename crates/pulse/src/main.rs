@@ -308,12 +308,10 @@ async fn serve(config: Config) -> Result<(), String> {
             client.clone(),
             &config.federation.allowed_recipients_peers,
         )?;
-        let s = &services.state;
         let remote_keys: Arc<dyn federation_client::keys::KeySource> = Arc::new(
             federation_client::keys::RemoteKeys::persistent(client.clone(), services.db.clone()),
         );
-        // Joins, leaves and invites through other servers (the client API's hook) and as
-        // the resident server (the federation endpoints), over the same key cache.
+        let s = &services.state;
         let membership = Arc::new(federation_membership::MembershipService::new(
             s.rooms.clone(),
             client.clone(),
@@ -323,13 +321,7 @@ async fn serve(config: Config) -> Result<(), String> {
             membership,
             s.rooms.clone(),
         )));
-        let app_state = s.clone();
-        let membership_state = Arc::new(api_federation::membership::MembershipState {
-            rooms: s.rooms.clone(),
-            wake: Arc::new(move |room, pos, extra| {
-                api_client::wake_room_members(&app_state, room, pos, extra)
-            }),
-        });
+        let app_state = services.state.clone();
         let federation = Arc::new(
             api_federation::FederationState::new(
                 services.server_keys.clone(),
@@ -341,7 +333,12 @@ async fn serve(config: Config) -> Result<(), String> {
                 client,
             )
             .with_peer_observer(fed.peer_observer())
-            .with_membership(membership_state),
+            .with_membership(Arc::new(api_federation::membership::MembershipState {
+                rooms: s.rooms.clone(),
+                wake: Arc::new(move |room, pos, extra| {
+                    api_client::wake_room_members(&app_state, room, pos, extra)
+                }),
+            })),
         );
         outbound = Some(fed);
         app = app.merge(api_federation::router(federation));
