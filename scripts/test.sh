@@ -14,3 +14,10 @@ if [ -x tests/interop/run.sh ]; then
   echo "== interop (matrix-nio)" >&2
   tests/interop/run.sh
 fi
+if [ -x tests/interop/federation-synapse.sh ]; then
+  echo "== interop (federation with Synapse)" >&2
+  rc=0
+  tests/interop/federation-synapse.sh || rc=$?
+  # 77: skipped (this binary cannot federate); anything else but 0 is a failure.
+  [ "$rc" = 0 ] || [ "$rc" = 77 ] || exit "$rc"
+fi

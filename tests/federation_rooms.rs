@@ -23,12 +23,22 @@ impl Drop for Server {
     }
 }
 
+/// A free port never handed out before in this process: the tests run in parallel and a
+/// port is only bound when its server starts, so two servers could otherwise get one port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 struct User {
@@ -94,13 +104,29 @@ ip_range_allowlist = ["127.0.0.0/8"]
                 .expect("start pulse"),
         );
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self
-            .http
-            .get(self.url("/_matrix/client/versions"))
-            .send()
-            .await
-            .is_err()
-        {
+        let insecure = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let fed_version = format!(
+            "https://127.0.0.1:{}/_matrix/federation/v1/version",
+            self.fed_port
+        );
+        loop {
+            let client_up = self
+                .http
+                .get(self.url("/_matrix/client/versions"))
+                .send()
+                .await
+                .is_ok();
+            if client_up && insecure.get(&fed_version).send().await.is_ok() {
+                break;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("pulse exited during start-up: {status}");
+            }
             assert!(Instant::now() < deadline, "pulse did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -354,6 +380,20 @@ async fn remote_user_joins_and_leaves_a_room_and_state_matches() {
         .await;
     assert_eq!(status, 200, "leave: {body}");
     assert!(!b.joined_rooms(&bob).await.contains(&room));
+    eventually("bob's leave on A", || async {
+        a.membership_of(&alice, &room, &bob.id).await.as_deref() == Some("leave")
+    })
+    .await;
+
+    // A restarts; bob joins again through it.
+    let mut a = a;
+    a.restart().await;
+    let (status, body) = join(&b, &bob, &room, &a).await;
+    assert_eq!(status, 200, "rejoin after A's restart: {body}");
+    assert_eq!(
+        a.membership_of(&alice, &room, &bob.id).await.as_deref(),
+        Some("join")
+    );
 }
 
 #[tokio::test]

@@ -7,11 +7,15 @@ Checks, in order, stopping at the first failure:
   1. Pulse's /_matrix/federation/v1/version and /_matrix/key/v2/server (signed by its own key);
   2. a Pulse user joins a public room on Synapse (Pulse's make_join/send_join);
   3. a Synapse user joins a public room on Pulse (Synapse's make_join/send_join against Pulse);
-  4. messages both ways in the Synapse room; 5. messages both ways in the Pulse room.
+  4. messages both ways in the Synapse room; 5. messages both ways in the Pulse room;
+  6. a Pulse user invites a Synapse user to a private Pulse room: accepted, and rejected;
+  7. a Synapse user invites a Pulse user to a private Synapse room: accepted, and rejected.
 """
 
+import json
 import sys
 import time
+import urllib.parse
 
 from synapse_harness import Synapse, has_message, wait_for
 
@@ -75,6 +79,55 @@ def talk(home, home_user, guest, guest_user, room_id, label):
     print("messages arrived both ways")
 
 
+_sync_calls = 0
+
+
+def invited(hs, user):
+    # Synapse caches the answer of an identical /sync request for 2 minutes
+    # (sync_response_cache_duration): a filter that differs each time defeats the cache.
+    global _sync_calls
+    _sync_calls += 1
+    filt = urllib.parse.quote(json.dumps({"room": {"timeline": {"limit": _sync_calls}}}))
+    sync = hs.client("GET", f"/_matrix/client/v3/sync?timeout=0&filter={filt}",
+                     token=user["access_token"])
+    return list(sync.get("rooms", {}).get("invite", {}))
+
+
+def membership(hs, viewer, room_id, user_id):
+    state = hs.client(
+        "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{user_id}",
+        token=viewer["access_token"],
+    )
+    return state.get("membership")
+
+
+def invite_accept_reject(home, home_user, guest, guest_user):
+    """home_user invites guest_user to a private room twice: accepted once, rejected once."""
+    for accept in (True, False):
+        room_id = home.client(
+            "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"},
+            token=home_user["access_token"],
+        )["room_id"]
+        home.client(
+            "POST", f"/_matrix/client/v3/rooms/{room_id}/invite",
+            {"user_id": guest_user["user_id"]}, token=home_user["access_token"],
+        )
+        wait_for("the invite on the invitee's server", lambda: room_id in invited(guest, guest_user))
+        if accept:
+            guest.client("POST", f"/_matrix/client/v3/rooms/{room_id}/join", {},
+                         token=guest_user["access_token"])
+            wait_for("the accepted invite on the inviter's server",
+                     lambda: membership(home, home_user, room_id, guest_user["user_id"]) == "join")
+            print(f"{guest_user['user_id']} accepted an invite to {room_id}")
+        else:
+            guest.client("POST", f"/_matrix/client/v3/rooms/{room_id}/leave", {},
+                         token=guest_user["access_token"])
+            wait_for("the rejected invite on the inviter's server",
+                     lambda: membership(home, home_user, room_id, guest_user["user_id"]) == "leave")
+            assert room_id not in invited(guest, guest_user)
+            print(f"{guest_user['user_id']} rejected an invite to {room_id}")
+
+
 def main(argv):
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -98,6 +151,12 @@ def main(argv):
 
     step("5. messages both ways in the Pulse room")
     talk(pulse, p_alice, synapse, s_bob, pulse_room, "pulse-room")
+
+    step("6. a Pulse user invites a Synapse user (accepted, then rejected)")
+    invite_accept_reject(pulse, p_alice, synapse, s_bob)
+
+    step("7. a Synapse user invites a Pulse user (accepted, then rejected)")
+    invite_accept_reject(synapse, s_bob, pulse, p_alice)
 
     print("federation with Synapse: ok")
     return 0

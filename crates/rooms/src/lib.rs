@@ -127,6 +127,8 @@ mod tests_remote_dag;
 mod tests_remote_join;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_template;
 mod txn;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
