@@ -288,7 +288,7 @@ fn now() -> u64 {
 #[tokio::test]
 async fn inbound_pdus_and_presence_with_negative_cases() {
     let mut a = start().await;
-    let b = start().await;
+    let mut b = start().await;
     let a_keys = keys_of(&mut a).await;
     let as_a = FederationClient::new(test_config(), a_keys.clone()).unwrap();
     let (a_name, b_name) = (name(a.port), name(b.port));
@@ -544,5 +544,33 @@ async fn inbound_pdus_and_presence_with_negative_cases() {
         "{members}"
     );
     assert!(members["joined"].get(&bob).is_some(), "{members}");
-    let _ = a.port;
+
+    // B serves A's key as a notary, countersigned by B.
+    let q = fed_get(format!("/_matrix/key/v2/query/{}", enc(&a_name))).await;
+    assert_eq!(q.status, 200, "{}", q.body);
+    assert_eq!(q.body["server_keys"][0]["server_name"], a_name);
+    assert!(
+        q.body["server_keys"][0]["signatures"][&b_name].is_object(),
+        "{}",
+        q.body
+    );
+
+    // A goes away and B restarts: B still knows A's key (stored), so A's next signed
+    // transaction is authenticated and its PDU accepted.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let prev = latest().await;
+    let after_restart = msg("after B restarted", now(), &prev);
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    b.child = spawn(&b.dir, b.port);
+    wait_up(b.port).await;
+    let r = send("t5", vec![after_restart.1.clone()], vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["pdus"][&after_restart.0],
+        serde_json::json!({}),
+        "{}",
+        r.body
+    );
 }
