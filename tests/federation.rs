@@ -246,6 +246,7 @@ fn enc(s: &str) -> String {
 }
 
 /// A PDU from `sender` on top of `prev` (a PDU as `/event` serves it), signed by `keys`.
+#[allow(clippy::too_many_arguments)]
 fn signed_pdu(
     keys: &server_keys::ServerKeys,
     room: &str,
