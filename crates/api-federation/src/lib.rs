@@ -8,10 +8,15 @@
 //! destination + body. Bodies are capped at [`MAX_BODY_BYTES`].
 //!
 //! Also: the notary endpoints `GET /_matrix/key/v2/query/{server}` and
-//! `POST /_matrix/key/v2/query` ([`keys`]); inbound transactions `PUT /v1/send/{txnId}`
-//! ([`send`]: bounds, per-(origin, txn) idempotency, PDU signature/hash checks, missing
-//! `prev_events` from the origin, presence / typing / receipt EDUs); `m.room.server_acl`
-//! ([`acl`]). An authenticated request to a path we do not serve gets `404 M_UNRECOGNIZED`.
+//! `POST /_matrix/key/v2/query` (`keys`); inbound transactions `PUT /v1/send/{txnId}` (`send`:
+//! bounds, per-(origin, txn) idempotency, presence / typing / receipt EDUs; `inbound`: each PDU
+//! through ACL and sender checks, keys valid at its time (`verify`), `rooms::receive_pdu`, and
+//! the missing events it asks for); the reads `/event`, `/state`, `/state_ids`, `/backfill`,
+//! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility)
+//! and `/query/profile`, `/query/directory`, `/publicRooms` (`queries`); `m.room.server_acl`
+//! (`acl`). Joins, leaves and invites live in `membership` (another owner). An authenticated
+//! request to a path we do not serve gets `404 M_UNRECOGNIZED`. docs/federation.md has the
+//! life of an inbound PDU.
 mod acl;
 mod auth;
 mod inbound;

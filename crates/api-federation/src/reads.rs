@@ -2,10 +2,13 @@
 //! `/get_missing_events`, `/event_auth`.
 //!
 //! Every room-scoped request passes the room's server ACL, and the asking server must be in
-//! the room (one of its users joined) unless the room is `world_readable`. Each event served
-//! must be visible to the server by history visibility: visible to at least one of its users
-//! who is or was in the room ([`rooms::RoomService::visible_to`]), or `world_readable`.
-//! Rejected events are never served; soft-failed ones are (they are part of the DAG).
+//! the room (one of its users joined) unless the room is `world_readable`. Events from
+//! `/event`, `/backfill` and `/get_missing_events` the server may not see by history
+//! visibility (no user of it who is or was in the room may see it,
+//! [`rooms::RoomService::visible_to`], and not `world_readable`) are served **redacted**, as
+//! Synapse does: the DAG stays walkable, the content stays private. State and auth chains
+//! (`/state`, `/state_ids`, `/event_auth`) are served whole to a server in the room: it needs
+//! them to authorise events. Rejected events are never served; soft-failed ones are.
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -83,6 +86,7 @@ fn parse_event(s: &str) -> Result<OwnedEventId, ReadError> {
 pub(crate) struct ServerView<'a> {
     state: &'a FederationState,
     room: OwnedRoomId,
+    rules: ruma::room_version_rules::RoomVersionRules,
     /// The server's users who ever had a membership in the room.
     users: Vec<OwnedUserId>,
 }
@@ -108,12 +112,23 @@ impl ServerView<'_> {
         Ok(false)
     }
 
-    /// The event as served: stored, not rejected, in this room and visible to the server.
+    /// A stored, not rejected event of this room.
     fn event(&self, id: &OwnedEventId) -> Result<Option<rooms::StoredEvent>, ReadError> {
         match self.state.rooms.pdu_for_federation(id).map_err(internal)? {
-            Some(ev) if self.may_see(&ev)? => Ok(Some(ev)),
+            Some(ev) if ev.room_id() == self.room.as_str() => Ok(Some(ev)),
             _ => Ok(None),
         }
+    }
+
+    /// The PDU as this server may have it: whole, or redacted when history visibility
+    /// hides it.
+    fn serve(&self, ev: &rooms::StoredEvent) -> Result<Value, ReadError> {
+        if self.may_see(ev)? {
+            return Ok(pdu_json(ev));
+        }
+        let redacted = ruma::canonical_json::redact(ev.pdu.clone(), &self.rules.redaction, None)
+            .map_err(internal)?;
+        Ok(serde_json::to_value(redacted).unwrap_or(Value::Null))
     }
 }
 
@@ -143,9 +158,16 @@ pub(crate) fn view<'a>(
     if !joined && !world_readable {
         return Err(forbidden(format!("{origin} is not in room {room}")));
     }
+    let rules = state
+        .rooms
+        .room_version(room)
+        .map_err(internal)?
+        .and_then(|v| v.rules())
+        .ok_or_else(|| internal(format!("room {room} has no supported version")))?;
     Ok(ServerView {
         state,
         room: room.to_owned(),
+        rules,
         users: members
             .into_iter()
             .filter(|(u, _)| u.server_name() == origin)
@@ -181,10 +203,7 @@ pub(crate) async fn get_event(
             .ok_or_else(|| not_found(format!("unknown event {id}")))?;
         let room = parse_room(ev.room_id())?;
         let view = view(state, &room, &origin)?;
-        if !view.may_see(&ev)? {
-            return Err(not_found(format!("unknown event {id}")));
-        }
-        Ok(Json(envelope(state, vec![pdu_json(&ev)])))
+        Ok(Json(envelope(state, vec![view.serve(&ev)?])))
     })
     .await
 }
@@ -336,13 +355,17 @@ pub(crate) async fn backfill(
     blocking(&state, move |state| {
         let view = view(state, &room, &origin)?;
         let events = walk_back(&view, from, &BTreeSet::new(), limit, 0, true)?;
-        Ok(Json(envelope(state, events.iter().map(pdu_json).collect())))
+        let pdus = events
+            .iter()
+            .map(|e| view.serve(e))
+            .collect::<Result<_, _>>()?;
+        Ok(Json(envelope(state, pdus)))
     })
     .await
 }
 
 /// Breadth-first over `prev_events` from `start` (included when `include_start`), skipping
-/// `stop` and events under `min_depth`; visible events only, newest first.
+/// `stop` and events under `min_depth`; newest first.
 fn walk_back(
     view: &ServerView<'_>,
     start: Vec<OwnedEventId>,
@@ -462,9 +485,11 @@ pub(crate) async fn get_missing_events(
         let view = view(state, &room, &origin)?;
         let mut events = walk_back(&view, latest, &stop, limit, min_depth, false)?;
         events.reverse();
-        Ok(Json(
-            json!({ "events": events.iter().map(pdu_json).collect::<Vec<_>>() }),
-        ))
+        let events: Vec<Value> = events
+            .iter()
+            .map(|e| view.serve(e))
+            .collect::<Result<_, _>>()?;
+        Ok(Json(json!({ "events": events })))
     })
     .await
 }

@@ -3,8 +3,8 @@
 //! * Bounds: ≤ [`MAX_PDUS_PER_TXN`] PDUs and ≤ [`MAX_EDUS_PER_TXN`] EDUs, else `400` (the only
 //!   non-2xx answer besides authentication: Synapse backs off for 10 minutes on any error, so
 //!   everything per PDU goes in the `200` result map instead).
-//! * Idempotent per (origin, txnId): the answer is stored in `Cf::Misc` under
-//!   `"fed_txn" 0xFF origin 0xFF txn_id 0xFF` once the transaction is processed, and a retry
+//! * Idempotent per (origin, txnId): the answer is recorded with
+//!   [`rooms::RoomService::federation_txn`] once the transaction is processed, and a retry
 //!   gets it back; transactions of one origin are processed one at a time.
 //! * PDUs, in order: unknown rooms and unparsable PDUs are skipped without an entry (no event
 //!   ID can be computed); the rest go through [`inbound::pushed_pdu`].
@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName};
 use serde_json::{Value, json};
-use storage::{Batch, Cf, Key};
 
 use crate::{FederationState, Origin, acl, error, inbound};
 
@@ -40,10 +39,6 @@ impl TxnLocks {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(origin.to_owned()).or_default().clone()
     }
-}
-
-fn txn_key(origin: &str, txn: &str) -> Key {
-    Key::new().str("fed_txn").str(origin).str(txn)
 }
 
 pub(crate) async fn send_transaction(
@@ -86,10 +81,19 @@ pub(crate) async fn send_transaction(
     }
     let lock = state.txn_locks.for_origin(origin.as_str());
     let _guard = lock.lock().await;
-    let key = txn_key(origin.as_str(), &txn_id);
-    match state.rooms.db().get_json::<Value>(Cf::Misc, &key) {
+    // The record lives in the room engine (`Cf::Txns`, pruned there). Its lock is
+    // synchronous, so it is taken only for the read and for the write; the per-origin async
+    // lock above keeps the two from interleaving with another delivery.
+    match state
+        .rooms
+        .federation_txn(&origin, &txn_id)
+        .map(|t| t.previous().cloned())
+    {
         Ok(Some(answer)) => return Json(answer).into_response(),
         Ok(None) => {}
+        Err(rooms::RoomError::InvalidParam(m)) => {
+            return error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &m);
+        }
         Err(e) => {
             tracing::error!("cannot read transaction record: {e}");
             return error(
@@ -116,9 +120,11 @@ pub(crate) async fn send_transaction(
         handle_edu(&state, &origin, edu).await;
     }
     let answer = json!({ "pdus": results });
-    let mut batch = Batch::new();
-    batch.put_json(Cf::Misc, &key, &answer);
-    if let Err(e) = state.rooms.db().write(batch) {
+    if let Err(e) = state
+        .rooms
+        .federation_txn(&origin, &txn_id)
+        .and_then(|t| t.record(&answer))
+    {
         // The PDUs are stored; a retry would re-run them harmlessly (they are deduplicated).
         tracing::warn!("cannot record transaction {txn_id} of {origin}: {e}");
     }
