@@ -75,6 +75,7 @@ mod create;
 mod ops;
 mod pdu;
 mod persist;
+mod power;
 mod read;
 mod resolve;
 mod restricted;

@@ -524,12 +524,11 @@ impl RoomService {
         };
         let redaction_target = match redaction_target {
             Some(t) => {
-                let pl_content = match lookup_before("m.room.power_levels", "") {
-                    Some(id) => self.event(&id)?.map(|e| e.content()),
+                let power_levels = match lookup_before("m.room.power_levels", "") {
+                    Some(id) => self.event(&id)?,
                     None => None,
                 };
-                let creator = summary.as_ref().map(|s| s.creator.as_str()).unwrap_or("");
-                self.redaction_allowed(&pdu.sender, &t, pl_content, creator)?
+                self.redaction_allowed(&pdu.sender, &t, summary.as_ref(), power_levels.as_ref())?
                     .then_some(t)
             }
             None => None,
@@ -669,14 +668,17 @@ impl RoomService {
         &self,
         sender: &UserId,
         target: &crate::store::StoredEvent,
-        power_levels: Option<Value>,
-        creator: &str,
+        summary: Option<&RoomSummary>,
+        power_levels: Option<&StoredEvent>,
     ) -> Result<bool> {
         if target.sender() == sender.as_str() {
             return Ok(true);
         }
-        let pl = crate::ops::PowerLevels::new(power_levels, creator);
-        if pl.user(sender.as_str()) >= pl.action("redact") {
+        if let Some(summary) = summary
+            && self
+                .power_levels_of(summary, power_levels)?
+                .user_can_redact_event_of_other(sender)
+        {
             return Ok(true);
         }
         if sender.server_name() == self.server_name {
