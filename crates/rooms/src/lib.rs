@@ -88,6 +88,7 @@ mod tests;
 mod tests_security;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
+pub use ops::MemberProfile;
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use store::{MembershipRecord, PrevState, StoredEvent};
 

@@ -1,5 +1,4 @@
 //! Client writes: messages, state, membership, redactions, aliases, profile updates.
-use accounts::Profile;
 use ruma::events::StateEventType;
 use ruma::events::room::power_levels::UserPowerLevel;
 use ruma::{
@@ -12,6 +11,15 @@ use crate::create::member_content;
 use crate::persist::{AppendOpts, NewEvent};
 use crate::store::{AliasRecord, alias_reverse_key, membership_key, txn_key};
 use crate::{Membership, Result, RoomError, RoomService, SentEvent, UserRoom};
+
+/// The displayname and avatar a user's `m.room.member` join event carries. Profiles themselves
+/// belong to `accounts`; the caller passes the user's current one in, so the room engine does
+/// not depend on the account service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberProfile {
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
 
 fn txn_scope(kind: &str, room: &RoomId) -> String {
     format!("{kind} {room}")
@@ -200,7 +208,7 @@ impl RoomService {
         &self,
         user: &UserId,
         room_or_alias: &str,
-        profile: &Profile,
+        profile: &MemberProfile,
         content: Option<Map<String, Value>>,
     ) -> Result<(OwnedRoomId, SentEvent)> {
         let room = self.resolve_room_or_alias(room_or_alias)?;
@@ -398,7 +406,7 @@ impl RoomService {
     pub fn update_member_profile(
         &self,
         user: &UserId,
-        profile: &Profile,
+        profile: &MemberProfile,
     ) -> Result<Vec<(OwnedRoomId, u64)>, RoomError> {
         let rooms: Vec<UserRoom> = self
             .rooms_for_user(user)?
