@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
 mod config;
+mod federation;
 mod tls;
 
 use config::Config;
@@ -292,16 +293,36 @@ async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
     let services = open_services(&config)?;
     let mut app = api_client::router(services.state.clone());
+    let mut outbound = None;
     if config.federation.enabled {
         let client = federation_client::FederationClient::new(
             config.federation.clone(),
             services.server_keys.clone(),
         )
         .map_err(|e| format!("[federation]: {e}"))?;
-        let federation = Arc::new(api_federation::FederationState {
-            keys: services.server_keys.clone(),
-            remote_keys: Arc::new(federation_client::keys::RemoteKeys::new(client)),
-        });
+        let fed = federation::start_federation(
+            &services.state,
+            services.db.clone(),
+            client.clone(),
+            &config.federation.allowed_recipients_peers,
+        )?;
+        let s = &services.state;
+        let federation = Arc::new(
+            api_federation::FederationState::new(
+                services.server_keys.clone(),
+                Arc::new(federation_client::keys::RemoteKeys::persistent(
+                    client.clone(),
+                    services.db.clone(),
+                )),
+                s.rooms.clone(),
+                s.presence.clone(),
+                s.ephemeral.clone(),
+                s.accounts.clone(),
+                client,
+            )
+            .with_peer_observer(fed.peer_observer()),
+        );
+        outbound = Some(fed);
         app = app.merge(api_federation::router(federation));
     }
     let presence_timer = services.state.presence.spawn_timer();
@@ -368,6 +389,9 @@ async fn serve(config: Config) -> Result<(), String> {
     // in-flight requests one second, then exit. Acknowledged writes are already durable.
     let _ = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(servers)).await;
     presence_timer.abort();
+    if let Some(f) = &outbound {
+        f.shutdown();
+    }
     if let Err(e) = services.state.presence.persist_dirty() {
         error!("persisting presence at shutdown failed: {e}");
     }

@@ -175,7 +175,8 @@ impl RoomService {
             }
         }
 
-        let _guard = self.lock();
+        // Only a createRoom that claims an alias waits for other alias changes.
+        let _aliases = alias.is_some().then(|| self.lock_aliases());
         if let Some(a) = &alias
             && self.db.exists(Cf::Aliases, a.as_str())?
         {
@@ -187,6 +188,7 @@ impl RoomService {
                 break id;
             }
         };
+        let _guard = self.lock_room(&room_id);
 
         // Memberships are held back until every event is written: a half-built room is in
         // nobody's room list, and a failure removes the room (its summary and alias) again.
