@@ -11,7 +11,13 @@
 //! `POST /_matrix/key/v2/query` ([`keys`]); inbound transactions `PUT /v1/send/{txnId}`
 //! ([`send`]: bounds, per-(origin, txn) idempotency, PDU signature/hash checks, missing
 //! `prev_events` from the origin, presence / typing / receipt EDUs); `m.room.server_acl`
-//! ([`acl`]). An authenticated request to a path we do not serve gets `404 M_UNRECOGNIZED`.
+//! ([`acl`]); the room DAG served to other servers (`reads`: `/event`, `/state`, `/state_ids`,
+//! `/backfill`, `/get_missing_events`, `/event_auth`); queries about our users and rooms
+//! (`queries`: `/query/profile`, `/query/directory`, `/publicRooms`). An authenticated request
+//! to a path we do not serve gets `404 M_UNRECOGNIZED`.
+//!
+//! Handlers go through the services (rooms, accounts, presence-service, ephemeral); one
+//! exception: `send` keeps its per-(origin, txnId) answers in `Cf::Misc` itself.
 mod acl;
 mod auth;
 mod inbound;
