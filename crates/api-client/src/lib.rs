@@ -3,7 +3,8 @@
 //! Axum handlers for `/_matrix/client/*` (plus `/.well-known/matrix/*` and the
 //! Synapse-compatible shared-secret registration endpoint). Handlers are thin: they
 //! validate input at the edge, call the services in [`AppState`] (accounts, rooms,
-//! later presence) and turn results into JSON or a [`MatrixError`].
+//! presence-service, ephemeral) and turn results into JSON or a [`MatrixError`]; no handler
+//! names a storage column family.
 //!
 //! Cross-cutting behaviour lives in [`router`]: CORS for browsers, trailing-slash
 //! tolerance, body size limits (413 `M_TOO_LARGE`), rate limits (429

@@ -115,7 +115,11 @@ async fn put_field(
             state.accounts.set_avatar_url(&user, value)?
         };
         // The profile is saved; propagation to rooms is best effort.
-        match state.rooms.update_member_profile(&user, &profile) {
+        let member = rooms::MemberProfile {
+            displayname: profile.displayname,
+            avatar_url: profile.avatar_url,
+        };
+        match state.rooms.update_member_profile(&user, &member) {
             Ok(rooms) => wake_rooms(&state, &user, &rooms),
             Err(e) => {
                 tracing::warn!(user = %user, error = %e, "profile change not propagated to rooms")

@@ -17,6 +17,8 @@
 //! (`acl`). Joins, leaves and invites live in `membership` (another owner). An authenticated
 //! request to a path we do not serve gets `404 M_UNRECOGNIZED`. docs/federation.md has the
 //! life of an inbound PDU.
+//!
+//! Handlers go through the services (rooms, accounts, presence-service, ephemeral).
 mod acl;
 mod auth;
 mod inbound;

@@ -1,7 +1,10 @@
 //! # pulse — the Pulse homeserver binary
 //!
 //! Reads the configuration (or uses the embedded default), opens the RocksDB
-//! database, builds the services and serves the client API on every listener.
+//! database, builds the services, connects them through their observer traits and serves
+//! the client API on every listener — over TLS where the listener has a `[listeners.tls]`
+//! table (`tls.rs`). With `[federation] enabled` it also starts the federation sender
+//! (`federation.rs`) and serves the federation API on the same listeners.
 //! Subcommands:
 //!
 //! * `pulse serve [--config FILE]` — run the server;

@@ -304,19 +304,23 @@ impl RoomService {
 
         // 5. Redactions: this event redacting a known target, or a redaction that arrived
         // before this event applying to it now.
-        let creator = summary.as_ref().map(|s| s.creator.as_str()).unwrap_or("");
         let redaction_target = match (&pdu.redacts, pdu.kind == TimelineEventType::RoomRedaction) {
             (Some(target), true) => self.event(target)?.filter(|t| t.room_id() == room.as_str()),
             _ => None,
         };
         let redaction_target = match redaction_target {
             Some(t) => {
-                let pl_content = match lookup_before("m.room.power_levels", "") {
-                    Some(id) => self.event_any(&id)?.map(|e| e.content()),
+                let power_levels = match lookup_before("m.room.power_levels", "") {
+                    Some(id) => self.event_any(&id)?,
                     None => None,
                 };
-                self.redaction_allowed(&pdu.sender, t.sender(), pl_content, creator)?
-                    .then_some(t)
+                self.redaction_allowed(
+                    &pdu.sender,
+                    t.sender(),
+                    summary.as_ref(),
+                    power_levels.as_ref(),
+                )?
+                .then_some(t)
             }
             None => None,
         };
@@ -567,16 +571,16 @@ impl RoomService {
             .state_before(&id)?
             .get(&("m.room.power_levels".to_owned(), String::new()))
         {
-            Some(pl) => self.event_any(pl)?.map(|e| e.content()),
+            Some(pl) => self.event_any(pl)?,
             None => None,
         };
-        let creator = self.require_summary(room)?.creator;
+        let summary = self.require_summary(room)?;
         let allowed = self
             .redaction_allowed(
                 sender,
                 target_sender.as_str(),
-                power_levels,
-                creator.as_str(),
+                Some(&summary),
+                power_levels.as_ref(),
             )
             .unwrap_or(false);
         Ok(allowed.then_some((redaction, key)))

@@ -1,5 +1,4 @@
 //! `createRoom`: the spec's event sequence for a new room.
-use accounts::Profile;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -9,7 +8,7 @@ use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::store::{
     AliasRecord, PUBLIC_PREFIX, alias_reverse_key, membership_key, public_key, summary_key,
 };
-use crate::{DEFAULT_ROOM_VERSION, Result, RoomError, RoomService};
+use crate::{DEFAULT_ROOM_VERSION, MemberProfile, Result, RoomError, RoomService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,12 +67,12 @@ pub struct CreateRoomRequest {
     pub room_alias_name: Option<String>,
     /// Not part of the request body: the creator's displayname/avatar for their member event.
     #[serde(skip)]
-    pub creator_profile: Profile,
+    pub creator_profile: MemberProfile,
 }
 
 pub(crate) fn member_content(
     membership: &str,
-    profile: Option<&Profile>,
+    profile: Option<&MemberProfile>,
     reason: Option<&str>,
 ) -> Value {
     let mut c = Map::new();

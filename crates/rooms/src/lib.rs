@@ -52,6 +52,13 @@
 //!   [`RoomService::client_event_for`]; [`StoredEvent::to_client_event`] formats events.
 //! * Errors are [`RoomError`]; the HTTP layer maps them to Matrix error codes.
 //!
+//! Local permission checks (redact, send state, delete an alias, choose a restricted-join
+//! authoriser) read ruma's `RoomPowerLevels` under the room version's rules (`power.rs`):
+//! integer-only levels from v10, creators above every level from v12. The room engine
+//! depends on no other service: [`RoomService::join`], [`RoomService::create_room`] and
+//! [`RoomService::update_member_profile`] take the member event's displayname and avatar as
+//! a [`MemberProfile`], which the caller reads from `accounts`.
+//!
 //! Size limit: events over [`MAX_PDU_BYTES`] of canonical JSON are [`RoomError::TooLarge`]
 //! (ruma-signatures refuses to hash PDUs over 65,535 bytes, so that is the effective limit).
 //!
@@ -109,6 +116,7 @@ mod observer;
 mod ops;
 mod pdu;
 mod persist;
+mod power;
 mod read;
 mod remote;
 mod resolve;
@@ -134,6 +142,7 @@ mod txn;
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use import::{MAX_IMPORTED_EVENTS, MAX_INVITE_STATE};
 pub use observer::{CommittedEvent, EventObserver, departing_remote_target};
+pub use ops::MemberProfile;
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use remote::{
     KeyLookup, MAX_AUTH_EVENTS, MAX_PREV_EVENTS, Received, StaticKeys, event_id_for, keys_needed,

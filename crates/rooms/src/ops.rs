@@ -1,5 +1,6 @@
 //! Client writes: messages, state, membership, redactions, aliases, profile updates.
-use accounts::Profile;
+use ruma::events::StateEventType;
+use ruma::events::room::power_levels::UserPowerLevel;
 use ruma::{
     DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId,
 };
@@ -8,72 +9,16 @@ use storage::{Batch, Cf};
 
 use crate::create::member_content;
 use crate::persist::{AppendOpts, NewEvent};
-use crate::store::{AliasRecord, RoomSummary, alias_reverse_key, membership_key, txn_key};
+use crate::store::{AliasRecord, alias_reverse_key, membership_key, txn_key};
 use crate::{Membership, Result, RoomError, RoomService, SentEvent, UserRoom};
 
-/// The room's power levels, read leniently for local permission checks (the
-/// authorization rules proper are ruma-state-res's).
-pub(crate) struct PowerLevels {
-    content: Option<Value>,
-    creator: String,
-}
-
-fn as_level(v: &Value) -> Option<i64> {
-    v.as_i64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-}
-
-impl PowerLevels {
-    /// From an `m.room.power_levels` content (`None`: the room has none yet).
-    pub fn new(content: Option<Value>, creator: &str) -> PowerLevels {
-        PowerLevels {
-            content,
-            creator: creator.to_owned(),
-        }
-    }
-    pub fn user(&self, user: &str) -> i64 {
-        match &self.content {
-            Some(c) => c
-                .get("users")
-                .and_then(|u| u.get(user))
-                .and_then(as_level)
-                .or_else(|| c.get("users_default").and_then(as_level))
-                .unwrap_or(0),
-            None => {
-                if user == self.creator {
-                    100
-                } else {
-                    0
-                }
-            }
-        }
-    }
-    /// `kick`, `ban`, `redact` (default 50) or `invite` (default 0).
-    pub fn action(&self, name: &str) -> i64 {
-        let default = if name == "invite" { 0 } else { 50 };
-        self.content
-            .as_ref()
-            .and_then(|c| c.get(name))
-            .and_then(as_level)
-            .unwrap_or(default)
-    }
-    pub fn event(&self, kind: &str, state: bool) -> i64 {
-        match &self.content {
-            Some(c) => c
-                .get("events")
-                .and_then(|e| e.get(kind))
-                .and_then(as_level)
-                .unwrap_or_else(|| {
-                    let (k, d) = if state {
-                        ("state_default", 50)
-                    } else {
-                        ("events_default", 0)
-                    };
-                    c.get(k).and_then(as_level).unwrap_or(d)
-                }),
-            None => 0,
-        }
-    }
+/// The displayname and avatar a user's `m.room.member` join event carries. Profiles themselves
+/// belong to `accounts`; the caller passes the user's current one in, so the room engine does
+/// not depend on the account service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberProfile {
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
 }
 
 fn txn_scope(kind: &str, room: &RoomId) -> String {
@@ -81,16 +26,6 @@ fn txn_scope(kind: &str, room: &RoomId) -> String {
 }
 
 impl RoomService {
-    pub(crate) fn power_levels(&self, room: &RoomId, summary: &RoomSummary) -> Result<PowerLevels> {
-        let content = self
-            .current_state_event(room, "m.room.power_levels", "")?
-            .map(|e| e.content());
-        Ok(PowerLevels {
-            content,
-            creator: summary.creator.to_string(),
-        })
-    }
-
     fn txn_hit(&self, key: &storage::Key) -> Result<Option<SentEvent>> {
         let Some(id) = self.db.get(Cf::Txns, key)? else {
             return Ok(None);
@@ -273,7 +208,7 @@ impl RoomService {
         &self,
         user: &UserId,
         room_or_alias: &str,
-        profile: &Profile,
+        profile: &MemberProfile,
         content: Option<Map<String, Value>>,
     ) -> Result<(OwnedRoomId, SentEvent)> {
         let room = self.resolve_room_or_alias(room_or_alias)?;
@@ -435,7 +370,7 @@ impl RoomService {
             .is_some_and(|t| t.sender() == sender.as_str());
         if !own {
             let pl = self.power_levels(room, &summary)?;
-            if pl.user(sender.as_str()) < pl.action("redact") {
+            if !pl.user_can_redact_event_of_other(sender) {
                 return Err(RoomError::Forbidden(
                     "you may not redact other users' events".into(),
                 ));
@@ -471,7 +406,7 @@ impl RoomService {
     pub fn update_member_profile(
         &self,
         user: &UserId,
-        profile: &Profile,
+        profile: &MemberProfile,
     ) -> Result<Vec<(OwnedRoomId, u64)>, RoomError> {
         let rooms: Vec<UserRoom> = self
             .rooms_for_user(user)?
@@ -573,7 +508,7 @@ impl RoomService {
                 Some(s) => {
                     let pl = self.power_levels(&rec.room_id, &s)?;
                     self.is_joined(&rec.room_id, user)?
-                        && pl.user(user.as_str()) >= pl.event("m.room.canonical_alias", true)
+                        && pl.user_can_send_state(user, StateEventType::RoomCanonicalAlias)
                 }
                 None => false,
             };
@@ -662,12 +597,12 @@ impl RoomService {
             return Ok(false);
         }
         let pl = self.power_levels(room, &s)?;
-        Ok(pl.user(user.as_str()) >= pl.event(kind, true))
+        Ok(pl.user_can_send_state(user, StateEventType::from(kind)))
     }
 
-    /// The user's power level in a room.
-    pub fn user_power_level(&self, room: &RoomId, user: &UserId) -> Result<i64> {
+    /// The user's power level in a room (from v12 a creator's is [`UserPowerLevel::Infinite`]).
+    pub fn user_power_level(&self, room: &RoomId, user: &UserId) -> Result<UserPowerLevel> {
         let s = self.require_summary(room)?;
-        Ok(self.power_levels(room, &s)?.user(user.as_str()))
+        Ok(self.power_levels(room, &s)?.for_user(user))
     }
 }

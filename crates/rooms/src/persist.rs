@@ -313,14 +313,17 @@ impl RoomService {
         &self,
         sender: &UserId,
         target_sender: &str,
-        power_levels: Option<Value>,
-        creator: &str,
+        summary: Option<&RoomSummary>,
+        power_levels: Option<&crate::store::StoredEvent>,
     ) -> Result<bool> {
         if target_sender == sender.as_str() {
             return Ok(true);
         }
-        let pl = crate::ops::PowerLevels::new(power_levels, creator);
-        if pl.user(sender.as_str()) >= pl.action("redact") {
+        if let Some(summary) = summary
+            && self
+                .power_levels_of(summary, power_levels)?
+                .user_can_redact_event_of_other(sender)
+        {
             return Ok(true);
         }
         if sender.server_name() == self.server_name {

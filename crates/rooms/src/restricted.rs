@@ -80,17 +80,16 @@ impl RoomService {
             )));
         }
         let pl = self.power_levels(room, &summary)?;
-        let invite = pl.action("invite");
         let authoriser: Option<OwnedUserId> = self
             .members(room)?
             .into_iter()
             .filter(|(u, m)| {
                 *m == Membership::Join
                     && u.server_name() == self.server_name
-                    && pl.user(u.as_str()) >= invite
+                    && pl.user_can_invite(u)
             })
             .map(|(u, _)| u)
-            .max_by_key(|u| pl.user(u.as_str()));
+            .max_by_key(|u| pl.for_user(u));
         let Some(authoriser) = authoriser else {
             return Err(RoomError::Forbidden(format!(
                 "no local member of {room} may invite, so this server cannot authorise the join"

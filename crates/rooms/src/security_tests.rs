@@ -1,5 +1,5 @@
 //! Tests for the room-engine findings of the security review (issue 13).
-use accounts::Profile;
+use crate::MemberProfile as Profile;
 use ruma::OwnedUserId;
 use serde_json::{Map, Value, json};
 

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use accounts::Profile;
+use crate::MemberProfile as Profile;
 use ruma::serde::Base64;
 use ruma::signatures::{Verified, verify_event};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId};

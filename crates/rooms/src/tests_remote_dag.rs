@@ -1,6 +1,6 @@
 //! Remote events in a room's DAG: forks, late events, missing prevs, gaps, rejected
 //! and soft-failed events, history visibility (scenarios of `tests_remote.rs`).
-use accounts::Profile;
+use crate::MemberProfile as Profile;
 use ruma::{OwnedEventId, RoomVersionId};
 use serde_json::{Value, json};
 

@@ -1,5 +1,5 @@
 //! Regression tests for the security findings of issue 13 (items 1 and 4).
-use accounts::Profile;
+use crate::MemberProfile as Profile;
 use ruma::{OwnedUserId, RoomId};
 use serde_json::{Value, json};
 

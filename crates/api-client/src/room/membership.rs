@@ -28,8 +28,16 @@ pub(super) fn routes(r: axum::Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     route(r, "/joined_rooms", get(joined_rooms))
 }
 
-fn profile(state: &AppState, user: &ruma::UserId) -> ApiResult<accounts::Profile> {
-    Ok(state.accounts.profile(user)?.unwrap_or_default())
+/// The user's profile (owned by `accounts`) as their member events carry it.
+fn profile(state: &AppState, user: &ruma::UserId) -> ApiResult<rooms::MemberProfile> {
+    let accounts::Profile {
+        displayname,
+        avatar_url,
+    } = state.accounts.profile(user)?.unwrap_or_default();
+    Ok(rooms::MemberProfile {
+        displayname,
+        avatar_url,
+    })
 }
 
 /// Longest `invite`, `invite_3pid` or `initial_state` list accepted by `createRoom`.
