@@ -321,7 +321,10 @@ mod tests {
     fn hashing_pool_is_configurable_and_bounded() {
         let c = Config::parse("[accounts]\nhashing_slots = 3\nhashing_wait_ms = 500\n")
             .expect("parses");
-        assert_eq!((c.accounts.hashing_slots, c.accounts.hashing_wait_ms), (3, 500));
+        assert_eq!(
+            (c.accounts.hashing_slots, c.accounts.hashing_wait_ms),
+            (3, 500)
+        );
         c.validate().expect("valid");
         let c = Config::parse("[accounts]\nhashing_slots = 5000\n").expect("parses");
         let err = c.validate().expect_err("too many slots");
