@@ -8,7 +8,9 @@
 # default argon2 cost (19 MiB, 2 passes) and rate limits off, waits until it answers, fires
 # N registrations at once (one thread each), then reads the kernel's peak resident set of
 # the process (VmHWM in /proc/PID/status) and counts the answers by status. Prints
-# "baseline_kib=... peak_kib=... statuses=..." and stops the server.
+# "baseline_kib=... peak_kib=... statuses=..." and stops the server. WAIT_S (default 600)
+# bounds the wait for answers; registrations still unanswered then count as "pending" (the
+# peak is read anyway: VmHWM is the highest resident set the process ever had).
 set -euo pipefail
 bin=${1:?usage: $0 PULSE_BINARY [N] [PORT] [EXTRA_ACCOUNTS_TOML]}
 n=${2:-200}
@@ -62,10 +64,17 @@ def register(i):
         status = type(e).__name__
     with lock:
         counts[status] += 1
-threads = [threading.Thread(target=register, args=(i,)) for i in range(n)]
+import os, time
+threads = [threading.Thread(target=register, args=(i,), daemon=True) for i in range(n)]
 for t in threads: t.start()
-for t in threads: t.join()
-print(",".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=str)))
+deadline = time.monotonic() + float(os.environ.get("WAIT_S", "600"))
+for t in threads: t.join(max(0.0, deadline - time.monotonic()))
+with lock:
+    pending = n - sum(counts.values())
+    if pending:
+        counts["pending"] = pending
+    print(",".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=str)), flush=True)
+os._exit(0)
 PY
 )
 peak=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
