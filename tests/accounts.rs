@@ -545,19 +545,24 @@ async fn login_logout_whoami() {
 
 // ----- devices -------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn device_management_with_uia() {
-    let s = TestServer::start().await;
-    let alice = s.register("alice").await;
-    let bob = s.register("bob").await;
+/// Logs alice in again as device `login_device` ("device display"); returns its token.
+async fn login_second_device(s: &TestServer) -> String {
     let (_, body) = login(
-        &s,
+        s,
         "alice",
         "password",
         json!({"device_id": "login_device", "initial_device_display_name": "device display"}),
     )
     .await;
-    let second = body["access_token"].as_str().expect("token").to_owned();
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn devices_are_listed_read_and_renamed() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    login_second_device(&s).await;
 
     let (status, body) = s
         .get(&format!("{V3}/devices/login_device"), Some(&alice.token))
@@ -617,6 +622,14 @@ async fn device_management_with_uia() {
         )
         .await;
     assert_err(status, &body, 400, "M_BAD_JSON");
+}
+
+#[tokio::test]
+async fn deleting_a_device_needs_user_interactive_auth() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let second = login_second_device(&s).await;
 
     // DELETE: first a UIA challenge, then a wrong password, then another user's credentials.
     let del = format!("{V3}/devices/login_device");
@@ -670,6 +683,12 @@ async fn device_management_with_uia() {
         .req("DELETE", &format!("{V3}/devices/D3"), Some(&alice.token), Some(json!({"auth": {"type": "m.login.password", "user": "alice", "password": "password"}})))
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn delete_devices_in_bulk() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
 
     // POST /delete_devices.
     for d in ["A", "B"] {

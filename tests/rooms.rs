@@ -187,12 +187,27 @@ async fn create_room_state_and_errors() {
     assert_eq!(create["room_version"], json!("11"));
 }
 
+/// A private room of alice's that bob was invited to and joined.
+async fn private_room_with(s: &TestServer, alice: &User, bob: &User) -> String {
+    let room = s
+        .create_room(alice, json!({"preset": "private_chat"}))
+        .await;
+    post_ok(
+        s,
+        alice,
+        &rooms_path(&room, "invite"),
+        json!({"user_id": bob.user_id}),
+    )
+    .await;
+    post_ok(s, bob, &rooms_path(&room, "join"), json!({})).await;
+    room
+}
+
 #[tokio::test]
-async fn membership_flow() {
+async fn invites_and_joins() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let carol = s.register("carol").await;
     let room = s
         .create_room(&alice, json!({"preset": "private_chat"}))
         .await;
@@ -249,6 +264,16 @@ async fn membership_flow() {
         (m["membership"].as_str(), m["foo"].as_str()),
         (Some("join"), Some("bar"))
     );
+}
+
+#[tokio::test]
+async fn kick_ban_unban_and_what_non_members_may_read() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = private_room_with(&s, &alice, &bob).await;
+
     // Bob (power 0) cannot kick, ban or set the name.
     let (st, _) = s
         .post(
@@ -335,6 +360,16 @@ async fn membership_flow() {
         let (st, e) = s.get(&rooms_path(&room, path), Some(&carol.token)).await;
         assert_eq!((st, errcode(&e)), (403, "M_FORBIDDEN"), "{path}");
     }
+}
+
+#[tokio::test]
+async fn forget_and_leave() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = private_room_with(&s, &alice, &bob).await;
+    post_ok(&s, &bob, &rooms_path(&room, "leave"), json!({})).await;
+
     // Forget: not while joined; then the room is gone for the user.
     let (st, e) = s
         .post(&rooms_path(&room, "forget"), Some(&alice.token), json!({}))
@@ -352,6 +387,12 @@ async fn membership_flow() {
         .get(&format!("{V3}/joined_rooms"), Some(&alice.token))
         .await;
     assert_eq!(jr["joined_rooms"], json!([]));
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_rooms() {
+    let s = TestServer::start().await;
+    let bob = s.register("bob").await;
 
     // Unknown and malformed rooms.
     let (st, e) = s
@@ -482,26 +523,33 @@ async fn send_txn_and_bad_content() {
     assert_eq!((st, errcode(&e)), (404, "M_NOT_FOUND"));
 }
 
-#[tokio::test]
-async fn messages_pagination_visibility_and_context() {
-    let s = TestServer::start().await;
-    let alice = s.register("alice").await;
-    let bob = s.register("bob").await;
+/// A public room with `joined` history visibility: alice sends "before 0".."before 4", bob
+/// joins, alice sends "after 0".."after 2". Returns the "before" event IDs.
+async fn history_room(s: &TestServer, alice: &User, bob: &User) -> (String, Vec<String>) {
     let room = s
         .create_room(
-            &alice,
+            alice,
             json!({"preset": "public_chat",
                    "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]}),
         )
         .await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(send(&s, &alice, &room, &format!("m{i}"), &format!("before {i}")).await);
+        ids.push(send(s, alice, &room, &format!("m{i}"), &format!("before {i}")).await);
     }
-    post_ok(&s, &bob, &rooms_path(&room, "join"), json!({})).await;
+    post_ok(s, bob, &rooms_path(&room, "join"), json!({})).await;
     for i in 0..3 {
-        send(&s, &alice, &room, &format!("a{i}"), &format!("after {i}")).await;
+        send(s, alice, &room, &format!("a{i}"), &format!("after {i}")).await;
     }
+    (room, ids)
+}
+
+#[tokio::test]
+async fn messages_pagination_filters_and_tokens() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (room, _) = history_room(&s, &alice, &bob).await;
     // Backwards from now, 2 at a time.
     let (st, page1) = s
         .get(
@@ -533,22 +581,6 @@ async fn messages_pagination_visibility_and_context() {
         .await;
     assert_eq!(chunk_bodies(&fwd), vec!["after 0", "after 1", "after 2"]);
     assert!(fwd.get("end").is_none(), "no more events: {fwd}");
-    // Bob only sees history from his join (history_visibility: joined).
-    let (_, bob_view) = s
-        .get(
-            &rooms_path(&room, "messages?dir=b&limit=50"),
-            Some(&bob.token),
-        )
-        .await;
-    let bodies = chunk_bodies(&bob_view);
-    assert_eq!(bodies, vec!["after 2", "after 1", "after 0"], "{bob_view}");
-    let (st, _) = s
-        .get(
-            &rooms_path(&room, &format!("event/{}", enc(&ids[0]))),
-            Some(&bob.token),
-        )
-        .await;
-    assert_eq!(st, 404);
     // Lazy-loaded members come with the chunk.
     let lazy = enc(r#"{"lazy_load_members": true}"#);
     let (_, ll) = s
@@ -582,6 +614,38 @@ async fn messages_pagination_visibility_and_context() {
         )
         .await;
     assert_eq!((st, errcode(&e)), (400, "M_INVALID_PARAM"));
+}
+
+#[tokio::test]
+async fn messages_hide_history_from_before_a_join() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (room, ids) = history_room(&s, &alice, &bob).await;
+    // Bob only sees history from his join (history_visibility: joined).
+    let (_, bob_view) = s
+        .get(
+            &rooms_path(&room, "messages?dir=b&limit=50"),
+            Some(&bob.token),
+        )
+        .await;
+    let bodies = chunk_bodies(&bob_view);
+    assert_eq!(bodies, vec!["after 2", "after 1", "after 0"], "{bob_view}");
+    let (st, _) = s
+        .get(
+            &rooms_path(&room, &format!("event/{}", enc(&ids[0]))),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn context_around_an_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (room, ids) = history_room(&s, &alice, &bob).await;
     // Context around "before 2".
     let (st, ctx) = s
         .get(
@@ -611,6 +675,23 @@ async fn messages_pagination_visibility_and_context() {
             .as_array()
             .is_some_and(|s| s.iter().any(|e| e["type"] == "m.room.create"))
     );
+}
+
+#[tokio::test]
+async fn members_at_a_point_in_history() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (room, ids) = history_room(&s, &alice, &bob).await;
+    // A token from the context of "before 2": before bob joined.
+    // Context around "before 2".
+    let (st, ctx) = s
+        .get(
+            &rooms_path(&room, &format!("context/{}?limit=4", enc(&ids[2]))),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{ctx}");
     // members?at= a sync prev_batch token from before Bob joined.
     let (_, sync) = s
         .get(

@@ -120,8 +120,13 @@ impl HashingPool {
 
     /// One slot per CPU (at least 2): hashing is CPU-bound, more in parallel only adds memory.
     pub fn per_cpu() -> Self {
+        Self::per_cpu_waiting(Self::DEFAULT_WAIT)
+    }
+
+    /// [`HashingPool::per_cpu`] with its own wait before refusing.
+    pub fn per_cpu_waiting(wait: Duration) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        HashingPool::new(cpus.max(2), Self::DEFAULT_WAIT)
+        HashingPool::new(cpus.max(2), wait)
     }
 
     /// Wait (blocking, up to the pool's wait time) for a slot; `None` if none freed up.

@@ -61,6 +61,11 @@ pub struct Accounts {
     pub argon2_iterations: u32,
     /// Argon2id parallelism.
     pub argon2_parallelism: u32,
+    /// Password hashes (and verifications) running at once; 0 = one per CPU, at least 2.
+    /// Peak hashing memory is about this × `argon2_memory_kib`.
+    pub hashing_slots: usize,
+    /// How long a hash waits for a free slot before the request gets 429.
+    pub hashing_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +172,8 @@ impl Default for Accounts {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            hashing_slots: 0,
+            hashing_wait_ms: 2_000,
         }
     }
 }
@@ -257,6 +264,12 @@ impl Config {
                 "limits.max_request_bytes must be at least 65536 (the event size limit)".into(),
             );
         }
+        if self.accounts.hashing_slots > 1024 {
+            return Err("accounts.hashing_slots must be at most 1024 (0: one per CPU)".into());
+        }
+        if self.accounts.hashing_wait_ms > 60_000 {
+            return Err("accounts.hashing_wait_ms must be at most 60000".into());
+        }
         let p = &self.presence;
         if p.sync_online_timeout_ms == 0 || p.idle_timeout_ms == 0 || p.busy_timeout_ms == 0 {
             return Err("presence timeouts must be greater than zero".into());
@@ -302,6 +315,22 @@ mod tests {
         let c =
             Config::parse(include_str!("../../../config.example.toml")).expect("example parses");
         c.validate().expect("example is valid");
+    }
+
+    #[test]
+    fn hashing_pool_is_configurable_and_bounded() {
+        let c = Config::parse("[accounts]\nhashing_slots = 3\nhashing_wait_ms = 500\n")
+            .expect("parses");
+        assert_eq!(
+            (c.accounts.hashing_slots, c.accounts.hashing_wait_ms),
+            (3, 500)
+        );
+        c.validate().expect("valid");
+        let c = Config::parse("[accounts]\nhashing_slots = 5000\n").expect("parses");
+        let err = c.validate().expect_err("too many slots");
+        assert!(err.contains("hashing_slots"), "{err}");
+        let c = Config::parse("[accounts]\nhashing_wait_ms = 600000\n").expect("parses");
+        assert!(c.validate().is_err());
     }
 
     #[test]

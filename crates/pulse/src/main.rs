@@ -184,11 +184,17 @@ fn open_services(config: &Config) -> Result<Services, String> {
     hashing
         .validate()
         .map_err(|e| format!("[accounts] argon2 settings: {e}"))?;
-    let accounts = Arc::new(accounts::AccountService::new(
-        db.clone(),
-        server_name.clone(),
-        hashing,
-    ));
+    let hashing_pool = {
+        let wait = std::time::Duration::from_millis(config.accounts.hashing_wait_ms);
+        match config.accounts.hashing_slots {
+            0 => accounts::HashingPool::per_cpu_waiting(wait),
+            n => accounts::HashingPool::new(n, wait),
+        }
+    };
+    let accounts = Arc::new(
+        accounts::AccountService::new(db.clone(), server_name.clone(), hashing)
+            .with_hashing_pool(hashing_pool),
+    );
     let rooms = Arc::new(
         rooms::RoomService::new(db.clone(), server_name.clone())
             .map_err(|e| format!("cannot open the room engine: {e}"))?,

@@ -83,10 +83,10 @@ fn readers_never_see_a_position_before_every_lower_one_is_written() {
                 for i in 0..EACH {
                     db.write_with_position::<_, StorageError>(|pos, b| {
                         // Vary how long closures take so commits would reorder if they could.
-                        if (i + w as u64) % 3 == 0 {
+                        if (i + w as u64).is_multiple_of(3) {
                             thread::yield_now();
                         }
-                        if (i * 7 + w as u64) % 11 == 0 {
+                        if (i * 7 + w as u64).is_multiple_of(11) {
                             thread::sleep(Duration::from_millis(1));
                         }
                         b.put(Cf::Misc, row(pos), vec![1]);
