@@ -105,6 +105,12 @@ pub fn start_federation(
 
 impl Federation {
     /// Stops the workers after their transaction in flight; queues stay on disk.
+    /// The hook api-federation calls when a server contacts us: that destination is up,
+    /// so its backoff ends at once.
+    pub fn peer_observer(&self) -> Arc<dyn api_federation::PeerObserver> {
+        Arc::new(DestinationUp(self.sender.clone()))
+    }
+
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
@@ -208,5 +214,14 @@ impl rooms::EventObserver for PduForwarder {
         if let Err(e) = self.pdus.event(pos, servers.iter().map(|s| &**s), &value) {
             tracing::error!(%event_id, "queueing PDU for federation failed: {e}");
         }
+    }
+}
+
+/// Resets a destination's backoff when it makes an authenticated request to us.
+struct DestinationUp(Sender);
+
+impl api_federation::PeerObserver for DestinationUp {
+    fn server_contacted(&self, server: &ruma::ServerName) {
+        self.0.notify_destination_up(server);
     }
 }

@@ -300,16 +300,29 @@ async fn serve(config: Config) -> Result<(), String> {
             services.server_keys.clone(),
         )
         .map_err(|e| format!("[federation]: {e}"))?;
-        outbound = Some(federation::start_federation(
+        let fed = federation::start_federation(
             &services.state,
             services.db.clone(),
             client.clone(),
             &config.federation.allowed_recipients_peers,
-        )?);
-        let federation = Arc::new(api_federation::FederationState {
-            keys: services.server_keys.clone(),
-            remote_keys: Arc::new(federation_client::keys::RemoteKeys::new(client)),
-        });
+        )?;
+        let s = &services.state;
+        let federation = Arc::new(
+            api_federation::FederationState::new(
+                services.server_keys.clone(),
+                Arc::new(federation_client::keys::RemoteKeys::persistent(
+                    client.clone(),
+                    services.db.clone(),
+                )),
+                s.rooms.clone(),
+                s.presence.clone(),
+                s.ephemeral.clone(),
+                s.accounts.clone(),
+                client,
+            )
+            .with_peer_observer(fed.peer_observer()),
+        );
+        outbound = Some(fed);
         app = app.merge(api_federation::router(federation));
     }
     let presence_timer = services.state.presence.spawn_timer();

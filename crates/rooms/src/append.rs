@@ -204,6 +204,7 @@ impl RoomService {
                 redacted_because: None,
                 prev_state: None,
                 status,
+                off_stream: false,
             };
             let mut b = Batch::new();
             b.put_json(Cf::Events, event_id.as_str(), &record);
@@ -330,7 +331,6 @@ impl RoomService {
             extra,
             defer_memberships,
         } = opts;
-        let state_pair = pdu.state_pair();
         let pending_target = match (&pdu.redacts, pdu.kind == TimelineEventType::RoomRedaction) {
             (Some(target), true) if self.event_any(target)?.is_none() => Some(target.clone()),
             _ => None,
@@ -345,6 +345,7 @@ impl RoomService {
                 redacted_because: None,
                 prev_state,
                 status: EventStatus::Timeline,
+                off_stream: !linear && !is_create,
             };
             if let Some((redaction, key)) = &early_redaction {
                 record.pdu =
@@ -403,12 +404,18 @@ impl RoomService {
                     }
                 }
             }
-            if let Some((t, k)) = &state_pair {
-                b.put(
-                    Cf::Rooms,
-                    log_prefix(&room, t, k).u64(pos),
-                    event_id.as_str().as_bytes().to_vec(),
-                );
+            // The state log follows the current state (not every state event: one that
+            // loses a resolution is not logged), so the log read just before a later
+            // position is the state linear events there were authorised against. (An
+            // entry a resolution removes altogether cannot be logged; that is rare.)
+            for (t, k, id) in &changes {
+                if let Some(id) = id {
+                    b.put(
+                        Cf::Rooms,
+                        log_prefix(&room, t, k).u64(pos),
+                        id.as_str().as_bytes().to_vec(),
+                    );
+                }
             }
             let new_summary = match summary {
                 Some(s) => RoomSummary {

@@ -213,6 +213,40 @@ impl RoomService {
         }
     }
 
+    /// The state entry `(kind, state_key)` in force just before `ev`: from the state log
+    /// at its stream position, or, for an event that joined the DAG off the stream order
+    /// (a fork, a late event, a gap), from the state stored before it.
+    fn state_entry_before_event(
+        &self,
+        room: &RoomId,
+        ev: &StoredEvent,
+        kind: &str,
+        skey: &str,
+    ) -> Result<Option<StoredEvent>> {
+        if !ev.off_stream {
+            return self.logged_state_before(room, kind, skey, ev.pos);
+        }
+        match self
+            .state_before(&ev.event_id)?
+            .get(&(kind.to_owned(), skey.to_owned()))
+        {
+            Some(id) => self.event(id),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's membership just before `ev`.
+    fn membership_before_event(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        ev: &StoredEvent,
+    ) -> Result<Option<Membership>> {
+        Ok(self
+            .state_entry_before_event(room, ev, "m.room.member", user.as_str())?
+            .and_then(|e| e.membership()))
+    }
+
     /// `history_visibility` in force for an event at stream position `pos`.
     pub fn history_visibility_at(&self, room: &RoomId, pos: u64) -> Result<String> {
         Ok(self
@@ -233,9 +267,9 @@ impl RoomService {
             .and_then(|e| e.membership()))
     }
 
-    /// May `user` see `ev`? The spec's history visibility rules, evaluated with the
-    /// state log (stream order, so exact for this server's linear DAG; a coarse
-    /// approximation for forks):
+    /// May `user` see `ev`? The spec's history visibility rules, evaluated with the state
+    /// before the event (the state log at its position, or its stored state for events
+    /// that arrived off the stream order):
     /// `world_readable` → yes; the user's own member events → yes; joined at the event → yes;
     /// `shared` and joined now → yes; `invited` or `shared` and invited at the event → yes.
     pub fn visible_to(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
@@ -244,11 +278,14 @@ impl RoomService {
         }
         let room = RoomId::parse(ev.room_id())
             .map_err(|_| RoomError::Internal("event without room".into()))?;
-        let vis = self.history_visibility_at(&room, ev.pos)?;
+        let vis = self
+            .state_entry_before_event(&room, ev, "m.room.history_visibility", "")?
+            .and_then(|e| e.content_str("history_visibility").map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
         if vis == "world_readable" {
             return Ok(true);
         }
-        let at = self.membership_at(&room, user, ev.pos)?;
+        let at = self.membership_before_event(&room, user, ev)?;
         if at == Some(Membership::Join) {
             return Ok(true);
         }
@@ -320,7 +357,7 @@ impl RoomService {
         } else {
             let room = RoomId::parse(ev.room_id())
                 .map_err(|_| RoomError::Internal("event without room".into()))?;
-            self.membership_at(&room, viewer, ev.pos)?
+            self.membership_before_event(&room, viewer, ev)?
         };
         if let Some(u) = v.get_mut("unsigned").and_then(|u| u.as_object_mut()) {
             u.insert(
