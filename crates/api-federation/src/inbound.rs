@@ -130,12 +130,24 @@ async fn receive(
     .await?;
     let rooms = state.rooms.clone();
     let origin = origin.to_owned();
+    let room = pdu.get("room_id").and_then(|r| match r {
+        ruma::CanonicalJsonValue::String(r) => ruma::OwnedRoomId::try_from(r.as_str()).ok(),
+        _ => None,
+    });
+    let wake = state.membership.as_ref().map(|m| m.wake.clone());
     blocking(move || {
-        match gap_state {
+        let received = match gap_state {
             None => rooms.receive_pdu(&origin, pdu, &keys),
             Some(ids) => rooms.receive_pdu_after_gap(&origin, pdu, &ids, &keys),
         }
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // A new timeline event: local long-polls of the room's members wake for it.
+        if let (rooms::Received::Accepted { pos, .. }, Some(room), Some(wake)) =
+            (&received, &room, &wake)
+        {
+            wake(room, *pos, &[]);
+        }
+        Ok(received)
     })
     .await
 }

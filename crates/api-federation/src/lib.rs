@@ -16,6 +16,7 @@ mod acl;
 mod auth;
 mod inbound;
 mod keys;
+pub mod membership;
 mod queries;
 mod reads;
 mod send;
@@ -59,6 +60,8 @@ pub struct FederationState {
     /// Serialises transactions per origin, so a retried transaction waits for the first
     /// attempt and then gets its stored answer.
     txn_locks: send::TxnLocks,
+    /// Room membership endpoints (make/send join and leave, invite); `None`: not served.
+    pub membership: Option<Arc<membership::MembershipState>>,
 }
 
 impl FederationState {
@@ -82,7 +85,17 @@ impl FederationState {
             client,
             peer_observer: None,
             txn_locks: Default::default(),
+            membership: None,
         }
+    }
+
+    /// Serves the room membership endpoints with `membership`.
+    pub fn with_membership(
+        mut self,
+        membership: Arc<membership::MembershipState>,
+    ) -> FederationState {
+        self.membership = Some(membership);
+        self
     }
 
     /// Sets the hook told about every authenticated peer (the federation sender).
@@ -94,7 +107,7 @@ impl FederationState {
 
 /// The router for `/_matrix/key/*` and `/_matrix/federation/*`; merge it into the main app.
 pub fn router(state: Arc<FederationState>) -> Router {
-    let authenticated = Router::new()
+    let authenticated = membership::routes()
         .route("/v1/send/{txn_id}", put(send::send_transaction))
         .route("/v1/event/{event_id}", get(reads::get_event))
         .route("/v1/state/{room_id}", get(reads::get_state))

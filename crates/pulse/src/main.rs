@@ -23,6 +23,7 @@ use tracing::{error, info};
 
 mod config;
 mod federation;
+mod remote_membership;
 mod tls;
 
 use config::Config;
@@ -265,6 +266,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         query_token_warnings: Default::default(),
         ephemeral,
         federation_status: Default::default(),
+        remote_membership: Default::default(),
     });
     Ok(Services {
         db,
@@ -306,21 +308,37 @@ async fn serve(config: Config) -> Result<(), String> {
             client.clone(),
             &config.federation.allowed_recipients_peers,
         )?;
+        let remote_keys: Arc<dyn federation_client::keys::KeySource> = Arc::new(
+            federation_client::keys::RemoteKeys::persistent(client.clone(), services.db.clone()),
+        );
         let s = &services.state;
+        let membership = Arc::new(federation_membership::MembershipService::new(
+            s.rooms.clone(),
+            client.clone(),
+            remote_keys.clone(),
+        ));
+        let _ = s.remote_membership.set(Arc::new(remote_membership::Remote(
+            membership,
+            s.rooms.clone(),
+        )));
+        let app_state = services.state.clone();
         let federation = Arc::new(
             api_federation::FederationState::new(
                 services.server_keys.clone(),
-                Arc::new(federation_client::keys::RemoteKeys::persistent(
-                    client.clone(),
-                    services.db.clone(),
-                )),
+                remote_keys,
                 s.rooms.clone(),
                 s.presence.clone(),
                 s.ephemeral.clone(),
                 s.accounts.clone(),
                 client,
             )
-            .with_peer_observer(fed.peer_observer()),
+            .with_peer_observer(fed.peer_observer())
+            .with_membership(Arc::new(api_federation::membership::MembershipState {
+                rooms: s.rooms.clone(),
+                wake: Arc::new(move |room, pos, extra| {
+                    api_client::wake_room_members(&app_state, room, pos, extra)
+                }),
+            })),
         );
         outbound = Some(fed);
         app = app.merge(api_federation::router(federation));

@@ -115,6 +115,7 @@ mod restricted;
 #[cfg(test)]
 mod security_tests;
 mod store;
+mod template;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -135,6 +136,7 @@ pub use remote::{
     KeyLookup, MAX_AUTH_EVENTS, MAX_PREV_EVENTS, Received, StaticKeys, event_id_for, keys_needed,
 };
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
+pub use template::AcceptedMember;
 pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
