@@ -592,6 +592,12 @@ async fn events_committed_but_never_queued_are_sent_after_a_restart() {
     let (mut pulse, alice, room) = setup(&fake, &["bob"]).await;
     say(&pulse, &alice, &room, "before").await;
     until("the first message", || fake.messages() == ["before"]).await;
+    // Acknowledged on our side too (a kill before the ack would rightly resend it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while destination_status(&pulse, fake.name.as_str()).await["pending_pdus"] != 0 {
+        assert!(Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A crash between an event's commit and its queueing: commit events with no sender
     // running (the room engine alone, as Pulse would just before dying).
     pulse.kill9();

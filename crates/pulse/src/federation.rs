@@ -104,13 +104,13 @@ pub fn start_federation(
 }
 
 impl Federation {
-    /// Stops the workers after their transaction in flight; queues stay on disk.
     /// The hook api-federation calls when a server contacts us: that destination is up,
     /// so its backoff ends at once.
     pub fn peer_observer(&self) -> Arc<dyn api_federation::PeerObserver> {
         Arc::new(DestinationUp(self.sender.clone()))
     }
 
+    /// Stops the workers after their transaction in flight; queues stay on disk.
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();

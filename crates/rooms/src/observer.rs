@@ -162,3 +162,126 @@ pub fn departing_remote_target(
     let target = <&ruma::UserId>::try_from(field("state_key")?).ok()?;
     (target.server_name() != local).then(|| target.server_name().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::Preset;
+    use crate::tests::{create, setup, user};
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(u64, OwnedEventId, String)>>);
+
+    impl EventObserver for Seen {
+        fn event_committed(
+            &self,
+            _room: &RoomId,
+            event_id: &EventId,
+            pos: u64,
+            pdu: &CanonicalJsonObject,
+        ) {
+            let sender = match pdu.get("sender") {
+                Some(CanonicalJsonValue::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            self.0
+                .lock()
+                .unwrap()
+                .push((pos, event_id.to_owned(), sender));
+        }
+    }
+
+    #[test]
+    fn observer_sees_each_local_commit_in_order_and_catch_up_finds_the_same_events() {
+        let (_d, svc) = setup();
+        let seen = Arc::new(Seen::default());
+        svc.set_event_observer(seen.clone());
+        let alice = user("alice");
+        let room = create(&svc, &alice, Preset::PublicChat);
+        let mut sent = Vec::new();
+        for body in ["one", "two"] {
+            sent.push(
+                svc.send_message_event(
+                    &alice,
+                    &room,
+                    "m.room.message",
+                    json!({"body": body}),
+                    None,
+                )
+                .expect("send"),
+            );
+        }
+        let seen = seen.0.lock().unwrap().clone();
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "stream order");
+        assert!(seen.iter().all(|(_, _, s)| s == alice.as_str()));
+        let tail: Vec<_> = seen[seen.len() - 2..]
+            .iter()
+            .map(|(p, id, _)| (*p, id.clone()))
+            .collect();
+        let expected: Vec<_> = sent.iter().map(|s| (s.pos, s.event_id.clone())).collect();
+        assert_eq!(tail, expected);
+        // Catch-up from before the room finds every event the observer saw, in pages.
+        let mut found = Vec::new();
+        let mut after = 0;
+        loop {
+            let (events, last) = svc.local_events_after(after, 2).expect("scan");
+            found.extend(
+                events
+                    .iter()
+                    .map(|e| (e.event.pos, e.event.event_id.clone())),
+            );
+            if last == after {
+                break;
+            }
+            after = last;
+        }
+        let all: Vec<_> = seen.iter().map(|(p, id, _)| (*p, id.clone())).collect();
+        assert_eq!(found, all);
+        // No remote member: the events go nowhere.
+        let last = svc.event(&sent[1].event_id).expect("read").expect("stored");
+        assert!(svc.servers_joined_after(&last).expect("servers").is_empty());
+    }
+
+    fn member(target: &str, membership: &str) -> CanonicalJsonObject {
+        match CanonicalJsonValue::try_from(json!({
+            "type": "m.room.member", "state_key": target, "content": {"membership": membership}
+        }))
+        .expect("canonical")
+        {
+            CanonicalJsonValue::Object(o) => o,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn departing_target_is_the_server_of_a_remote_user_who_leaves_or_is_banned() {
+        let local: &ruma::ServerName = "home.org".try_into().expect("name");
+        let remote = Some(OwnedServerName::try_from("remote.org").expect("name"));
+        assert_eq!(
+            departing_remote_target(&member("@x:remote.org", "leave"), local),
+            remote
+        );
+        assert_eq!(
+            departing_remote_target(&member("@x:remote.org", "ban"), local),
+            remote
+        );
+        assert_eq!(
+            departing_remote_target(&member("@x:remote.org", "join"), local),
+            None
+        );
+        assert_eq!(
+            departing_remote_target(&member("@x:home.org", "leave"), local),
+            None
+        );
+        let mut message = member("@x:remote.org", "leave");
+        message.insert(
+            "type".into(),
+            CanonicalJsonValue::String("m.room.message".into()),
+        );
+        assert_eq!(departing_remote_target(&message, local), None);
+    }
+}
