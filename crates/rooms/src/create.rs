@@ -92,12 +92,23 @@ pub(crate) fn member_content(
     Value::Object(c)
 }
 
-fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Value> {
+/// The default power levels. Until v11 the creator (and a trusted chat's invitees) get
+/// 100 in `users`; from v12 creators have infinite power and may not be listed, and
+/// upgrading the room (`m.room.tombstone`) takes 150, above any non-creator admin (as
+/// Synapse does).
+fn default_power_levels(
+    creator: &UserId,
+    ops: &[OwnedUserId],
+    privileged_creators: bool,
+) -> Map<String, Value> {
     let mut users = Map::new();
-    users.insert(creator.to_string(), json!(100));
-    for u in ops {
-        users.insert(u.to_string(), json!(100));
+    if !privileged_creators {
+        users.insert(creator.to_string(), json!(100));
+        for u in ops {
+            users.insert(u.to_string(), json!(100));
+        }
     }
+    let tombstone = if privileged_creators { 150 } else { 100 };
     let v = json!({
         "users": users,
         "users_default": 0,
@@ -107,7 +118,7 @@ fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Va
             "m.room.history_visibility": 100,
             "m.room.canonical_alias": 50,
             "m.room.avatar": 50,
-            "m.room.tombstone": 100,
+            "m.room.tombstone": tombstone,
             "m.room.server_acl": 100,
             "m.room.encryption": 100
         },
@@ -150,6 +161,8 @@ impl RoomService {
             Some(v) => crate::parse_room_version(v)?,
             None => DEFAULT_ROOM_VERSION,
         };
+        let rules = crate::version::rules_for(&version)?;
+        let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
         let mut invites = Vec::new();
         for i in &req.invite {
             let u = crate::owned_user(i)
@@ -182,12 +195,45 @@ impl RoomService {
         {
             return Err(RoomError::AliasInUse(a.to_string()));
         }
-        let room_id = loop {
-            let id = RoomId::new_v1(&self.server_name);
+        // v12: the room ID is the create event's reference hash, known once it is built.
+        let derived_room_id = crate::version::room_id_from_create_event(&rules);
+        let mut room_id = loop {
+            let id = crate::version::random_room_id(&self.server_name);
             if !self.room_exists(&id)? {
                 break id;
             }
         };
+        // A trusted private chat makes its invitees room admins: in v12, additional
+        // creators; before, 100 in the power levels.
+        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
+            &invites
+        } else {
+            &[]
+        };
+        let create = crate::version::create_content(
+            &version,
+            &rules,
+            creator,
+            req.creation_content.clone().unwrap_or_default(),
+            if privileged_creators { ops } else { &[] },
+        )?;
+        let new = NewEvent::state("m.room.create", "", Value::Object(create));
+        let (create_id, create_obj) = self.build_event(&version, None, &room_id, creator, &new)?;
+        if derived_room_id {
+            room_id = crate::version::room_id_of_create_event(&create_id)?;
+            if self.room_exists(&room_id)? {
+                return Err(RoomError::Internal(format!(
+                    "room {room_id} already exists"
+                )));
+            }
+        }
+        let creators: Vec<String> = std::iter::once(creator.to_string())
+            .chain(if privileged_creators {
+                ops.iter().map(|u| u.to_string()).collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            })
+            .collect();
 
         // Memberships are held back until every event is written: a half-built room is in
         // nobody's room list, and a failure removes the room (its summary and alias) again.
@@ -198,16 +244,7 @@ impl RoomService {
         };
         let built = (|| -> Result<()> {
             // 1. m.room.create
-            let mut create = req.creation_content.clone().unwrap_or_default();
-            create.insert("room_version".into(), Value::from(version.as_str()));
-            if version == ruma::RoomVersionId::V10 {
-                create.insert("creator".into(), Value::from(creator.as_str()));
-            } else {
-                create.remove("creator");
-            }
-            let new = NewEvent::state("m.room.create", "", Value::Object(create));
-            let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
-            self.append(id, obj, opts())?;
+            self.append(create_id, create_obj, opts())?;
 
             // 2. the creator joins
             let content = member_content("join", Some(&req.creator_profile), None);
@@ -219,22 +256,26 @@ impl RoomService {
             )?;
 
             // 3. power levels
-            let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
-                &invites
-            } else {
-                &[]
-            };
             let mut pl = match initial_state
                 .iter()
                 .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
             {
                 Some(i) => initial_state.remove(i).content,
-                None => default_power_levels(creator, ops),
+                None => default_power_levels(creator, ops, privileged_creators),
             };
             if let Some(over) = &req.power_level_content_override {
                 for (k, v) in over {
                     pl.insert(k.clone(), v.clone());
                 }
+            }
+            if privileged_creators
+                && let Some(Value::Object(users)) = pl.get("users")
+                && let Some(c) = creators.iter().find(|c| users.contains_key(c.as_str()))
+            {
+                return Err(RoomError::BadJson(format!(
+                    "room version {version}: creator {c} has unlimited power and may not be \
+                     listed in the power levels' users"
+                )));
             }
             self.send_locked(
                 &room_id,

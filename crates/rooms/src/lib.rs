@@ -1,8 +1,9 @@
 //! # rooms — rooms as signed PDUs
 //!
-//! Every room event Pulse creates is a real federation PDU for room versions 10 and 11:
-//! a `hashes.sha256` content hash, the reference hash as event ID (`$` + URL-safe
-//! unpadded base64), `auth_events` chosen by the spec's auth-events selection,
+//! Every room event Pulse creates is a real federation PDU, in any stable room version
+//! 1–12 (what differs per version lives in `version.rs`): a `hashes.sha256` content hash,
+//! the version's event ID (server-generated in v1/v2, the reference hash from v3),
+//! `auth_events` chosen by the spec's auth-events selection,
 //! `prev_events` = the room's forward extremities, `depth`, and the server's ed25519
 //! signature (ruma-signatures). Before an event is stored it passes the room version's
 //! authorization rules (ruma-state-res), checked against the state before the event.
@@ -55,7 +56,8 @@
 //! authorization and state-resolution path as local events.
 //!
 //! Not yet: the federation endpoints themselves, knocking and restricted joins through
-//! the API, third-party invites, room upgrades, room versions other than 10 and 11.
+//! the API, third-party invites, room upgrades, state resolution v1 (a fork in a room of
+//! version 1 is refused).
 //!
 //! ## Concurrency
 //!
@@ -85,6 +87,9 @@ mod store;
 mod tests;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_versions;
+mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
@@ -102,10 +107,7 @@ pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 /// The room version used when a client does not ask for one.
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V10;
 
-/// Room versions this server can create and join.
-pub fn supported_room_versions() -> [RoomVersionId; 2] {
-    [RoomVersionId::V10, RoomVersionId::V11]
-}
+pub use version::supported_room_versions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
@@ -299,15 +301,7 @@ impl RoomService {
 
 pub(crate) use storage::now_ms;
 
-pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
-    let v =
-        RoomVersionId::try_from(s).map_err(|_| RoomError::UnsupportedRoomVersion(s.to_owned()))?;
-    if supported_room_versions().contains(&v) {
-        Ok(v)
-    } else {
-        Err(RoomError::UnsupportedRoomVersion(s.to_owned()))
-    }
-}
+pub(crate) use version::parse_room_version;
 
 pub(crate) fn owned_user(s: &str) -> Option<OwnedUserId> {
     OwnedUserId::try_from(s).ok()

@@ -9,13 +9,14 @@ use storage::{Batch, Cf};
 use crate::create::member_content;
 use crate::persist::{AppendOpts, NewEvent};
 use crate::store::{AliasRecord, RoomSummary, alias_reverse_key, membership_key, txn_key};
+use crate::version::Creators;
 use crate::{Membership, Result, RoomError, RoomService, SentEvent, UserRoom};
 
 /// The room's power levels, read leniently for local permission checks (the
 /// authorization rules proper are ruma-state-res's).
 pub(crate) struct PowerLevels {
     content: Option<Value>,
-    creator: String,
+    creators: Creators,
 }
 
 fn as_level(v: &Value) -> Option<i64> {
@@ -24,14 +25,15 @@ fn as_level(v: &Value) -> Option<i64> {
 }
 
 impl PowerLevels {
-    /// From an `m.room.power_levels` content (`None`: the room has none yet).
-    pub fn new(content: Option<Value>, creator: &str) -> PowerLevels {
-        PowerLevels {
-            content,
-            creator: creator.to_owned(),
-        }
+    /// From an `m.room.power_levels` content (`None`: the room has none yet) and the
+    /// room's creators (see [`Creators`] for what they get per room version).
+    pub fn new(content: Option<Value>, creators: Creators) -> PowerLevels {
+        PowerLevels { content, creators }
     }
     pub fn user(&self, user: &str) -> i64 {
+        if self.creators.privileged && self.creators.contains(user) {
+            return crate::version::CREATOR_POWER;
+        }
         match &self.content {
             Some(c) => c
                 .get("users")
@@ -40,7 +42,7 @@ impl PowerLevels {
                 .or_else(|| c.get("users_default").and_then(as_level))
                 .unwrap_or(0),
             None => {
-                if user == self.creator {
+                if self.creators.contains(user) {
                     100
                 } else {
                     0
@@ -85,10 +87,7 @@ impl RoomService {
         let content = self
             .current_state_event(room, "m.room.power_levels", "")?
             .map(|e| e.content());
-        Ok(PowerLevels {
-            content,
-            creator: summary.creator.to_string(),
-        })
+        Ok(PowerLevels::new(content, self.creators(summary)?))
     }
 
     fn txn_hit(&self, key: &storage::Key) -> Result<Option<SentEvent>> {

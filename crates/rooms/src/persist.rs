@@ -71,11 +71,7 @@ pub(crate) struct AppendOpts {
 /// (`None`: the membership was removed), in stream order.
 pub(crate) type MembershipSink = Rc<RefCell<Vec<(String, Option<MembershipRecord>)>>>;
 
-pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version
-        .rules()
-        .ok_or_else(|| RoomError::UnsupportedRoomVersion(version.to_string()))
-}
+pub(crate) use crate::version::rules_for;
 
 pub(crate) fn to_canonical(v: Value) -> Result<CanonicalJsonValue> {
     CanonicalJsonValue::try_from(v)
@@ -86,14 +82,6 @@ fn int(n: u64) -> Result<CanonicalJsonValue> {
     Int::try_from(n)
         .map(CanonicalJsonValue::Integer)
         .map_err(|_| RoomError::Internal("integer out of range".into()))
-}
-
-fn id_array(ids: &[OwnedEventId]) -> CanonicalJsonValue {
-    CanonicalJsonValue::Array(
-        ids.iter()
-            .map(|e| CanonicalJsonValue::String(e.to_string()))
-            .collect(),
-    )
 }
 
 impl RoomService {
@@ -111,6 +99,7 @@ impl RoomService {
                 "event is {unsigned_size} bytes, the limit is {MAX_PDU_BYTES}"
             )));
         }
+        crate::version::assign_local_event_id(rules, &mut obj, &self.server_name);
         ruma::signatures::hash_and_sign_event(
             self.server_name.as_str(),
             self.key.pair(),
@@ -131,14 +120,7 @@ impl RoomService {
                 "event is {size} bytes, the limit is {MAX_PDU_BYTES}"
             )));
         }
-        let hash = ruma::signatures::reference_hash(&obj, rules).map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => {
-                RoomError::TooLarge("event too large".into())
-            }
-            e => RoomError::Internal(format!("reference hash: {e}")),
-        })?;
-        let event_id = OwnedEventId::try_from(format!("${hash}"))
-            .map_err(|e| RoomError::Internal(format!("reference hash is not an event id: {e}")))?;
+        let event_id = crate::version::event_id_of(rules, &obj)?;
         Ok((event_id, obj))
     }
 
@@ -223,15 +205,25 @@ impl RoomService {
             }
         }
         let mut obj = CanonicalJsonObject::new();
-        obj.insert("auth_events".into(), id_array(&auth_events));
-        obj.insert("prev_events".into(), id_array(prev_events));
+        let lookup = |id: &EventId| self.event(id);
+        obj.insert(
+            "auth_events".into(),
+            crate::version::event_refs(&rules, &auth_events, lookup)?,
+        );
+        obj.insert(
+            "prev_events".into(),
+            crate::version::event_refs(&rules, prev_events, lookup)?,
+        );
         obj.insert("content".into(), content);
         obj.insert("depth".into(), int(depth + 1)?);
         obj.insert("origin_server_ts".into(), int(crate::now_ms())?);
-        obj.insert(
-            "room_id".into(),
-            CanonicalJsonValue::String(room.to_string()),
-        );
+        // v12: the room ID is derived from the create event, which has none.
+        if !(new.kind == "m.room.create" && crate::version::room_id_from_create_event(&rules)) {
+            obj.insert(
+                "room_id".into(),
+                CanonicalJsonValue::String(room.to_string()),
+            );
+        }
         obj.insert(
             "sender".into(),
             CanonicalJsonValue::String(sender.to_string()),
@@ -263,10 +255,7 @@ impl RoomService {
         let _guard = self.lock();
         let version = self.require_summary(&room)?.version;
         let rules = rules_for(&version)?;
-        let hash = ruma::signatures::reference_hash(&pdu, &rules)
-            .map_err(|e| RoomError::BadJson(format!("cannot hash PDU: {e}")))?;
-        let event_id = OwnedEventId::try_from(format!("${hash}"))
-            .map_err(|e| RoomError::Internal(format!("reference hash is not an event id: {e}")))?;
+        let event_id = crate::version::event_id_of(&rules, &pdu)?;
         self.append(event_id, pdu, AppendOpts::default())
     }
 
@@ -406,6 +395,13 @@ impl RoomService {
                     auth_state.insert(pair, ev);
                 }
             }
+            // v12: the create event is not among the auth events but is always part of them.
+            if crate::version::room_id_from_create_event(&rules)
+                && let Some(s) = &summary
+                && let Some(create) = cache.get(&s.create_event)
+            {
+                auth_state.insert(("m.room.create".to_owned(), String::new()), create);
+            }
             check_state_dependent_auth_rules(
                 &rules.authorization,
                 &*pdu,
@@ -528,8 +524,14 @@ impl RoomService {
                     Some(id) => self.event(&id)?.map(|e| e.content()),
                     None => None,
                 };
-                let creator = summary.as_ref().map(|s| s.creator.as_str()).unwrap_or("");
-                self.redaction_allowed(&pdu.sender, &t, pl_content, creator)?
+                let creators = match &summary {
+                    Some(s) => self.creators(s)?,
+                    None => crate::version::Creators {
+                        users: Vec::new(),
+                        privileged: false,
+                    },
+                };
+                self.redaction_allowed(&pdu.sender, &t, pl_content, creators)?
                     .then_some(t)
             }
             None => None,
@@ -670,12 +672,12 @@ impl RoomService {
         sender: &UserId,
         target: &crate::store::StoredEvent,
         power_levels: Option<Value>,
-        creator: &str,
+        creators: crate::version::Creators,
     ) -> Result<bool> {
         if target.sender() == sender.as_str() {
             return Ok(true);
         }
-        let pl = crate::ops::PowerLevels::new(power_levels, creator);
+        let pl = crate::ops::PowerLevels::new(power_levels, creators);
         if pl.user(sender.as_str()) >= pl.action("redact") {
             return Ok(true);
         }
