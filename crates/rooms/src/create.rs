@@ -189,7 +189,8 @@ impl RoomService {
             }
         }
 
-        let _guard = self.lock();
+        // Only a createRoom that claims an alias waits for other alias changes.
+        let _aliases = alias.is_some().then(|| self.lock_aliases());
         if let Some(a) = &alias
             && self.db.exists(Cf::Aliases, a.as_str())?
         {
@@ -218,15 +219,30 @@ impl RoomService {
             if privileged_creators { ops } else { &[] },
         )?;
         let new = NewEvent::state("m.room.create", "", Value::Object(create));
-        let (create_id, create_obj) = self.build_event(&version, None, &room_id, creator, &new)?;
-        if derived_room_id {
-            room_id = crate::version::room_id_of_create_event(&create_id)?;
-            if self.room_exists(&room_id)? {
+        let (mut create_id, mut create_obj) =
+            self.build_event(&version, None, &room_id, creator, &new)?;
+        let mut tries = 0;
+        let _guard = loop {
+            if derived_room_id {
+                room_id = crate::version::room_id_of_create_event(&create_id)?;
+            }
+            let guard = self.lock_room(&room_id);
+            if !self.room_exists(&room_id)? {
+                break guard;
+            }
+            // v12: an identical create event in the same millisecond (the same user
+            // creating the same room twice) names the same room; the next millisecond's
+            // event does not.
+            tries += 1;
+            if !derived_room_id || tries > 5 {
                 return Err(RoomError::Internal(format!(
                     "room {room_id} already exists"
                 )));
             }
-        }
+            drop(guard);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            (create_id, create_obj) = self.build_event(&version, None, &room_id, creator, &new)?;
+        };
         let creators: Vec<String> = std::iter::once(creator.to_string())
             .chain(if privileged_creators {
                 ops.iter().map(|u| u.to_string()).collect::<Vec<_>>()

@@ -66,18 +66,22 @@
 //! linear. Events whose `prev_events` fork (federation, or the unit tests) go through
 //! state resolution v2.
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 use storage::{Db, StorageError};
 
+mod append;
 mod client;
 mod create;
+mod import;
 mod ops;
 mod pdu;
 mod persist;
 mod read;
+mod remote;
 mod resolve;
 mod restricted;
 #[cfg(test)]
@@ -93,7 +97,8 @@ mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
-pub use store::{MembershipRecord, PrevState, StoredEvent};
+pub use remote::{KeyLookup, Received, StaticKeys, event_id_for, keys_needed};
+pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;
@@ -220,8 +225,10 @@ pub struct RoomService {
     server_name: OwnedServerName,
     /// The server's signing key (owned by the `server-keys` crate).
     key: server_keys::ServerKeys,
-    /// Serialises all room writes (see the crate docs).
-    write_lock: Mutex<()>,
+    /// Serialises the writes of each room (see the crate docs).
+    room_locks: RoomLocks,
+    /// Serialises alias changes (taken before a room's lock, never after).
+    alias_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
 }
 
@@ -235,7 +242,8 @@ impl RoomService {
             db,
             server_name,
             key,
-            write_lock: Mutex::new(()),
+            room_locks: RoomLocks::default(),
+            alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
         })
     }
@@ -294,8 +302,52 @@ impl RoomService {
             .encode()
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    /// Take the write lock of one room (blocks while another write to it runs).
+    pub(crate) fn lock_room(&self, room: &ruma::RoomId) -> RoomGuard<'_> {
+        let mut held = self
+            .room_locks
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while held.contains(room) {
+            held = self
+                .room_locks
+                .freed
+                .wait(held)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(room.to_owned());
+        RoomGuard {
+            locks: &self.room_locks,
+            room: room.to_owned(),
+        }
+    }
+
+    /// Take the alias lock (before any room lock).
+    pub(crate) fn lock_aliases(&self) -> MutexGuard<'_, ()> {
+        self.alias_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The rooms whose write lock is held.
+#[derive(Default)]
+struct RoomLocks {
+    held: Mutex<HashSet<OwnedRoomId>>,
+    freed: Condvar,
+}
+
+/// Holds one room's write lock until dropped.
+pub(crate) struct RoomGuard<'a> {
+    locks: &'a RoomLocks,
+    room: OwnedRoomId,
+}
+
+impl Drop for RoomGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.room);
+        drop(held);
+        self.locks.freed.notify_all();
     }
 }
 

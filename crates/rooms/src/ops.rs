@@ -138,7 +138,7 @@ impl RoomService {
         {
             return Ok(hit);
         }
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         if let Some((k, _, _)) = &key
             && let Some(hit) = self.txn_hit(k)?
         {
@@ -171,7 +171,7 @@ impl RoomService {
         state_key: &str,
         content: Value,
     ) -> Result<SentEvent> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.require_summary(room)?;
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room, &content)?;
@@ -290,14 +290,14 @@ impl RoomService {
                 c.insert(field.into(), Value::from(v.as_str()));
             }
         }
-        let _guard = self.lock();
+        let _guard = self.lock_room(&room);
         let sent = self.member_locked(user, &room, user, Value::Object(c))?;
         Ok((room, sent))
     }
 
     /// Leave a room, or reject an invite. Leaving a room already left is a no-op.
     pub fn leave(&self, user: &UserId, room: &RoomId, reason: Option<&str>) -> Result<SentEvent> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.require_summary(room)?;
         if let Some(rec) = self.membership(room, user)?
             && rec.membership == Membership::Leave
@@ -318,7 +318,7 @@ impl RoomService {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<SentEvent> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.member_locked(sender, room, target, member_content("invite", None, reason))
     }
 
@@ -330,7 +330,7 @@ impl RoomService {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<SentEvent> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.require_summary(room)?;
         match self.membership_state(room, target)? {
             Some(Membership::Join | Membership::Invite | Membership::Knock) => {}
@@ -348,7 +348,7 @@ impl RoomService {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<SentEvent> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.member_locked(sender, room, target, member_content("ban", None, reason))
     }
 
@@ -360,7 +360,7 @@ impl RoomService {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<SentEvent> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.require_summary(room)?;
         if self.membership_state(room, target)? != Some(Membership::Ban) {
             return Err(RoomError::Forbidden(format!("{target} is not banned")));
@@ -372,7 +372,7 @@ impl RoomService {
     /// Forget a room the user has left (or was banned from): it disappears from
     /// [`RoomService::rooms_for_user`] until the membership changes again.
     pub fn forget(&self, user: &UserId, room: &RoomId) -> Result<()> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         let Some(mut rec) = self.membership(room, user)? else {
             return Ok(());
         };
@@ -414,7 +414,7 @@ impl RoomService {
         {
             return Ok(hit);
         }
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         if let Some((k, _, _)) = &key
             && let Some(hit) = self.txn_hit(k)?
         {
@@ -477,9 +477,9 @@ impl RoomService {
             .into_iter()
             .filter(|r| r.membership == Membership::Join)
             .collect();
-        let _guard = self.lock();
         let mut out = Vec::new();
         for r in rooms {
+            let _guard = self.lock_room(&r.room_id);
             let mut content =
                 match self.current_state_event(&r.room_id, "m.room.member", user.as_str())? {
                     Some(ev) if ev.membership() == Some(Membership::Join) => ev.content(),
@@ -516,7 +516,8 @@ impl RoomService {
                 "room aliases must be on this server".into(),
             ));
         }
-        let _guard = self.lock();
+        let _aliases = self.lock_aliases();
+        let _guard = self.lock_room(room);
         self.require_summary(room)?;
         if !self.is_joined(room, user)? {
             return Err(RoomError::Forbidden(format!(
@@ -560,11 +561,12 @@ impl RoomService {
         user: &UserId,
         alias: &RoomAliasId,
     ) -> Result<Option<(OwnedRoomId, SentEvent)>> {
-        let _guard = self.lock();
+        let _aliases = self.lock_aliases();
         let rec: AliasRecord = self
             .db
             .get_json(Cf::Aliases, alias.as_str())?
             .ok_or_else(|| RoomError::NotFound(format!("room alias {alias} not found")))?;
+        let _guard = self.lock_room(&rec.room_id);
         if *rec.creator != *user {
             let allowed = match self.summary(&rec.room_id)? {
                 Some(s) => {
@@ -643,7 +645,7 @@ impl RoomService {
 
     /// Publish a room in (or remove it from) the room directory.
     pub fn set_room_public(&self, room: &RoomId, public: bool) -> Result<()> {
-        let _guard = self.lock();
+        let _guard = self.lock_room(room);
         self.set_public_locked(room, public)
     }
 

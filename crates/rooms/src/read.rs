@@ -171,7 +171,11 @@ impl RoomService {
 
     /// Stripped state for an invite: create, join rules, name, avatar, canonical alias,
     /// encryption, topic, the inviter's member event and the invitee's member event.
+    /// For a remote invite: the stripped state the inviting server sent, and the invite.
     pub fn invite_state(&self, room: &RoomId, invitee: &UserId) -> Result<Vec<Value>> {
+        if let Some(remote) = self.remote_invite_state(room, invitee)? {
+            return Ok(remote);
+        }
         let mut out = Vec::new();
         for t in STRIPPED_STATE_TYPES {
             if let Some(ev) = self.current_state_event(room, t, "")? {

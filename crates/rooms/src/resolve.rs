@@ -36,9 +36,13 @@ impl<'a> EventCache<'a> {
         if let Some(hit) = self.map.borrow().get(id) {
             return hit.clone();
         }
-        let loaded = match self.svc.event(id) {
+        let loaded = match self.svc.event_any(id) {
             Ok(Some(ev)) => match Pdu::parse(ev.event_id.clone(), &ev.pdu) {
-                Ok(p) => Some(Arc::new(p)),
+                Ok(mut p) => {
+                    // The authorization rules and state resolution skip rejected events.
+                    p.rejected = ev.status == crate::store::EventStatus::Rejected;
+                    Some(Arc::new(p))
+                }
                 Err(e) => {
                     tracing::warn!(event_id = %id, error = %e, "stored event does not parse");
                     None

@@ -27,6 +27,43 @@ pub struct StoredEvent {
     /// For state events: the state event this one replaced (for `unsigned.prev_content`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_state: Option<PrevState>,
+    /// Where the event stands in the room (absent in records written before it existed:
+    /// those are timeline events).
+    #[serde(default, skip_serializing_if = "EventStatus::is_timeline")]
+    pub status: EventStatus,
+}
+
+/// How a stored event takes part in its room.
+///
+/// Only [`EventStatus::Timeline`] events have a `Cf::Timeline` entry, a real stream
+/// position, can be forward extremities and change the current state.
+/// [`RoomService::event`] serves timeline events and outliers; rejected and soft-failed
+/// events are only visible to the engine itself (and soft-failed ones to federation,
+/// through [`RoomService::pdu_for_federation`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Accepted into the DAG and the timeline.
+    #[default]
+    Timeline,
+    /// Known with its auth chain (signatures and auth events checked), but not placed
+    /// in the DAG: the state and auth chain of a room being joined, a remote invite,
+    /// auth events fetched for another event. `pos` is 0 and no state is stored before it.
+    Outlier,
+    /// Passed the authorization rules against its auth events and the state before it,
+    /// but not against the room's current state: kept in the DAG (its state before it is
+    /// stored) but hidden from clients, never a forward extremity, never current state.
+    SoftFailed,
+    /// Failed the authorization rules against its auth events or the state before it:
+    /// stored so the DAG stays complete and the event is not fetched again, never served,
+    /// never state, and every event authorised by it is rejected too.
+    Rejected,
+}
+
+impl EventStatus {
+    pub fn is_timeline(&self) -> bool {
+        *self == EventStatus::Timeline
+    }
 }
 
 /// The state event a state event replaced.
@@ -205,6 +242,16 @@ pub(crate) fn txn_key(user: &UserId, device: &str, scope: &str, txn: &str) -> Ke
         .str(scope)
         .str(txn)
 }
+/// `Cf::Rooms` `room_id 0xFF "r" 0xFF target_event_id 0xFF` → the id of a redaction that
+/// arrived before its target (applied, if allowed, when the target arrives).
+pub(crate) fn pending_redaction_key(room: &RoomId, target: &EventId) -> Key {
+    Key::new().str(room.as_str()).str("r").str(target.as_str())
+}
+/// `Cf::Rooms` `room_id 0xFF "i" 0xFF user_id 0xFF` → the stripped state of a remote
+/// invite of a local user (JSON list), until they join.
+pub(crate) fn invite_state_key(room: &RoomId, user: &UserId) -> Key {
+    Key::new().str(room.as_str()).str("i").str(user.as_str())
+}
 pub(crate) fn alias_reverse_key(room: &RoomId, alias: &str) -> Key {
     Key::new().str(room.as_str()).str(alias)
 }
@@ -249,7 +296,23 @@ impl RoomService {
     /// One stored event.
     /// Every served event is read here, so this is where a later redaction of the state
     /// event it replaced reaches its `unsigned.prev_content` (a copy taken at write time).
+    /// Rejected and soft-failed events are not served (see [`EventStatus`]).
     pub fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
+        Ok(self
+            .event_any(event_id)?
+            .filter(|e| matches!(e.status, EventStatus::Timeline | EventStatus::Outlier)))
+    }
+
+    /// An event for another server (`/event`, `/state`, `/get_missing_events`, backfill):
+    /// everything but rejected events (soft-failed events are in the DAG other servers see).
+    pub fn pdu_for_federation(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
+        Ok(self
+            .event_any(event_id)?
+            .filter(|e| e.status != EventStatus::Rejected))
+    }
+
+    /// Any stored event, whatever its [`EventStatus`] (the engine's own view of the DAG).
+    pub(crate) fn event_any(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
         let Some(mut ev) = self
             .db
             .get_json::<StoredEvent>(Cf::Events, event_id.as_str())?
@@ -265,6 +328,12 @@ impl RoomService {
             prev.content = replaced.content();
         }
         Ok(Some(ev))
+    }
+
+    /// An event of the DAG, whatever its status (for state and extremity bookkeeping).
+    pub(crate) fn require_dag_event(&self, event_id: &EventId) -> Result<StoredEvent> {
+        self.event_any(event_id)?
+            .ok_or_else(|| RoomError::NotFound(format!("unknown event {event_id}")))
     }
 
     pub(crate) fn require_event(&self, event_id: &EventId) -> Result<StoredEvent> {
@@ -372,10 +441,13 @@ impl RoomService {
         self.materialize(&rec)
     }
 
-    /// The room state after an event: the state before it, plus the event if it is state.
+    /// The room state after an event: the state before it, plus the event if it is state
+    /// (a rejected event never is).
     pub fn state_after(&self, ev: &StoredEvent) -> Result<StateMap> {
         let mut map = self.state_before(&ev.event_id)?;
-        if let Some(sk) = ev.state_key() {
+        if let Some(sk) = ev.state_key()
+            && ev.status != EventStatus::Rejected
+        {
             map.insert((ev.kind().to_owned(), sk.to_owned()), ev.event_id.clone());
         }
         Ok(map)

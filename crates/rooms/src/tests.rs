@@ -937,7 +937,7 @@ fn state_resolution_on_a_fork() {
     let state_at_fork = svc.state_after(&fork_point).expect("state");
     let version = svc.room_version(&room).expect("v").expect("known");
 
-    let _guard = svc.lock();
+    let _guard = svc.lock_room(&room);
     // Branch A: Alice demotes Bob.
     pl["users"][bob.as_str()] = json!(0);
     let a = NewEvent::state("m.room.power_levels", "", pl.clone());
@@ -1034,7 +1034,7 @@ fn events_with_bad_auth_events_are_rejected() {
     let room = create(&svc, &alice, Preset::PublicChat);
     let version = svc.room_version(&room).expect("v").expect("known");
     let summary = svc.require_summary(&room).expect("summary");
-    let _guard = svc.lock();
+    let _guard = svc.lock_room(&room);
     // No auth events at all: missing m.room.create.
     let (id, obj) = svc
         .build_event_on(
@@ -1128,7 +1128,7 @@ fn directory_forgotten_rooms_and_unsigned_membership() {
 }
 
 #[test]
-fn append_pdu_accepts_valid_and_rejects_unauthorised_events() {
+fn receive_pdu_accepts_valid_and_rejects_unauthorised_events() {
     let (_d, svc) = setup();
     let alice = user("alice");
     let bob = user("bob");
@@ -1141,11 +1141,15 @@ fn append_pdu_accepts_valid_and_rejects_unauthorised_events() {
     let (id, obj) = svc
         .build_event_on(&version, &room, &alice, &new, &summary.extremities, current)
         .expect("build");
-    let sent = svc.append_pdu(obj.clone()).expect("append");
-    assert_eq!(sent.event_id, id);
-    // Appending it again is a no-op.
-    assert_eq!(svc.append_pdu(obj).expect("again"), sent);
-    // Bob is not in the room: his message fails the auth rules.
+    let origin: &ruma::ServerName = SERVER.try_into().expect("server");
+    let keys = StaticKeys::default();
+    let sent = svc
+        .receive_pdu(origin, obj.clone(), &keys)
+        .expect("receive");
+    assert!(matches!(&sent, Received::Accepted { event_id, .. } if *event_id == id));
+    // Receiving it again is a no-op.
+    assert_eq!(svc.receive_pdu(origin, obj, &keys).expect("again"), sent);
+    // Bob is not in the room: his message fails the auth rules, and is stored rejected.
     let summary = svc.require_summary(&room).expect("summary");
     let msg = NewEvent {
         kind: "m.room.message".into(),
@@ -1153,8 +1157,12 @@ fn append_pdu_accepts_valid_and_rejects_unauthorised_events() {
         content: json!({"body": "hi"}),
         redacts: None,
     };
-    let (_, obj) = svc
+    let (bad_id, obj) = svc
         .build_event_on(&version, &room, &bob, &msg, &summary.extremities, current)
         .expect("build");
-    assert!(is_forbidden(svc.append_pdu(obj)));
+    assert!(matches!(
+        svc.receive_pdu(origin, obj, &keys).expect("receive"),
+        Received::Rejected { .. }
+    ));
+    assert_eq!(svc.event(&bad_id).expect("read"), None);
 }

@@ -173,7 +173,7 @@ fn redaction_through_put_state_needs_the_redact_level() {
 }
 
 #[test]
-fn redaction_through_append_pdu_needs_the_redact_level() {
+fn redaction_through_receive_pdu_needs_the_redact_level() {
     let (_d, svc) = setup();
     let (alice, bob) = (user("alice"), user("bob"));
     let room = room_with_high_redact_level(&svc, &alice, &bob);
@@ -190,7 +190,8 @@ fn redaction_through_append_pdu_needs_the_redact_level() {
     let (_, obj) = svc
         .build_event_on(&version, &room, &bob, &red, &summary.extremities, current)
         .expect("build");
-    let _ = svc.append_pdu(obj);
+    let origin: &ruma::ServerName = SERVER.try_into().expect("server");
+    let _ = svc.receive_pdu(origin, obj, &crate::StaticKeys::default());
     assert_eq!(body_of(&svc, &msg.event_id), Some(json!("keep me")));
     // Alice (100) still may.
     svc.redact(&alice, &room, &msg.event_id, None, None)

@@ -219,7 +219,7 @@ fn life_cycle(svc: &RoomService, v: &RoomVersionId) {
     );
     check_event_format(svc, v, &room);
 
-    // A PDU built elsewhere goes in through append_pdu under the version's event ID.
+    // A PDU built elsewhere goes in through receive_pdu under the version's event ID.
     let version = v.clone();
     let summary = svc.require_summary(&room).expect("summary");
     let new = NewEvent::state("m.room.topic", "", json!({"topic": "remote"}));
@@ -233,9 +233,16 @@ fn life_cycle(svc: &RoomService, v: &RoomVersionId) {
             |t, k| svc.current_state_event_id(&room, t, k),
         )
         .expect("build");
-    let sent = svc.append_pdu(obj.clone()).expect("append_pdu");
-    assert_eq!(sent.event_id, id);
-    assert_eq!(svc.append_pdu(obj).expect("again"), sent);
+    let origin: &ruma::ServerName = SERVER.try_into().expect("server");
+    let keys = StaticKeys::default();
+    let sent = svc
+        .receive_pdu(origin, obj.clone(), &keys)
+        .unwrap_or_else(|e| panic!("v{v} receive_pdu: {e}"));
+    assert!(
+        matches!(&sent, Received::Accepted { event_id, .. } if *event_id == id),
+        "v{v}: {sent:?}"
+    );
+    assert_eq!(svc.receive_pdu(origin, obj, &keys).expect("again"), sent);
 }
 
 #[test]
@@ -381,7 +388,7 @@ fn forks_resolve_in_state_res_v2_versions() {
             .expect("promote");
         let fork_point = svc.event(&promote.event_id).expect("e").expect("exists");
         let state_at_fork = svc.state_after(&fork_point).expect("state");
-        let _guard = svc.lock();
+        let _guard = svc.lock_room(&room);
         pl["users"][bob.as_str()] = json!(0);
         let at_fork =
             |t: &str, k: &str| Ok(state_at_fork.get(&(t.to_owned(), k.to_owned())).cloned());

@@ -26,6 +26,11 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::pdu::Pdu;
+use crate::resolve::EventCache;
 use crate::store::{RoomSummary, StoredEvent};
 use crate::{Result, RoomError, RoomService};
 
@@ -143,6 +148,38 @@ pub(crate) fn room_id_from_create_event(rules: &RoomVersionRules) -> bool {
     rules.room_id_format == RoomIdFormatVersion::V2
 }
 
+/// The state an event's `auth_events` describe, as the authorization rules read it. In
+/// v12 the create event is not listed but always counts (it is named by the room ID).
+pub(crate) fn auth_events_state(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    cache: &EventCache<'_>,
+) -> BTreeMap<(String, String), Arc<Pdu>> {
+    let mut state = BTreeMap::new();
+    for a in &pdu.auth_events {
+        if let Some(ev) = cache.get(a)
+            && let Some(pair) = ev.state_pair()
+        {
+            state.insert(pair, ev);
+        }
+    }
+    if room_id_from_create_event(rules)
+        && pdu.kind != ruma::events::TimelineEventType::RoomCreate
+        && let Ok(create_id) = create_event_id_of_room(&pdu.room_id)
+        && let Some(create) = cache.get(&create_id)
+        && create.kind == ruma::events::TimelineEventType::RoomCreate
+    {
+        state.insert(("m.room.create".to_owned(), String::new()), create);
+    }
+    state
+}
+
+/// The create event a v12 room ID names: `$` + the room ID without its sigil.
+pub(crate) fn create_event_id_of_room(room: &ruma::RoomId) -> Result<OwnedEventId> {
+    OwnedEventId::try_from(format!("${}", room.as_str().trim_start_matches('!')))
+        .map_err(|e| RoomError::BadJson(format!("room {room} names no create event: {e}")))
+}
+
 /// A fresh room ID for versions whose room IDs are not derived (`!random:server`).
 pub(crate) fn random_room_id(server: &ServerName) -> OwnedRoomId {
     ruma::RoomId::new_v1(server)
@@ -252,6 +289,14 @@ impl Creators {
         Creators {
             users,
             privileged: rules.authorization.explicitly_privilege_room_creators,
+        }
+    }
+
+    /// No creators (before the create event exists).
+    pub fn none() -> Creators {
+        Creators {
+            users: Vec::new(),
+            privileged: false,
         }
     }
 

@@ -1,11 +1,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use presence_core::sharing::RoomFacts;
+use presence_core::sharing::{AllowedRecipients, RoomFacts, SharingConfig};
 use presence_core::{DeviceState, StatusMsg};
 use proptest::prelude::*;
-use ruma::{OwnedRoomId, server_name};
-use serde_json::json;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, server_name};
+use serde_json::{Value, json};
 use storage::Db;
 
 use super::*;
