@@ -360,6 +360,7 @@ impl RoomService {
                 timeline_key(&room, pos),
                 event_id.as_str().as_bytes().to_vec(),
             );
+            crate::topo::put(b, &room, pdu.depth, pos, &event_id);
             b.put_json(Cf::StateAt, event_id.as_str(), &state_rec);
             b.put(
                 Cf::RoomStream,

@@ -320,6 +320,7 @@ impl RoomService {
                 timeline_key(room, pos),
                 join_id.as_str().as_bytes().to_vec(),
             );
+            crate::topo::put(b, room, join.depth, pos, &join_id);
             b.put_json(
                 Cf::StateAt,
                 join_id.as_str(),

@@ -93,6 +93,7 @@ mod tests;
 mod tests_security;
 #[cfg(test)]
 mod tests_versions;
+mod topo;
 mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
@@ -112,6 +113,7 @@ pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 /// The room version used when a client does not ask for one.
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V10;
 
+pub use topo::TopoPos;
 pub use version::supported_room_versions;
 
 #[derive(Debug, thiserror::Error)]
@@ -238,14 +240,16 @@ impl RoomService {
     pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Result<Self> {
         let key = server_keys::ServerKeys::load_or_generate(&db, server_name.clone())
             .map_err(|e| RoomError::Internal(format!("server signing key: {e}")))?;
-        Ok(RoomService {
+        let svc = RoomService {
             db,
             server_name,
             key,
             room_locks: RoomLocks::default(),
             alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
-        })
+        };
+        svc.ensure_topo_index()?;
+        Ok(svc)
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {

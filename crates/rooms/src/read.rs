@@ -5,7 +5,8 @@ use serde_json::Value;
 use storage::{Cf, KeyReader};
 
 use crate::store::{
-    MembershipRecord, StoredEvent, log_prefix, member_prefix, timeline_key, timeline_prefix,
+    MembershipRecord, StateAtRecord, StoredEvent, log_prefix, member_prefix, timeline_key,
+    timeline_prefix,
 };
 use crate::{Membership, Result, RoomError, RoomService, UserRoom};
 
@@ -233,9 +234,82 @@ impl RoomService {
             .and_then(|e| e.membership()))
     }
 
-    /// May `user` see `ev`? The spec's history visibility rules, evaluated with the
-    /// state log (stream order, so exact for this server's linear DAG; a coarse
-    /// approximation for forks):
+    /// Entries of the state *before* `event_id` (its `StateAt` record: the state its
+    /// prev events resolve to, right for late and forked events, unlike the stream-ordered
+    /// state log). `None` when the event has no such record.
+    fn state_before_ids(
+        &self,
+        event_id: &ruma::EventId,
+        keys: &[(&str, &str)],
+    ) -> Result<Option<Vec<Option<OwnedEventId>>>> {
+        let Some(rec) = self.state_at_record(event_id)? else {
+            return Ok(None);
+        };
+        let find = |entries: &[crate::store::StateEntry], t: &str, k: &str| {
+            entries
+                .iter()
+                .rev()
+                .find(|(et, ek, _)| et == t && ek == k)
+                .map(|(_, _, id)| id.clone())
+        };
+        let out = match rec {
+            StateAtRecord::Full { state } => keys.iter().map(|(t, k)| find(&state, t, k)).collect(),
+            StateAtRecord::Delta { base, changes } => {
+                let mut out: Vec<Option<OwnedEventId>> =
+                    keys.iter().map(|(t, k)| find(&changes, t, k)).collect();
+                if out.iter().any(Option::is_none) {
+                    let Some(StateAtRecord::Full { state }) = self.state_at_record(&base)? else {
+                        return Err(RoomError::Internal(
+                            "corrupt room data: state delta base is not a full snapshot".into(),
+                        ));
+                    };
+                    for (slot, (t, k)) in out.iter_mut().zip(keys) {
+                        if slot.is_none() {
+                            *slot = find(&state, t, k);
+                        }
+                    }
+                }
+                out
+            }
+        };
+        Ok(Some(out))
+    }
+
+    /// `history_visibility` and `user`'s membership in the state before `ev`, falling
+    /// back to the state log by stream position for an event without a state record.
+    fn visibility_and_membership_at(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        ev: &StoredEvent,
+    ) -> Result<(String, Option<Membership>)> {
+        let keys = [
+            ("m.room.history_visibility", ""),
+            ("m.room.member", user.as_str()),
+        ];
+        match self.state_before_ids(&ev.event_id, &keys)? {
+            Some(ids) => {
+                let vis = match &ids[0] {
+                    Some(id) => self
+                        .event_any(id)?
+                        .and_then(|e| e.content_str("history_visibility").map(str::to_owned)),
+                    None => None,
+                };
+                let membership = match &ids[1] {
+                    Some(id) => self.event_any(id)?.and_then(|e| e.membership()),
+                    None => None,
+                };
+                Ok((vis.unwrap_or_else(|| "shared".to_owned()), membership))
+            }
+            None => Ok((
+                self.history_visibility_at(room, ev.pos)?,
+                self.membership_at(room, user, ev.pos)?,
+            )),
+        }
+    }
+
+    /// May `user` see `ev`? The spec's history visibility rules, evaluated against the
+    /// state before the event:
     /// `world_readable` → yes; the user's own member events → yes; joined at the event → yes;
     /// `shared` and joined now → yes; `invited` or `shared` and invited at the event → yes.
     pub fn visible_to(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
@@ -244,11 +318,10 @@ impl RoomService {
         }
         let room = RoomId::parse(ev.room_id())
             .map_err(|_| RoomError::Internal("event without room".into()))?;
-        let vis = self.history_visibility_at(&room, ev.pos)?;
+        let (vis, at) = self.visibility_and_membership_at(&room, user, ev)?;
         if vis == "world_readable" {
             return Ok(true);
         }
-        let at = self.membership_at(&room, user, ev.pos)?;
         if at == Some(Membership::Join) {
             return Ok(true);
         }
@@ -320,7 +393,7 @@ impl RoomService {
         } else {
             let room = RoomId::parse(ev.room_id())
                 .map_err(|_| RoomError::Internal("event without room".into()))?;
-            self.membership_at(&room, viewer, ev.pos)?
+            self.visibility_and_membership_at(&room, viewer, ev)?.1
         };
         if let Some(u) = v.get_mut("unsigned").and_then(|u| u.as_object_mut()) {
             u.insert(
