@@ -8,6 +8,7 @@ use storage::Cf;
 use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::store::{
     AliasRecord, PUBLIC_PREFIX, alias_reverse_key, membership_key, public_key, summary_key,
+    timeline_prefix,
 };
 use crate::{DEFAULT_ROOM_VERSION, Result, RoomError, RoomService};
 
@@ -135,6 +136,13 @@ fn default_power_levels(
     }
 }
 
+/// `Cf::Rooms` keys `"creating" 0xFF room_id 0xFF`: a room createRoom is still building
+/// (room IDs start with `!`, so these never collide with a room's own keys).
+const CREATING_PREFIX: &str = "creating";
+fn creating_key(room: &RoomId) -> storage::Key {
+    storage::Key::new().str(CREATING_PREFIX).str(room.as_str())
+}
+
 /// Validate a `room_alias_name` and turn it into a local alias.
 pub(crate) fn local_alias(server: &ruma::ServerName, name: &str) -> Result<OwnedRoomAliasId> {
     if name.is_empty()
@@ -259,8 +267,20 @@ impl RoomService {
             ..AppendOpts::default()
         };
         let built = (|| -> Result<()> {
-            // 1. m.room.create
-            self.append(create_id, create_obj, opts())?;
+            // 1. m.room.create, with the marker that says the room is being built (so a
+            // crash before the end is cleaned up at the next start).
+            let marker_room = room_id.clone();
+            let marker = Box::new(move |_pos: u64, b: &mut storage::Batch| {
+                b.put(Cf::Rooms, creating_key(&marker_room), Vec::new());
+            });
+            self.append(
+                create_id,
+                create_obj,
+                AppendOpts {
+                    extra: Some(marker),
+                    ..opts()
+                },
+            )?;
 
             // 2. the creator joins
             let content = member_content("join", Some(&req.creator_profile), None);
@@ -401,19 +421,15 @@ impl RoomService {
             Ok(())
         })();
         if let Err(e) = built {
-            let mut b = storage::Batch::new();
-            b.delete(Cf::Rooms, summary_key(&room_id));
-            if let Some(a) = &alias {
-                b.delete(Cf::Aliases, a.as_str());
-                b.delete(Cf::Aliases, alias_reverse_key(&room_id, a.as_str()));
-            }
-            if let Err(cleanup) = self.db.write(b) {
+            if let Err(cleanup) = self.purge_half_built_room(&room_id) {
+                // The marker stays, so the next start tries again.
                 tracing::error!(room = %room_id, error = %cleanup, "half-built room not removed");
             }
             return Err(e);
         }
         let deferred = sink.take();
         let mut b = storage::Batch::new();
+        b.delete(Cf::Rooms, creating_key(&room_id));
         for (user, rec) in &deferred {
             match rec {
                 Some(rec) => b.put_json(Cf::Memberships, membership_key(user, &room_id), rec),
@@ -433,6 +449,62 @@ impl RoomService {
             self.set_public_locked(&room_id, true)?;
         }
         Ok(room_id)
+    }
+
+    /// Remove every row a createRoom that failed half way wrote for `room`, in one
+    /// batch: its events (and their state records), timeline and topological index
+    /// entries, stream entries, the room's own `Cf::Rooms` keys (summary, state,
+    /// memberships, state log, the building marker) and its aliases. Nobody's room list
+    /// ever held the room (memberships are written only at the end), so nothing else
+    /// points at it.
+    pub(crate) fn purge_half_built_room(&self, room: &RoomId) -> Result<()> {
+        let mut b = storage::Batch::new();
+        for (k, v) in self.db.scan_prefix(Cf::Timeline, timeline_prefix(room))? {
+            let pos = storage::KeyReader::new(&k[timeline_prefix(room).as_bytes().len()..]).u64();
+            if let Some(pos) = pos {
+                b.delete(Cf::RoomStream, storage::Key::new().u64(pos));
+            }
+            if let Ok(id) = String::from_utf8(v) {
+                b.delete(Cf::Events, id.as_str());
+                b.delete(Cf::StateAt, id.as_str());
+            }
+            b.delete(Cf::Timeline, k);
+        }
+        for (k, _) in self.db.scan_prefix(Cf::Topo, timeline_prefix(room))? {
+            b.delete(Cf::Topo, k);
+        }
+        for (k, _) in self.db.scan_prefix(Cf::Rooms, summary_key(room))? {
+            b.delete(Cf::Rooms, k);
+        }
+        let reverse = storage::Key::new().str(room.as_str());
+        let rlen = reverse.as_bytes().len();
+        for (k, _) in self.db.scan_prefix(Cf::Aliases, &reverse)? {
+            if let Some(alias) = storage::KeyReader::new(&k[rlen..]).str() {
+                b.delete(Cf::Aliases, alias);
+            }
+            b.delete(Cf::Aliases, k);
+        }
+        b.delete(Cf::Rooms, creating_key(room));
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// At start-up: remove rooms whose creation never finished (the process died half
+    /// way through createRoom).
+    pub(crate) fn purge_unfinished_rooms(&self) -> Result<()> {
+        let prefix = storage::Key::new().str(CREATING_PREFIX);
+        let plen = prefix.as_bytes().len();
+        for (k, _) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
+            let Some(room) = storage::KeyReader::new(&k[plen..])
+                .str()
+                .and_then(|s| ruma::OwnedRoomId::try_from(s).ok())
+            else {
+                continue;
+            };
+            tracing::warn!(room = %room, "removing a room whose creation did not finish");
+            self.purge_half_built_room(&room)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn set_public_locked(&self, room: &RoomId, public: bool) -> Result<()> {

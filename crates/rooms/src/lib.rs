@@ -90,6 +90,8 @@ mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_create;
+#[cfg(test)]
 mod tests_security;
 #[cfg(test)]
 mod tests_versions;
@@ -249,6 +251,7 @@ impl RoomService {
             membership_observer: std::sync::OnceLock::new(),
         };
         svc.ensure_topo_index()?;
+        svc.purge_unfinished_rooms()?;
         Ok(svc)
     }
 
