@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use ruma::serde::Base64;
-use ruma::signatures::{PublicKeyMap, PublicKeySet, Verified};
+use ruma::signatures::{PublicKeyMap, Verified};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
     RoomVersionId, ServerName,
@@ -160,7 +160,7 @@ impl RoomService {
             };
             if let Some(key) = key {
                 map.entry(server.to_string())
-                    .or_insert_with(PublicKeySet::new)
+                    .or_default()
                     .insert(key_id, Base64::new(key));
             }
         }

@@ -115,7 +115,7 @@ impl RoomService {
             };
             put(&mut b, &room, ev.depth(), pos, &id);
             n += 1;
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 self.db.write(std::mem::take(&mut b))?;
             }
         }

@@ -389,8 +389,14 @@ mod tests {
             "additional_creators".into(),
             serde_json::json!(["@bob:example.org", "@alice:example.org"]),
         );
-        let c =
-            create_content(&RoomVersionId::V12, &v12, &alice, given, &[bob.clone()]).expect("v12");
+        let c = create_content(
+            &RoomVersionId::V12,
+            &v12,
+            &alice,
+            given,
+            std::slice::from_ref(&bob),
+        )
+        .expect("v12");
         assert_eq!(
             c["additional_creators"],
             serde_json::json!(["@bob:example.org"])
