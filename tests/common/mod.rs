@@ -115,6 +115,11 @@ impl TestServer {
         self.spawn().await;
     }
 
+    /// Start the server again (after [`Self::kill9`] or [`Self::terminate`]).
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL

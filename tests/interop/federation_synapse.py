@@ -5,9 +5,9 @@ tests/interop/federation-synapse.sh, which starts both servers and passes their 
 
 Checks, in order, stopping at the first failure:
   1. Pulse's /_matrix/federation/v1/version and /_matrix/key/v2/server (signed by its own key);
-  2. a Pulse user joins a public room on Synapse (Pulse's make_join/send_join), messages both ways;
-  3. a Synapse user joins a public room on Pulse (Synapse's make_join/send_join against Pulse),
-     messages both ways.
+  2. a Pulse user joins a public room on Synapse (Pulse's make_join/send_join);
+  3. a Synapse user joins a public room on Pulse (Synapse's make_join/send_join against Pulse);
+  4. messages both ways in the Synapse room; 5. messages both ways in the Pulse room.
 """
 
 import sys
@@ -35,8 +35,8 @@ def check_keys(pulse):
     print(f"Pulse server keys {list(keys['verify_keys'])} verify")
 
 
-def join_and_talk(home, home_user, guest, guest_user, label):
-    """guest_user (on guest) joins a public room home_user made on home; messages both ways."""
+def join(home, home_user, guest, guest_user):
+    """guest_user (on guest) joins a public room home_user made on home; returns the room."""
     room_id = home.client(
         "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"},
         token=home_user["access_token"],
@@ -47,6 +47,17 @@ def join_and_talk(home, home_user, guest, guest_user, label):
         token=guest_user["access_token"],
     )
     print(f"{guest_user['user_id']} joined {room_id} in {time.monotonic() - started:.1f} s")
+    members = home.client(
+        "GET", f"/_matrix/client/v3/rooms/{room_id}/joined_members",
+        token=home_user["access_token"],
+    )["joined"]
+    assert guest_user["user_id"] in members, f"the room's server does not list the guest: {members}"
+    print("the room's server lists the guest as joined")
+    return room_id
+
+
+def talk(home, home_user, guest, guest_user, room_id, label):
+    """Messages both ways in a room both users are joined to."""
     guest.client(
         "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{label}-g",
         {"msgtype": "m.text", "body": f"{label}: from the guest"}, token=guest_user["access_token"],
@@ -77,10 +88,16 @@ def main(argv):
     s_bob = synapse.register("bob", "bob-password")
 
     step("2. a Pulse user joins a Synapse room")
-    join_and_talk(synapse, s_bob, pulse, p_alice, "synapse-room")
+    synapse_room = join(synapse, s_bob, pulse, p_alice)
 
     step("3. a Synapse user joins a Pulse room")
-    join_and_talk(pulse, p_alice, synapse, s_bob, "pulse-room")
+    pulse_room = join(pulse, p_alice, synapse, s_bob)
+
+    step("4. messages both ways in the Synapse room")
+    talk(synapse, s_bob, pulse, p_alice, synapse_room, "synapse-room")
+
+    step("5. messages both ways in the Pulse room")
+    talk(pulse, p_alice, synapse, s_bob, pulse_room, "pulse-room")
 
     print("federation with Synapse: ok")
     return 0

@@ -22,6 +22,11 @@ impl AccountService {
             )));
         }
         let key = account_data_key(user, room, event_type);
+        // One writer per user at a time, held across the quota count, the read of the previous
+        // entry and the positioned write that replaces it: two writers of one entry cannot
+        // both drop the same old log row (leaving two behind), nor two new types both pass a
+        // quota with one slot left. The storage write no longer serialises closures.
+        let _user = self.account_data_locks.lock(user.as_str());
         if !self.db.exists(Cf::AccountData, &key)?
             && count_user_entries(&self.db, Cf::AccountData, user, MAX_ACCOUNT_DATA_PER_USER)?
                 >= MAX_ACCOUNT_DATA_PER_USER

@@ -287,6 +287,9 @@ pub struct AccountService {
     dummy_hash: OnceLock<Option<String>>,
     /// Bounds concurrent argon2 runs (memory: each allocates its full cost).
     hash_pool: HashingPool,
+    /// Serialises one user's account data writes (sharded by user): the positioned write
+    /// reads the previous entry to drop its change-log row, outside any global lock.
+    account_data_locks: storage::KeyLocks,
 }
 
 impl AccountService {
@@ -309,6 +312,7 @@ impl AccountService {
             seen: Mutex::new(HashMap::new()),
             dummy_hash: OnceLock::new(),
             hash_pool: HashingPool::per_cpu(),
+            account_data_locks: storage::KeyLocks::default(),
         }
     }
 
@@ -335,5 +339,7 @@ impl AccountService {
     }
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod tests;

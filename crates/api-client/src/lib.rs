@@ -31,6 +31,7 @@ pub mod extract;
 pub mod federation_admin;
 pub mod notifier;
 pub mod ratelimit;
+pub mod remote_membership;
 
 mod account;
 mod account_data;
@@ -80,9 +81,19 @@ pub struct AppState {
     pub ephemeral: Arc<::ephemeral::EphemeralService>,
     /// The outbound federation queues' status, once a federation sender runs.
     pub federation_status: std::sync::OnceLock<federation_admin::FederationStatus>,
+    /// Joins, leaves and invites that need another server, once federation runs.
+    pub remote_membership:
+        std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
+
+/// Wake the `/sync`s of a room's joined members (plus `extra`) at stream position `pos`,
+/// for events stored outside a client request (federation). Reads storage: call it from
+/// the blocking pool.
+pub fn wake_room_members(state: &AppState, room: &ruma::RoomId, pos: u64, extra: &[&ruma::UserId]) {
+    room::wake_room(&state.rooms, &state.notifier, room, pos, extra);
+}
 
 /// The complete client API. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits can key on IP.

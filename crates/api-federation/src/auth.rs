@@ -144,6 +144,9 @@ async fn authenticate(state: &FederationState, req: Request) -> Result<Request, 
         map.insert(xm.origin.to_string(), set);
         match xm.verify_http_request(&check, our_name, &map) {
             Ok(()) => {
+                if let Some(observer) = &state.peer_observer {
+                    observer.server_contacted(&xm.origin);
+                }
                 let mut req = Request::from_parts(parts, Body::from(bytes));
                 req.extensions_mut().insert(super::Origin(xm.origin));
                 return Ok(req);

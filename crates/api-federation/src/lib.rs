@@ -7,61 +7,139 @@
 //! over method + the raw request URI (axum `OriginalUri`, never a nested router's path) + origin +
 //! destination + body. Bodies are capped at [`MAX_BODY_BYTES`].
 //!
-//! Not yet: `/query/profile`, `/send/{txnId}` and the rest of the federation endpoints; an
-//! authenticated request to a path we do not serve gets `404 M_UNRECOGNIZED` after its
-//! signature has been checked.
+//! Also: the notary endpoints `GET /_matrix/key/v2/query/{server}` and
+//! `POST /_matrix/key/v2/query` ([`keys`]); inbound transactions `PUT /v1/send/{txnId}`
+//! ([`send`]: bounds, per-(origin, txn) idempotency, PDU signature/hash checks, missing
+//! `prev_events` from the origin, presence / typing / receipt EDUs); `m.room.server_acl`
+//! ([`acl`]). An authenticated request to a path we do not serve gets `404 M_UNRECOGNIZED`.
+mod acl;
 mod auth;
+mod inbound;
+mod keys;
+pub mod membership;
+mod queries;
+mod reads;
+mod send;
+mod verify;
 
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use federation_client::keys::{KeySource, now_ms};
+use federation_client::FederationClient;
+use federation_client::keys::KeySource;
 use server_keys::ServerKeys;
 
+pub use acl::server_allowed_by_acl;
 pub use auth::{AuthError, Origin};
+pub use send::{MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN};
 
 /// Largest request body accepted on federation endpoints (a transaction of 50 PDUs of
 /// 65,536 bytes plus EDUs fits).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Told when a remote server made an authenticated request to us (the federation sender
+/// resets that destination's backoff: it is evidently up).
+pub trait PeerObserver: Send + Sync {
+    fn server_contacted(&self, server: &ruma::ServerName);
+}
+
 /// What the federation router needs.
 pub struct FederationState {
     pub keys: ServerKeys,
     pub remote_keys: Arc<dyn KeySource>,
+    pub rooms: Arc<rooms::RoomService>,
+    pub presence: Arc<presence_service::PresenceService>,
+    pub ephemeral: Arc<ephemeral::EphemeralService>,
+    pub accounts: Arc<accounts::AccountService>,
+    /// Outbound requests made while answering (`get_missing_events` to the origin).
+    pub client: FederationClient,
+    /// Called after every successfully authenticated request (see [`PeerObserver`]).
+    pub peer_observer: Option<Arc<dyn PeerObserver>>,
+    /// Serialises transactions per origin, so a retried transaction waits for the first
+    /// attempt and then gets its stored answer.
+    txn_locks: send::TxnLocks,
+    /// Room membership endpoints (make/send join and leave, invite); `None`: not served.
+    pub membership: Option<Arc<membership::MembershipState>>,
+}
+
+impl FederationState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        keys: ServerKeys,
+        remote_keys: Arc<dyn KeySource>,
+        rooms: Arc<rooms::RoomService>,
+        presence: Arc<presence_service::PresenceService>,
+        ephemeral: Arc<ephemeral::EphemeralService>,
+        accounts: Arc<accounts::AccountService>,
+        client: FederationClient,
+    ) -> FederationState {
+        FederationState {
+            keys,
+            remote_keys,
+            rooms,
+            presence,
+            ephemeral,
+            accounts,
+            client,
+            peer_observer: None,
+            txn_locks: Default::default(),
+            membership: None,
+        }
+    }
+
+    /// Serves the room membership endpoints with `membership`.
+    pub fn with_membership(
+        mut self,
+        membership: Arc<membership::MembershipState>,
+    ) -> FederationState {
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Sets the hook told about every authenticated peer (the federation sender).
+    pub fn with_peer_observer(mut self, observer: Arc<dyn PeerObserver>) -> FederationState {
+        self.peer_observer = Some(observer);
+        self
+    }
 }
 
 /// The router for `/_matrix/key/*` and `/_matrix/federation/*`; merge it into the main app.
 pub fn router(state: Arc<FederationState>) -> Router {
-    let authenticated =
-        Router::new()
-            .fallback(unrecognized)
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_x_matrix,
-            ));
+    let authenticated = membership::routes()
+        .route("/v1/send/{txn_id}", put(send::send_transaction))
+        .route("/v1/event/{event_id}", get(reads::get_event))
+        .route("/v1/state/{room_id}", get(reads::get_state))
+        .route("/v1/state_ids/{room_id}", get(reads::get_state_ids))
+        .route("/v1/backfill/{room_id}", get(reads::backfill))
+        .route(
+            "/v1/get_missing_events/{room_id}",
+            post(reads::get_missing_events),
+        )
+        .route(
+            "/v1/event_auth/{room_id}/{event_id}",
+            get(reads::get_event_auth),
+        )
+        .route("/v1/query/profile", get(queries::profile))
+        .route("/v1/query/directory", get(queries::directory))
+        .route(
+            "/v1/publicRooms",
+            get(queries::public_rooms_get).post(queries::public_rooms_post),
+        )
+        .fallback(unrecognized)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_x_matrix,
+        ));
     Router::new()
-        .route("/_matrix/key/v2/server", get(key_server))
-        .route("/_matrix/key/v2/server/{key_id}", get(key_server))
+        .route("/_matrix/key/v2/server", get(keys::key_server))
+        .route("/_matrix/key/v2/server/{key_id}", get(keys::key_server))
+        .route("/_matrix/key/v2/query", post(keys::query_batch))
+        .route("/_matrix/key/v2/query/{server}", get(keys::query_one))
         .route("/_matrix/federation/v1/version", get(version))
         .nest("/_matrix/federation", authenticated)
         .with_state(state)
-}
-
-async fn key_server(State(state): State<Arc<FederationState>>) -> Response {
-    match state.keys.key_document(now_ms()) {
-        Ok(doc) => Json(doc).into_response(),
-        Err(e) => {
-            tracing::error!("cannot sign the key document: {e}");
-            error(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "cannot sign the key document",
-            )
-        }
-    }
 }
 
 async fn version() -> Json<serde_json::Value> {
@@ -87,5 +165,9 @@ pub(crate) fn error(status: http::StatusCode, errcode: &str, message: &str) -> R
         .into_response()
 }
 
+#[cfg(test)]
+mod reads_tests;
+#[cfg(test)]
+mod send_tests;
 #[cfg(test)]
 mod tests;

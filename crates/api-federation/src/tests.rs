@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use federation_client::FederationError;
-use federation_client::keys::KeySource;
+use federation_client::keys::{KeySource, now_ms};
 use futures::future::BoxFuture;
 use ruma::serde::Base64;
 use ruma::signatures::Ed25519KeyPair;
@@ -13,10 +13,12 @@ use tower::ServiceExt as _;
 
 use super::*;
 
-/// The origin `a.test` with one key that is valid until `valid_until`.
-struct FakeKeys {
-    origin: ServerKeys,
-    valid_until: u64,
+/// The origin `a.test`: its current key valid until `valid_until`, plus optional extra keys
+/// (e.g. an old key) with their own validity ends.
+pub(crate) struct FakeKeys {
+    pub origin: ServerKeys,
+    pub valid_until: u64,
+    pub extra: Vec<(ServerKeys, u64)>,
 }
 
 impl KeySource for FakeKeys {
@@ -27,38 +29,135 @@ impl KeySource for FakeKeys {
         at: u64,
     ) -> BoxFuture<'a, federation_client::Result<Base64>> {
         Box::pin(async move {
-            if server == "a.test" && key_id == self.origin.key_id() && at <= self.valid_until {
-                Ok(Base64::new(self.origin.pair().public_key().to_vec()))
+            let known = std::iter::once((&self.origin, self.valid_until))
+                .chain(self.extra.iter().map(|(k, v)| (k, *v)));
+            for (k, until) in known {
+                if server == k.server_name().as_str() && key_id == k.key_id() && at <= until {
+                    return Ok(Base64::new(k.pair().public_key().to_vec()));
+                }
+            }
+            Err(FederationError::Config(format!(
+                "no key {key_id} of {server} valid at {at}"
+            )))
+        })
+    }
+
+    fn key_documents<'a>(
+        &'a self,
+        server: &'a str,
+        _minimum: u64,
+    ) -> BoxFuture<'a, Vec<serde_json::Value>> {
+        Box::pin(async move {
+            if server == "a.test" {
+                vec![serde_json::to_value(self.origin.key_document(now_ms()).unwrap()).unwrap()]
             } else {
-                Err(FederationError::Config(format!(
-                    "no key {key_id} of {server} valid at {at}"
-                )))
+                Vec::new()
             }
         })
     }
 }
 
+struct NoWake;
+impl presence_service::SyncWaker for NoWake {
+    fn wake_users(&self, _: &[&ruma::UserId], _: u64) {}
+}
+
+/// Feeds memberships into presence's audience index, as `pulse` does.
+struct Audience(Arc<presence_service::PresenceService>);
+impl rooms::MembershipObserver for Audience {
+    fn membership_changed(
+        &self,
+        room: &ruma::RoomId,
+        user: &ruma::UserId,
+        membership: Option<rooms::Membership>,
+    ) {
+        self.0
+            .membership_changed(room, user, membership == Some(rooms::Membership::Join));
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Contacted(pub std::sync::Mutex<Vec<String>>);
+impl PeerObserver for Contacted {
+    fn server_contacted(&self, server: &ruma::ServerName) {
+        self.0.lock().unwrap().push(server.to_string());
+    }
+}
+
+/// A full federation state for `b.test` over a temporary database.
+pub(crate) struct Fx {
+    pub _dir: tempfile::TempDir,
+    pub app: Router,
+    pub state: Arc<FederationState>,
+    pub origin: ServerKeys,
+    pub contacted: Arc<Contacted>,
+}
+
+pub(crate) fn fixture_with(keys: FakeKeys) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(storage::Db::open(dir.path(), false).unwrap());
+    let name: ruma::OwnedServerName = "b.test".try_into().unwrap();
+    let us = ServerKeys::load_or_generate(&db, name.clone()).unwrap();
+    let rooms = Arc::new(rooms::RoomService::new(db.clone(), name.clone()).unwrap());
+    let presence = presence_service::PresenceService::open(
+        db.clone(),
+        presence_service::PresenceServiceConfig::default(),
+        Arc::new(NoWake),
+    )
+    .unwrap();
+    presence.set_server_name(name.clone());
+    rooms.set_membership_observer(Arc::new(Audience(presence.clone())));
+    let ephemeral = ephemeral::EphemeralService::new(db.clone());
+    let accounts = Arc::new(accounts::AccountService::new(
+        db.clone(),
+        name,
+        accounts::PasswordHashing::default(),
+    ));
+    let client = federation_client::FederationClient::new(Default::default(), us.clone()).unwrap();
+    let origin = keys.origin.clone();
+    let contacted = Arc::new(Contacted::default());
+    let state = Arc::new(
+        FederationState::new(
+            us,
+            Arc::new(keys),
+            rooms,
+            presence,
+            ephemeral,
+            accounts,
+            client,
+        )
+        .with_peer_observer(contacted.clone()),
+    );
+    Fx {
+        _dir: dir,
+        app: router(state.clone()),
+        state,
+        origin,
+        contacted,
+    }
+}
+
 fn setup(valid_until: u64) -> (Router, ServerKeys) {
     let origin = ServerKeys::generate_ephemeral("a.test".try_into().unwrap()).unwrap();
-    let us = ServerKeys::generate_ephemeral("b.test".try_into().unwrap()).unwrap();
-    let state = Arc::new(FederationState {
-        keys: us,
-        remote_keys: Arc::new(FakeKeys {
-            origin: origin.clone(),
-            valid_until,
-        }),
+    let fx = fixture_with(FakeKeys {
+        origin,
+        valid_until,
+        extra: Vec::new(),
     });
-    (router(state), origin)
+    // The temporary directory must outlive the router: leak it for these short tests.
+    std::mem::forget(fx._dir);
+    (fx.app, fx.origin)
 }
 
 /// Signs like a real sender (ruma's X-Matrix signer).
-fn signed(
+pub(crate) fn signed(
     origin: &ServerKeys,
     destination: &str,
     method: &str,
     uri: &str,
-    body: &'static str,
+    body: impl Into<String>,
 ) -> http::Request<Body> {
+    let body: String = body.into();
     let req = http::Request::builder()
         .method(method)
         .uri(uri)
@@ -82,7 +181,7 @@ fn signed(
         .unwrap()
 }
 
-async fn call(app: &Router, req: http::Request<Body>) -> (u16, serde_json::Value) {
+pub(crate) async fn call(app: &Router, req: http::Request<Body>) -> (u16, serde_json::Value) {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
@@ -194,4 +293,48 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     .await;
     assert_eq!(status, 401);
     assert!(body["error"].as_str().unwrap().contains("key"), "{body}");
+}
+
+#[tokio::test]
+async fn key_query_serves_our_keys_and_countersigned_remote_keys() {
+    let (app, origin) = setup(FAR);
+    let get = http::Request::builder()
+        .uri("/_matrix/key/v2/query/b.test")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = call(&app, get).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["server_keys"][0]["server_name"], "b.test");
+
+    let post = http::Request::builder()
+        .method("POST")
+        .uri("/_matrix/key/v2/query")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"server_keys":{"a.test":{},"unknown.test":{"ed25519:x":{"minimum_valid_until_ts":1}}}}"#,
+        ))
+        .unwrap();
+    let (status, body) = call(&app, post).await;
+    assert_eq!(status, 200, "{body}");
+    let docs = body["server_keys"].as_array().unwrap();
+    assert_eq!(docs.len(), 1, "{body}");
+    assert_eq!(docs[0]["server_name"], "a.test");
+    assert!(docs[0]["signatures"]["a.test"][origin.key_id()].is_string());
+    assert!(
+        docs[0]["signatures"]["b.test"].is_object(),
+        "countersigned by us"
+    );
+
+    let too_many: serde_json::Map<String, serde_json::Value> = (0..=keys::MAX_QUERY_SERVERS)
+        .map(|i| (format!("s{i}.test"), serde_json::json!({})))
+        .collect();
+    let post = http::Request::builder()
+        .method("POST")
+        .uri("/_matrix/key/v2/query")
+        .body(Body::from(
+            serde_json::json!({ "server_keys": too_many }).to_string(),
+        ))
+        .unwrap();
+    let (status, _) = call(&app, post).await;
+    assert_eq!(status, 400);
 }

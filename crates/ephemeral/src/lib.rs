@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
-use storage::{Db, StorageError};
+use storage::{Db, Key, KeyLocks, StorageError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -127,6 +127,12 @@ pub struct EphemeralService {
     timer_started: AtomicBool,
     /// Set once by [`EphemeralService::new`]: the timer task holds only this.
     me: Weak<EphemeralService>,
+    /// Serialise one (room, user)'s typing changes and one receipt kind's writes from the
+    /// check through the positioned write to the observers, so each key's changes are
+    /// decided, stored and reported in stream order (the positioned write itself no longer
+    /// serialises callers' closures).
+    typing_locks: KeyLocks,
+    receipt_locks: KeyLocks,
 }
 
 impl EphemeralService {
@@ -138,6 +144,8 @@ impl EphemeralService {
             kick: Arc::new(Notify::new()),
             timer_started: AtomicBool::new(false),
             me: me.clone(),
+            typing_locks: KeyLocks::default(),
+            receipt_locks: KeyLocks::default(),
         })
     }
 
@@ -175,6 +183,7 @@ impl EphemeralService {
         if typing {
             self.ensure_timer();
         }
+        let _user = self.typing_locks.lock(typing_lock_key(room, user));
         {
             // A refresh of someone already typing, or a stop of someone who is not, changes
             // no set: no stream position, no wake-up.
@@ -188,8 +197,10 @@ impl EphemeralService {
                 return Ok(None);
             }
         }
-        // Lock order: the database's writer lock, then `typing`. The in-memory change is
-        // made inside the positioned write, so once the position is visible the change is.
+        // Checked again in the positioned write: the expiry timer may have removed the user
+        // since. Lock order: this (room, user)'s lock, then `typing` (only inside the closure,
+        // never across the write). The in-memory change is made inside the positioned write,
+        // so once the position is visible the change is.
         let written = self.db.write_with_position(|pos, _batch| {
             let mut inner = self.lock();
             if inner.is_typing(room, user) == typing {
@@ -241,6 +252,8 @@ impl EphemeralService {
         event_pos: u64,
         origin: Origin,
     ) -> Result<Option<u64>, StorageError> {
+        // Held until observers are told, so one receipt kind's changes reach them in order.
+        let _kind = self.receipt_locks.lock(receipts::receipt_key(&receipt));
         let Some(pos) = receipts::store(&self.db, &receipt, event_pos)? else {
             return Ok(None);
         };
@@ -265,21 +278,19 @@ impl EphemeralService {
         receipts::event(&self.db, viewer, room, since, now)
     }
 
-    /// Remove every typing user expired at `now`, telling observers.
+    /// Remove every typing user expired at `now`, telling observers. Each (room, user) is
+    /// expired under its own lock, like [`EphemeralService::set_typing`], so a stop by
+    /// expiry and a fresh start of the same user reach observers in stream order.
     pub fn expire_typing(&self, now: Instant) -> Result<(), StorageError> {
-        let rooms = self.lock().rooms_due(now);
-        for room in rooms {
-            let before = self.lock().users(&room);
-            let (pos, changed) = self.db.write_with_position(|pos, _batch| {
-                Ok::<_, StorageError>(self.lock().expire_room(&room, now, pos))
+        let due = self.lock().users_due(now);
+        for (room, user) in due {
+            let _user = self.typing_locks.lock(typing_lock_key(&room, &user));
+            let (pos, expired) = self.db.write_with_position(|pos, _batch| {
+                Ok::<_, StorageError>(self.lock().expire_user(&room, &user, now, pos))
             })?;
-            if !changed {
-                continue;
-            }
-            let after = self.lock().users(&room);
-            for user in before.into_iter().filter(|u| !after.contains(u)) {
+            if expired {
                 self.notify(EphemeralChange::Typing {
-                    room: room.clone(),
+                    room,
                     user,
                     typing: false,
                     pos,
@@ -338,5 +349,12 @@ impl EphemeralService {
     }
 }
 
+/// The key of one (room, user)'s typing lock.
+fn typing_lock_key(room: &RoomId, user: &UserId) -> Key {
+    Key::new().str(room.as_str()).str(user.as_str())
+}
+
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod tests;

@@ -44,7 +44,7 @@ impl From<StorageError> for Skip {
     }
 }
 
-fn receipt_key(r: &Receipt) -> Key {
+pub(crate) fn receipt_key(r: &Receipt) -> Key {
     Key::new()
         .str(r.room_id.as_str())
         .str(r.user_id.as_str())
@@ -64,7 +64,8 @@ fn corrupt(cf: Cf, e: impl std::fmt::Display) -> StorageError {
 }
 
 /// Store `r` unless the current receipt of the same kind is for an event at `event_pos`
-/// or later. Returns the new stream position when something was written.
+/// or later. Returns the new stream position when something was written. The caller holds
+/// the lock of `receipt_key(r)`: this reads the previous receipt and replaces it.
 pub(crate) fn store(db: &Db, r: &Receipt, event_pos: u64) -> Result<Option<u64>, StorageError> {
     let key = receipt_key(r);
     let current = |db: &Db| db.get_json::<ReceiptRecord>(Cf::Receipts, &key);
@@ -72,7 +73,8 @@ pub(crate) fn store(db: &Db, r: &Receipt, event_pos: u64) -> Result<Option<u64>,
         return Ok(None);
     }
     let written = db.write_with_position(|pos, batch| {
-        // Checked again under the writer lock: a concurrent receipt may have moved it on.
+        // The caller holds this receipt kind's lock (`EphemeralService::put_receipt`), so
+        // this is the receipt checked above; its stream entry is replaced.
         if let Some(prev) = current(db)? {
             if prev.event_pos >= event_pos {
                 return Err(Skip::Unchanged);

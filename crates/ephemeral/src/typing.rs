@@ -44,7 +44,9 @@ impl TypingRooms {
             None => entry.users.remove(user),
         };
         if let Some(pos) = pos {
-            entry.changed_at = pos;
+            // Changes of different users may be applied out of position order (their
+            // positioned writes run side by side): the room's change position only grows.
+            entry.changed_at = entry.changed_at.max(pos);
         }
         if let Some(old) = old {
             self.deadlines
@@ -55,36 +57,33 @@ impl TypingRooms {
         }
     }
 
-    /// Remove the users of `room` whose deadline is at or before `now`; true if any were.
-    pub(crate) fn expire_room(&mut self, room: &RoomId, now: Instant, pos: u64) -> bool {
-        let due: Vec<(Instant, OwnedRoomId, OwnedUserId)> = self
-            .deadlines
-            .iter()
-            .take_while(|(t, _, _)| *t <= now)
-            .filter(|(_, r, _)| r == room)
-            .cloned()
-            .collect();
-        let mut changed = false;
-        for key in due {
-            self.deadlines.remove(&key);
-            let (t, _, user) = key;
-            if let Some(entry) = self.rooms.get_mut(room)
-                && entry.users.get(&user) == Some(&t)
-            {
-                entry.users.remove(&user);
-                entry.changed_at = pos;
-                changed = true;
-            }
-        }
-        changed
+    /// Remove `user` from `room` if their deadline is at or before `now`; true if they were.
+    pub(crate) fn expire_user(
+        &mut self,
+        room: &RoomId,
+        user: &UserId,
+        now: Instant,
+        pos: u64,
+    ) -> bool {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let Some(&deadline) = entry.users.get(user).filter(|t| **t <= now) else {
+            return false;
+        };
+        entry.users.remove(user);
+        entry.changed_at = entry.changed_at.max(pos);
+        self.deadlines
+            .remove(&(deadline, room.to_owned(), user.to_owned()));
+        true
     }
 
-    /// Rooms with at least one expiry at or before `now`.
-    pub(crate) fn rooms_due(&self, now: Instant) -> BTreeSet<OwnedRoomId> {
+    /// Every (room, user) whose deadline is at or before `now`, earliest first.
+    pub(crate) fn users_due(&self, now: Instant) -> Vec<(OwnedRoomId, OwnedUserId)> {
         self.deadlines
             .iter()
             .take_while(|(t, _, _)| *t <= now)
-            .map(|(_, r, _)| r.clone())
+            .map(|(_, r, u)| (r.clone(), u.clone()))
             .collect()
     }
 
@@ -147,8 +146,10 @@ mod tests {
         // A refresh moves the deadline without a second entry.
         t.set(&r, &a, Some(now + Duration::from_secs(20)), None);
         assert_eq!(t.deadlines.len(), 2);
-        assert_eq!(t.rooms_due(now + Duration::from_secs(11)).len(), 1);
-        assert!(t.expire_room(&r, now + Duration::from_secs(11), 7));
+        let later = now + Duration::from_secs(11);
+        assert_eq!(t.users_due(later), vec![(r.clone(), b.clone())]);
+        assert!(!t.expire_user(&r, &a, later, 7), "a's deadline moved on");
+        assert!(t.expire_user(&r, &b, later, 7));
         assert!(!t.is_typing(&r, &b));
         assert!(t.is_typing(&r, &a));
         assert_eq!(t.deadlines.len(), 1);
@@ -156,5 +157,9 @@ mod tests {
         assert!(t.deadlines.is_empty());
         assert_eq!(t.due(&r, Some(7), 8), Some(vec![]), "stop is a change");
         assert!(t.due(&r, None, 8).is_none(), "nobody types");
+        // Applied out of position order, the room's change position does not go back.
+        t.set(&r, &a, Some(now + Duration::from_secs(5)), Some(10));
+        t.set(&r, &b, Some(now + Duration::from_secs(5)), Some(9));
+        assert_eq!(t.due(&r, Some(9), 10), Some(vec![a.clone(), b.clone()]));
     }
 }

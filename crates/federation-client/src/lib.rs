@@ -19,14 +19,15 @@
 //!   key fetching (`/_matrix/key/v2/server` needs no authentication).
 //!
 //! - [`keys::RemoteKeys`] ([`keys::KeySource`]): a remote server's key valid at a given time,
-//!   fetched from the origin and cached in memory. Not yet: the storage-backed cache and notaries.
+//!   fetched from the origin (or the configured notaries when that fails) and cached in memory
+//!   and in storage.
 mod client;
 pub mod config;
 pub mod discovery;
 pub mod ip_filter;
 pub mod keys;
 
-pub use client::{FederationClient, FederationResponse};
+pub use client::{FederationClient, FederationResponse, percent_encode_segment};
 pub use config::FederationConfig;
 
 /// Why an outbound federation request failed.

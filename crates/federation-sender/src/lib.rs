@@ -26,6 +26,7 @@
 pub mod bridge;
 pub mod ephemeral_out;
 mod http_transport;
+pub mod pdu_out;
 pub mod presence_out;
 mod queue;
 mod worker;
@@ -225,8 +226,17 @@ impl<T: Transport> FederationSender<T> {
         destinations: impl IntoIterator<Item = &'a ServerName>,
         pdu: &Value,
     ) -> Result<(), StorageError> {
+        self.queue_pdu_with(destinations, pdu, Batch::new())
+    }
+
+    /// [`Self::queue_pdu`], with `batch`'s writes in the same atomic write.
+    pub(crate) fn queue_pdu_with<'a>(
+        &self,
+        destinations: impl IntoIterator<Item = &'a ServerName>,
+        pdu: &Value,
+        mut batch: Batch,
+    ) -> Result<(), StorageError> {
         let seq = self.next_seq();
-        let mut batch = Batch::new();
         let mut dests: Vec<&ServerName> = destinations
             .into_iter()
             .filter(|d| *d != self.inner.config.origin)

@@ -345,6 +345,52 @@ async fn restart_resumes_from_the_queue_on_disk_with_fresh_txn_ids() {
     until(|| idle(&s)).await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn pdu_outbox_never_queues_a_position_twice_and_its_cursor_lags_one_tick() {
+    use crate::pdu_out::PduOutbox;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = server_name!("remote.org");
+    let db = open(&dir);
+    let bump = |db: &Db| {
+        db.write_with_position::<_, StorageError>(|_, _| Ok(()))
+            .unwrap()
+            .0
+    };
+    let fake = Fake::default();
+    let s = FederationSender::start(db.clone(), fake.clone(), config()).unwrap();
+    let out = PduOutbox::open(s.clone()).unwrap();
+    assert_eq!(out.cursor(), 0);
+    let (p1, p2) = (bump(&db), bump(&db));
+    // Rooms commit in parallel: p2 may be handed over before p1.
+    out.event(p2, [remote], &json!({"n": 2})).unwrap();
+    out.event(p1, [remote, server_name!("home.org")], &json!({"n": 1}))
+        .unwrap();
+    // A replay of positions already queued queues nothing.
+    out.event(p2, [remote], &json!({"n": 2})).unwrap();
+    until(|| fake.pdus_to("remote.org").len() == 2).await;
+    assert_eq!(fake.pdus_to("remote.org"), [2, 1]);
+    // The first call only samples; the second stores what the first sampled.
+    out.persist_cursor(None).unwrap();
+    assert_eq!(out.cursor(), 0);
+    let p3 = bump(&db);
+    out.persist_cursor(None).unwrap();
+    assert_eq!(
+        out.cursor(),
+        p2,
+        "not p3: it was committed after the sample"
+    );
+    out.event(p1, [remote], &json!({"n": 1})).unwrap();
+    out.persist_cursor(Some(p3)).unwrap();
+    assert_eq!(out.cursor(), p3);
+    until(|| idle(&s)).await;
+    assert_eq!(fake.pdus_to("remote.org"), [2, 1], "nothing queued twice");
+    s.shutdown();
+    drop((out, s, db));
+    let db = reopen(&dir).await;
+    let s = FederationSender::start(db, Fake::default(), config()).unwrap();
+    assert_eq!(PduOutbox::open(s).unwrap().cursor(), p3);
+}
+
 /// Opens the database again once the previous owner's tasks have let go of it.
 async fn reopen(dir: &tempfile::TempDir) -> Arc<Db> {
     for _ in 0..1000 {

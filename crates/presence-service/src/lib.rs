@@ -26,8 +26,10 @@
 //!   leave get a per-viewer marker, so their next `/sync` shows the current presence or one
 //!   final `offline`.
 //!
-//! Lock order: `sharing_updates` → `stream_pos` → `engine`, and `sharing` → `rooms`; the
-//! engine lock is never held while taking `sharing` or `rooms`, nor the other way round.
+//! Lock order: `sharing_updates` → `markers` → `stream_pos` → `engine`, and `sharing` →
+//! `rooms`; the engine lock is never held while taking `sharing` or `rooms`, nor the other
+//! way round. Closures given to `Db::write_with_position` take none of these (a caller may
+//! hold them while waiting for its position's turn).
 mod remote;
 pub mod sharing;
 
@@ -165,6 +167,10 @@ pub struct PresenceService {
     /// Latest stream position per user, indexed both ways (rebuilt at start-up from
     /// `StoredPresence::stream_pos`): "who changed since position N" is an in-memory range.
     stream_pos: Mutex<StreamIndex>,
+    /// Serialises visibility-marker writes: each reads a pair's previous marker to replace
+    /// it, and the positioned write no longer serialises callers' closures. Taken before
+    /// `stream_pos`, never held by a closure.
+    markers: Mutex<()>,
     waker: Arc<dyn SyncWaker>,
     /// Deadline the timer task is sleeping towards (ms; u64::MAX when none).
     armed_deadline: AtomicU64,
@@ -210,6 +216,7 @@ impl PresenceService {
             }
         }
         let _ = engine.take_dirty();
+        let remote = remote::RemoteStore::load(&db, now)?;
         let service = Arc::new(PresenceService {
             db,
             config,
@@ -219,11 +226,12 @@ impl PresenceService {
             sharing_updates: Mutex::new(()),
             server_name: OnceLock::new(),
             stream_pos: Mutex::new(stream_pos),
+            markers: Mutex::new(()),
             waker,
             armed_deadline: AtomicU64::new(u64::MAX),
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
-            remote: Mutex::new(remote::RemoteStore::default()),
+            remote: Mutex::new(remote),
             observer: OnceLock::new(),
         });
         service.publish(restored_changes)?;

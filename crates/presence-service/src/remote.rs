@@ -17,8 +17,10 @@
 //! * `last_active_ago` is aged locally, and a remote user not refreshed for
 //!   [`REMOTE_PRESENCE_TIMEOUT_MS`] is shown offline (their server stopped talking about them).
 //!
-//! Remote presence lives in memory only: after a restart remote users are offline until their
-//! server's next update (which a healthy server sends at least every 30 minutes).
+//! Remote presence is served from memory and persisted per remote user (`Cf::Misc`,
+//! `"remote_presence" 0xFF user_id 0xFF` → the user's views, with absolute timestamps) in the
+//! same write that allocates the EDU's stream position: after a restart remote users keep
+//! their last state until it expires, with `last_active_ago` still aged from the stored time.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,7 +30,9 @@ use presence_core::{FederationPresence, MAX_STATUS_MSG_BYTES, PresenceChange, Pr
 use std::sync::Arc;
 
 use ruma::{OwnedUserId, ServerName, UserId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use storage::{Batch, Cf, Db, Key, KeyReader, StorageError};
 
 use crate::PresenceService;
 
@@ -42,7 +46,7 @@ const MAX_VIEWS: usize = 8;
 pub const MAX_REMOTE_USERS: usize = 200_000;
 
 /// What a remote server said about one of its users.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RemoteState {
     presence: PresenceState,
     status_msg: Option<String>,
@@ -51,7 +55,7 @@ struct RemoteState {
     received_at: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct View {
     state: RemoteState,
     /// `None`: legacy, every local user sharing a room with the remote user.
@@ -80,7 +84,54 @@ pub struct RemoteReceipt {
     pub delivered_to: usize,
 }
 
+/// Key prefix of persisted remote presence in `Cf::Misc`.
+const REMOTE_PREFIX: &str = "remote_presence";
+
+fn remote_key(user: &UserId) -> Key {
+    Key::new().str(REMOTE_PREFIX).str(user.as_str())
+}
+
 impl RemoteStore {
+    /// Start-up: the persisted remote users whose presence has not expired (expired ones are
+    /// deleted).
+    pub(crate) fn load(db: &Db, now: u64) -> Result<Self, StorageError> {
+        let mut store = RemoteStore::default();
+        let mut stale = Batch::new();
+        for (k, v) in db.scan_prefix(Cf::Misc, Key::new().str(REMOTE_PREFIX))? {
+            let mut r = KeyReader::new(&k);
+            let user = r
+                .str()
+                .and(r.str())
+                .and_then(|u| OwnedUserId::try_from(u).ok());
+            let views: Option<Vec<View>> = serde_json::from_slice(&v).ok();
+            match (user, views) {
+                (Some(user), Some(views))
+                    if !views.is_empty()
+                        && store.users.len() < MAX_REMOTE_USERS
+                        && views.iter().any(|v| {
+                            now.saturating_sub(v.state.received_at) <= REMOTE_PRESENCE_TIMEOUT_MS
+                        }) =>
+                {
+                    store.users.insert(user, views);
+                }
+                _ => stale.delete(Cf::Misc, &k),
+            }
+        }
+        if !stale.is_empty() {
+            db.write(stale)?;
+        }
+        Ok(store)
+    }
+
+    /// The write that makes `user`'s in-memory views durable (`None`: delete them).
+    fn persisted(&self, user: &UserId) -> (Key, Option<Vec<u8>>) {
+        let value = self
+            .users
+            .get(user)
+            .and_then(|views| serde_json::to_vec(views).ok());
+        (remote_key(user), value)
+    }
+
     fn view_for(&self, user: &UserId, viewer: &UserId, shares_room: bool) -> Option<&RemoteState> {
         self.users.get(user)?.iter().rev().find_map(|v| {
             let sees = match &v.recipients {
@@ -91,9 +142,11 @@ impl RemoteStore {
         })
     }
 
-    fn insert(&mut self, user: OwnedUserId, view: View) {
+    /// Returns the user evicted to make room, if any.
+    fn insert(&mut self, user: OwnedUserId, view: View) -> Option<OwnedUserId> {
+        let mut evicted = None;
         if !self.users.contains_key(&user) && self.users.len() >= MAX_REMOTE_USERS {
-            self.evict_stalest();
+            evicted = self.evict_stalest();
         }
         let views = self.users.entry(user).or_default();
         match &view.recipients {
@@ -112,6 +165,7 @@ impl RemoteStore {
             let excess = views.len() - MAX_VIEWS;
             views.drain(..excess);
         }
+        evicted
     }
 
     /// Removes users not refreshed for [`REMOTE_PRESENCE_TIMEOUT_MS`]; returns them with the
@@ -149,15 +203,14 @@ impl RemoteStore {
             .collect()
     }
 
-    fn evict_stalest(&mut self) {
+    fn evict_stalest(&mut self) -> Option<OwnedUserId> {
         let stalest = self
             .users
             .iter()
             .min_by_key(|(_, v)| v.iter().map(|v| v.state.received_at).max().unwrap_or(0))
-            .map(|(u, _)| u.clone());
-        if let Some(u) = stalest {
-            self.users.remove(&u);
-        }
+            .map(|(u, _)| u.clone())?;
+        self.users.remove(&stalest);
+        Some(stalest)
     }
 }
 
@@ -266,6 +319,16 @@ impl PresenceService {
         }
     }
 
+    /// Tells the observer that local `user`'s sharing config or ignore list changed (who may
+    /// see them over federation may have changed).
+    pub(crate) fn notify_audience_changed(&self, user: &UserId) {
+        if let Some(o) = self.observer.get()
+            && !self.is_remote(user)
+        {
+            o.audience_changed(user);
+        }
+    }
+
     /// `user`'s presence as a federation `push` entry body, now.
     pub fn federation_presence(&self, user: &UserId) -> FederationPresence {
         let now = crate::now_ms();
@@ -324,6 +387,7 @@ impl PresenceService {
         receipt.dropped += push.len().saturating_sub(MAX_PUSH_ENTRIES);
         let now = crate::now_ms();
         let mut woken: Vec<(OwnedUserId, Vec<OwnedUserId>)> = Vec::new();
+        let mut evicted: Vec<OwnedUserId> = Vec::new();
         for entry in push.iter().take(MAX_PUSH_ENTRIES) {
             let Some((user, state)) = parse_entry(origin, entry, now) else {
                 receipt.dropped += 1;
@@ -342,19 +406,35 @@ impl PresenceService {
                 state,
                 recipients: (!legacy).then(|| recipients.iter().cloned().collect()),
             };
-            self.remote().insert(user.clone(), view);
+            evicted.extend(self.remote().insert(user.clone(), view));
             woken.push((user, recipients));
         }
         if woken.is_empty() {
             return receipt;
         }
-        // One stream position for the whole EDU, so incremental syncs pick these users up.
+        // The new views, durable in the write that allocates one stream position for the
+        // whole EDU (so incremental syncs pick these users up).
+        let durable: Vec<(Key, Option<Vec<u8>>)> = {
+            let store = self.remote();
+            evicted
+                .iter()
+                .chain(woken.iter().map(|(u, _)| u))
+                .map(|u| store.persisted(u))
+                .collect()
+        };
         let pos = {
             let mut stream_pos = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
             let pos = match self
                 .db
-                .write_with_position::<_, storage::StorageError>(|_, _| Ok(()))
-            {
+                .write_with_position::<_, storage::StorageError>(|_, b| {
+                    for (k, v) in durable {
+                        match v {
+                            Some(v) => b.put(Cf::Misc, k, v),
+                            None => b.delete(Cf::Misc, k),
+                        }
+                    }
+                    Ok(())
+                }) {
                 Ok((pos, ())) => pos,
                 Err(e) => {
                     tracing::error!("allocating a stream position failed: {e}");
@@ -397,8 +477,12 @@ impl PresenceService {
             let mut stream_pos = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
             let pos = match self
                 .db
-                .write_with_position::<_, storage::StorageError>(|_, _| Ok(()))
-            {
+                .write_with_position::<_, storage::StorageError>(|_, b| {
+                    for (user, _) in &expired {
+                        b.delete(Cf::Misc, remote_key(user));
+                    }
+                    Ok(())
+                }) {
                 Ok((pos, ())) => pos,
                 Err(e) => {
                     tracing::error!("allocating a stream position failed: {e}");

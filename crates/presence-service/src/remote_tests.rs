@@ -271,3 +271,68 @@ fn a_remote_user_not_refreshed_times_out_and_their_viewers_are_woken() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["content"]["presence"], "offline");
 }
+
+#[test]
+fn remote_presence_survives_a_restart_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let room: OwnedRoomId = "!r:home.org".try_into().unwrap();
+    let open = || {
+        let db = Arc::new(Db::open(dir.path(), false).unwrap());
+        let svc = PresenceService::open(
+            db.clone(),
+            PresenceServiceConfig::default(),
+            Arc::new(Waker::default()),
+        )
+        .unwrap();
+        svc.set_server_name(server_name!("home.org").to_owned());
+        for u in [
+            "@l1:home.org",
+            "@l2:home.org",
+            "@r:remote.org",
+            "@s:remote.org",
+        ] {
+            svc.membership_changed(&room, &uid(u), true);
+        }
+        (db, svc)
+    };
+    {
+        let (_db, svc) = open();
+        let origin = server_name!("remote.org");
+        svc.receive_remote_presence(
+            origin,
+            &push(json!([
+                {"user_id": "@r:remote.org", "presence": "unavailable", "status_msg": "away",
+                 "last_active_ago": 60_000},
+                // Restricted to @l1: @l2 must not see it after the restart either.
+                {"user_id": "@s:remote.org", "presence": "online", "last_active_ago": 0,
+                 "allowed_recipients": ["@l1:home.org"]},
+            ])),
+        );
+    }
+    let (db, svc) = open();
+    let r = svc.event_for_viewer(&uid("@l2:home.org"), &uid("@r:remote.org"));
+    assert_eq!(r["content"]["presence"], "unavailable");
+    assert_eq!(r["content"]["status_msg"], "away");
+    assert!(
+        r["content"]["last_active_ago"].as_u64().unwrap() >= 60_000,
+        "aged from the stored time"
+    );
+    let s = uid("@s:remote.org");
+    assert_eq!(
+        svc.event_for_viewer(&uid("@l1:home.org"), &s)["content"]["presence"],
+        "online"
+    );
+    assert_eq!(
+        svc.event_for_viewer(&uid("@l2:home.org"), &s)["content"]["presence"],
+        "offline"
+    );
+    // Past the remote timeout nothing is loaded, and the stale rows are deleted.
+    let later = crate::now_ms() + REMOTE_PRESENCE_TIMEOUT_MS + 1000;
+    assert!(RemoteStore::load(&db, later).unwrap().users.is_empty());
+    assert!(
+        RemoteStore::load(&db, crate::now_ms())
+            .unwrap()
+            .users
+            .is_empty()
+    );
+}

@@ -22,6 +22,8 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
 mod config;
+mod federation;
+mod remote_membership;
 mod tls;
 
 use config::Config;
@@ -264,6 +266,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         query_token_warnings: Default::default(),
         ephemeral,
         federation_status: Default::default(),
+        remote_membership: Default::default(),
     });
     Ok(Services {
         db,
@@ -292,16 +295,52 @@ async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
     let services = open_services(&config)?;
     let mut app = api_client::router(services.state.clone());
+    let mut outbound = None;
     if config.federation.enabled {
         let client = federation_client::FederationClient::new(
             config.federation.clone(),
             services.server_keys.clone(),
         )
         .map_err(|e| format!("[federation]: {e}"))?;
-        let federation = Arc::new(api_federation::FederationState {
-            keys: services.server_keys.clone(),
-            remote_keys: Arc::new(federation_client::keys::RemoteKeys::new(client)),
-        });
+        let fed = federation::start_federation(
+            &services.state,
+            services.db.clone(),
+            client.clone(),
+            &config.federation.allowed_recipients_peers,
+        )?;
+        let remote_keys: Arc<dyn federation_client::keys::KeySource> = Arc::new(
+            federation_client::keys::RemoteKeys::persistent(client.clone(), services.db.clone()),
+        );
+        let s = &services.state;
+        let membership = Arc::new(federation_membership::MembershipService::new(
+            s.rooms.clone(),
+            client.clone(),
+            remote_keys.clone(),
+        ));
+        let _ = s.remote_membership.set(Arc::new(remote_membership::Remote(
+            membership,
+            s.rooms.clone(),
+        )));
+        let app_state = services.state.clone();
+        let federation = Arc::new(
+            api_federation::FederationState::new(
+                services.server_keys.clone(),
+                remote_keys,
+                s.rooms.clone(),
+                s.presence.clone(),
+                s.ephemeral.clone(),
+                s.accounts.clone(),
+                client,
+            )
+            .with_peer_observer(fed.peer_observer())
+            .with_membership(Arc::new(api_federation::membership::MembershipState {
+                rooms: s.rooms.clone(),
+                wake: Arc::new(move |room, pos, extra| {
+                    api_client::wake_room_members(&app_state, room, pos, extra)
+                }),
+            })),
+        );
+        outbound = Some(fed);
         app = app.merge(api_federation::router(federation));
     }
     let presence_timer = services.state.presence.spawn_timer();
@@ -368,6 +407,9 @@ async fn serve(config: Config) -> Result<(), String> {
     // in-flight requests one second, then exit. Acknowledged writes are already durable.
     let _ = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(servers)).await;
     presence_timer.abort();
+    if let Some(f) = &outbound {
+        f.shutdown();
+    }
     if let Err(e) = services.state.presence.persist_dirty() {
         error!("persisting presence at shutdown failed: {e}");
     }

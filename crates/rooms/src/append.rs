@@ -203,6 +203,7 @@ impl RoomService {
                 redacted_because: None,
                 prev_state: None,
                 status,
+                off_stream: false,
             };
             let mut b = Batch::new();
             b.put_json(Cf::Events, event_id.as_str(), &record);
@@ -332,11 +333,11 @@ impl RoomService {
             extra,
             defer_memberships,
         } = opts;
-        let state_pair = pdu.state_pair();
         let pending_target = match (&pdu.redacts, pdu.kind == TimelineEventType::RoomRedaction) {
             (Some(target), true) if self.event_any(target)?.is_none() => Some(target.clone()),
             _ => None,
         };
+        let observed = self.observes_sender(&pdu.sender).then(|| obj.clone());
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
             let mut record = StoredEvent {
                 event_id: event_id.clone(),
@@ -346,6 +347,7 @@ impl RoomService {
                 redacted_because: None,
                 prev_state,
                 status: EventStatus::Timeline,
+                off_stream: !linear && !is_create,
             };
             if let Some((redaction, key)) = &early_redaction {
                 record.pdu =
@@ -405,12 +407,18 @@ impl RoomService {
                     }
                 }
             }
-            if let Some((t, k)) = &state_pair {
-                b.put(
-                    Cf::Rooms,
-                    log_prefix(&room, t, k).u64(pos),
-                    event_id.as_str().as_bytes().to_vec(),
-                );
+            // The state log follows the current state (not every state event: one that
+            // loses a resolution is not logged), so the log read just before a later
+            // position is the state linear events there were authorised against. (An
+            // entry a resolution removes altogether cannot be logged; that is rare.)
+            for (t, k, id) in &changes {
+                if let Some(id) = id {
+                    b.put(
+                        Cf::Rooms,
+                        log_prefix(&room, t, k).u64(pos),
+                        id.as_str().as_bytes().to_vec(),
+                    );
+                }
             }
             let new_summary = match summary {
                 Some(s) => RoomSummary {
@@ -463,6 +471,9 @@ impl RoomService {
                     observer.membership_changed(&room, user, m.as_ref().map(|(m, _)| *m));
                 }
             }
+        }
+        if let Some(obj) = &observed {
+            self.notify_event_observer(&room, &event_id, pos, obj);
         }
         Ok(Outcome::Timeline(SentEvent { event_id, pos }))
     }

@@ -293,17 +293,17 @@ impl RoomService {
             .filter(|(t, _)| t == "m.room.member")
             .map(|(_, k)| k.clone())
             .collect();
+        // Read before the positioned write (which holds up every room's writes).
+        let mut new_outliers = Vec::new();
+        for id in &input {
+            if self.event_any(id)?.is_none() {
+                new_outliers.push(outlier_record(id, objs[id].clone(), status[id]));
+            }
+        }
+        drop(objs);
         let (pos, ()) = self.db.write_with_position(|pos, b| -> Result<()> {
-            for id in &input {
-                let st = status[id];
-                if self.event_any(id)?.is_some() {
-                    continue;
-                }
-                b.put_json(
-                    Cf::Events,
-                    id.as_str(),
-                    &outlier_record(id, objs[id].clone(), st),
-                );
+            for rec in &new_outliers {
+                b.put_json(Cf::Events, rec.event_id.as_str(), rec);
             }
             let record = StoredEvent {
                 event_id: join_id.clone(),
@@ -313,6 +313,7 @@ impl RoomService {
                 redacted_because: None,
                 prev_state,
                 status: EventStatus::Timeline,
+                off_stream: false,
             };
             b.put_json(Cf::Events, join_id.as_str(), &record);
             b.put(

@@ -11,13 +11,17 @@
 //! ## Storage (all writes for one event are one [`storage::Db::write_with_position`])
 //!
 //! * `Events`: `event_id` → [`StoredEvent`] (stream position, canonical PDU, sending
-//!   device + txn id, `redacted_because`, and the replaced state event for `unsigned`).
+//!   device + txn id, `redacted_because`, the replaced state event for `unsigned`, its
+//!   [`EventStatus`] — timeline, outlier, soft-failed or rejected — and `off_stream` for
+//!   events whose state before them is not the state at their stream position).
 //! * `Timeline`: `room_id 0xFF pos` → event id.
 //! * `Rooms`: `room_id 0xFF` → room summary (version, creator, create event, forward
 //!   extremities, max depth); `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → event id
 //!   of the current state; `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership
-//!   string; `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → event id (log of every
-//!   accepted state event by stream position, used for history visibility);
+//!   string; `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → event id (log of the
+//!   current state's changes by stream position, used for history visibility);
+//!   `room_id 0xFF "r" 0xFF target 0xFF` → a redaction that arrived before its target;
+//!   `room_id 0xFF "i" 0xFF user_id 0xFF` → stripped state of a remote invite;
 //!   `"public" 0xFF room_id 0xFF` → empty (the room directory).
 //! * `StateAt`: `event_id` → the state *before* the event, either a full snapshot or a
 //!   delta (≤ [`MAX_STATE_DELTA`] entries) on top of another event's full snapshot.
@@ -26,7 +30,8 @@
 //! * `Aliases`: `alias` → alias record (room, creator); `room_id 0xFF alias 0xFF` → empty
 //!   (reverse index; room IDs start with `!`, aliases with `#`, so they never collide).
 //! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id, where scope
-//!   is `send <room_id>` or `redact <room_id>`.
+//!   is `send <room_id>` or `redact <room_id>`; `"fed" 0xFF origin 0xFF txn_id 0xFF` → the
+//!   recorded answer to a federation transaction ([`RoomService::federation_txn`]).
 //! * `Meta`: `signing_key` → the server's ed25519 key (PKCS#8, base64) and its key id.
 //!
 //! ## API
@@ -51,20 +56,47 @@
 //! Size limit: events over [`MAX_PDU_BYTES`] of canonical JSON are [`RoomError::TooLarge`]
 //! (ruma-signatures refuses to hash PDUs over 65,535 bytes, so that is the effective limit).
 //!
-//! Federation entry point: [`RoomService::append_pdu`] takes a complete remote PDU (the
-//! caller verifies signatures and fetches missing events first) through the same
-//! authorization and state-resolution path as local events.
+//! ## Events from elsewhere (`remote.rs`, `import.rs`, `append.rs`)
 //!
-//! Not yet: the federation endpoints themselves, knocking and restricted joins through
-//! the API, third-party invites, room upgrades, state resolution v1 (a fork in a room of
-//! version 1 is refused).
+//! * [`RoomService::receive_pdu`] is the one entry point for a remote PDU: size and
+//!   format, signatures through a [`KeyLookup`] (the federation layer's key cache; keys
+//!   [`keys_needed`] names must be cached before calling), content hash (redacted on
+//!   mismatch), then the authorization rules against its auth events and the state
+//!   before it (failing: stored *rejected*) and against the current state (failing:
+//!   *soft-failed*); forks go through state resolution v2. The answer is a [`Received`];
+//!   unknown prev or auth events give [`Received::NeedsMissingEvents`] and store nothing.
+//!   [`RoomService::receive_pdu_after_gap`] accepts a gap with the state `/state_ids`
+//!   reported; [`RoomService::receive_outlier`] stores fetched auth/state events.
+//! * [`RoomService::import_join`] imports a `send_join` answer (state + auth chain as
+//!   outliers, the join as the first timeline event) in one batch;
+//!   [`RoomService::receive_invite`] countersigns and stores a remote invite so `/sync`
+//!   shows it with its stripped state.
+//! * Redactions: applied when both the redaction and its target are present (whichever
+//!   arrives last), if the redaction's sender sent the target, is on the same server as
+//!   its sender (v3+), or has the `redact` power level in the state before the redaction.
+//!   A refused remote redaction stays an event without effect.
+//! * History visibility and `unsigned.membership` of an event come from the state log at
+//!   its stream position, or from its stored state-before for `off_stream` events (forks,
+//!   late events, gaps).
+//! * [`RoomService::federation_txn`]: `(origin, txnId)` is processed once.
+//!
+//! * Pagination (`/messages`, `/context`) walks the topological order (`topo.rs`:
+//!   depth, then stream position), so late and backfilled events sit where the DAG puts
+//!   them; `/sync` stays in stream order.
+//!
+//! Not yet: fetching anything (the federation crates do), backfill, knocking and
+//! restricted joins through the API, third-party invites, room upgrades, leaving a room
+//! known only by a remote invite, state resolution v1 (a fork in a room of version 1 is
+//! refused).
 //!
 //! ## Concurrency
 //!
-//! All room writes are serialised by one mutex in [`RoomService`] (building an event
-//! reads the forward extremities and state it then replaces), so the local DAG is
-//! linear. Events whose `prev_events` fork (federation, or the unit tests) go through
-//! state resolution v2.
+//! Writes are serialised per room (a named lock per room id in [`RoomService`]; building
+//! an event reads the forward extremities and state it then replaces), so rooms are
+//! written in parallel and each room's local DAG is linear. Alias changes take an alias
+//! lock first (before any room lock). Stream positions stay one global sequence
+//! ([`storage::Db::write_with_position`] is serialised). A federation transaction holds
+//! its own named lock while it is processed.
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -77,6 +109,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+mod observer;
 mod ops;
 mod pdu;
 mod persist;
@@ -87,21 +120,35 @@ mod restricted;
 #[cfg(test)]
 mod security_tests;
 mod store;
+mod template;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_create;
 #[cfg(test)]
+mod tests_remote;
+#[cfg(test)]
+mod tests_remote_dag;
+#[cfg(test)]
+mod tests_remote_join;
+#[cfg(test)]
 mod tests_security;
 #[cfg(test)]
 mod tests_versions;
 mod topo;
+mod txn;
 mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
+pub use import::{MAX_IMPORTED_EVENTS, MAX_INVITE_STATE};
+pub use observer::{CommittedEvent, EventObserver, departing_remote_target};
 pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
-pub use remote::{KeyLookup, Received, StaticKeys, event_id_for, keys_needed};
+pub use remote::{
+    KeyLookup, MAX_AUTH_EVENTS, MAX_PREV_EVENTS, Received, StaticKeys, event_id_for, keys_needed,
+};
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
+pub use template::AcceptedMember;
+pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;
@@ -229,11 +276,12 @@ pub struct RoomService {
     server_name: OwnedServerName,
     /// The server's signing key (owned by the `server-keys` crate).
     key: server_keys::ServerKeys,
-    /// Serialises the writes of each room (see the crate docs).
-    room_locks: RoomLocks,
+    /// Serialises the writes of each room, and each federation transaction (see the crate docs).
+    key_locks: KeyLocks,
     /// Serialises alias changes (taken before a room's lock, never after).
     alias_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
+    event_observer: std::sync::OnceLock<Arc<dyn EventObserver>>,
 }
 
 impl RoomService {
@@ -246,9 +294,10 @@ impl RoomService {
             db,
             server_name,
             key,
-            room_locks: RoomLocks::default(),
+            key_locks: KeyLocks::default(),
             alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
+            event_observer: std::sync::OnceLock::new(),
         };
         svc.ensure_topo_index()?;
         svc.purge_unfinished_rooms()?;
@@ -310,24 +359,8 @@ impl RoomService {
     }
 
     /// Take the write lock of one room (blocks while another write to it runs).
-    pub(crate) fn lock_room(&self, room: &ruma::RoomId) -> RoomGuard<'_> {
-        let mut held = self
-            .room_locks
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while held.contains(room) {
-            held = self
-                .room_locks
-                .freed
-                .wait(held)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        held.insert(room.to_owned());
-        RoomGuard {
-            locks: &self.room_locks,
-            room: room.to_owned(),
-        }
+    pub(crate) fn lock_room(&self, room: &ruma::RoomId) -> KeyGuard<'_> {
+        self.key_locks.lock(room.as_str())
     }
 
     /// Take the alias lock (before any room lock).
@@ -336,23 +369,39 @@ impl RoomService {
     }
 }
 
-/// The rooms whose write lock is held.
+/// Locks by name: a room's writes (its room id) and a federation transaction
+/// (`txn <origin> <txn id>`; room ids start with `!`, so the names never collide).
 #[derive(Default)]
-struct RoomLocks {
-    held: Mutex<HashSet<OwnedRoomId>>,
+pub(crate) struct KeyLocks {
+    held: Mutex<HashSet<String>>,
     freed: Condvar,
 }
 
-/// Holds one room's write lock until dropped.
-pub(crate) struct RoomGuard<'a> {
-    locks: &'a RoomLocks,
-    room: OwnedRoomId,
+impl KeyLocks {
+    /// Block until no one holds `key`, then hold it until the guard drops.
+    pub(crate) fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(key) {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(key.to_owned());
+        KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+        }
+    }
 }
 
-impl Drop for RoomGuard<'_> {
+/// Holds one [`KeyLocks`] key until dropped.
+pub(crate) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+}
+
+impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&self.room);
+        held.remove(&self.key);
         drop(held);
         self.locks.freed.notify_all();
     }

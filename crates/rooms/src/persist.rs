@@ -152,6 +152,21 @@ impl RoomService {
         state: impl Fn(&str, &str) -> Result<Option<OwnedEventId>>,
     ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
         let rules = rules_for(version)?;
+        let obj = self.unsigned_event_on(version, room, sender, new, prev_events, state)?;
+        self.sign_pdu(&rules, obj)
+    }
+
+    /// The unsigned, unhashed PDU [`RoomService::build_event_on`] signs.
+    pub(crate) fn unsigned_event_on(
+        &self,
+        version: &RoomVersionId,
+        room: &RoomId,
+        sender: &UserId,
+        new: &NewEvent,
+        prev_events: &[OwnedEventId],
+        state: impl Fn(&str, &str) -> Result<Option<OwnedEventId>>,
+    ) -> Result<CanonicalJsonObject> {
+        let rules = rules_for(version)?;
         if new.kind.len() > MAX_ID_BYTES {
             return Err(RoomError::TooLarge(
                 "event type is longer than 255 bytes".into(),
@@ -228,7 +243,7 @@ impl RoomService {
                 obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
             }
         }
-        self.sign_pdu(&rules, obj)
+        Ok(obj)
     }
 
     /// Build a local event and append it. Caller holds the write lock.

@@ -5,8 +5,7 @@ use serde_json::Value;
 use storage::{Cf, KeyReader};
 
 use crate::store::{
-    MembershipRecord, StateAtRecord, StoredEvent, log_prefix, member_prefix, timeline_key,
-    timeline_prefix,
+    MembershipRecord, StoredEvent, log_prefix, member_prefix, timeline_key, timeline_prefix,
 };
 use crate::{Membership, Result, RoomError, RoomService, UserRoom};
 
@@ -214,6 +213,40 @@ impl RoomService {
         }
     }
 
+    /// The state entry `(kind, state_key)` in force just before `ev`: from the state log
+    /// at its stream position, or, for an event that joined the DAG off the stream order
+    /// (a fork, a late event, a gap), from the state stored before it.
+    fn state_entry_before_event(
+        &self,
+        room: &RoomId,
+        ev: &StoredEvent,
+        kind: &str,
+        skey: &str,
+    ) -> Result<Option<StoredEvent>> {
+        if !ev.off_stream {
+            return self.logged_state_before(room, kind, skey, ev.pos);
+        }
+        match self
+            .state_before(&ev.event_id)?
+            .get(&(kind.to_owned(), skey.to_owned()))
+        {
+            Some(id) => self.event(id),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's membership just before `ev`.
+    fn membership_before_event(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        ev: &StoredEvent,
+    ) -> Result<Option<Membership>> {
+        Ok(self
+            .state_entry_before_event(room, ev, "m.room.member", user.as_str())?
+            .and_then(|e| e.membership()))
+    }
+
     /// `history_visibility` in force for an event at stream position `pos`.
     pub fn history_visibility_at(&self, room: &RoomId, pos: u64) -> Result<String> {
         Ok(self
@@ -234,82 +267,9 @@ impl RoomService {
             .and_then(|e| e.membership()))
     }
 
-    /// Entries of the state *before* `event_id` (its `StateAt` record: the state its
-    /// prev events resolve to, right for late and forked events, unlike the stream-ordered
-    /// state log). `None` when the event has no such record.
-    fn state_before_ids(
-        &self,
-        event_id: &ruma::EventId,
-        keys: &[(&str, &str)],
-    ) -> Result<Option<Vec<Option<OwnedEventId>>>> {
-        let Some(rec) = self.state_at_record(event_id)? else {
-            return Ok(None);
-        };
-        let find = |entries: &[crate::store::StateEntry], t: &str, k: &str| {
-            entries
-                .iter()
-                .rev()
-                .find(|(et, ek, _)| et == t && ek == k)
-                .map(|(_, _, id)| id.clone())
-        };
-        let out = match rec {
-            StateAtRecord::Full { state } => keys.iter().map(|(t, k)| find(&state, t, k)).collect(),
-            StateAtRecord::Delta { base, changes } => {
-                let mut out: Vec<Option<OwnedEventId>> =
-                    keys.iter().map(|(t, k)| find(&changes, t, k)).collect();
-                if out.iter().any(Option::is_none) {
-                    let Some(StateAtRecord::Full { state }) = self.state_at_record(&base)? else {
-                        return Err(RoomError::Internal(
-                            "corrupt room data: state delta base is not a full snapshot".into(),
-                        ));
-                    };
-                    for (slot, (t, k)) in out.iter_mut().zip(keys) {
-                        if slot.is_none() {
-                            *slot = find(&state, t, k);
-                        }
-                    }
-                }
-                out
-            }
-        };
-        Ok(Some(out))
-    }
-
-    /// `history_visibility` and `user`'s membership in the state before `ev`, falling
-    /// back to the state log by stream position for an event without a state record.
-    fn visibility_and_membership_at(
-        &self,
-        room: &RoomId,
-        user: &UserId,
-        ev: &StoredEvent,
-    ) -> Result<(String, Option<Membership>)> {
-        let keys = [
-            ("m.room.history_visibility", ""),
-            ("m.room.member", user.as_str()),
-        ];
-        match self.state_before_ids(&ev.event_id, &keys)? {
-            Some(ids) => {
-                let vis = match &ids[0] {
-                    Some(id) => self
-                        .event_any(id)?
-                        .and_then(|e| e.content_str("history_visibility").map(str::to_owned)),
-                    None => None,
-                };
-                let membership = match &ids[1] {
-                    Some(id) => self.event_any(id)?.and_then(|e| e.membership()),
-                    None => None,
-                };
-                Ok((vis.unwrap_or_else(|| "shared".to_owned()), membership))
-            }
-            None => Ok((
-                self.history_visibility_at(room, ev.pos)?,
-                self.membership_at(room, user, ev.pos)?,
-            )),
-        }
-    }
-
-    /// May `user` see `ev`? The spec's history visibility rules, evaluated against the
-    /// state before the event:
+    /// May `user` see `ev`? The spec's history visibility rules, evaluated with the state
+    /// before the event (the state log at its position, or its stored state for events
+    /// that arrived off the stream order):
     /// `world_readable` → yes; the user's own member events → yes; joined at the event → yes;
     /// `shared` and joined now → yes; `invited` or `shared` and invited at the event → yes.
     pub fn visible_to(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
@@ -318,10 +278,14 @@ impl RoomService {
         }
         let room = RoomId::parse(ev.room_id())
             .map_err(|_| RoomError::Internal("event without room".into()))?;
-        let (vis, at) = self.visibility_and_membership_at(&room, user, ev)?;
+        let vis = self
+            .state_entry_before_event(&room, ev, "m.room.history_visibility", "")?
+            .and_then(|e| e.content_str("history_visibility").map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
         if vis == "world_readable" {
             return Ok(true);
         }
+        let at = self.membership_before_event(&room, user, ev)?;
         if at == Some(Membership::Join) {
             return Ok(true);
         }
@@ -393,7 +357,7 @@ impl RoomService {
         } else {
             let room = RoomId::parse(ev.room_id())
                 .map_err(|_| RoomError::Internal("event without room".into()))?;
-            self.visibility_and_membership_at(&room, viewer, ev)?.1
+            self.membership_before_event(&room, viewer, ev)?
         };
         if let Some(u) = v.get_mut("unsigned").and_then(|u| u.as_object_mut()) {
             u.insert(

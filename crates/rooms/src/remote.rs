@@ -19,6 +19,12 @@ use crate::resolve::EventCache;
 use crate::store::{EventStatus, StoredEvent, entries_to_map};
 use crate::{MAX_PDU_BYTES, Result, RoomError, RoomService, StateMap};
 
+/// Most `prev_events` a received PDU may cite (Synapse's limit; bounds state resolution).
+pub const MAX_PREV_EVENTS: usize = 20;
+
+/// Most `auth_events` a received PDU may cite (the auth selection never needs more).
+pub const MAX_AUTH_EVENTS: usize = 10;
+
 /// The servers' public keys, for checking event signatures. The federation layer
 /// implements it over its key cache; `rooms` never fetches keys itself, so the caller
 /// makes sure the keys [`keys_needed`] names are cached before calling in.
@@ -146,15 +152,21 @@ impl RoomService {
         pdu.remove("unsigned");
         let rules = rules_for(version)?;
         let event_id = event_id_for(version, &pdu)?;
-        Pdu::parse(event_id.clone(), &pdu)?;
+        let parsed = Pdu::parse(event_id.clone(), &pdu)?;
+        if parsed.prev_events.len() > MAX_PREV_EVENTS || parsed.auth_events.len() > MAX_AUTH_EVENTS
+        {
+            return Err(RoomError::BadJson(format!(
+                "{event_id} cites more than {MAX_PREV_EVENTS} prev events or {MAX_AUTH_EVENTS} auth events"
+            )));
+        }
         let ts = match pdu.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
             _ => return Err(RoomError::BadJson("PDU without origin_server_ts".into())),
         };
         let mut map = PublicKeyMap::new();
         for (server, key_id) in keys_needed(version, &pdu)? {
-            let key = if server == self.server_name && key_id == self.key.key_id() {
-                Some(self.public_key().to_vec())
+            let key = if server == self.server_name {
+                self.own_verify_key(&key_id, ts)
             } else {
                 keys.verify_key(&server, &key_id, ts)
             };
@@ -178,6 +190,20 @@ impl RoomService {
             }
         }
         Ok((event_id, pdu))
+    }
+
+    /// This server's key `key_id` as of `ts_ms`: the current key, or an old one that had
+    /// not expired then (our own events come back through federation too).
+    fn own_verify_key(&self, key_id: &str, ts_ms: u64) -> Option<Vec<u8>> {
+        if key_id == self.key.key_id() {
+            return Some(self.public_key().to_vec());
+        }
+        self.key
+            .old_keys()
+            .iter()
+            .find(|k| k.key_id == key_id && ts_ms < k.expired_ts)
+            .and_then(|k| Base64::<ruma::serde::base64::Standard>::parse(&k.public_key).ok())
+            .map(|b| b.as_bytes().to_vec())
     }
 
     /// The one entry point for a PDU from another server (`/send`, `/get_missing_events`
@@ -360,6 +386,63 @@ impl RoomService {
     }
 }
 
+impl RoomService {
+    /// An unsigned event template for a remote user, built on the room's forward
+    /// extremities with `auth_events` from the current state (`make_join`, `make_leave`,
+    /// `make_knock`). The resident server does not sign it; the remote server fills in
+    /// hashes and signatures and sends it back through `send_*`, which goes through
+    /// [`RoomService::receive_pdu`]. Returns the room version with it.
+    pub fn event_template(
+        &self,
+        room: &ruma::RoomId,
+        sender: &ruma::UserId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: serde_json::Value,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let summary = self.require_summary(room)?;
+        let new = crate::persist::NewEvent {
+            kind: kind.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            content,
+            redacts: None,
+        };
+        let start = summary.extremities.len().saturating_sub(20);
+        let obj = self.unsigned_event_on(
+            &summary.version,
+            room,
+            sender,
+            &new,
+            &summary.extremities[start..],
+            |t, k| self.current_state_event_id(room, t, k),
+        )?;
+        Ok((summary.version, obj))
+    }
+
+    /// Hash and sign a PDU with this server's key (a template a remote resident server
+    /// made for one of our users, e.g. the join of [`RoomService::import_join`]); returns
+    /// its event id and the signed PDU. Enforces the size limit.
+    pub fn sign_template(
+        &self,
+        version: &RoomVersionId,
+        template: CanonicalJsonObject,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+        let rules = rules_for(version)?;
+        let (_, signed) = self.sign_pdu(&rules, template)?;
+        Ok((event_id_for(version, &signed)?, signed))
+    }
+
+    /// The auth chain of `events`: every event reachable through `auth_events`, for
+    /// `/state_ids`, `/event_auth` and `send_join` answers (sorted by event id).
+    pub fn auth_chain_ids(&self, events: &[OwnedEventId]) -> Vec<OwnedEventId> {
+        let cache = EventCache::new(self);
+        let mut out: Vec<OwnedEventId> =
+            self.auth_chain(events.iter(), &cache).into_iter().collect();
+        out.sort();
+        out
+    }
+}
+
 pub(crate) fn outlier_record(
     event_id: &OwnedEventId,
     pdu: CanonicalJsonObject,
@@ -373,6 +456,7 @@ pub(crate) fn outlier_record(
         redacted_because: None,
         prev_state: None,
         status,
+        off_stream: false,
     }
 }
 

@@ -31,6 +31,11 @@ pub struct StoredEvent {
     /// those are timeline events).
     #[serde(default, skip_serializing_if = "EventStatus::is_timeline")]
     pub status: EventStatus,
+    /// The state before the event is not the state at its stream position (it joined
+    /// the DAG on a fork, late, or after a gap): history visibility and memberships "at"
+    /// it come from its `StateAt` record instead of the state log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub off_stream: bool,
 }
 
 /// How a stored event takes part in its room.

@@ -9,8 +9,10 @@
 //!   (one RocksDB write batch, written to the WAL before `write` returns), so a
 //!   multi-key change is either wholly there after a crash or not at all;
 //! * [`Db::write_with_position`] additionally allocates the next value of the single,
-//!   monotonically increasing **stream position** that sync tokens are made of, under
-//!   a lock, so readers never observe position N+1 while N is still being written;
+//!   monotonically increasing **stream position** that sync tokens are made of, and
+//!   commits in position order, so readers never observe position N+1 while N is still
+//!   being written. The caller's closure runs outside any lock (see `position.rs`);
+//!   callers that read-modify-write serialise per key with [`KeyLocks`];
 //! * [`Key`] builds keys with a typed codec: strings are separated by `0xFF` (a byte
 //!   that never occurs in UTF-8), integers are big-endian so byte order equals
 //!   numeric order and range scans over stream positions work.
@@ -19,8 +21,13 @@
 //! with `fsync = true` the WAL is also fsynced, which survives power loss at the
 //! cost of latency.
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+mod keylocks;
+mod position;
+
+pub use keylocks::KeyLocks;
 
 use rocksdb::{
     ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode, Options, SingleThreaded,
@@ -283,10 +290,15 @@ type Rocks = DBWithThreadMode<SingleThreaded>;
 pub struct Db {
     rocks: Rocks,
     fsync: bool,
-    /// Last stream position whose write has completed. Readers use this as "now".
+    /// Last stream position whose write has completed, and every one below it. Readers use
+    /// this as "now".
     position: AtomicU64,
-    /// Serialises position allocation with its write, so positions become visible in order.
-    writer: Mutex<()>,
+    /// Last stream position handed out (see `position.rs`).
+    allocated: AtomicU64,
+    /// Last committed position (equal to `position`), under the lock that orders commits.
+    committed: Mutex<u64>,
+    /// Signalled whenever `committed` moves, so the next position's writer can go.
+    turn: Condvar,
     /// Test-only: every write fails while set ([`Db::fail_writes`]).
     #[cfg(feature = "fault-injection")]
     failing: std::sync::atomic::AtomicBool,
@@ -312,7 +324,9 @@ impl Db {
             rocks,
             fsync,
             position: AtomicU64::new(0),
-            writer: Mutex::new(()),
+            allocated: AtomicU64::new(0),
+            committed: Mutex::new(0),
+            turn: Condvar::new(),
             #[cfg(feature = "fault-injection")]
             failing: std::sync::atomic::AtomicBool::new(false),
         };
@@ -343,6 +357,8 @@ impl Db {
             None => 0,
         };
         db.position.store(pos, Ordering::SeqCst);
+        db.allocated.store(pos, Ordering::SeqCst);
+        *db.committed.lock().unwrap_or_else(|p| p.into_inner()) = pos;
         Ok(db)
     }
 
@@ -482,34 +498,6 @@ impl Db {
         let wb = self.to_rocks(batch)?;
         self.rocks.write_opt(wb, &self.write_opts())?;
         Ok(())
-    }
-
-    /// Allocate the next stream position, let `build` fill a batch that uses it, and
-    /// write batch + new position atomically. While this runs no other positioned write
-    /// can start, so [`Db::current_position`] only ever moves past fully written data.
-    pub fn write_with_position<T, E>(
-        &self,
-        build: impl FnOnce(u64, &mut Batch) -> Result<T, E>,
-    ) -> Result<(u64, T), E>
-    where
-        E: From<StorageError>,
-    {
-        let _guard = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let pos = self.position.load(Ordering::SeqCst) + 1;
-        let mut batch = Batch::new();
-        let value = build(pos, &mut batch)?;
-        batch.put(Cf::Meta, META_POSITION, pos.to_be_bytes().to_vec());
-        self.write(batch)?;
-        self.position.store(pos, Ordering::SeqCst);
-        Ok((pos, value))
-    }
-
-    /// The highest stream position whose data is fully written.
-    pub fn current_position(&self) -> u64 {
-        self.position.load(Ordering::SeqCst)
     }
 
     /// Flush memtables (used at shutdown; not needed for durability).

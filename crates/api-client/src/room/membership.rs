@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use super::{blocking, hide_unknown, parse_room_id, parse_user_id, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path};
+use crate::remote_membership::{RemoteMembership, via_from_query};
 use crate::{AppState, AppStateRef};
+use axum::extract::RawQuery;
 
 pub(super) fn routes(r: axum::Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     let r = route(r, "/createRoom", post(create_room));
@@ -91,16 +93,34 @@ fn join_content(body: Value) -> ApiResult<Option<Map<String, Value>>> {
     }
 }
 
+/// The federation hook, when this server federates.
+fn remote(state: &AppState) -> Option<Arc<dyn RemoteMembership>> {
+    state.remote_membership.get().cloned()
+}
+
 async fn do_join(
     state: Arc<AppState>,
     auth: Auth,
     target: String,
+    query: Option<String>,
     body: Value,
 ) -> ApiResult<Json<Value>> {
     if !target.starts_with('#') {
         parse_room_id(&target)?;
     }
     let content = join_content(body)?;
+    if let Some(remote) = remote(&state) {
+        let (r, t) = (remote.clone(), target.clone());
+        let needs = crate::blocking::blocking(move || r.join_needs_federation(&t)).await??;
+        if needs {
+            let via = via_from_query(query.as_deref());
+            let done = remote
+                .join(auth.user_id.clone(), target, via, content)
+                .await?;
+            wake(&state, &done.room_id, done.pos, &[&auth.user_id]).await;
+            return Ok(Json(json!({ "room_id": done.room_id })));
+        }
+    }
     let prof = profile(&state, &auth.user_id)?;
     let user = auth.user_id.clone();
     let (room, sent) = blocking(&state, move |rooms| {
@@ -115,19 +135,21 @@ async fn join_by_id_or_alias(
     auth: Auth,
     state: AppStateRef,
     Path(target): Path<String>,
+    RawQuery(query): RawQuery,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    do_join(state.0, auth, target, body).await
+    do_join(state.0, auth, target, query, body).await
 }
 
 async fn join_room(
     auth: Auth,
     state: AppStateRef,
     Path(room_id): Path<String>,
+    RawQuery(query): RawQuery,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
     parse_room_id(&room_id)?;
-    do_join(state.0, auth, room_id, body).await
+    do_join(state.0, auth, room_id, query, body).await
 }
 
 #[derive(Deserialize)]
@@ -144,6 +166,15 @@ async fn leave(
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
     let user = auth.user_id.clone();
+    if let Some(remote) = remote(&state) {
+        let (r, u, rm) = (remote.clone(), user.clone(), room.clone());
+        let needs = crate::blocking::blocking(move || r.leave_needs_federation(&u, &rm)).await??;
+        if needs {
+            let done = remote.leave(user, room.clone(), body.reason).await?;
+            wake(&state, &room, done.pos, &[&auth.user_id]).await;
+            return Ok(Json(json!({})));
+        }
+    }
     let r = room.clone();
     let sent = blocking(&state, move |rooms| {
         rooms.leave(&user, &r, body.reason.as_deref())
@@ -192,8 +223,19 @@ async fn act(
         .user_id
         .ok_or_else(|| MatrixError::missing_param("Missing user_id"))?;
     let target = parse_user_id(&raw)?;
-    let (sender, r, t) = (auth.user_id.clone(), room.clone(), target.clone());
     let reason = body.reason;
+    // Only the invitee's server can countersign an invite; kicks and bans are plain events.
+    if matches!(action, Action::Invite)
+        && target.server_name() != state.config.server_name
+        && let Some(remote) = remote(&state)
+    {
+        let done = remote
+            .invite(auth.user_id.clone(), room.clone(), target.clone(), reason)
+            .await?;
+        wake(&state, &room, done.pos, &[&target]).await;
+        return Ok(Json(json!({})));
+    }
+    let (sender, r, t) = (auth.user_id.clone(), room.clone(), target.clone());
     let sent = blocking(&state, move |rooms| {
         let reason = reason.as_deref();
         match action {

@@ -634,9 +634,11 @@ proptest! {
     }
 }
 
+/// The largest config a user may store still decides correctly: its globs cannot be sent
+/// safely, so the one remote member is named by ID. (What it costs to compile and decide is
+/// measured by `cargo bench -p bench --bench sharing_compile`, not here.)
 #[test]
-fn maximal_config_stays_cheap_and_falls_back_to_ids() {
-    let started = std::time::Instant::now();
+fn maximal_config_falls_back_to_ids() {
     let glob = |i: usize, tail: &str| {
         let mut g = format!("@{i:04}*{tail}");
         while g.len() < MAX_ENTRY_BYTES - 1 {
@@ -648,19 +650,15 @@ fn maximal_config_stays_cheap_and_falls_back_to_ids() {
     let allowed: Vec<String> = (0..MAX_ENTRIES_PER_LIST).map(|i| glob(i, "a")).collect();
     let denied: Vec<String> = (0..MAX_ENTRIES_PER_LIST).map(|i| glob(i, "b")).collect();
     let p = policy(json!({"allowed_users": allowed, "denied_users": denied}));
-    let compiled = started.elapsed();
 
     let room = room_id!("!r:home.org");
     let member = user_id!("@m:remote.org");
     let rooms = Rooms::default().join(owner(), room).join(member, room);
-    let started = std::time::Instant::now();
     assert_eq!(
         recipients(&p, server_name!("remote.org"), &rooms),
         AllowedRecipients::Chunks(vec![vec!["@m:remote.org".to_owned()]])
     );
     assert!(p.may_see(owner(), member, &rooms));
-    let decided = started.elapsed();
-    eprintln!("maximal config: compiled in {compiled:?}, decided in {decided:?}");
 }
 
 #[test]

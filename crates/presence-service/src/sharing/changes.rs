@@ -78,7 +78,10 @@ impl PresenceService {
                 .map(|(v, _)| v)
                 .collect()
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)))
+        let marked = self.mark_visibility_changed(changed.iter().map(|v| (&**v, owner)));
+        // Remote servers' view (federation routing) follows the same change.
+        self.notify_audience_changed(owner);
+        marked
     }
 
     /// Start-up: install every user's stored ignore list without visibility changes.
@@ -135,7 +138,10 @@ impl PresenceService {
             sharing.install(user, new);
             changed
         };
-        self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)))
+        let marked = self.mark_visibility_changed(changed.iter().map(|v| (&**v, user)));
+        // Remote servers' view (federation routing) follows the same change.
+        self.notify_audience_changed(user);
+        marked
     }
 
     /// For a config change of `user` to `new`: the local viewers whose push-audience

@@ -27,6 +27,10 @@ impl PresenceService {
         &self,
         pairs: impl IntoIterator<Item = (&'a UserId, &'a UserId)>,
     ) -> Result<(), StorageError> {
+        // Two writers of one (viewer, owner) pair would both delete the same old marker and
+        // leave two behind; callers come from sharing updates and from room membership, which
+        // hold different locks.
+        let _markers = self.markers.lock().unwrap_or_else(|p| p.into_inner());
         let pairs: Vec<(&UserId, &UserId)> = {
             let published = self.stream_pos.lock().unwrap_or_else(|p| p.into_inner());
             pairs

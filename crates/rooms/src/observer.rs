@@ -1,0 +1,164 @@
+//! The hook the federation sender hangs on: [`EventObserver`] is told about every event of a
+//! *local* sender right after it is committed, and [`RoomService::local_events_after`] /
+//! [`RoomService::servers_joined_after`] let it catch up on events committed while it was
+//! not running (a crash between the commit and the queueing).
+use std::collections::BTreeSet;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId,
+};
+use storage::{Cf, Key, KeyReader};
+
+use crate::store::{StoredEvent, timeline_key};
+use crate::{Membership, Result, RoomError, RoomService};
+
+/// Told about every committed event whose sender is on this server.
+pub trait EventObserver: Send + Sync {
+    /// `pdu` (the signed PDU, as stored) was committed at stream position `pos`. Called after
+    /// the commit and after the membership observer, still under the room write lock, so calls
+    /// arrive in stream order and the membership index already reflects the event.
+    fn event_committed(
+        &self,
+        room: &RoomId,
+        event_id: &EventId,
+        pos: u64,
+        pdu: &CanonicalJsonObject,
+    );
+}
+
+/// One event found by [`RoomService::local_events_after`].
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    pub room_id: OwnedRoomId,
+    pub event: StoredEvent,
+}
+
+impl RoomService {
+    /// Register the observer of local event commits (once; later calls are ignored).
+    pub fn set_event_observer(&self, observer: std::sync::Arc<dyn EventObserver>) {
+        let _ = self.event_observer.set(observer);
+    }
+
+    /// Called by the append path after a commit (see [`EventObserver`]).
+    pub(crate) fn notify_event_observer(
+        &self,
+        room: &RoomId,
+        event_id: &EventId,
+        pos: u64,
+        pdu: &CanonicalJsonObject,
+    ) {
+        if let Some(o) = self.event_observer.get() {
+            o.event_committed(room, event_id, pos, pdu);
+        }
+    }
+
+    /// Whether an observer would want this sender's events (saves cloning the PDU otherwise).
+    pub(crate) fn observes_sender(&self, sender: &ruma::UserId) -> bool {
+        self.event_observer.get().is_some() && sender.server_name() == self.server_name
+    }
+
+    /// Events of local senders committed at stream positions above `after`, oldest first, at
+    /// most `limit` (positions of other streams — presence, receipts — are skipped).
+    /// Returns the events and the last position looked at (pass it back to continue).
+    pub fn local_events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<CommittedEvent>, u64)> {
+        let start = Key::new().u64(after.saturating_add(1));
+        let end = Key::new().u64(u64::MAX);
+        let rows = self
+            .db
+            .scan_range(Cf::RoomStream, &start, &end, false, limit)?;
+        let mut last = after;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let Some(pos) = KeyReader::new(&k).u64() else {
+                continue;
+            };
+            last = pos;
+            let Some(room) = String::from_utf8(v)
+                .ok()
+                .and_then(|s| OwnedRoomId::try_from(s).ok())
+            else {
+                continue;
+            };
+            let Some(id) = self
+                .db
+                .get(Cf::Timeline, timeline_key(&room, pos))?
+                .and_then(|id| String::from_utf8(id).ok())
+                .and_then(|s| OwnedEventId::try_from(s).ok())
+            else {
+                continue;
+            };
+            let Some(event) = self.event(&id)? else {
+                continue;
+            };
+            let local = <&ruma::UserId>::try_from(event.sender())
+                .is_ok_and(|s| s.server_name() == self.server_name);
+            if local {
+                out.push(CommittedEvent {
+                    room_id: room,
+                    event,
+                });
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// The other servers an event goes to: those with a member joined in the state after it,
+    /// plus the target's server when the event makes a remote user leave (kick, ban, leave:
+    /// the departing server must hear of it). Reads every member event of the room, so it is
+    /// for catch-up, not the hot path (which uses the in-memory membership index).
+    pub fn servers_joined_after(&self, ev: &StoredEvent) -> Result<Vec<OwnedServerName>> {
+        let state = self.state_after(ev)?;
+        let mut servers = BTreeSet::new();
+        for ((kind, key), id) in &state {
+            if kind != "m.room.member" {
+                continue;
+            }
+            let Ok(user) = <&ruma::UserId>::try_from(key.as_str()) else {
+                continue;
+            };
+            if user.server_name() == self.server_name || servers.contains(user.server_name()) {
+                continue;
+            }
+            let member = self
+                .event(id)?
+                .ok_or_else(|| RoomError::Internal(format!("state event {id} missing")))?;
+            if member.membership() == Some(Membership::Join) {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        if let Some(target) = departing_remote_target(&ev.pdu, &self.server_name) {
+            servers.insert(target);
+        }
+        Ok(servers.into_iter().collect())
+    }
+}
+
+/// The server of a remote user an `m.room.member` PDU makes leave or bans.
+pub fn departing_remote_target(
+    pdu: &CanonicalJsonObject,
+    local: &ruma::ServerName,
+) -> Option<OwnedServerName> {
+    let field = |name: &str| match pdu.get(name) {
+        Some(CanonicalJsonValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let membership = match pdu.get("content") {
+        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+            Some(CanonicalJsonValue::String(m)) => Membership::parse(m),
+            _ => None,
+        },
+        _ => None,
+    };
+    if field("type") != Some("m.room.member")
+        || !matches!(membership, Some(Membership::Leave | Membership::Ban))
+    {
+        return None;
+    }
+    let target = <&ruma::UserId>::try_from(field("state_key")?).ok()?;
+    (target.server_name() != local).then(|| target.server_name().to_owned())
+}
