@@ -993,3 +993,82 @@ async fn rooms_survive_a_restart() {
         .await;
     assert_eq!(chunk_bodies(&msgs), vec!["after restart", "kept"]);
 }
+
+/// Every stable room version over HTTP: advertised in `/capabilities`, creatable, joinable,
+/// and its events served (v12: a room ID without server name, creators not in the power
+/// levels); an unknown version is `M_UNSUPPORTED_ROOM_VERSION`.
+#[tokio::test]
+async fn rooms_of_every_room_version() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (st, caps) = s
+        .get(&format!("{V3}/capabilities"), Some(&alice.token))
+        .await;
+    assert_eq!(st, 200, "{caps}");
+    let available = &caps["capabilities"]["m.room_versions"]["available"];
+    for v in 1..=12 {
+        let v = v.to_string();
+        assert_eq!(available[&v], json!("stable"), "{caps}");
+        let room = s
+            .create_room(&alice, json!({"preset": "public_chat", "room_version": v}))
+            .await;
+        if v == "12" {
+            assert!(!room.contains(':'), "v12 room ID {room}");
+        } else {
+            assert!(room.ends_with(&format!(":{}", s.server_name)), "{room}");
+        }
+        post_ok(&s, &bob, &format!("{V3}/join/{}", enc(&room)), json!({})).await;
+        let event = send(&s, &bob, &room, &format!("t{v}"), "hi").await;
+        if v == "1" || v == "2" {
+            assert!(event.ends_with(&format!(":{}", s.server_name)), "{event}");
+        } else {
+            assert!(!event.contains(':'), "{event}");
+        }
+        let (st, create) = s
+            .get(&rooms_path(&room, "state/m.room.create"), Some(&bob.token))
+            .await;
+        assert_eq!(
+            (st, create["room_version"].as_str()),
+            (200, Some(v.as_str()))
+        );
+        let (st, pl) = s
+            .get(
+                &rooms_path(&room, "state/m.room.power_levels"),
+                Some(&bob.token),
+            )
+            .await;
+        assert_eq!(st, 200, "{pl}");
+        let listed = pl["users"].get(&alice.user_id).is_some();
+        assert_eq!(listed, v != "12", "v{v}: {pl}");
+        let (st, msgs) = s
+            .get(
+                &rooms_path(&room, "messages?dir=b&limit=50"),
+                Some(&bob.token),
+            )
+            .await;
+        assert_eq!(st, 200, "{msgs}");
+        let ids: Vec<&str> = msgs["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .filter_map(|e| e["event_id"].as_str())
+            .collect();
+        assert!(ids.contains(&event.as_str()), "v{v}");
+        let create_ev = msgs["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .find(|e| e["type"] == "m.room.create")
+            .expect("create event");
+        assert_eq!(create_ev["room_id"], json!(room), "v{v}");
+    }
+    let (st, resp) = s
+        .post(
+            &format!("{V3}/createRoom"),
+            Some(&alice.token),
+            json!({"room_version": "13"}),
+        )
+        .await;
+    assert_eq!((st, errcode(&resp)), (400, "M_UNSUPPORTED_ROOM_VERSION"));
+}

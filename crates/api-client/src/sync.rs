@@ -672,7 +672,9 @@ fn room_section(
         }
     }
     let prev_batch = match events.first() {
-        Some(first) => token(first.pos.saturating_sub(1)),
+        // A topological token (see `rooms::TopoPos`): `/messages` pages back from the
+        // timeline's first event in the room's DAG order.
+        Some(first) => rooms::TopoPos::before(first).to_token(),
         None => token(after.unwrap_or(0)),
     };
     Ok(json!({

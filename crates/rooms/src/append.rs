@@ -3,7 +3,6 @@
 //! before the event, and — for remote events — against the current state), then one
 //! atomic write of the event, its state, forward extremities, current state and
 //! memberships.
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ruma::events::{StateEventType, TimelineEventType};
@@ -364,6 +363,7 @@ impl RoomService {
                 timeline_key(&room, pos),
                 event_id.as_str().as_bytes().to_vec(),
             );
+            crate::topo::put(b, &room, pdu.depth, pos, &event_id);
             b.put_json(Cf::StateAt, event_id.as_str(), &state_rec);
             b.put(
                 Cf::RoomStream,
@@ -501,14 +501,7 @@ impl RoomService {
         if is_create {
             return Verdict::Accept;
         }
-        let mut auth_state: BTreeMap<(String, String), Arc<Pdu>> = BTreeMap::new();
-        for a in &pdu.auth_events {
-            if let Some(ev) = cache.get(a)
-                && let Some(pair) = ev.state_pair()
-            {
-                auth_state.insert(pair, ev);
-            }
-        }
+        let auth_state = crate::version::auth_events_state(rules, pdu, cache);
         if let Err(e) = check_state_dependent_auth_rules(
             &rules.authorization,
             &**pdu,

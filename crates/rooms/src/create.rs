@@ -7,6 +7,7 @@ use storage::Cf;
 use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::store::{
     AliasRecord, PUBLIC_PREFIX, alias_reverse_key, membership_key, public_key, summary_key,
+    timeline_prefix,
 };
 use crate::{DEFAULT_ROOM_VERSION, MemberProfile, Result, RoomError, RoomService};
 
@@ -91,12 +92,23 @@ pub(crate) fn member_content(
     Value::Object(c)
 }
 
-fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Value> {
+/// The default power levels. Until v11 the creator (and a trusted chat's invitees) get
+/// 100 in `users`; from v12 creators have infinite power and may not be listed, and
+/// upgrading the room (`m.room.tombstone`) takes 150, above any non-creator admin (as
+/// Synapse does).
+fn default_power_levels(
+    creator: &UserId,
+    ops: &[OwnedUserId],
+    privileged_creators: bool,
+) -> Map<String, Value> {
     let mut users = Map::new();
-    users.insert(creator.to_string(), json!(100));
-    for u in ops {
-        users.insert(u.to_string(), json!(100));
+    if !privileged_creators {
+        users.insert(creator.to_string(), json!(100));
+        for u in ops {
+            users.insert(u.to_string(), json!(100));
+        }
     }
+    let tombstone = if privileged_creators { 150 } else { 100 };
     let v = json!({
         "users": users,
         "users_default": 0,
@@ -106,7 +118,7 @@ fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Va
             "m.room.history_visibility": 100,
             "m.room.canonical_alias": 50,
             "m.room.avatar": 50,
-            "m.room.tombstone": 100,
+            "m.room.tombstone": tombstone,
             "m.room.server_acl": 100,
             "m.room.encryption": 100
         },
@@ -121,6 +133,13 @@ fn default_power_levels(creator: &UserId, ops: &[OwnedUserId]) -> Map<String, Va
         Value::Object(m) => m,
         _ => Map::new(),
     }
+}
+
+/// `Cf::Rooms` keys `"creating" 0xFF room_id 0xFF`: a room createRoom is still building
+/// (room IDs start with `!`, so these never collide with a room's own keys).
+const CREATING_PREFIX: &str = "creating";
+fn creating_key(room: &RoomId) -> storage::Key {
+    storage::Key::new().str(CREATING_PREFIX).str(room.as_str())
 }
 
 /// Validate a `room_alias_name` and turn it into a local alias.
@@ -149,6 +168,8 @@ impl RoomService {
             Some(v) => crate::parse_room_version(v)?,
             None => DEFAULT_ROOM_VERSION,
         };
+        let rules = crate::version::rules_for(&version)?;
+        let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
         let mut invites = Vec::new();
         for i in &req.invite {
             let u = crate::owned_user(i)
@@ -182,13 +203,60 @@ impl RoomService {
         {
             return Err(RoomError::AliasInUse(a.to_string()));
         }
-        let room_id = loop {
-            let id = RoomId::new_v1(&self.server_name);
+        // v12: the room ID is the create event's reference hash, known once it is built.
+        let derived_room_id = crate::version::room_id_from_create_event(&rules);
+        let mut room_id = loop {
+            let id = crate::version::random_room_id(&self.server_name);
             if !self.room_exists(&id)? {
                 break id;
             }
         };
-        let _guard = self.lock_room(&room_id);
+        // A trusted private chat makes its invitees room admins: in v12, additional
+        // creators; before, 100 in the power levels.
+        let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
+            &invites
+        } else {
+            &[]
+        };
+        let create = crate::version::create_content(
+            &version,
+            &rules,
+            creator,
+            req.creation_content.clone().unwrap_or_default(),
+            if privileged_creators { ops } else { &[] },
+        )?;
+        let new = NewEvent::state("m.room.create", "", Value::Object(create));
+        let (mut create_id, mut create_obj) =
+            self.build_event(&version, None, &room_id, creator, &new)?;
+        let mut tries = 0;
+        let _guard = loop {
+            if derived_room_id {
+                room_id = crate::version::room_id_of_create_event(&create_id)?;
+            }
+            let guard = self.lock_room(&room_id);
+            if !self.room_exists(&room_id)? {
+                break guard;
+            }
+            // v12: an identical create event in the same millisecond (the same user
+            // creating the same room twice) names the same room; the next millisecond's
+            // event does not.
+            tries += 1;
+            if !derived_room_id || tries > 5 {
+                return Err(RoomError::Internal(format!(
+                    "room {room_id} already exists"
+                )));
+            }
+            drop(guard);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            (create_id, create_obj) = self.build_event(&version, None, &room_id, creator, &new)?;
+        };
+        let creators: Vec<String> = std::iter::once(creator.to_string())
+            .chain(if privileged_creators {
+                ops.iter().map(|u| u.to_string()).collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            })
+            .collect();
 
         // Memberships are held back until every event is written: a half-built room is in
         // nobody's room list, and a failure removes the room (its summary and alias) again.
@@ -198,17 +266,20 @@ impl RoomService {
             ..AppendOpts::default()
         };
         let built = (|| -> Result<()> {
-            // 1. m.room.create
-            let mut create = req.creation_content.clone().unwrap_or_default();
-            create.insert("room_version".into(), Value::from(version.as_str()));
-            if version == ruma::RoomVersionId::V10 {
-                create.insert("creator".into(), Value::from(creator.as_str()));
-            } else {
-                create.remove("creator");
-            }
-            let new = NewEvent::state("m.room.create", "", Value::Object(create));
-            let (id, obj) = self.build_event(&version, None, &room_id, creator, &new)?;
-            self.append(id, obj, opts())?;
+            // 1. m.room.create, with the marker that says the room is being built (so a
+            // crash before the end is cleaned up at the next start).
+            let marker_room = room_id.clone();
+            let marker = Box::new(move |_pos: u64, b: &mut storage::Batch| {
+                b.put(Cf::Rooms, creating_key(&marker_room), Vec::new());
+            });
+            self.append(
+                create_id,
+                create_obj,
+                AppendOpts {
+                    extra: Some(marker),
+                    ..opts()
+                },
+            )?;
 
             // 2. the creator joins
             let content = member_content("join", Some(&req.creator_profile), None);
@@ -220,22 +291,26 @@ impl RoomService {
             )?;
 
             // 3. power levels
-            let ops: &[OwnedUserId] = if preset == Preset::TrustedPrivateChat {
-                &invites
-            } else {
-                &[]
-            };
             let mut pl = match initial_state
                 .iter()
                 .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
             {
                 Some(i) => initial_state.remove(i).content,
-                None => default_power_levels(creator, ops),
+                None => default_power_levels(creator, ops, privileged_creators),
             };
             if let Some(over) = &req.power_level_content_override {
                 for (k, v) in over {
                     pl.insert(k.clone(), v.clone());
                 }
+            }
+            if privileged_creators
+                && let Some(Value::Object(users)) = pl.get("users")
+                && let Some(c) = creators.iter().find(|c| users.contains_key(c.as_str()))
+            {
+                return Err(RoomError::BadJson(format!(
+                    "room version {version}: creator {c} has unlimited power and may not be \
+                     listed in the power levels' users"
+                )));
             }
             self.send_locked(
                 &room_id,
@@ -345,19 +420,15 @@ impl RoomService {
             Ok(())
         })();
         if let Err(e) = built {
-            let mut b = storage::Batch::new();
-            b.delete(Cf::Rooms, summary_key(&room_id));
-            if let Some(a) = &alias {
-                b.delete(Cf::Aliases, a.as_str());
-                b.delete(Cf::Aliases, alias_reverse_key(&room_id, a.as_str()));
-            }
-            if let Err(cleanup) = self.db.write(b) {
+            if let Err(cleanup) = self.purge_half_built_room(&room_id) {
+                // The marker stays, so the next start tries again.
                 tracing::error!(room = %room_id, error = %cleanup, "half-built room not removed");
             }
             return Err(e);
         }
         let deferred = sink.take();
         let mut b = storage::Batch::new();
+        b.delete(Cf::Rooms, creating_key(&room_id));
         for (user, rec) in &deferred {
             match rec {
                 Some(rec) => b.put_json(Cf::Memberships, membership_key(user, &room_id), rec),
@@ -377,6 +448,62 @@ impl RoomService {
             self.set_public_locked(&room_id, true)?;
         }
         Ok(room_id)
+    }
+
+    /// Remove every row a createRoom that failed half way wrote for `room`, in one
+    /// batch: its events (and their state records), timeline and topological index
+    /// entries, stream entries, the room's own `Cf::Rooms` keys (summary, state,
+    /// memberships, state log, the building marker) and its aliases. Nobody's room list
+    /// ever held the room (memberships are written only at the end), so nothing else
+    /// points at it.
+    pub(crate) fn purge_half_built_room(&self, room: &RoomId) -> Result<()> {
+        let mut b = storage::Batch::new();
+        for (k, v) in self.db.scan_prefix(Cf::Timeline, timeline_prefix(room))? {
+            let pos = storage::KeyReader::new(&k[timeline_prefix(room).as_bytes().len()..]).u64();
+            if let Some(pos) = pos {
+                b.delete(Cf::RoomStream, storage::Key::new().u64(pos));
+            }
+            if let Ok(id) = String::from_utf8(v) {
+                b.delete(Cf::Events, id.as_str());
+                b.delete(Cf::StateAt, id.as_str());
+            }
+            b.delete(Cf::Timeline, k);
+        }
+        for (k, _) in self.db.scan_prefix(Cf::Topo, timeline_prefix(room))? {
+            b.delete(Cf::Topo, k);
+        }
+        for (k, _) in self.db.scan_prefix(Cf::Rooms, summary_key(room))? {
+            b.delete(Cf::Rooms, k);
+        }
+        let reverse = storage::Key::new().str(room.as_str());
+        let rlen = reverse.as_bytes().len();
+        for (k, _) in self.db.scan_prefix(Cf::Aliases, &reverse)? {
+            if let Some(alias) = storage::KeyReader::new(&k[rlen..]).str() {
+                b.delete(Cf::Aliases, alias);
+            }
+            b.delete(Cf::Aliases, k);
+        }
+        b.delete(Cf::Rooms, creating_key(room));
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// At start-up: remove rooms whose creation never finished (the process died half
+    /// way through createRoom).
+    pub(crate) fn purge_unfinished_rooms(&self) -> Result<()> {
+        let prefix = storage::Key::new().str(CREATING_PREFIX);
+        let plen = prefix.as_bytes().len();
+        for (k, _) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
+            let Some(room) = storage::KeyReader::new(&k[plen..])
+                .str()
+                .and_then(|s| ruma::OwnedRoomId::try_from(s).ok())
+            else {
+                continue;
+            };
+            tracing::warn!(room = %room, "removing a room whose creation did not finish");
+            self.purge_half_built_room(&room)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn set_public_locked(&self, room: &RoomId, public: bool) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Rooms that start elsewhere: importing the state of a room joined over federation
 //! ([`RoomService::import_join`], after `send_join`) and remote invites
 //! ([`RoomService::receive_invite`]).
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ruma::events::StateEventType;
@@ -41,14 +41,7 @@ pub(crate) fn check_against_auth_events(
     if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
         return Ok(());
     }
-    let mut auth_state: BTreeMap<(String, String), Arc<Pdu>> = BTreeMap::new();
-    for a in &pdu.auth_events {
-        if let Some(ev) = cache.get(a)
-            && let Some(pair) = ev.state_pair()
-        {
-            auth_state.insert(pair, ev);
-        }
-    }
+    let auth_state = crate::version::auth_events_state(rules, pdu, cache);
     check_state_dependent_auth_rules(
         &rules.authorization,
         &**pdu,
@@ -328,6 +321,7 @@ impl RoomService {
                 timeline_key(room, pos),
                 join_id.as_str().as_bytes().to_vec(),
             );
+            crate::topo::put(b, room, join.depth, pos, &join_id);
             b.put_json(
                 Cf::StateAt,
                 join_id.as_str(),

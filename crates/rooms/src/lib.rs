@@ -1,8 +1,9 @@
 //! # rooms — rooms as signed PDUs
 //!
-//! Every room event Pulse creates is a real federation PDU for room versions 10 and 11:
-//! a `hashes.sha256` content hash, the reference hash as event ID (`$` + URL-safe
-//! unpadded base64), `auth_events` chosen by the spec's auth-events selection,
+//! Every room event Pulse creates is a real federation PDU, in any stable room version
+//! 1–12 (what differs per version lives in `version.rs`): a `hashes.sha256` content hash,
+//! the version's event ID (server-generated in v1/v2, the reference hash from v3),
+//! `auth_events` chosen by the spec's auth-events selection,
 //! `prev_events` = the room's forward extremities, `depth`, and the server's ed25519
 //! signature (ruma-signatures). Before an event is stored it passes the room version's
 //! authorization rules (ruma-state-res), checked against the state before the event.
@@ -86,10 +87,14 @@
 //!   late events, gaps).
 //! * [`RoomService::federation_txn`]: `(origin, txnId)` is processed once.
 //!
-//! Not yet: fetching anything (the federation crates do), backfill, topological order for
-//! pagination, room versions other than 10 and 11, knocking and restricted joins through
-//! the API, third-party invites, room upgrades, leaving a room known only by a remote
-//! invite.
+//! * Pagination (`/messages`, `/context`) walks the topological order (`topo.rs`:
+//!   depth, then stream position), so late and backfilled events sit where the DAG puts
+//!   them; `/sync` stays in stream order.
+//!
+//! Not yet: fetching anything (the federation crates do), backfill, knocking and
+//! restricted joins through the API, third-party invites, room upgrades, leaving a room
+//! known only by a remote invite, state resolution v1 (a fork in a room of version 1 is
+//! refused).
 //!
 //! ## Concurrency
 //!
@@ -128,6 +133,8 @@ mod template;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_create;
+#[cfg(test)]
 mod tests_remote;
 #[cfg(test)]
 mod tests_remote_dag;
@@ -137,7 +144,11 @@ mod tests_remote_join;
 mod tests_security;
 #[cfg(test)]
 mod tests_template;
+#[cfg(test)]
+mod tests_versions;
+mod topo;
 mod txn;
+mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
 pub use import::{MAX_IMPORTED_EVENTS, MAX_INVITE_STATE};
@@ -163,10 +174,8 @@ pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 /// The room version used when a client does not ask for one.
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V10;
 
-/// Room versions this server can create and join.
-pub fn supported_room_versions() -> [RoomVersionId; 2] {
-    [RoomVersionId::V10, RoomVersionId::V11]
-}
+pub use topo::TopoPos;
+pub use version::supported_room_versions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
@@ -293,7 +302,7 @@ impl RoomService {
     pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Result<Self> {
         let key = server_keys::ServerKeys::load_or_generate(&db, server_name.clone())
             .map_err(|e| RoomError::Internal(format!("server signing key: {e}")))?;
-        Ok(RoomService {
+        let svc = RoomService {
             db,
             server_name,
             key,
@@ -301,7 +310,10 @@ impl RoomService {
             alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
             event_observer: std::sync::OnceLock::new(),
-        })
+        };
+        svc.ensure_topo_index()?;
+        svc.purge_unfinished_rooms()?;
+        Ok(svc)
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -409,15 +421,7 @@ impl Drop for KeyGuard<'_> {
 
 pub(crate) use storage::now_ms;
 
-pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
-    let v =
-        RoomVersionId::try_from(s).map_err(|_| RoomError::UnsupportedRoomVersion(s.to_owned()))?;
-    if supported_room_versions().contains(&v) {
-        Ok(v)
-    } else {
-        Err(RoomError::UnsupportedRoomVersion(s.to_owned()))
-    }
-}
+pub(crate) use version::parse_room_version;
 
 pub(crate) fn owned_user(s: &str) -> Option<OwnedUserId> {
     OwnedUserId::try_from(s).ok()

@@ -1,5 +1,8 @@
 //! A parsed PDU implementing ruma-state-res's [`Event`] trait, so the authorization
-//! rules and state resolution can run over our stored events.
+//! rules and state resolution can run over our stored events. It reads every room
+//! version's format: `prev_events`/`auth_events` as plain IDs (v3+) or `[id, hashes]` pairs
+//! (v1/v2), and v12 create events without `room_id` (the room ID is then derived from the
+//! event ID).
 use ruma::events::TimelineEventType;
 use ruma::state_res::Event;
 use ruma::{
@@ -14,7 +17,10 @@ use crate::{Result, RoomError};
 #[derive(Debug)]
 pub(crate) struct Pdu {
     pub event_id: OwnedEventId,
+    /// The room, also for a v12 create event (derived from its ID).
     pub room_id: OwnedRoomId,
+    /// Whether the PDU has a `room_id` field (every event except a v12 create event).
+    pub has_room_id: bool,
     pub sender: OwnedUserId,
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
     pub kind: TimelineEventType,
@@ -29,7 +35,7 @@ pub(crate) struct Pdu {
 
 #[derive(Deserialize)]
 struct RawPdu {
-    room_id: OwnedRoomId,
+    room_id: Option<OwnedRoomId>,
     sender: OwnedUserId,
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     #[serde(rename = "type")]
@@ -37,12 +43,29 @@ struct RawPdu {
     content: Box<RawValue>,
     state_key: Option<String>,
     #[serde(default)]
-    prev_events: Vec<OwnedEventId>,
+    prev_events: Vec<EventRef>,
     #[serde(default)]
-    auth_events: Vec<OwnedEventId>,
+    auth_events: Vec<EventRef>,
     redacts: Option<OwnedEventId>,
     #[serde(default)]
     depth: u64,
+}
+
+/// An entry of `prev_events` / `auth_events`: an event ID (v3+) or, in v1/v2, an
+/// `[event_id, {"sha256": ...}]` pair.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+impl EventRef {
+    fn into_id(self) -> OwnedEventId {
+        match self {
+            EventRef::Id(id) | EventRef::Pair(id, _) => id,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -64,16 +87,25 @@ impl Pdu {
             }
             None => None,
         };
+        let has_room_id = raw.room_id.is_some();
+        let room_id = match raw.room_id {
+            Some(r) => r,
+            None if raw.kind == TimelineEventType::RoomCreate => {
+                crate::version::room_id_of_create_event(&event_id)?
+            }
+            None => return Err(RoomError::BadJson(format!("PDU {event_id} has no room_id"))),
+        };
         Ok(Pdu {
             event_id,
-            room_id: raw.room_id,
+            room_id,
+            has_room_id,
             sender: raw.sender,
             origin_server_ts: raw.origin_server_ts,
             kind: raw.kind,
             content: raw.content,
             state_key: raw.state_key,
-            prev_events: raw.prev_events,
-            auth_events: raw.auth_events,
+            prev_events: raw.prev_events.into_iter().map(EventRef::into_id).collect(),
+            auth_events: raw.auth_events.into_iter().map(EventRef::into_id).collect(),
             redacts,
             depth: raw.depth,
             rejected: false,
@@ -95,7 +127,7 @@ impl Event for Pdu {
         &self.event_id
     }
     fn room_id(&self) -> Option<&RoomId> {
-        Some(&self.room_id)
+        self.has_room_id.then_some(&*self.room_id)
     }
     fn sender(&self) -> &UserId {
         &self.sender

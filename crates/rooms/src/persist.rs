@@ -61,11 +61,7 @@ pub(crate) struct AppendOpts {
 /// (`None`: the membership was removed), in stream order.
 pub(crate) type MembershipSink = Rc<RefCell<Vec<(String, Option<MembershipRecord>)>>>;
 
-pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version
-        .rules()
-        .ok_or_else(|| RoomError::UnsupportedRoomVersion(version.to_string()))
-}
+pub(crate) use crate::version::rules_for;
 
 pub(crate) fn to_canonical(v: Value) -> Result<CanonicalJsonValue> {
     CanonicalJsonValue::try_from(v)
@@ -76,14 +72,6 @@ fn int(n: u64) -> Result<CanonicalJsonValue> {
     Int::try_from(n)
         .map(CanonicalJsonValue::Integer)
         .map_err(|_| RoomError::Internal("integer out of range".into()))
-}
-
-fn id_array(ids: &[OwnedEventId]) -> CanonicalJsonValue {
-    CanonicalJsonValue::Array(
-        ids.iter()
-            .map(|e| CanonicalJsonValue::String(e.to_string()))
-            .collect(),
-    )
 }
 
 impl RoomService {
@@ -101,6 +89,7 @@ impl RoomService {
                 "event is {unsigned_size} bytes, the limit is {MAX_PDU_BYTES}"
             )));
         }
+        crate::version::assign_local_event_id(rules, &mut obj, &self.server_name);
         ruma::signatures::hash_and_sign_event(
             self.server_name.as_str(),
             self.key.pair(),
@@ -121,14 +110,7 @@ impl RoomService {
                 "event is {size} bytes, the limit is {MAX_PDU_BYTES}"
             )));
         }
-        let hash = ruma::signatures::reference_hash(&obj, rules).map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => {
-                RoomError::TooLarge("event too large".into())
-            }
-            e => RoomError::Internal(format!("reference hash: {e}")),
-        })?;
-        let event_id = OwnedEventId::try_from(format!("${hash}"))
-            .map_err(|e| RoomError::Internal(format!("reference hash is not an event id: {e}")))?;
+        let event_id = crate::version::event_id_of(rules, &obj)?;
         Ok((event_id, obj))
     }
 
@@ -228,15 +210,25 @@ impl RoomService {
             }
         }
         let mut obj = CanonicalJsonObject::new();
-        obj.insert("auth_events".into(), id_array(&auth_events));
-        obj.insert("prev_events".into(), id_array(prev_events));
+        let lookup = |id: &EventId| self.event(id);
+        obj.insert(
+            "auth_events".into(),
+            crate::version::event_refs(&rules, &auth_events, lookup)?,
+        );
+        obj.insert(
+            "prev_events".into(),
+            crate::version::event_refs(&rules, prev_events, lookup)?,
+        );
         obj.insert("content".into(), content);
         obj.insert("depth".into(), int(depth + 1)?);
         obj.insert("origin_server_ts".into(), int(crate::now_ms())?);
-        obj.insert(
-            "room_id".into(),
-            CanonicalJsonValue::String(room.to_string()),
-        );
+        // v12: the room ID is derived from the create event, which has none.
+        if !(new.kind == "m.room.create" && crate::version::room_id_from_create_event(&rules)) {
+            obj.insert(
+                "room_id".into(),
+                CanonicalJsonValue::String(room.to_string()),
+            );
+        }
         obj.insert(
             "sender".into(),
             CanonicalJsonValue::String(sender.to_string()),

@@ -91,18 +91,7 @@ impl Received {
 /// The event id of a PDU in a room of `version`: the reference hash for v3+ (v3:
 /// standard base64, v4+: URL-safe), the `event_id` field for v1 and v2.
 pub fn event_id_for(version: &RoomVersionId, pdu: &CanonicalJsonObject) -> Result<OwnedEventId> {
-    let rules = rules_for(version)?;
-    if rules.event_format.require_event_id {
-        return match pdu.get("event_id") {
-            Some(CanonicalJsonValue::String(s)) => OwnedEventId::try_from(s.as_str())
-                .map_err(|_| RoomError::BadJson("invalid event_id".into())),
-            _ => Err(RoomError::BadJson("PDU without event_id".into())),
-        };
-    }
-    let hash = ruma::signatures::reference_hash(pdu, &rules)
-        .map_err(|e| RoomError::BadJson(format!("cannot hash PDU: {e}")))?;
-    OwnedEventId::try_from(format!("${hash}"))
-        .map_err(|e| RoomError::Internal(format!("reference hash is not an event id: {e}")))
+    crate::version::event_id_of(&rules_for(version)?, pdu)
 }
 
 /// The `(server, key id)` pairs whose keys checking `pdu`'s signatures needs (the

@@ -1,7 +1,7 @@
 //! State resolution v2 (via `ruma::state_res::resolve`) for forked DAGs, plus the
 //! event cache the authorization rules and resolution fetch events through.
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ruma::events::StateEventType;
@@ -59,6 +59,61 @@ impl<'a> EventCache<'a> {
     }
 }
 
+/// The conflicted state subgraph (state resolution v2.1, room v12): the events on an
+/// `auth_events` path from one conflicted state event to another, the conflicted events
+/// included.
+fn conflicted_state_subgraph(
+    conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>,
+    cache: &EventCache<'_>,
+) -> EventIdSet<OwnedEventId> {
+    let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+    // Everything reachable from a conflicted event through auth_events.
+    let mut reached: HashSet<OwnedEventId> = HashSet::new();
+    let mut stack: Vec<OwnedEventId> = targets.iter().cloned().collect();
+    while let Some(id) = stack.pop() {
+        if let Some(ev) = cache.get(&id) {
+            for a in &ev.auth_events {
+                if reached.insert(a.clone()) {
+                    stack.push(a.clone());
+                }
+            }
+        }
+    }
+    // Of those, the ones from which a conflicted event is reachable (memoised; the auth
+    // graph is acyclic, and an event in progress counts as not reaching, so a malformed
+    // cycle cannot loop).
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    fn reaches_target(
+        id: &OwnedEventId,
+        targets: &HashSet<OwnedEventId>,
+        cache: &EventCache<'_>,
+        memo: &mut HashMap<OwnedEventId, bool>,
+    ) -> bool {
+        if let Some(r) = memo.get(id) {
+            return *r;
+        }
+        memo.insert(id.clone(), false);
+        let mut found = false;
+        if let Some(ev) = cache.get(id) {
+            for a in &ev.auth_events {
+                if targets.contains(a) || reaches_target(a, targets, cache, memo) {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        memo.insert(id.clone(), found);
+        found
+    }
+    let mut out: EventIdSet<OwnedEventId> = targets.iter().cloned().collect();
+    for id in &reached {
+        if targets.contains(id) || reaches_target(id, &targets, cache, &mut reaches) {
+            out.insert(id.clone());
+        }
+    }
+    out
+}
+
 impl RoomService {
     /// Resolve several states of one room into one (state resolution v2).
     pub(crate) fn resolve_state_maps(
@@ -96,7 +151,7 @@ impl RoomService {
             ruma_maps.iter(),
             auth_chains,
             |id| cache.get(id),
-            |_| None,
+            |conflicted| Some(conflicted_state_subgraph(conflicted, cache)),
         )
         .map_err(|e| RoomError::Internal(format!("state resolution failed: {e}")))?;
         Ok(resolved

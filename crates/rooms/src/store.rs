@@ -87,8 +87,16 @@ fn str_field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
 }
 
 impl StoredEvent {
-    pub fn room_id(&self) -> &str {
-        str_field(&self.pdu, "room_id").unwrap_or_default()
+    /// The room; a v12 create event has no `room_id` field, its room ID is its event ID
+    /// with the `!` sigil.
+    pub fn room_id(&self) -> std::borrow::Cow<'_, str> {
+        match str_field(&self.pdu, "room_id") {
+            Some(r) => r.into(),
+            None if self.kind() == "m.room.create" => {
+                format!("!{}", self.event_id.as_str().trim_start_matches('$')).into()
+            }
+            None => "".into(),
+        }
     }
     pub fn sender(&self) -> &str {
         str_field(&self.pdu, "sender").unwrap_or_default()

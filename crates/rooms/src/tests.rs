@@ -219,7 +219,7 @@ fn room_version_11_and_unsupported_versions() {
     assert_eq!(red_ev.content()["redacts"], json!(sent.event_id.as_str()));
     assert!(!red_ev.pdu.contains_key("redacts"));
     assert_eq!(red_ev.redacts(), Some(sent.event_id.as_str()));
-    for v in ["9", "12", "foo"] {
+    for v in ["13", "foo", "org.matrix.msc2870"] {
         let req = CreateRoomRequest {
             room_version: Some(v.into()),
             ..Default::default()

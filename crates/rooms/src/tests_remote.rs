@@ -16,8 +16,15 @@ use crate::tests::{setup, user};
 use crate::*;
 
 /// The room versions every scenario here runs for (the room-versions work extends it).
+///
+/// v1 and v12 are not in it yet: v1 forks need state resolution v1 (not implemented), and
+/// two v12 scenarios fail (`make_join_template_round_trip`: the v12 auth chain lacks the
+/// create event, which v12 events no longer list; `outlier_is_in_no_timeline`:
+/// `import_join` finds no `m.room.create` in a v12 state). The room-versions tests
+/// (`tests_versions.rs`) cover v1 and v12 for local rooms.
 pub(crate) fn test_room_versions() -> Vec<RoomVersionId> {
-    vec![RoomVersionId::V10, RoomVersionId::V11]
+    use RoomVersionId::*;
+    vec![V3, V6, V9, V10, V11]
 }
 
 pub(crate) fn for_each_version(scenario: fn(&RoomVersionId)) {
@@ -117,9 +124,18 @@ impl Remote {
                 }
             }
         }
+        // v1/v2 reference events as [id, hashes] pairs (hashes left empty, as Synapse does).
+        let refs = |ids: Vec<Value>| -> Vec<Value> {
+            if crate::version::server_generated_event_ids(&rules) {
+                ids.into_iter().map(|id| json!([id, {}])).collect()
+            } else {
+                ids
+            }
+        };
+        let prev_refs = refs(prev.iter().map(|p| json!(p)).collect());
         let mut v = json!({
-            "auth_events": auth,
-            "prev_events": prev,
+            "auth_events": refs(auth),
+            "prev_events": prev_refs,
             "content": ev.content,
             "depth": depth,
             "origin_server_ts": ts,
@@ -135,6 +151,8 @@ impl Remote {
         }
         let mut obj: CanonicalJsonObject =
             serde_json::from_value(v).expect("canonical json object");
+        let origin: &ruma::ServerName = REMOTE.try_into().expect("server");
+        crate::version::assign_local_event_id(&rules, &mut obj, origin);
         ruma::signatures::hash_and_sign_event(REMOTE, &self.pair, &mut obj, &rules.redaction)
             .expect("sign");
         let id = event_id_for(version, &obj).expect("event id");

@@ -98,10 +98,13 @@ pub enum Cf {
     /// `"p" 0xFF destination 0xFF seq` → a pending PDU; `"e" 0xFF destination 0xFF seq` → a
     /// pending EDU; `"k" 0xFF destination 0xFF coalescing key 0xFF` → seq of its latest EDU.
     FederationQueue,
+    /// `room_id 0xFF depth pos` → event id: a room's timeline in topological order (depth,
+    /// then stream position), for `/messages` and `/context` (owned by `rooms`).
+    Topo,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 21] = [
+    pub const ALL: [Cf; 22] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -123,6 +126,7 @@ impl Cf {
         Cf::Receipts,
         Cf::ReceiptStream,
         Cf::FederationQueue,
+        Cf::Topo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -148,6 +152,7 @@ impl Cf {
             Cf::Receipts => "receipts",
             Cf::ReceiptStream => "receipt_stream",
             Cf::FederationQueue => "federation_queue",
+            Cf::Topo => "topo",
         }
     }
 }

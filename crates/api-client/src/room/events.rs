@@ -11,10 +11,11 @@ use ruma::{OwnedEventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{blocking, hide_unknown, parse_room_id, parse_token, route, token, wake};
+use super::{PageToken, blocking, hide_unknown, parse_room_id, parse_token, route, wake};
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef, now_ms};
+use rooms::TopoPos;
 
 pub(super) fn routes(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     let r = route(r, "/rooms/{room_id}/send/{event_type}/{txn_id}", put(send));
@@ -425,53 +426,48 @@ fn passes(filter: &RoomEventFilter, room: &RoomId, ev: &StoredEvent) -> bool {
     filter.matches(room, ev.kind(), sender.as_deref(), url)
 }
 
-/// Walk the timeline from `from` (see [`RoomService::paginate`]), keeping events that
-/// pass the filter and that the user may see, up to `limit`. Returns the events and
-/// the cursor to continue from, or `None` when nothing is left in range.
+/// Walk the room in topological order from `from` (see [`RoomService::paginate_topo`]),
+/// keeping events that pass the filter, that the user may see and that are not past
+/// `cap` (the stream position a former member's view ends at), up to `limit`. Returns
+/// the events and the point to continue from, or `None` when nothing is left in range.
 #[allow(clippy::too_many_arguments)]
 fn walk(
     rooms: &RoomService,
     room: &RoomId,
     user: &UserId,
     filter: &RoomEventFilter,
-    from: u64,
-    to: Option<u64>,
+    from: TopoPos,
+    to: Option<TopoPos>,
     cap: u64,
     backwards: bool,
     limit: usize,
-) -> ApiResult<(Vec<StoredEvent>, Option<u64>)> {
+) -> ApiResult<(Vec<StoredEvent>, Option<TopoPos>)> {
     const BATCH: usize = 100;
     const MAX_SCAN: usize = 5_000;
     let mut out = Vec::new();
-    let mut cursor = if backwards { from.min(cap) } else { from };
+    let mut cursor = from;
     let mut scanned = 0;
     if limit == 0 {
         return Ok((out, Some(cursor)));
     }
     loop {
-        let batch = rooms.paginate(room, cursor, to, backwards, BATCH)?;
+        let batch = rooms.paginate_topo(room, cursor, to, backwards, BATCH)?;
         if batch.is_empty() {
             return Ok((out, None));
         }
         for ev in batch {
-            if !backwards && ev.pos > cap {
-                return Ok((out, None));
-            }
             cursor = if backwards {
-                ev.pos.saturating_sub(1)
+                TopoPos::before(&ev)
             } else {
-                ev.pos
+                TopoPos::after(&ev)
             };
             scanned += 1;
-            if passes(filter, room, &ev) && rooms.visible_to(user, &ev)? {
+            if ev.pos <= cap && passes(filter, room, &ev) && rooms.visible_to(user, &ev)? {
                 out.push(ev);
                 if out.len() >= limit {
                     return Ok((out, Some(cursor)));
                 }
             }
-        }
-        if backwards && cursor == 0 {
-            return Ok((out, None));
         }
         if scanned >= MAX_SCAN {
             return Ok((out, Some(cursor)));
@@ -553,10 +549,10 @@ async fn messages(
             )));
         }
     };
-    let tok = |t: &Option<String>, name: &str| -> ApiResult<Option<u64>> {
+    let tok = |t: &Option<String>, name: &str| -> ApiResult<Option<PageToken>> {
         match t.as_deref() {
             None | Some("") => Ok(None),
-            Some(s) => parse_token(s)
+            Some(s) => PageToken::parse(s)
                 .map(Some)
                 .ok_or_else(|| MatrixError::invalid_param(format!("Invalid '{name}' token"))),
         }
@@ -571,11 +567,15 @@ async fn messages(
         let run = || -> ApiResult<Value> {
             let access = access(rooms, &room, &auth2.user_id)?;
             let cap = read_cap(&access);
-            let from = from.unwrap_or(if backwards {
-                rooms.current_position()
-            } else {
-                0
-            });
+            let from = match from {
+                Some(t) => t.resolve(rooms, &room)?,
+                None if backwards => rooms.topo_at_stream(&room, rooms.current_position())?,
+                None => TopoPos::MIN,
+            };
+            let to = match to {
+                Some(t) => Some(t.resolve(rooms, &room)?),
+                None => None,
+            };
             let (events, next) = walk(
                 rooms,
                 &room,
@@ -589,10 +589,10 @@ async fn messages(
             )?;
             let mut body = json!({
                 "chunk": client_events(rooms, &events, &auth2)?,
-                "start": token(from),
+                "start": from.to_token(),
             });
             if let Some(n) = next {
-                body["end"] = Value::from(token(n));
+                body["end"] = Value::from(n.to_token());
             }
             if filter.lazy_load_members() {
                 let refs: Vec<&StoredEvent> = events.iter().collect();
@@ -678,7 +678,7 @@ async fn context(
                 &room,
                 &auth.user_id,
                 &filter,
-                ev.pos.saturating_sub(1),
+                TopoPos::before(&ev),
                 None,
                 cap,
                 true,
@@ -689,16 +689,14 @@ async fn context(
                 &room,
                 &auth.user_id,
                 &filter,
-                ev.pos,
+                TopoPos::after(&ev),
                 None,
                 cap,
                 false,
                 after_limit,
             )?;
-            let start = before
-                .last()
-                .map_or(ev.pos.saturating_sub(1), |e| e.pos.saturating_sub(1));
-            let end = after.last().map_or(ev.pos, |e| e.pos);
+            let start = TopoPos::before(before.last().unwrap_or(&ev));
+            let end = TopoPos::after(after.last().unwrap_or(&ev));
             let last = after.last().unwrap_or(&ev);
             let state_map = rooms.state_after(last)?;
             let state_events = if filter.lazy_load_members() {
@@ -713,8 +711,8 @@ async fn context(
                 "event": rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now)?,
                 "events_before": client_events(rooms, &before, &auth)?,
                 "events_after": client_events(rooms, &after, &auth)?,
-                "start": token(start),
-                "end": token(end),
+                "start": start.to_token(),
+                "end": end.to_token(),
                 "state": state_events,
             }))
         };

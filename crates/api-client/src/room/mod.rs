@@ -93,8 +93,16 @@ pub(crate) fn parse_room_id(raw: &str) -> Result<OwnedRoomId, MatrixError> {
 
 pub(crate) use crate::extract::parse_user_id;
 
-/// A pagination token: `t<pos>` (ours) or `s<pos>…` (sync's), or a bare number.
+/// A stream position from a token: a stream token `t<pos>` (older pagination tokens),
+/// `s<pos>…` (sync's) or a bare number; for a topological token `t<depth>-<pos>` (see
+/// [`rooms::TopoPos`]), the position just before the event it points at.
 pub(crate) fn parse_token(t: &str) -> Option<u64> {
+    if let Some(p) = rooms::TopoPos::parse_token(t) {
+        return Some(p.pos.saturating_sub(1));
+    }
+    if t.starts_with('t') && t.contains('-') {
+        return None; // a malformed topological token
+    }
     let rest = t
         .strip_prefix('t')
         .or_else(|| t.strip_prefix('s'))
@@ -108,8 +116,29 @@ pub(crate) fn parse_token(t: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub(crate) fn token(pos: u64) -> String {
-    format!("t{pos}")
+/// A pagination token (`from`/`to` of `/messages`, `prev_batch`): topological (what
+/// `/messages` and `/context` hand out) or a stream position (older tokens, sync tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PageToken {
+    Topo(rooms::TopoPos),
+    Stream(u64),
+}
+
+impl PageToken {
+    pub fn parse(t: &str) -> Option<PageToken> {
+        match rooms::TopoPos::parse_token(t) {
+            Some(p) => Some(PageToken::Topo(p)),
+            None => parse_token(t).map(PageToken::Stream),
+        }
+    }
+
+    /// The point in the room's topological order the token stands for.
+    pub fn resolve(self, rooms: &RoomService, room: &RoomId) -> rooms::Result<rooms::TopoPos> {
+        match self {
+            PageToken::Topo(p) => Ok(p),
+            PageToken::Stream(pos) => rooms.topo_at_stream(room, pos),
+        }
+    }
 }
 
 /// Wake the joined members of `room` and any `extra` users (a membership target, a
@@ -161,6 +190,16 @@ mod tests {
         assert_eq!(parse_token("12"), Some(12));
         assert_eq!(parse_token("tx"), None);
         assert_eq!(parse_token(""), None);
-        assert_eq!(parse_token(&token(7)), Some(7));
+        assert_eq!(parse_token("t3-12"), Some(11));
+    }
+
+    #[test]
+    fn page_tokens() {
+        let topo = rooms::TopoPos { depth: 3, pos: 12 };
+        assert_eq!(PageToken::parse("t3-12"), Some(PageToken::Topo(topo)));
+        assert_eq!(PageToken::parse("t12"), Some(PageToken::Stream(12)));
+        assert_eq!(PageToken::parse("s12_4"), Some(PageToken::Stream(12)));
+        assert_eq!(PageToken::parse("t3-x"), None);
+        assert_eq!(PageToken::parse(""), None);
     }
 }
