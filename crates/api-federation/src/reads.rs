@@ -201,7 +201,7 @@ pub(crate) async fn get_event(
             .pdu_for_federation(&id)
             .map_err(internal)?
             .ok_or_else(|| not_found(format!("unknown event {id}")))?;
-        let room = parse_room(ev.room_id())?;
+        let room = parse_room(&ev.room_id())?;
         let view = view(state, &room, &origin)?;
         Ok(Json(envelope(state, vec![view.serve(&ev)?])))
     })
