@@ -496,12 +496,8 @@ impl KeySource for RemoteKeys {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// The one clock (storage owns it), re-exported for the federation crates.
+pub use storage::now_ms;
 
 #[cfg(test)]
 mod tests;

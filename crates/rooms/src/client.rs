@@ -17,15 +17,6 @@ impl StoredEvent {
         self.client_event(viewer_device, Some(now_ms))
     }
 
-    /// Client format without `room_id` (the sync `timeline`/`state` format).
-    pub fn to_sync_event(&self, viewer_device: Option<(&UserId, &DeviceId)>, now_ms: u64) -> Value {
-        let mut v = self.client_event(viewer_device, Some(now_ms));
-        if let Some(o) = v.as_object_mut() {
-            o.remove("room_id");
-        }
-        v
-    }
-
     /// Stripped state (`type`, `state_key`, `content`, `sender`), as in invite state.
     pub fn to_stripped_state(&self) -> Value {
         json!({
