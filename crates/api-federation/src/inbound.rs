@@ -204,8 +204,9 @@ fn seg(s: &str) -> String {
     federation_client::percent_encode_segment(s)
 }
 
+/// Whether `pdu` is in `room` (a v12 create event has no `room_id`: its hash names the room).
 fn in_room(pdu: &CanonicalJsonObject, room: &RoomId) -> bool {
-    str_field(pdu, "room_id") == Some(room.as_str())
+    rooms::RoomService::pdu_room_id(pdu).as_deref() == Some(room)
 }
 
 fn depth(pdu: &CanonicalJsonObject) -> i64 {

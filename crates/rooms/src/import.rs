@@ -60,8 +60,7 @@ fn auth_order(
     for id in input {
         let pdu = &events[id];
         let deps: HashSet<&OwnedEventId> = pdu
-            .auth_events
-            .iter()
+            .auth_parents()
             .filter(|a| events.contains_key(*a))
             .collect();
         pending.insert(id, deps.len());

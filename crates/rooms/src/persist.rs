@@ -328,7 +328,8 @@ impl RoomService {
         Ok(same_server)
     }
 
-    /// The auth chain (recursive `auth_events`, excluding the starting events) of a set of events.
+    /// The auth chain (recursive `auth_events`, with v12's implicit create event, excluding
+    /// the starting events) of a set of events.
     pub(crate) fn auth_chain<'a>(
         &self,
         start: impl IntoIterator<Item = &'a OwnedEventId>,
@@ -338,7 +339,7 @@ impl RoomService {
         let mut stack: Vec<OwnedEventId> = Vec::new();
         for id in start {
             if let Some(ev) = cache.get(id) {
-                stack.extend(ev.auth_events.iter().cloned());
+                stack.extend(ev.auth_parents().cloned());
             }
         }
         while let Some(id) = stack.pop() {
@@ -347,8 +348,7 @@ impl RoomService {
             }
             if let Some(ev) = cache.get(&id) {
                 stack.extend(
-                    ev.auth_events
-                        .iter()
+                    ev.auth_parents()
                         .filter(|a| !seen.contains(*a))
                         .cloned(),
                 );

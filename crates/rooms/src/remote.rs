@@ -119,10 +119,18 @@ pub fn keys_needed(
     Ok(out)
 }
 
+/// The room of a PDU: its `room_id`, or for a v12 create event (which has none) the room
+/// ID its reference hash defines.
 pub(crate) fn room_of(pdu: &CanonicalJsonObject) -> Result<OwnedRoomId> {
     match pdu.get("room_id") {
         Some(CanonicalJsonValue::String(r)) => OwnedRoomId::try_from(r.as_str())
             .map_err(|_| RoomError::BadJson("invalid room_id".into())),
+        None if matches!(pdu.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create") =>
+        {
+            let rules = rules_for(&RoomVersionId::V12)?;
+            let id = crate::version::event_id_of(&rules, pdu)?;
+            crate::version::room_id_of_create_event(&id)
+        }
         _ => Err(RoomError::BadJson("PDU without room_id".into())),
     }
 }
@@ -258,7 +266,7 @@ impl RoomService {
             return Err(RoomError::BadJson("room_id changed".into()));
         }
         let mut missing_auth = Vec::new();
-        for a in &parsed.auth_events {
+        for a in parsed.auth_parents() {
             if self.event_any(a)?.is_none() {
                 missing_auth.push(a.clone());
             }
@@ -352,7 +360,7 @@ impl RoomService {
         }
         let parsed = std::sync::Arc::new(Pdu::parse(event_id.clone(), &pdu)?);
         let mut missing = Vec::new();
-        for a in &parsed.auth_events {
+        for a in parsed.auth_parents() {
             if self.event_any(a)?.is_none() {
                 missing.push(a.clone());
             }

@@ -72,7 +72,7 @@ fn conflicted_state_subgraph(
     let mut stack: Vec<OwnedEventId> = targets.iter().cloned().collect();
     while let Some(id) = stack.pop() {
         if let Some(ev) = cache.get(&id) {
-            for a in &ev.auth_events {
+            for a in ev.auth_parents() {
                 if reached.insert(a.clone()) {
                     stack.push(a.clone());
                 }
@@ -95,7 +95,7 @@ fn conflicted_state_subgraph(
         memo.insert(id.clone(), false);
         let mut found = false;
         if let Some(ev) = cache.get(id) {
-            for a in &ev.auth_events {
+            for a in ev.auth_parents() {
                 if targets.contains(a) || reaches_target(a, targets, cache, memo) {
                     found = true;
                     break;

@@ -413,8 +413,9 @@ impl RoomService {
         Ok(obj)
     }
 
-    /// The room ID of a PDU, for callers that route PDUs.
+    /// The room ID of a PDU, for callers that route PDUs: its `room_id`, or for a v12
+    /// create event (which has none) the room ID its reference hash defines.
     pub fn pdu_room_id(pdu: &CanonicalJsonObject) -> Option<OwnedRoomId> {
-        str_of(pdu, "room_id").and_then(|r| OwnedRoomId::try_from(r).ok())
+        crate::remote::room_of(pdu).ok()
     }
 }

@@ -23,12 +23,15 @@ pub(crate) struct RemoteRoom {
 
 pub(crate) fn remote_room(v: &RoomVersionId, remote: &Remote, local: &str) -> RemoteRoom {
     let creator = remote.user("creator");
-    let room = OwnedRoomId::try_from(format!("{local}:{REMOTE}")).expect("room id");
+    let mut room = OwnedRoomId::try_from(format!("{local}:{REMOTE}")).expect("room id");
+    let rules = rules_for(v).expect("rules");
     let mut state = StateMap::new();
     let mut chain = Vec::new();
     let mut prev: Vec<OwnedEventId> = Vec::new();
     let mut depth = 0;
-    let mut create_content = json!({"room_version": v.as_str()});
+    // The label keeps two rooms made in the same millisecond apart (a v12 room ID is the
+    // create event's hash).
+    let mut create_content = json!({"room_version": v.as_str(), "org.pulse.test": local});
     if !rules_for(v)
         .expect("rules")
         .authorization
@@ -46,7 +49,12 @@ pub(crate) fn remote_room(v: &RoomVersionId, remote: &Remote, local: &str) -> Re
         st(
             "m.room.power_levels",
             "",
-            json!({"users": {creator.as_str(): 100}}),
+            // v12 creators have infinite power and may not be listed.
+            if rules.authorization.explicitly_privilege_room_creators {
+                json!({"users": {}})
+            } else {
+                json!({"users": {creator.as_str(): 100}})
+            },
         ),
         st("m.room.join_rules", "", json!({"join_rule": "public"})),
         st(
@@ -59,7 +67,11 @@ pub(crate) fn remote_room(v: &RoomVersionId, remote: &Remote, local: &str) -> Re
     for ev in events {
         depth += 1;
         let key = (ev.kind.clone(), ev.state_key.clone().unwrap_or_default());
+        let is_create = ev.kind == "m.room.create";
         let (id, obj) = remote.build(v, &room, &creator, ev, &prev, &state, depth, now_ms());
+        if is_create && crate::version::room_id_from_create_event(&rules) {
+            room = crate::version::room_id_of_create_event(&id).expect("v12 room id");
+        }
         state.insert(key, id.clone());
         chain.push(obj);
         prev = vec![id];
