@@ -315,6 +315,8 @@ impl RoomService {
                 };
                 self.redaction_allowed(
                     &pdu.sender,
+                    &event_id,
+                    &t.event_id,
                     t.sender(),
                     summary.as_ref(),
                     power_levels.as_ref(),
@@ -571,6 +573,8 @@ impl RoomService {
         let allowed = self
             .redaction_allowed(
                 sender,
+                &id,
+                target,
                 target_sender.as_str(),
                 Some(&summary),
                 power_levels.as_ref(),

@@ -128,6 +128,7 @@ mod resolve;
 mod restricted;
 #[cfg(test)]
 mod security_tests;
+mod state_res_v1;
 mod store;
 mod template;
 #[cfg(test)]
@@ -172,7 +173,7 @@ pub const MAX_PDU_BYTES: usize = 65_536;
 pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 
 /// The room version used when a client does not ask for one.
-pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V10;
+pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
 
 pub use topo::TopoPos;
 pub use version::supported_room_versions;

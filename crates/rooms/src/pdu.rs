@@ -98,13 +98,12 @@ impl Pdu {
             }
             None => return Err(RoomError::BadJson(format!("PDU {event_id} has no room_id"))),
         };
-        let implicit_create = if raw.kind != TimelineEventType::RoomCreate
-            && room_id.server_name().is_none()
-        {
-            crate::version::create_event_id_of_room(&room_id).ok()
-        } else {
-            None
-        };
+        let implicit_create =
+            if raw.kind != TimelineEventType::RoomCreate && room_id.server_name().is_none() {
+                crate::version::create_event_id_of_room(&room_id).ok()
+            } else {
+                None
+            };
         Ok(Pdu {
             event_id,
             implicit_create,
@@ -126,9 +125,11 @@ impl Pdu {
     /// The events this one's auth chain continues with: its `auth_events`, and in v12
     /// the room's create event (named by the room ID, never listed).
     pub fn auth_parents(&self) -> impl Iterator<Item = &OwnedEventId> {
-        self.auth_events
-            .iter()
-            .chain(self.implicit_create.iter().filter(|c| !self.auth_events.contains(c)))
+        self.auth_events.iter().chain(
+            self.implicit_create
+                .iter()
+                .filter(|c| !self.auth_events.contains(c)),
+        )
     }
 
     /// `(type, state_key)` for state events.

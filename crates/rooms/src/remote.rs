@@ -449,6 +449,41 @@ impl RoomService {
         out.sort();
         out
     }
+
+    /// The auth chain of `events` as other servers get it (`/state`, `/state_ids`,
+    /// `/event_auth`): breadth-first through `auth_events` in any room version's format,
+    /// with v12's implicit create event, leaving out rejected events, at most `limit`.
+    pub fn auth_chain_for_federation(
+        &self,
+        events: &[OwnedEventId],
+        limit: usize,
+    ) -> Vec<OwnedEventId> {
+        let cache = EventCache::new(self);
+        let mut seen: std::collections::HashSet<OwnedEventId> = events.iter().cloned().collect();
+        let mut queue: std::collections::VecDeque<OwnedEventId> = events
+            .iter()
+            .filter_map(|id| cache.get(id))
+            .flat_map(|ev| ev.auth_parents().cloned().collect::<Vec<_>>())
+            .collect();
+        let mut out = Vec::new();
+        while let Some(id) = queue.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(ev) = cache.get(&id) else {
+                continue;
+            };
+            if ev.rejected {
+                continue;
+            }
+            queue.extend(ev.auth_parents().filter(|a| !seen.contains(*a)).cloned());
+            out.push(id);
+        }
+        out
+    }
 }
 
 pub(crate) fn outlier_record(

@@ -24,7 +24,7 @@ use crate::*;
 /// (`tests_versions.rs`) cover v1 and v12 for local rooms.
 pub(crate) fn test_room_versions() -> Vec<RoomVersionId> {
     use RoomVersionId::*;
-    vec![V3, V6, V9, V10, V11, V12, V1]
+    vec![V1, V3, V6, V9, V10, V11, V12]
 }
 
 pub(crate) fn for_each_version(scenario: fn(&RoomVersionId)) {
