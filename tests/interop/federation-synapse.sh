@@ -45,10 +45,8 @@ free_port() {
 
 # Synapse first (its venv has signedjson, which the driver uses).
 export SYNAPSE_DIR=$work/synapse
-# Synapse 1.163 creates room version 12 by default; Pulse joins v10 and v11 rooms, so the
-# Synapse rooms are v10 unless SYNAPSE_ROOM_VERSION says otherwise (drop this once Pulse
-# supports v12, issue 16 item 7).
-export SYNAPSE_ROOM_VERSION=${SYNAPSE_ROOM_VERSION:-10}
+# Both servers keep their default room version (12, as Synapse 1.163's): the driver checks
+# it, and runs a version-10 case too. SYNAPSE_ROOM_VERSION, if set, still changes Synapse's.
 "$here/synapse.sh" start
 pulse_pid=
 cleanup() {

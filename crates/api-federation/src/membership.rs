@@ -452,9 +452,7 @@ async fn invite(
         let computed =
             federation_membership::event_id_of(&pdu, &rules).map_err(|e| bad(&e.to_string()))?;
         if computed != event_id {
-            return Err(bad(
-                "the event ID in the path is not the event's reference hash",
-            ));
+            return Err(bad("the event ID in the path is not the event's ID"));
         }
         let keys = check_origin_event(&state, &origin, &version, &pdu).await?;
         let stripped: Vec<Value> = body

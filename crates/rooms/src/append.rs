@@ -432,7 +432,6 @@ impl RoomService {
                 },
                 None => RoomSummary {
                     version: version.clone(),
-                    creator: pdu.sender.clone(),
                     create_event: event_id.clone(),
                     extremities: new_ext,
                     max_depth,

@@ -384,7 +384,6 @@ impl RoomService {
                 },
                 None => RoomSummary {
                     version: version.clone(),
-                    creator: create.sender.clone(),
                     create_event: create_id.clone(),
                     extremities: vec![join_id.clone()],
                     max_depth: join.depth,

@@ -15,7 +15,7 @@
 //!   [`EventStatus`] — timeline, outlier, soft-failed or rejected — and `off_stream` for
 //!   events whose state before them is not the state at their stream position).
 //! * `Timeline`: `room_id 0xFF pos` → event id.
-//! * `Rooms`: `room_id 0xFF` → room summary (version, creator, create event, forward
+//! * `Rooms`: `room_id 0xFF` → room summary (version, create event, forward
 //!   extremities, max depth); `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → event id
 //!   of the current state; `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership
 //!   string; `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → event id (log of the

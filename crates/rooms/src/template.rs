@@ -163,11 +163,10 @@ impl RoomService {
                 membership.as_str()
             )));
         }
-        let hash = ruma::signatures::reference_hash(&pdu, &rules)
-            .map_err(|e| RoomError::BadJson(format!("cannot hash the event: {e}")))?;
-        if event_id.as_str() != format!("${hash}") {
+        // The reference hash (v3+) or the `event_id` field (v1/v2).
+        if crate::version::event_id_of(&rules, &pdu)?.as_str() != event_id.as_str() {
             return Err(RoomError::InvalidParam(
-                "the event ID in the path is not the event's reference hash".into(),
+                "the event ID in the path is not the event's ID".into(),
             ));
         }
         let sent = match self.receive_pdu(origin, pdu, keys)? {

@@ -356,8 +356,10 @@ fn v11_and_older_creator_is_100_without_power_levels() {
         let alice = user("alice");
         let room = create_versioned(&svc, &v, CreateRoomRequest::default());
         let summary = svc.require_summary(&room).expect("summary");
-        let creators = svc.creators(&summary).expect("creators");
-        assert!(!creators.privileged);
+        assert_eq!(
+            svc.creators(&summary).expect("creators"),
+            vec![alice.clone()]
+        );
         assert_eq!(
             svc.user_power_level(&room, &alice).expect("pl"),
             UserPowerLevel::Int(100.into())
