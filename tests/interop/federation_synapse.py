@@ -196,7 +196,7 @@ def kick_and_ban(home, home_user, guest, guest_user, room_id):
 
 
 def suite(pulse, synapse, p_alice, s_bob, version):
-    label = f"v{version}" if version else "default version"
+    label = f"v{version}" if version else "default-version"
 
     step(f"2. [{label}] a Pulse user joins a Synapse room")
     synapse_room = join(synapse, s_bob, pulse, p_alice, version)

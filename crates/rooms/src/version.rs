@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use crate::pdu::Pdu;
 use crate::resolve::EventCache;
-use crate::store::{RoomSummary, StoredEvent};
-use crate::{Result, RoomError, RoomService};
+use crate::store::StoredEvent;
+use crate::{Result, RoomError};
 
 /// Room versions this server can create and join: every stable version, 1–12.
 pub fn supported_room_versions() -> [RoomVersionId; 12] {
