@@ -15,7 +15,7 @@
 //!
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
-//! `profile`, `account_data`, `filter`, `presence` (status and MSC4043 override), `room`
+//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `presence` (status and MSC4043 override), `room`
 //! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +43,7 @@ mod filter;
 mod meta;
 mod presence;
 mod profile;
+mod push;
 mod room;
 mod sync;
 
@@ -85,6 +86,8 @@ pub struct AppState {
     /// Joins, leaves and invites that need another server, once federation runs.
     pub remote_membership:
         std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
+    /// Push rules, notification counts and pushers.
+    pub push: Arc<::push::PushService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -111,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(room::routes())
         .merge(ephemeral::routes())
         .merge(sync::routes())
+        .merge(push::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)
