@@ -216,6 +216,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
             trusted_proxies: config.rate_limits.trusted_proxies.clone(),
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
+        voip: config.voip.clone(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
