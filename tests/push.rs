@@ -155,7 +155,18 @@ async fn push_rule_endpoints_follow_the_spec() {
         .get(&format!("{V3}/pushrules/device/content/cake"), t)
         .await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
-    let (st, b) = s.get(&format!("{V3}/pushrules/global/bogus/cake"), t).await;
+    let (st, b) = s
+        .get(&format!("{V3}/pushrules/global/postcontent/cake"), t)
+        .await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    let (st, b) = s
+        .req(
+            "PUT",
+            &format!("{V3}/pushrules/global/bogus/cake"),
+            t,
+            Some(json!({"actions": []})),
+        )
+        .await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
     let (st, b) = s
         .get(&format!("{V3}/pushrules/global/content/nope"), t)

@@ -4,7 +4,7 @@
 //!   `GET/PUT/DELETE /pushrules/global/{kind}/{ruleId}` (`PUT` with `before`/`after`),
 //!   `GET/PUT …/{ruleId}/enabled`, `GET/PUT …/{ruleId}/actions`. Only the `global` scope
 //!   exists (400 `M_INVALID_PARAM` otherwise); an unknown rule, or an unknown `before`/`after`
-//!   rule, is 404 `M_NOT_FOUND`; server-default rules can be enabled/disabled and given
+//!   rule, is 404 `M_NOT_FOUND` (reading a rule of an unknown kind too; writing one is 400); server-default rules can be enabled/disabled and given
 //!   actions but not replaced or deleted (400). Every change is stored as the account data
 //!   `m.push_rules` and wakes the user's `/sync`.
 //! * `GET /notifications` (`from`, `limit`, `only=highlight`).
@@ -99,7 +99,9 @@ async fn get_rule(
     Path((scope, kind, rule_id)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
     check_scope(&scope)?;
-    let kind = parse_kind(&kind)?;
+    // A kind this server does not have (e.g. MSC4306's `postcontent`) has no rules: 404, so
+    // clients probing for a rule learn it is absent.
+    let kind = parse_kind(&kind).map_err(|_| unknown_rule())?;
     let push = state.push.clone();
     let rules = blocking(move || push.rules(&auth.user_id)).await??;
     rule_json(&rules, &kind, &rule_id)
@@ -190,7 +192,7 @@ async fn get_attr(
 ) -> ApiResult<Json<Value>> {
     let enabled = attr_of(&attr)?;
     check_scope(&scope)?;
-    let kind = parse_kind(&kind)?;
+    let kind = parse_kind(&kind).map_err(|_| unknown_rule())?;
     let push = state.push.clone();
     let rules = blocking(move || push.rules(&auth.user_id)).await??;
     let rule = rules.get(kind, &rule_id).ok_or_else(unknown_rule)?;
@@ -326,7 +328,8 @@ pub(crate) fn sync_unread_counts(
         };
         let counts = state.push.unread_counts(user, &room, now, by_thread)?;
         section["unread_notifications"] = json!(counts.main);
-        if by_thread {
+        // Only threads with something unread, and no field at all when none has.
+        if by_thread && !counts.threads.is_empty() {
             section["unread_thread_notifications"] = json!(counts.threads);
         }
     }
