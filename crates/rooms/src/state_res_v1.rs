@@ -57,16 +57,16 @@ pub(crate) fn resolve_v1(
     }
 
     let pl = ("m.room.power_levels".to_owned(), String::new());
-    if let Some(events) = conflicted.remove(&pl) {
-        if let Some(winner) = resolve_auth_events(rules, events, &resolved, cache) {
-            resolved.insert(pl, winner);
-        }
+    if let Some(events) = conflicted.remove(&pl)
+        && let Some(winner) = resolve_auth_events(rules, events, &resolved, cache)
+    {
+        resolved.insert(pl, winner);
     }
     let jr = ("m.room.join_rules".to_owned(), String::new());
-    if let Some(events) = conflicted.remove(&jr) {
-        if let Some(winner) = resolve_auth_events(rules, events, &resolved, cache) {
-            resolved.insert(jr, winner);
-        }
+    if let Some(events) = conflicted.remove(&jr)
+        && let Some(winner) = resolve_auth_events(rules, events, &resolved, cache)
+    {
+        resolved.insert(jr, winner);
     }
     let member_keys: Vec<Key> = conflicted
         .keys()
@@ -75,10 +75,10 @@ pub(crate) fn resolve_v1(
         .collect();
     let before_members = resolved.clone();
     for k in member_keys {
-        if let Some(events) = conflicted.remove(&k) {
-            if let Some(winner) = resolve_auth_events(rules, events, &before_members, cache) {
-                resolved.insert(k, winner);
-            }
+        if let Some(events) = conflicted.remove(&k)
+            && let Some(winner) = resolve_auth_events(rules, events, &before_members, cache)
+        {
+            resolved.insert(k, winner);
         }
     }
     let auth_state = resolved.clone();
@@ -124,9 +124,7 @@ fn resolve_auth_events(
     let mut r = state.clone();
     let mut iter = events.iter();
     // Conflicted keys have at least two candidates.
-    let Some(first) = iter.next() else {
-        return None;
-    };
+    let first = iter.next()?;
     let mut winner = first;
     for ev in iter {
         // The previous winner is part of R for this check.

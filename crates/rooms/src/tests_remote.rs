@@ -148,10 +148,11 @@ impl Remote {
             v["state_key"] = json!(k);
         }
         // v12: the create event has no room ID (the room ID is derived from it).
-        if ev.kind == "m.room.create" && crate::version::room_id_from_create_event(&rules) {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("room_id");
-            }
+        if ev.kind == "m.room.create"
+            && crate::version::room_id_from_create_event(&rules)
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("room_id");
         }
         if ev.kind == "m.room.redaction" && !rules.redaction.keep_room_redaction_redacts {
             v["redacts"] = v["content"]["redacts"].clone();
