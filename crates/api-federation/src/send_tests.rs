@@ -21,11 +21,13 @@ pub(crate) fn fixture() -> (Fx, OwnedRoomId) {
     })
 }
 
-/// `@alice:b.test` made a public room.
+/// `@alice:b.test` made a public room, of version 10: the PDU helpers here build v10
+/// events (create event listed in `auth_events`); other versions are the rooms crate's
+/// tests and `tests/federation_rooms.rs`.
 pub(crate) fn fixture_and_room(keys: FakeKeys) -> (Fx, OwnedRoomId) {
     let fx = fixture_with(keys);
     let req: rooms::CreateRoomRequest =
-        serde_json::from_value(json!({"preset": "public_chat"})).unwrap();
+        serde_json::from_value(json!({"preset": "public_chat", "room_version": "10"})).unwrap();
     let room = fx
         .state
         .rooms

@@ -451,7 +451,8 @@ impl RoomService {
     }
 
     /// The auth chain of `events` as other servers get it (`/state`, `/state_ids`,
-    /// `/event_auth`): breadth-first through `auth_events` in any room version's format,
+    /// `/event_auth`): everything reachable from `events` through `auth_events` (a starting
+    /// event only where another one cites it), breadth-first, in any room version's format,
     /// with v12's implicit create event, leaving out rejected events, at most `limit`.
     pub fn auth_chain_for_federation(
         &self,
@@ -459,7 +460,8 @@ impl RoomService {
         limit: usize,
     ) -> Vec<OwnedEventId> {
         let cache = EventCache::new(self);
-        let mut seen: std::collections::HashSet<OwnedEventId> = events.iter().cloned().collect();
+        // A starting event another one cites is part of the chain (as Synapse answers).
+        let mut seen: std::collections::HashSet<OwnedEventId> = std::collections::HashSet::new();
         let mut queue: std::collections::VecDeque<OwnedEventId> = events
             .iter()
             .filter_map(|id| cache.get(id))

@@ -580,4 +580,17 @@ pub(crate) fn make_join_template_round_trip(v: &RoomVersionId) {
             .auth_chain_ids(&[r.event_id().to_owned()])
             .contains(&create)
     );
+    // So does the chain served to other servers (/event_auth, /state_ids), in every
+    // version's reference format (v1 pairs) and with v12's unlisted create event.
+    let served = f
+        .svc
+        .auth_chain_for_federation(&[r.event_id().to_owned()], 100);
+    assert!(served.contains(&create), "{served:?}");
+    let power = f
+        .svc
+        .current_state_event_id(&f.room, "m.room.power_levels", "")
+        .expect("s")
+        .expect("power levels");
+    assert!(served.contains(&power), "{served:?}");
+    assert!(!served.contains(&r.event_id().to_owned()));
 }
