@@ -310,7 +310,8 @@ async fn inbound_pdus_and_presence_with_negative_cases() {
         "POST",
         "/_matrix/client/v3/createRoom",
         Some(&token),
-        Some(serde_json::json!({"preset": "public_chat", "initial_state": [
+        // v10: this test builds the remote PDUs by hand in the v10 format.
+        Some(serde_json::json!({"preset": "public_chat", "room_version": "10", "initial_state": [
             {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}
         ]})),
     )

@@ -175,8 +175,12 @@ async fn two_servers(
     for u in b_users {
         on_b.push(b.register(u).await);
     }
+    // v10: the join below is built by hand in the v10 format.
     let room = a
-        .create_room(&alice, json!({"preset": "public_chat"}))
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
         .await;
     a.kill9();
     b.kill9();
@@ -223,8 +227,12 @@ async fn a_restricted_update_reaches_only_the_allowed_users_of_a_trusted_pulse_p
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let carol = b.register("carol").await;
+    // v10: the join below is built by hand in the v10 format.
     let room = a
-        .create_room(&alice, json!({"preset": "public_chat"}))
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
         .await;
     a.kill9();
     b.kill9();

@@ -206,8 +206,12 @@ async fn setup_with(
 ) -> (TestServer, User, String) {
     let mut pulse = TestServer::start_with(&format!("{FEDERATION}{federation_extra}")).await;
     let alice = pulse.register("alice").await;
+    // v10: the fake remote builds its PDUs by hand in the v10 format.
     let room = pulse
-        .create_room(&alice, json!({"preset": "public_chat"}))
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
         .await;
     pulse.kill9();
     {
