@@ -101,10 +101,14 @@ pub enum Cf {
     /// `room_id 0xFF depth pos` → event id: a room's timeline in topological order (depth,
     /// then stream position), for `/messages` and `/context` (owned by `rooms`).
     Topo,
+    /// End-to-end encryption (owned by `e2ee`, key layouts in `e2ee::keys`): device keys,
+    /// one-time and fallback keys, cross-signing keys and signatures, the device-list
+    /// change log, to-device inboxes, key backups.
+    E2ee,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 22] = [
+    pub const ALL: [Cf; 23] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -127,6 +131,7 @@ impl Cf {
         Cf::ReceiptStream,
         Cf::FederationQueue,
         Cf::Topo,
+        Cf::E2ee,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +158,7 @@ impl Cf {
             Cf::ReceiptStream => "receipt_stream",
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
+            Cf::E2ee => "e2ee",
         }
     }
 }
