@@ -16,7 +16,10 @@
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
 //! `profile`, `account_data`, `filter`, `presence` (status and MSC4043 override), `room`
-//! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`.
+//! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`; end-to-end
+//! encryption: `keys` (upload, query, claim, changes, cross-signing), `to_device`,
+//! `room_keys` (key backup), `device_lists` and `sync_e2ee` (their `/sync` sections),
+//! `remote_keys` (the federation hook).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,21 +35,28 @@ pub mod extract;
 pub mod federation_admin;
 pub mod notifier;
 pub mod ratelimit;
+pub mod remote_keys;
 pub mod remote_membership;
 
 mod account;
 mod account_data;
 mod admin;
 mod blocking;
+mod device_lists;
 mod ephemeral;
 mod filter;
+mod keys;
 mod meta;
 mod presence;
 mod profile;
 mod room;
+mod room_keys;
 mod sync;
+mod sync_e2ee;
+mod to_device;
 
 pub use ephemeral::SyncWakeObserver;
+pub use keys::{local_claim, local_key_query};
 pub use error::{ApiResult, MatrixError};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
@@ -85,6 +95,11 @@ pub struct AppState {
     /// Joins, leaves and invites that need another server, once federation runs.
     pub remote_membership:
         std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
+    /// End-to-end encryption: device keys, one-time keys, to-device, key backup.
+    pub e2ee: Arc<e2ee::E2eeService>,
+    /// Key queries, claims, to-device messages and device-list updates for other servers,
+    /// once federation runs.
+    pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -111,6 +126,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(room::routes())
         .merge(ephemeral::routes())
         .merge(sync::routes())
+        .merge(keys::routes())
+        .merge(to_device::routes())
+        .merge(room_keys::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

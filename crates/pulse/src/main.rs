@@ -276,6 +276,8 @@ fn open_services(config: &Config) -> Result<Services, String> {
         ephemeral,
         federation_status: Default::default(),
         remote_membership: Default::default(),
+        e2ee: Arc::new(e2ee::E2eeService::new(db.clone())),
+        remote_keys: Default::default(),
     });
     Ok(Services {
         db,
