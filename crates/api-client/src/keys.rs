@@ -31,7 +31,11 @@ pub fn routes() -> Router<Arc<AppState>> {
     r = client_route(r, "/keys/query", post(query));
     r = client_route(r, "/keys/claim", post(claim));
     r = client_route(r, "/keys/changes", get(changes));
-    r = client_route(r, "/keys/device_signing/upload", post(device_signing_upload));
+    r = client_route(
+        r,
+        "/keys/device_signing/upload",
+        post(device_signing_upload),
+    );
     r = client_route(r, "/keys/signatures/upload", post(signatures_upload));
     r.route(
         "/_matrix/client/unstable/keys/device_signing/upload",
@@ -130,7 +134,9 @@ async fn upload(
         if let Some(pos) = out.device_list_pos {
             wake_device_list(&st, &auth.user_id, pos);
         }
-        Ok(Json(json!({ "one_time_key_counts": out.one_time_key_counts })))
+        Ok(Json(
+            json!({ "one_time_key_counts": out.one_time_key_counts }),
+        ))
     })
     .await?
 }
@@ -328,8 +334,7 @@ async fn changes(
     let st = state.clone();
     blocking(move || -> ApiResult<Json<Value>> {
         let to = to.min(st.rooms.current_position());
-        let (changed, left) =
-            crate::device_lists::device_list_delta(&st, &auth.user_id, from, to)?;
+        let (changed, left) = crate::device_lists::device_list_delta(&st, &auth.user_id, from, to)?;
         Ok(Json(json!({ "changed": changed, "left": left })))
     })
     .await?

@@ -56,8 +56,8 @@ mod sync_e2ee;
 mod to_device;
 
 pub use ephemeral::SyncWakeObserver;
-pub use keys::{local_claim, local_key_query};
 pub use error::{ApiResult, MatrixError};
+pub use keys::{local_claim, local_key_query};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
 

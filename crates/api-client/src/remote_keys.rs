@@ -53,9 +53,7 @@ fn own_users(section: &Value, server: &ruma::ServerName) -> Map<String, Value> {
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(u, _)| {
-            <&UserId>::try_from(u.as_str()).is_ok_and(|u| u.server_name() == server)
-        })
+        .filter(|(u, _)| <&UserId>::try_from(u.as_str()).is_ok_and(|u| u.server_name() == server))
         .map(|(u, v)| (u.clone(), v.clone()))
         .collect()
 }

@@ -86,12 +86,19 @@ async fn create_version(
         return Err(MatrixError::bad_json("auth_data must be an object"));
     }
     let st = state.clone();
-    let v = blocking(move || st.e2ee.create_backup(&auth.user_id, &body.algorithm, &body.auth_data))
-        .await??;
+    let v = blocking(move || {
+        st.e2ee
+            .create_backup(&auth.user_id, &body.algorithm, &body.auth_data)
+    })
+    .await??;
     Ok(Json(json!({ "version": v.to_string() })))
 }
 
-async fn version_info(state: &Arc<AppState>, auth: Auth, version: Option<u64>) -> ApiResult<Json<Value>> {
+async fn version_info(
+    state: &Arc<AppState>,
+    auth: Auth,
+    version: Option<u64>,
+) -> ApiResult<Json<Value>> {
     let st = state.clone();
     let found = blocking(move || st.e2ee.backup(&auth.user_id, version)).await??;
     let (v, info, count) = found.ok_or_else(no_backup)?;
@@ -124,14 +131,19 @@ async fn put_version(
 ) -> ApiResult<Json<Value>> {
     let v = parse_version(&version)?;
     if body.version.as_deref().is_some_and(|b| b != version) {
-        return Err(MatrixError::invalid_param("The version in the body does not match the path"));
+        return Err(MatrixError::invalid_param(
+            "The version in the body does not match the path",
+        ));
     }
     if !body.auth_data.is_object() {
         return Err(MatrixError::bad_json("auth_data must be an object"));
     }
     let st = state.clone();
-    blocking(move || st.e2ee.update_backup(&auth.user_id, v, &body.algorithm, &body.auth_data))
-        .await??;
+    blocking(move || {
+        st.e2ee
+            .update_backup(&auth.user_id, v, &body.algorithm, &body.auth_data)
+    })
+    .await??;
     Ok(Json(json!({})))
 }
 
@@ -158,7 +170,12 @@ struct AllRooms {
     rooms: BTreeMap<String, RoomSessions>,
 }
 
-async fn store(state: &Arc<AppState>, auth: Auth, version: u64, sessions: Vec<BackedUpSession>) -> ApiResult<Json<Value>> {
+async fn store(
+    state: &Arc<AppState>,
+    auth: Auth,
+    version: u64,
+    sessions: Vec<BackedUpSession>,
+) -> ApiResult<Json<Value>> {
     let st = state.clone();
     let (count, etag) =
         blocking(move || st.e2ee.put_room_keys(&auth.user_id, version, &sessions)).await??;
@@ -228,10 +245,16 @@ fn session_json(d: SessionData) -> Value {
     serde_json::to_value(d).unwrap_or(Value::Null)
 }
 
-async fn get_all(State(state): AppStateRef, auth: Auth, Query(q): Query<VersionParam>) -> ApiResult<Json<Value>> {
+async fn get_all(
+    State(state): AppStateRef,
+    auth: Auth,
+    Query(q): Query<VersionParam>,
+) -> ApiResult<Json<Value>> {
     let mut rooms: Map<String, Value> = Map::new();
     for (room, sid, data) in read(&state, auth, q.get()?, None, None).await? {
-        let entry = rooms.entry(room).or_insert_with(|| json!({ "sessions": {} }));
+        let entry = rooms
+            .entry(room)
+            .or_insert_with(|| json!({ "sessions": {} }));
         entry["sessions"][sid.as_str()] = session_json(data);
     }
     Ok(Json(json!({ "rooms": rooms })))
@@ -280,7 +303,11 @@ async fn remove(
     Ok(Json(json!({ "count": count, "etag": etag.to_string() })))
 }
 
-async fn delete_all(State(state): AppStateRef, auth: Auth, Query(q): Query<VersionParam>) -> ApiResult<Json<Value>> {
+async fn delete_all(
+    State(state): AppStateRef,
+    auth: Auth,
+    Query(q): Query<VersionParam>,
+) -> ApiResult<Json<Value>> {
     remove(&state, auth, q.get()?, None, None).await
 }
 

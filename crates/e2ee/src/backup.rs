@@ -64,7 +64,10 @@ impl E2eeService {
         };
         let mut r = KeyReader::new(&k);
         let (_s, _u) = (r.str(), r.str());
-        Ok(r.u64().map(|n| (n, v)).map(|(n, v)| decode(&v).map(|b| (n, b))).transpose()?)
+        Ok(r.u64()
+            .map(|n| (n, v))
+            .map(|(n, v)| decode(&v).map(|b| (n, b)))
+            .transpose()?)
     }
 
     /// Create a new backup version; it becomes the current one.
@@ -87,7 +90,11 @@ impl E2eeService {
     }
 
     /// A version (or the current one) with its key count; `None` if none / deleted.
-    pub fn backup(&self, user: &UserId, version: Option<u64>) -> Result<Option<(u64, BackupVersion, u64)>> {
+    pub fn backup(
+        &self,
+        user: &UserId,
+        version: Option<u64>,
+    ) -> Result<Option<(u64, BackupVersion, u64)>> {
         let found = match version {
             Some(v) => self
                 .db()
@@ -112,14 +119,26 @@ impl E2eeService {
     }
 
     /// Replace a version's `auth_data` (the algorithm cannot change).
-    pub fn update_backup(&self, user: &UserId, version: u64, algorithm: &str, auth_data: &Value) -> Result<()> {
+    pub fn update_backup(
+        &self,
+        user: &UserId,
+        version: u64,
+        algorithm: &str,
+        auth_data: &Value,
+    ) -> Result<()> {
         let _g = self.backup_lock(user);
         let k = keys::backup_version(user.as_str(), version);
-        let Some(mut b) = self.db().get_json::<BackupVersion>(Cf::E2ee, &k)?.filter(|b| !b.deleted) else {
+        let Some(mut b) = self
+            .db()
+            .get_json::<BackupVersion>(Cf::E2ee, &k)?
+            .filter(|b| !b.deleted)
+        else {
             return Err(E2eeError::NotFound("Unknown backup version".into()));
         };
         if b.algorithm != algorithm {
-            return Err(E2eeError::InvalidParam("The algorithm of a backup cannot change".into()));
+            return Err(E2eeError::InvalidParam(
+                "The algorithm of a backup cannot change".into(),
+            ));
         }
         b.auth_data = auth_data.clone();
         let mut batch = Batch::new();
@@ -132,14 +151,21 @@ impl E2eeService {
     pub fn delete_backup(&self, user: &UserId, version: u64) -> Result<()> {
         let _g = self.backup_lock(user);
         let k = keys::backup_version(user.as_str(), version);
-        let Some(mut b) = self.db().get_json::<BackupVersion>(Cf::E2ee, &k)?.filter(|b| !b.deleted) else {
+        let Some(mut b) = self
+            .db()
+            .get_json::<BackupVersion>(Cf::E2ee, &k)?
+            .filter(|b| !b.deleted)
+        else {
             return Err(E2eeError::NotFound("Unknown backup version".into()));
         };
         b.deleted = true;
         b.auth_data = Value::Null;
         let mut batch = Batch::new();
         batch.put_json(Cf::E2ee, k, &b);
-        for (key, _) in self.db().scan_prefix(Cf::E2ee, keys::backup_keys(user.as_str(), version))? {
+        for (key, _) in self
+            .db()
+            .scan_prefix(Cf::E2ee, keys::backup_keys(user.as_str(), version))?
+        {
             batch.delete(Cf::E2ee, key);
         }
         self.db().write(batch)?;
@@ -158,7 +184,12 @@ impl E2eeService {
     }
 
     /// Store sessions (kept only where better than what is stored). Returns `(count, etag)`.
-    pub fn put_room_keys(&self, user: &UserId, version: u64, sessions: &[BackedUpSession]) -> Result<(u64, u64)> {
+    pub fn put_room_keys(
+        &self,
+        user: &UserId,
+        version: u64,
+        sessions: &[BackedUpSession],
+    ) -> Result<(u64, u64)> {
         if sessions.len() > MAX_SESSIONS_PER_PUT {
             return Err(E2eeError::TooMany(format!(
                 "at most {MAX_SESSIONS_PER_PUT} sessions per request"
@@ -186,7 +217,13 @@ impl E2eeService {
     }
 
     /// Sessions of a version, optionally of one room or one session.
-    pub fn room_keys(&self, user: &UserId, version: u64, room: Option<&str>, session: Option<&str>) -> Result<Vec<BackedUpSession>> {
+    pub fn room_keys(
+        &self,
+        user: &UserId,
+        version: u64,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Vec<BackedUpSession>> {
         if self.backup(user, Some(version))?.is_none() {
             return Err(E2eeError::NotFound("Unknown backup version".into()));
         }
@@ -212,7 +249,13 @@ impl E2eeService {
     }
 
     /// Delete sessions of a version (all, one room's, or one). Returns `(count, etag)`.
-    pub fn delete_room_keys(&self, user: &UserId, version: u64, room: Option<&str>, session: Option<&str>) -> Result<(u64, u64)> {
+    pub fn delete_room_keys(
+        &self,
+        user: &UserId,
+        version: u64,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<(u64, u64)> {
         let _g = self.backup_lock(user);
         let mut info = self.writable(user, version)?;
         let u = user.as_str();
@@ -223,7 +266,10 @@ impl E2eeService {
         };
         let end = keys::prefix_end(&prefix);
         let mut batch = Batch::new();
-        for (k, _) in self.db().scan_range(Cf::E2ee, &prefix, &end, false, usize::MAX)? {
+        for (k, _) in self
+            .db()
+            .scan_range(Cf::E2ee, &prefix, &end, false, usize::MAX)?
+        {
             batch.delete(Cf::E2ee, k);
         }
         if !batch.is_empty() {

@@ -50,16 +50,15 @@ pub fn validate_cross_signing_key(user: &UserId, kind: &str, key: &Value) -> Res
         .and_then(Value::as_array)
         .is_some_and(|u| u.iter().any(|x| x.as_str() == Some(kind)));
     if !usage_ok {
-        return Err(E2eeError::BadJson(format!("{what}.usage must contain {kind:?}")));
+        return Err(E2eeError::BadJson(format!(
+            "{what}.usage must contain {kind:?}"
+        )));
     }
-    let key_ok = key
-        .get("keys")
-        .and_then(Value::as_object)
-        .is_some_and(|k| {
-            k.len() == 1
-                && k.iter()
-                    .all(|(id, v)| id.starts_with("ed25519:") && v.is_string())
-        });
+    let key_ok = key.get("keys").and_then(Value::as_object).is_some_and(|k| {
+        k.len() == 1
+            && k.iter()
+                .all(|(id, v)| id.starts_with("ed25519:") && v.is_string())
+    });
     if !key_ok {
         return Err(E2eeError::BadJson(format!(
             "{what}.keys must hold exactly one ed25519 key"
@@ -133,7 +132,11 @@ impl E2eeService {
                 keys::signatures(user.as_str(), &pk, viewer.as_str()),
             )?
         {
-            merge_signatures(&mut key, &json!({ "signatures": { viewer.as_str(): sigs } }), viewer.as_str());
+            merge_signatures(
+                &mut key,
+                &json!({ "signatures": { viewer.as_str(): sigs } }),
+                viewer.as_str(),
+            );
         }
         Ok(Some(key))
     }
@@ -141,7 +144,11 @@ impl E2eeService {
     /// Whether this upload replaces keys that exist (then UIA is required; a first
     /// upload, or one repeating the stored keys, is allowed without, as MSC3967 /
     /// spec v1.11 say).
-    pub fn signing_upload_needs_auth(&self, user: &UserId, uploads: &[(&str, &Value)]) -> Result<bool> {
+    pub fn signing_upload_needs_auth(
+        &self,
+        user: &UserId,
+        uploads: &[(&str, &Value)],
+    ) -> Result<bool> {
         if self.cross_signing_key(user, MASTER)?.is_none() {
             return Ok(false);
         }
@@ -196,18 +203,31 @@ impl E2eeService {
         let _guard = self.locks.lock(keys::cross_signing(s, MASTER));
         for (target, objects) in signed {
             let Some(objects) = objects.as_object() else {
-                failures.push((target.clone(), String::new(), "M_BAD_JSON", "expected an object".into()));
+                failures.push((
+                    target.clone(),
+                    String::new(),
+                    "M_BAD_JSON",
+                    "expected an object".into(),
+                ));
                 continue;
             };
             let Ok(target_id) = <&UserId>::try_from(target.as_str()) else {
-                failures.push((target.clone(), String::new(), "M_INVALID_PARAM", "invalid user ID".into()));
+                failures.push((
+                    target.clone(),
+                    String::new(),
+                    "M_INVALID_PARAM",
+                    "invalid user ID".into(),
+                ));
                 continue;
             };
             for (key_id, obj) in objects {
                 let fail = |code: &'static str, msg: &str| {
                     (target.clone(), key_id.clone(), code, msg.to_owned())
                 };
-                if obj["signatures"][s].as_object().is_none_or(|m| m.is_empty()) {
+                if obj["signatures"][s]
+                    .as_object()
+                    .is_none_or(|m| m.is_empty())
+                {
                     failures.push(fail("M_INVALID_SIGNATURE", "no signature by the uploader"));
                     continue;
                 }
@@ -230,7 +250,10 @@ impl E2eeService {
                         },
                     };
                     if signed_part(&stored) != signed_part(obj) {
-                        failures.push(fail("M_INVALID_SIGNATURE", "the signed object differs from the stored keys"));
+                        failures.push(fail(
+                            "M_INVALID_SIGNATURE",
+                            "the signed object differs from the stored keys",
+                        ));
                         continue;
                     }
                     let mut updated = stored;
@@ -245,15 +268,24 @@ impl E2eeService {
                         continue;
                     };
                     if public_key(&master) != Some(key_id.as_str()) {
-                        failures.push(fail("M_INVALID_PARAM", "only another user's master key can be signed"));
+                        failures.push(fail(
+                            "M_INVALID_PARAM",
+                            "only another user's master key can be signed",
+                        ));
                         continue;
                     }
                     if signed_part(&master) != signed_part(obj) {
-                        failures.push(fail("M_INVALID_SIGNATURE", "the signed object differs from the stored key"));
+                        failures.push(fail(
+                            "M_INVALID_SIGNATURE",
+                            "the signed object differs from the stored key",
+                        ));
                         continue;
                     }
                     let k = keys::signatures(target, key_id, s);
-                    let mut mine: Value = self.db().get_json(Cf::E2ee, &k)?.unwrap_or_else(|| json!({}));
+                    let mut mine: Value = self
+                        .db()
+                        .get_json(Cf::E2ee, &k)?
+                        .unwrap_or_else(|| json!({}));
                     let mut holder = json!({ "signatures": { s: mine.take() } });
                     merge_signatures(&mut holder, obj, s);
                     batch.put_json(Cf::E2ee, k, &holder["signatures"][s]);

@@ -45,8 +45,7 @@ pub fn validate_device_keys(user: &UserId, device: &DeviceId, keys: &Value) -> R
         .ok_or_else(|| E2eeError::BadJson("device_keys.device_id must be a string".into()))?;
     if user_id != user.as_str() || device_id != device.as_str() {
         return Err(E2eeError::InvalidParam(
-            "device_keys must be this device's own (user_id and device_id of the requester)"
-                .into(),
+            "device_keys must be this device's own (user_id and device_id of the requester)".into(),
         ));
     }
     let algorithms = field("algorithms")?

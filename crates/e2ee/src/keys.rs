@@ -141,6 +141,8 @@ mod tests {
 
     #[test]
     fn device_list_changes_sort_by_position() {
-        assert!(device_list_change(2, "@z:x").as_bytes() < device_list_change(10, "@a:x").as_bytes());
+        assert!(
+            device_list_change(2, "@z:x").as_bytes() < device_list_change(10, "@a:x").as_bytes()
+        );
     }
 }

@@ -72,7 +72,10 @@ fn parse_key_map(map: &Map<String, Value>, what: &str) -> Result<Vec<(String, St
 }
 
 impl OtkUpload {
-    pub(crate) fn parse(one_time: &Map<String, Value>, fallback: &Map<String, Value>) -> Result<Self> {
+    pub(crate) fn parse(
+        one_time: &Map<String, Value>,
+        fallback: &Map<String, Value>,
+    ) -> Result<Self> {
         if one_time.len() > MAX_OTKS_PER_UPLOAD {
             return Err(E2eeError::TooMany(format!(
                 "at most {MAX_OTKS_PER_UPLOAD} one-time keys per upload"
@@ -210,7 +213,11 @@ impl E2eeService {
     }
 
     /// Algorithms whose fallback key has not been handed out yet.
-    pub fn unused_fallback_key_types(&self, user: &UserId, device: &DeviceId) -> Result<Vec<String>> {
+    pub fn unused_fallback_key_types(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for (k, v) in self.db().scan_prefix(
             Cf::E2ee,

@@ -150,7 +150,15 @@ impl E2eeService {
             last = Some((pos, seq));
         }
         if let Some((pos, seq)) = last {
-            batch.put_json(Cf::E2ee, &ack_key, &Ack { token: now, pos, seq });
+            batch.put_json(
+                Cf::E2ee,
+                &ack_key,
+                &Ack {
+                    token: now,
+                    pos,
+                    seq,
+                },
+            );
         }
         self.db().write(batch)?;
         Ok(out)
