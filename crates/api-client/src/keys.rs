@@ -215,14 +215,14 @@ pub fn local_key_query(
     Ok(out)
 }
 
-/// Split a request's users into local ones and, per remote server, remote ones.
-fn split_users<T>(
-    state: &AppState,
-    users: BTreeMap<String, T>,
-) -> ApiResult<(
+/// A request's users split: local ones, and remote ones per server.
+type SplitUsers<T> = (
     BTreeMap<OwnedUserId, T>,
     BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>>,
-)> {
+);
+
+/// Split a request's users into local ones and, per remote server, remote ones.
+fn split_users<T>(state: &AppState, users: BTreeMap<String, T>) -> ApiResult<SplitUsers<T>> {
     if users.len() > MAX_USERS_PER_REQUEST {
         return Err(MatrixError::invalid_param(format!(
             "At most {MAX_USERS_PER_REQUEST} users per request"
