@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use e2ee::E2eeError;
-use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -19,6 +19,7 @@ use crate::account::{AuthData, ReplyResult, require_password};
 use crate::blocking::blocking;
 use crate::error::{ApiResult, MatrixError};
 use crate::extract::{Auth, JsonBody, Query};
+use crate::remote_keys::DeviceChange;
 use crate::{AppState, AppStateRef, client_route};
 
 /// Users in one `/keys/query` or `/keys/claim`.
@@ -51,6 +52,7 @@ impl From<E2eeError> for MatrixError {
     fn from(e: E2eeError) -> Self {
         match e {
             E2eeError::Storage(e) => MatrixError::internal(e),
+            E2eeError::Internal(e) => MatrixError::internal(e),
             E2eeError::BadJson(m) => MatrixError::bad_json(m),
             E2eeError::InvalidParam(m) | E2eeError::TooMany(m) => MatrixError::invalid_param(m),
             E2eeError::NotFound(m) => MatrixError::not_found(m),
@@ -65,9 +67,10 @@ impl From<E2eeError> for MatrixError {
     }
 }
 
-/// Wake `user` and everyone sharing a room with them: their device list changed at `pos`.
-/// Reads storage: call it from the blocking pool.
-pub(crate) fn wake_device_list(state: &AppState, user: &UserId, pos: u64) {
+/// Wake `user` and everyone sharing a room with them: their device list changed at `pos`
+/// (a local change, or a remote server's `m.device_list_update`). Reads storage: call it
+/// from the blocking pool.
+pub fn wake_device_list(state: &AppState, user: &UserId, pos: u64) {
     match crate::device_lists::shared_users(state, user) {
         Ok(users) => state
             .notifier
@@ -77,8 +80,15 @@ pub(crate) fn wake_device_list(state: &AppState, user: &UserId, pos: u64) {
             state.notifier.wake([user], pos);
         }
     }
-    if let Some(remote) = state.remote_keys.get() {
-        remote.device_list_changed(user);
+}
+
+/// Tell the servers sharing a room with local `user` about a change of their devices.
+/// Does storage I/O: call it from the blocking pool.
+fn announce(state: &AppState, user: &UserId, change: DeviceChange) {
+    if is_local(state, user)
+        && let Some(remote) = state.remote_keys.get()
+    {
+        remote.device_list_changed(user, change);
     }
 }
 
@@ -87,7 +97,10 @@ pub(crate) fn wake_device_list(state: &AppState, user: &UserId, pos: u64) {
 pub(crate) async fn device_deleted(state: &Arc<AppState>, user: &UserId, device: &ruma::DeviceId) {
     let (st, user, device) = (state.clone(), user.to_owned(), device.to_owned());
     let done = blocking(move || match st.e2ee.delete_device(&user, &device) {
-        Ok(Some(pos)) => wake_device_list(&st, &user, pos),
+        Ok(Some(pos)) => {
+            wake_device_list(&st, &user, pos);
+            announce(&st, &user, DeviceChange::Device { device_id: device.clone(), deleted: true });
+        }
         Ok(None) => {}
         Err(e) => tracing::warn!(%user, %device, "could not drop a deleted device's keys: {e}"),
     })
@@ -133,6 +146,11 @@ async fn upload(
         )?;
         if let Some(pos) = out.device_list_pos {
             wake_device_list(&st, &auth.user_id, pos);
+            let change = DeviceChange::Device {
+                device_id: auth.device_id.clone(),
+                deleted: false,
+            };
+            announce(&st, &auth.user_id, change);
         }
         Ok(Json(
             json!({ "one_time_key_counts": out.one_time_key_counts }),
@@ -149,70 +167,28 @@ struct QueryBody {
     timeout: Option<u64>,
 }
 
-/// The local part of a key query: `device_keys`, `master_keys`, `self_signing_keys`,
-/// `user_signing_keys` for `users` (all their devices when the list is empty), as
-/// `requester` may see them (`user_signing_keys` only of oneself; `None` for a remote
-/// server asking).
-pub fn local_key_query(
+/// The local part of a key query (see [`e2ee::E2eeService::query_local`]).
+fn local_key_query(
     state: &AppState,
-    requester: Option<&UserId>,
+    requester: &UserId,
     users: &BTreeMap<OwnedUserId, Vec<String>>,
 ) -> ApiResult<Map<String, Value>> {
-    let mut device_keys = Map::new();
-    let mut master = Map::new();
-    let mut self_signing = Map::new();
-    let mut user_signing = Map::new();
-    for (user, wanted) in users {
-        let names: BTreeMap<String, Option<String>> = state
-            .accounts
-            .devices(user)?
-            .into_iter()
-            .map(|d| (d.device_id.to_string(), d.display_name))
-            .collect();
-        let mut devices = Map::new();
-        for (device, mut keys) in state.e2ee.all_device_keys(user)? {
-            if !wanted.is_empty() && !wanted.iter().any(|w| w == device.as_str()) {
-                continue;
-            }
-            // Keys of a device that no longer exists are not served.
-            let Some(name) = names.get(device.as_str()) else {
-                continue;
-            };
-            if let (Some(name), Some(obj)) = (name, keys.as_object_mut()) {
-                let unsigned = obj.entry("unsigned").or_insert_with(|| json!({}));
-                if unsigned.is_object() {
-                    unsigned["device_display_name"] = json!(name);
-                }
-            }
-            devices.insert(device.to_string(), keys);
-        }
-        device_keys.insert(user.to_string(), Value::Object(devices));
-        let viewer = requester.unwrap_or(user);
-        if let Some(k) = state.e2ee.master_key_for(user, viewer)? {
-            master.insert(user.to_string(), k);
-        }
-        if let Some(k) = state
-            .e2ee
-            .cross_signing_key(user, e2ee::cross_signing::SELF_SIGNING)?
-        {
-            self_signing.insert(user.to_string(), k);
-        }
-        if requester == Some(&**user)
-            && let Some(k) = state
-                .e2ee
-                .cross_signing_key(user, e2ee::cross_signing::USER_SIGNING)?
-        {
-            user_signing.insert(user.to_string(), k);
-        }
-    }
-    let mut out = Map::new();
-    out.insert("device_keys".into(), Value::Object(device_keys));
-    out.insert("master_keys".into(), Value::Object(master));
-    out.insert("self_signing_keys".into(), Value::Object(self_signing));
-    if requester.is_some() {
-        out.insert("user_signing_keys".into(), Value::Object(user_signing));
-    }
-    Ok(out)
+    Ok(state
+        .e2ee
+        .query_local(Some(requester), users, |u| device_names(&state.accounts, u))?)
+}
+
+/// A user's devices and their display names, as the e2ee crate's queries take them.
+pub fn device_names(
+    accounts: &accounts::AccountService,
+    user: &UserId,
+) -> Result<e2ee::query::DeviceNames, String> {
+    Ok(accounts
+        .devices(user)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|d| (d.device_id.to_string(), d.display_name))
+        .collect())
 }
 
 /// A request's users split: local ones, and remote ones per server.
@@ -255,7 +231,7 @@ async fn query(
     let (local, remote) = split_users(&state, body.device_keys)?;
     let st = state.clone();
     let requester = auth.user_id.clone();
-    let mut out = blocking(move || local_key_query(&st, Some(&requester), &local)).await??;
+    let mut out = blocking(move || local_key_query(&st, &requester, &local)).await??;
     let timeout = std::time::Duration::from_millis(
         body.timeout
             .unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS)
@@ -274,28 +250,6 @@ struct ClaimBody {
     timeout: Option<u64>,
 }
 
-/// Claim one key per (local user, device, algorithm): `{user: {device: {key_id: key}}}`;
-/// users with no key left are omitted.
-pub fn local_claim(
-    state: &AppState,
-    wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
-) -> ApiResult<Map<String, Value>> {
-    let mut out = Map::new();
-    for (user, devices) in wanted {
-        let mut per_device = Map::new();
-        for (device, algorithm) in devices {
-            let device = OwnedDeviceId::from(device.as_str());
-            if let Some(c) = state.e2ee.claim_key(user, &device, algorithm)? {
-                per_device.insert(device.to_string(), json!({ c.id: c.key }));
-            }
-        }
-        if !per_device.is_empty() {
-            out.insert(user.to_string(), Value::Object(per_device));
-        }
-    }
-    Ok(out)
-}
-
 async fn claim(
     State(state): AppStateRef,
     _auth: Auth,
@@ -303,7 +257,7 @@ async fn claim(
 ) -> ApiResult<Json<Value>> {
     let (local, remote) = split_users(&state, body.one_time_keys)?;
     let st = state.clone();
-    let mut keys = blocking(move || local_claim(&st, &local)).await??;
+    let mut keys = blocking(move || st.e2ee.claim_local(&local)).await??;
     let timeout = std::time::Duration::from_millis(
         body.timeout
             .unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS)
@@ -384,6 +338,7 @@ async fn device_signing_upload(
         let refs: Vec<(&str, &Value)> = uploads.iter().map(|(k, v)| (*k, v)).collect();
         let pos = st.e2ee.upload_signing_keys(&auth.user_id, &refs)?;
         wake_device_list(&st, &auth.user_id, pos);
+        announce(&st, &auth.user_id, DeviceChange::CrossSigning);
         Ok(())
     })
     .await??;
@@ -408,6 +363,7 @@ async fn signatures_upload(
                 .collect();
             for u in &changed {
                 wake_device_list(&st, u, pos);
+                announce(&st, u, DeviceChange::CrossSigning);
             }
         }
         let mut failures: Map<String, Value> = Map::new();

@@ -57,7 +57,7 @@ mod to_device;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
-pub use keys::{local_claim, local_key_query};
+pub use keys::{device_names, wake_device_list};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
 

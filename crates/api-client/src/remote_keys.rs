@@ -14,6 +14,18 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 
+/// What changed about a local user's devices, for the EDU that tells other servers.
+#[derive(Debug, Clone)]
+pub enum DeviceChange {
+    /// A device's keys were uploaded or replaced, or the device was deleted.
+    Device {
+        device_id: ruma::OwnedDeviceId,
+        deleted: bool,
+    },
+    /// Cross-signing keys or signatures changed (`m.signing_key_update`).
+    CrossSigning,
+}
+
 pub trait RemoteKeys: Send + Sync {
     /// `POST /_matrix/federation/v1/user/keys/query` with `{"device_keys": ...}`.
     fn query(
@@ -31,7 +43,7 @@ pub trait RemoteKeys: Send + Sync {
     ) -> BoxFuture<'_, Result<Value, String>>;
     /// A local user's devices or keys changed: send `m.device_list_update` (and
     /// `m.signing_key_update`) to the servers sharing a room with them. Does storage I/O.
-    fn device_list_changed(&self, user: &UserId);
+    fn device_list_changed(&self, user: &UserId, change: DeviceChange);
     /// Queue one `m.direct_to_device` EDU per server (`messages`: user → device → content).
     /// Does storage I/O.
     fn send_to_device(

@@ -36,6 +36,7 @@ pub mod device_keys;
 pub mod device_lists;
 pub mod keys;
 pub mod otk;
+pub mod query;
 pub mod to_device;
 
 #[cfg(test)]
@@ -66,6 +67,9 @@ pub enum E2eeError {
     /// with the bound in the message).
     #[error("{0}")]
     TooMany(String),
+    /// A caller-supplied lookup failed (e.g. listing a user's devices).
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = E2eeError> = std::result::Result<T, E>;
