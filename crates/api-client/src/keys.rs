@@ -99,7 +99,14 @@ pub(crate) async fn device_deleted(state: &Arc<AppState>, user: &UserId, device:
     let done = blocking(move || match st.e2ee.delete_device(&user, &device) {
         Ok(Some(pos)) => {
             wake_device_list(&st, &user, pos);
-            announce(&st, &user, DeviceChange::Device { device_id: device.clone(), deleted: true });
+            announce(
+                &st,
+                &user,
+                DeviceChange::Device {
+                    device_id: device.clone(),
+                    deleted: true,
+                },
+            );
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(%user, %device, "could not drop a deleted device's keys: {e}"),

@@ -39,18 +39,26 @@ fn err(status: StatusCode, code: &'static str, m: impl Into<String>) -> ReadErro
 
 fn internal(e: impl std::fmt::Display) -> ReadError {
     tracing::error!("federation key request failed: {e}");
-    err(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "internal error")
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "M_UNKNOWN",
+        "internal error",
+    )
 }
 
 fn e2ee_of(state: &FederationState) -> Result<Arc<E2eeState>, ReadError> {
-    state
-        .e2ee
-        .clone()
-        .ok_or_else(|| err(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request"))
+    state.e2ee.clone().ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            "M_UNRECOGNIZED",
+            "Unrecognized request",
+        )
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ReadError> {
-    serde_json::from_slice(body).map_err(|e| err(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string()))
+    serde_json::from_slice(body)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string()))
 }
 
 /// Users in one request, at most.
@@ -58,9 +66,16 @@ const MAX_USERS: usize = 5_000;
 
 /// Keep the users of this server; a remote server asking about anyone else's gets nothing
 /// for them.
-fn local_users<T>(state: &FederationState, users: BTreeMap<String, T>) -> Result<BTreeMap<OwnedUserId, T>, ReadError> {
+fn local_users<T>(
+    state: &FederationState,
+    users: BTreeMap<String, T>,
+) -> Result<BTreeMap<OwnedUserId, T>, ReadError> {
     if users.len() > MAX_USERS {
-        return Err(err(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "too many users"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            "too many users",
+        ));
     }
     let own = state.rooms.server_name();
     Ok(users
@@ -95,7 +110,10 @@ struct QueryBody {
     device_keys: BTreeMap<String, Vec<String>>,
 }
 
-pub(crate) async fn user_keys_query(State(state): State<Arc<FederationState>>, body: Bytes) -> KeysResult {
+pub(crate) async fn user_keys_query(
+    State(state): State<Arc<FederationState>>,
+    body: Bytes,
+) -> KeysResult {
     let body: QueryBody = parse(&body)?;
     blocking(&state, move |state| {
         let e = e2ee_of(state)?;
@@ -114,7 +132,10 @@ struct ClaimBody {
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-pub(crate) async fn user_keys_claim(State(state): State<Arc<FederationState>>, body: Bytes) -> KeysResult {
+pub(crate) async fn user_keys_claim(
+    State(state): State<Arc<FederationState>>,
+    body: Bytes,
+) -> KeysResult {
     let body: ClaimBody = parse(&body)?;
     blocking(&state, move |state| {
         let e = e2ee_of(state)?;
@@ -125,7 +146,10 @@ pub(crate) async fn user_keys_claim(State(state): State<Arc<FederationState>>, b
     .await
 }
 
-pub(crate) async fn user_devices(State(state): State<Arc<FederationState>>, Path(user): Path<String>) -> KeysResult {
+pub(crate) async fn user_devices(
+    State(state): State<Arc<FederationState>>,
+    Path(user): Path<String>,
+) -> KeysResult {
     blocking(&state, move |state| {
         let e = e2ee_of(state)?;
         let user = OwnedUserId::try_from(user.as_str())
@@ -208,8 +232,12 @@ pub(crate) fn to_device_edu(state: &FederationState, origin: &ServerName, conten
     let own = state.rooms.server_name();
     let mut local: Vec<(OwnedUserId, OwnedDeviceId, Value)> = Vec::new();
     for (user, devices) in messages {
-        let Ok(user) = OwnedUserId::try_from(user.as_str()) else { continue };
-        let Some(devices) = devices.as_object() else { continue };
+        let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let Some(devices) = devices.as_object() else {
+            continue;
+        };
         if user.server_name() != own {
             continue;
         }
@@ -222,9 +250,17 @@ pub(crate) fn to_device_edu(state: &FederationState, origin: &ServerName, conten
         };
         for (device, msg) in devices {
             if device == "*" {
-                local.extend(existing.iter().map(|d| (user.clone(), d.clone(), msg.clone())));
+                local.extend(
+                    existing
+                        .iter()
+                        .map(|d| (user.clone(), d.clone(), msg.clone())),
+                );
             } else if existing.iter().any(|d| d.as_str() == device) {
-                local.push((user.clone(), OwnedDeviceId::from(device.as_str()), msg.clone()));
+                local.push((
+                    user.clone(),
+                    OwnedDeviceId::from(device.as_str()),
+                    msg.clone(),
+                ));
             }
         }
         if local.len() > MAX_TO_DEVICE_TARGETS {
@@ -234,7 +270,10 @@ pub(crate) fn to_device_edu(state: &FederationState, origin: &ServerName, conten
     }
     // The txn scope is the origin: message IDs are unique per sending server.
     let scope = format!("federation {origin}");
-    match e.e2ee.send_to_device(&sender, &scope, Some(message_id), kind, &local) {
+    match e
+        .e2ee
+        .send_to_device(&sender, &scope, Some(message_id), kind, &local)
+    {
         Ok(Some(pos)) => {
             let users: Vec<&UserId> = local.iter().map(|(u, _, _)| &**u).collect();
             (e.wake_users)(&users, pos);

@@ -64,9 +64,7 @@ impl E2eeService {
         };
         let mut r = KeyReader::new(&k);
         let (_s, _u) = (r.str(), r.str());
-        r.u64()
-            .map(|n| decode(&v).map(|b| (n, b)))
-            .transpose()
+        r.u64().map(|n| decode(&v).map(|b| (n, b))).transpose()
     }
 
     /// Create a new backup version; it becomes the current one.

@@ -32,9 +32,7 @@ impl E2eeService {
             let Some(name) = names.get(device.as_str()) else {
                 continue;
             };
-            if with_names
-                && let (Some(name), Some(obj)) = (name, keys.as_object_mut())
-            {
+            if with_names && let (Some(name), Some(obj)) = (name, keys.as_object_mut()) {
                 let unsigned = obj.entry("unsigned").or_insert_with(|| json!({}));
                 if unsigned.is_object() {
                     unsigned["device_display_name"] = json!(name);

@@ -343,8 +343,12 @@ async fn serve(config: Config) -> Result<(), String> {
         let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
         let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {
             e2ee: s.e2ee.clone(),
-            wake_users: Arc::new(move |users, pos| wake_state.notifier.wake(users.iter().copied(), pos)),
-            wake_device_list: Arc::new(move |user, pos| api_client::wake_device_list(&wake_dl_state, user, pos)),
+            wake_users: Arc::new(move |users, pos| {
+                wake_state.notifier.wake(users.iter().copied(), pos)
+            }),
+            wake_device_list: Arc::new(move |user, pos| {
+                api_client::wake_device_list(&wake_dl_state, user, pos)
+            }),
         });
         let app_state = services.state.clone();
         let federation = Arc::new(

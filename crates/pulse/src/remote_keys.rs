@@ -27,7 +27,12 @@ pub struct Remote {
 }
 
 impl Remote {
-    async fn post(&self, server: OwnedServerName, path: &str, body: Value) -> Result<Value, String> {
+    async fn post(
+        &self,
+        server: OwnedServerName,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, String> {
         let resp = self
             .client
             .request(http::Method::POST, server.as_str(), path, Some(&body))
@@ -74,11 +79,21 @@ impl Remote {
 }
 
 impl RemoteKeys for Remote {
-    fn query(&self, server: OwnedServerName, body: Value, _timeout: Duration) -> BoxFuture<'_, Result<Value, String>> {
+    fn query(
+        &self,
+        server: OwnedServerName,
+        body: Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(self.post(server, "/_matrix/federation/v1/user/keys/query", body))
     }
 
-    fn claim(&self, server: OwnedServerName, body: Value, _timeout: Duration) -> BoxFuture<'_, Result<Value, String>> {
+    fn claim(
+        &self,
+        server: OwnedServerName,
+        body: Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(self.post(server, "/_matrix/federation/v1/user/keys/claim", body))
     }
 
@@ -111,7 +126,10 @@ impl RemoteKeys for Remote {
                 if let Ok(Some(k)) = self.e2ee.master_key_for(user, user) {
                     content["master_key"] = k;
                 }
-                if let Ok(Some(k)) = self.e2ee.cross_signing_key(user, e2ee::cross_signing::SELF_SIGNING) {
+                if let Ok(Some(k)) = self
+                    .e2ee
+                    .cross_signing_key(user, e2ee::cross_signing::SELF_SIGNING)
+                {
                     content["self_signing_key"] = k;
                 }
                 let key = Some(format!("m.signing_key_update {user}"));
