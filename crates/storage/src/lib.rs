@@ -107,10 +107,14 @@ pub enum Cf {
     /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
     /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
     Push,
+    /// End-to-end encryption (owned by `e2ee`, key layouts in `e2ee::keys`): device keys,
+    /// one-time and fallback keys, cross-signing keys and signatures, the device-list
+    /// change log, to-device inboxes, key backups.
+    E2ee,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 23] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -134,6 +138,7 @@ impl Cf {
         Cf::FederationQueue,
         Cf::Topo,
         Cf::Push,
+        Cf::E2ee,
     ];
 
     pub fn name(self) -> &'static str {
@@ -161,6 +166,7 @@ impl Cf {
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
             Cf::Push => "push",
+            Cf::E2ee => "e2ee",
         }
     }
 }
