@@ -16,7 +16,7 @@
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
 //! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip` (TURN credentials), `thirdparty`
-//! (protocols and 3PIDs: none), `presence` (status and MSC4043 override), `room`
+//! (protocols and 3PIDs: none), `media` (upload, download, thumbnails), `presence` (status and MSC4043 override), `room`
 //! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ mod admin;
 mod blocking;
 mod ephemeral;
 mod filter;
+mod media;
 mod meta;
 mod presence;
 mod profile;
@@ -52,6 +53,7 @@ mod voip;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
+pub use media::MediaConfig;
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
 pub use voip::VoipConfig;
@@ -73,6 +75,8 @@ pub struct ClientApiConfig {
     pub max_sync_timeout_ms: u64,
     /// `[voip]`: TURN servers for `/voip/turnServer`.
     pub voip: VoipConfig,
+    /// `[media]`: the upload size limit.
+    pub media: MediaConfig,
 }
 
 /// Everything handlers need, passed explicitly as axum state.
@@ -94,6 +98,8 @@ pub struct AppState {
         std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
     /// Push rules, notification counts and pushers.
     pub push: Arc<::push::PushService>,
+    /// Uploaded files and their thumbnails.
+    pub media: Arc<::media::MediaService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -123,6 +129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(push::routes())
         .merge(voip::routes())
         .merge(thirdparty::routes())
+        .merge(media::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

@@ -217,6 +217,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
         voip: config.voip.clone(),
+        media: config.media.clone(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
@@ -269,6 +270,10 @@ fn open_services(config: &Config) -> Result<Services, String> {
         rooms.clone(),
     ));
     ephemeral.add_observer(push.clone());
+    let media = Arc::new(
+        media::MediaService::new(db.clone(), config.data_dir.join("media"))
+            .map_err(|e| format!("cannot open the media store: {e}"))?,
+    );
     ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
         rooms: rooms.clone(),
         notifier: notifier.clone(),
@@ -285,6 +290,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         federation_status: Default::default(),
         remote_membership: Default::default(),
         push,
+        media,
     });
     Ok(Services {
         db,

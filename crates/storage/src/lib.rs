@@ -107,10 +107,13 @@ pub enum Cf {
     /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
     /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
     Push,
+    /// `media_id` → media record (content type, file name, size, SHA-256 of the file under
+    /// `<data_dir>/media`, uploader) (owned by `media`).
+    Media,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 23] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -134,6 +137,7 @@ impl Cf {
         Cf::FederationQueue,
         Cf::Topo,
         Cf::Push,
+        Cf::Media,
     ];
 
     pub fn name(self) -> &'static str {
@@ -161,6 +165,7 @@ impl Cf {
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
             Cf::Push => "push",
+            Cf::Media => "media",
         }
     }
 }
