@@ -16,11 +16,11 @@
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
 //! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip`
-//! (TURN credentials), `thirdparty` (protocols and 3PIDs: none), `presence` (status and
-//! MSC4043 override), `room` (room endpoints), `ephemeral` (typing, receipts, read markers),
-//! `sync`; end-to-end encryption: `keys` (upload, query, claim, changes, cross-signing),
-//! `to_device`, `room_keys` (key backup), `device_lists` and `sync_e2ee` (their `/sync`
-//! sections), `remote_keys` (the federation hook).
+//! (TURN credentials), `thirdparty` (protocols and 3PIDs: none), `media` (upload, download,
+//! thumbnails), `presence` (status and MSC4043 override), `room` (room endpoints),
+//! `ephemeral` (typing, receipts, read markers), `sync`; end-to-end encryption: `keys`
+//! (upload, query, claim, changes, cross-signing), `to_device`, `room_keys` (key backup),
+//! `device_lists` and `sync_e2ee` (their `/sync` sections), `remote_keys` (the federation hook).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -47,6 +47,7 @@ mod device_lists;
 mod ephemeral;
 mod filter;
 mod keys;
+mod media;
 mod meta;
 mod presence;
 mod profile;
@@ -62,6 +63,7 @@ mod to_device;
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
 pub use keys::{device_names, wake_device_list};
+pub use media::MediaConfig;
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
 pub use voip::VoipConfig;
@@ -83,6 +85,8 @@ pub struct ClientApiConfig {
     pub max_sync_timeout_ms: u64,
     /// `[voip]`: TURN servers for `/voip/turnServer`.
     pub voip: VoipConfig,
+    /// `[media]`: the upload size limit.
+    pub media: MediaConfig,
 }
 
 /// Everything handlers need, passed explicitly as axum state.
@@ -109,6 +113,8 @@ pub struct AppState {
     /// Key queries, claims, to-device messages and device-list updates for other servers,
     /// once federation runs.
     pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
+    /// Uploaded files and their thumbnails.
+    pub media: Arc<::media::MediaService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -141,6 +147,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(keys::routes())
         .merge(to_device::routes())
         .merge(room_keys::routes())
+        .merge(media::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

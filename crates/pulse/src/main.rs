@@ -218,6 +218,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
         voip: config.voip.clone(),
+        media: config.media.clone(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
@@ -270,6 +271,10 @@ fn open_services(config: &Config) -> Result<Services, String> {
         rooms.clone(),
     ));
     ephemeral.add_observer(push.clone());
+    let media = Arc::new(
+        media::MediaService::new(db.clone(), config.data_dir.join("media"))
+            .map_err(|e| format!("cannot open the media store: {e}"))?,
+    );
     ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
         rooms: rooms.clone(),
         notifier: notifier.clone(),
@@ -288,6 +293,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         push,
         e2ee: Arc::new(e2ee::E2eeService::new(db.clone())),
         remote_keys: Default::default(),
+        media,
     });
     Ok(Services {
         db,

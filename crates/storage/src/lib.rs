@@ -111,10 +111,13 @@ pub enum Cf {
     /// one-time and fallback keys, cross-signing keys and signatures, the device-list
     /// change log, to-device inboxes, key backups.
     E2ee,
+    /// `media_id` → media record (content type, file name, size, SHA-256 of the file under
+    /// `<data_dir>/media`, uploader) (owned by `media`).
+    Media,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 24] = [
+    pub const ALL: [Cf; 25] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -139,6 +142,7 @@ impl Cf {
         Cf::Topo,
         Cf::Push,
         Cf::E2ee,
+        Cf::Media,
     ];
 
     pub fn name(self) -> &'static str {
@@ -167,6 +171,7 @@ impl Cf {
             Cf::Topo => "topo",
             Cf::Push => "push",
             Cf::E2ee => "e2ee",
+            Cf::Media => "media",
         }
     }
 }
