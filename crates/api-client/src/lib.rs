@@ -15,7 +15,8 @@
 //!
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
-//! `profile`, `account_data`, `filter`, `presence` (status and MSC4043 override), `room`
+//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip` (TURN credentials), `thirdparty`
+//! (protocols and 3PIDs: none), `presence` (status and MSC4043 override), `room`
 //! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`; end-to-end
 //! encryption: `keys` (upload, query, claim, changes, cross-signing), `to_device`,
 //! `room_keys` (key backup), `device_lists` and `sync_e2ee` (their `/sync` sections),
@@ -49,17 +50,21 @@ mod keys;
 mod meta;
 mod presence;
 mod profile;
+mod push;
 mod room;
 mod room_keys;
 mod sync;
 mod sync_e2ee;
 mod to_device;
+mod thirdparty;
+mod voip;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
 pub use keys::{device_names, wake_device_list};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
+pub use voip::VoipConfig;
 
 /// Settings the client API needs (built by the `pulse` binary from its config file).
 #[derive(Debug, Clone)]
@@ -76,6 +81,8 @@ pub struct ClientApiConfig {
     pub rate_limit: RateLimitConfig,
     /// Upper bound for a `/sync` `timeout`, in milliseconds.
     pub max_sync_timeout_ms: u64,
+    /// `[voip]`: TURN servers for `/voip/turnServer`.
+    pub voip: VoipConfig,
 }
 
 /// Everything handlers need, passed explicitly as axum state.
@@ -100,6 +107,8 @@ pub struct AppState {
     /// Key queries, claims, to-device messages and device-list updates for other servers,
     /// once federation runs.
     pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
+    /// Push rules, notification counts and pushers.
+    pub push: Arc<::push::PushService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -129,6 +138,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(keys::routes())
         .merge(to_device::routes())
         .merge(room_keys::routes())
+        .merge(push::routes())
+        .merge(voip::routes())
+        .merge(thirdparty::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

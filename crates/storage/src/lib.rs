@@ -105,10 +105,16 @@ pub enum Cf {
     /// one-time and fallback keys, cross-signing keys and signatures, the device-list
     /// change log, to-device inboxes, key backups.
     E2ee,
+    /// Push notifications (owned by `push`): `"n" 0xFF user 0xFF room 0xFF pos` → a
+    /// notification; `"u" 0xFF user 0xFF pos` → room id (the user's notifications in stream
+    /// order); `"c" 0xFF user 0xFF room 0xFF` → evaluated up to pos; `"r" 0xFF user 0xFF room
+    /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
+    /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
+    Push,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 23] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -132,6 +138,7 @@ impl Cf {
         Cf::FederationQueue,
         Cf::Topo,
         Cf::E2ee,
+        Cf::Push,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +166,7 @@ impl Cf {
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
             Cf::E2ee => "e2ee",
+            Cf::Push => "push",
         }
     }
 }
