@@ -55,8 +55,8 @@ mod room;
 mod room_keys;
 mod sync;
 mod sync_e2ee;
-mod to_device;
 mod thirdparty;
+mod to_device;
 mod voip;
 
 pub use ephemeral::SyncWakeObserver;
