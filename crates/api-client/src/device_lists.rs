@@ -4,8 +4,9 @@
 //!
 //! * `changed`: users whose device list changed and who share a joined room with the
 //!   viewer now (the viewer included: their other devices care), plus everyone who
-//!   *started* sharing a room with the viewer in the range (the viewer joined a room, or
-//!   someone joined one of the viewer's rooms): the viewer has never tracked their devices;
+//!   *started* sharing a room with the viewer in the range (the viewer joined a room —
+//!   then the viewer too —, or someone joined one of the viewer's rooms): the viewer has
+//!   never tracked their devices;
 //! * `left`: users who shared a room with the viewer and share none now (the viewer left,
 //!   or they did).
 //!
@@ -50,8 +51,9 @@ pub(crate) fn device_list_delta(
     if now <= since {
         return Ok((changed, maybe_left));
     }
-    // Users the viewer started sharing a room with (never the viewer: joining a room does
-    // not change one's own devices).
+    // Users the viewer started sharing a room with. When the viewer joined a room this
+    // includes the viewer, as Synapse does (Complement's TestDeviceListsUpdateOverFederation
+    // expects it): their other devices learn that new users may now track them.
     let mut started = BTreeSet::new();
     let device_changes = state.e2ee.device_list_changes(since, now)?;
     for ur in state
@@ -139,7 +141,6 @@ pub(crate) fn device_list_delta(
             changed.insert(u);
         }
     }
-    started.remove(viewer);
     changed.extend(started);
     let left: BTreeSet<OwnedUserId> = maybe_left
         .into_iter()
