@@ -15,12 +15,12 @@
 //!
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
-//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip` (TURN credentials), `thirdparty`
-//! (protocols and 3PIDs: none), `presence` (status and MSC4043 override), `room`
-//! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`; end-to-end
-//! encryption: `keys` (upload, query, claim, changes, cross-signing), `to_device`,
-//! `room_keys` (key backup), `device_lists` and `sync_e2ee` (their `/sync` sections),
-//! `remote_keys` (the federation hook).
+//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip`
+//! (TURN credentials), `thirdparty` (protocols and 3PIDs: none), `presence` (status and
+//! MSC4043 override), `room` (room endpoints), `ephemeral` (typing, receipts, read markers),
+//! `sync`; end-to-end encryption: `keys` (upload, query, claim, changes, cross-signing),
+//! `to_device`, `room_keys` (key backup), `device_lists` and `sync_e2ee` (their `/sync`
+//! sections), `remote_keys` (the federation hook).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -54,10 +54,10 @@ mod push;
 mod room;
 mod room_keys;
 mod sync;
-mod sync_e2ee;
 mod thirdparty;
-mod to_device;
 mod voip;
+mod sync_e2ee;
+mod to_device;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
@@ -102,13 +102,13 @@ pub struct AppState {
     /// Joins, leaves and invites that need another server, once federation runs.
     pub remote_membership:
         std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
+    /// Push rules, notification counts and pushers.
+    pub push: Arc<::push::PushService>,
     /// End-to-end encryption: device keys, one-time keys, to-device, key backup.
     pub e2ee: Arc<e2ee::E2eeService>,
     /// Key queries, claims, to-device messages and device-list updates for other servers,
     /// once federation runs.
     pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
-    /// Push rules, notification counts and pushers.
-    pub push: Arc<::push::PushService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -135,12 +135,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(room::routes())
         .merge(ephemeral::routes())
         .merge(sync::routes())
-        .merge(keys::routes())
-        .merge(to_device::routes())
-        .merge(room_keys::routes())
         .merge(push::routes())
         .merge(voip::routes())
         .merge(thirdparty::routes())
+        .merge(keys::routes())
+        .merge(to_device::routes())
+        .merge(room_keys::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

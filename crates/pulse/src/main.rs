@@ -285,9 +285,9 @@ fn open_services(config: &Config) -> Result<Services, String> {
         ephemeral,
         federation_status: Default::default(),
         remote_membership: Default::default(),
+        push,
         e2ee: Arc::new(e2ee::E2eeService::new(db.clone())),
         remote_keys: Default::default(),
-        push,
     });
     Ok(Services {
         db,

@@ -101,16 +101,16 @@ pub enum Cf {
     /// `room_id 0xFF depth pos` → event id: a room's timeline in topological order (depth,
     /// then stream position), for `/messages` and `/context` (owned by `rooms`).
     Topo,
-    /// End-to-end encryption (owned by `e2ee`, key layouts in `e2ee::keys`): device keys,
-    /// one-time and fallback keys, cross-signing keys and signatures, the device-list
-    /// change log, to-device inboxes, key backups.
-    E2ee,
     /// Push notifications (owned by `push`): `"n" 0xFF user 0xFF room 0xFF pos` → a
     /// notification; `"u" 0xFF user 0xFF pos` → room id (the user's notifications in stream
     /// order); `"c" 0xFF user 0xFF room 0xFF` → evaluated up to pos; `"r" 0xFF user 0xFF room
     /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
     /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
     Push,
+    /// End-to-end encryption (owned by `e2ee`, key layouts in `e2ee::keys`): device keys,
+    /// one-time and fallback keys, cross-signing keys and signatures, the device-list
+    /// change log, to-device inboxes, key backups.
+    E2ee,
 }
 
 impl Cf {
@@ -137,8 +137,8 @@ impl Cf {
         Cf::ReceiptStream,
         Cf::FederationQueue,
         Cf::Topo,
-        Cf::E2ee,
         Cf::Push,
+        Cf::E2ee,
     ];
 
     pub fn name(self) -> &'static str {
@@ -165,8 +165,8 @@ impl Cf {
             Cf::ReceiptStream => "receipt_stream",
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
-            Cf::E2ee => "e2ee",
             Cf::Push => "push",
+            Cf::E2ee => "e2ee",
         }
     }
 }
