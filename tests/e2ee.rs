@@ -304,6 +304,23 @@ async fn device_list_changes_reach_room_mates() {
     assert_eq!(st, 200, "{ch}");
     assert_eq!(ch["changed"], json!([bob.user_id.clone()]), "{ch}");
 
+    // Renaming a device with keys is a change too (the name is shown with the keys).
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/devices/{}", enc(&bob2.device_id)),
+            Some(&bob2.token),
+            json!({ "display_name": "laptop" }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let r = sync_until(&s, &alice, &to, |r| {
+        r["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == &bob.user_id))
+    })
+    .await;
+    let to = next_batch(&r);
+
     // Carol shares no room with bob: she is not told.
     let r = sync(&s, &carol, &format!("since={carol_since}&timeout=0")).await;
     assert_eq!(r["device_lists"]["changed"], json!([]), "{r}");

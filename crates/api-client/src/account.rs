@@ -583,6 +583,7 @@ async fn put_device(
     state
         .accounts
         .update_device(&auth.user_id, device_id.as_str().into(), body.display_name)?;
+    crate::keys::device_renamed(&state, &auth.user_id, device_id.as_str().into()).await;
     Ok(Json(json!({})))
 }
 

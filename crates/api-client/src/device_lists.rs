@@ -4,13 +4,16 @@
 //!
 //! * `changed`: users whose device list changed and who share a joined room with the
 //!   viewer now (the viewer included: their other devices care), plus everyone who
-//!   *started* sharing a room with the viewer in the range (the viewer joined a room, or
-//!   someone joined one of the viewer's rooms): the viewer has never tracked their devices;
+//!   *started* sharing a room with the viewer in the range (the viewer joined a room —
+//!   then the viewer too —, or someone joined one of the viewer's rooms): the viewer has
+//!   never tracked their devices;
 //! * `left`: users who shared a room with the viewer and share none now (the viewer left,
 //!   or they did).
 //!
 //! Membership changes in the range come from the viewer's own membership positions and,
-//! for rooms with activity in the range, a diff of the member state at `since` and now.
+//! for rooms with activity in the range, the member events of the range (or, past
+//! [`MEMBER_SCAN`] events, a diff of the member state at `since` and now). The set of users
+//! sharing a room with the viewer is only read when a change needs filtering.
 use std::collections::BTreeSet;
 
 use ruma::{OwnedUserId, UserId};
@@ -21,6 +24,10 @@ use crate::error::{ApiResult, MatrixError};
 fn room_err(e: rooms::RoomError) -> MatrixError {
     e.into()
 }
+
+/// Events of a room read to find membership changes since the token; past that, the
+/// member state at the token and now is compared instead.
+const MEMBER_SCAN: usize = 100;
 
 /// Users sharing a joined room with `user` now (not including `user`).
 pub(crate) fn shared_users(state: &AppState, user: &UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
@@ -44,15 +51,11 @@ pub(crate) fn device_list_delta(
     if now <= since {
         return Ok((changed, maybe_left));
     }
-    // Users the viewer started sharing a room with (never the viewer: joining a room does
-    // not change one's own devices).
+    // Users the viewer started sharing a room with. When the viewer joined a room this
+    // includes the viewer, as Synapse does (Complement's TestDeviceListsUpdateOverFederation
+    // expects it): their other devices learn that new users may now track them.
     let mut started = BTreeSet::new();
-    let shared = shared_users(state, viewer)?;
-    for u in state.e2ee.device_list_changes(since, now)? {
-        if u == viewer || shared.contains(&u) {
-            changed.insert(u);
-        }
-    }
+    let device_changes = state.e2ee.device_list_changes(since, now)?;
     for ur in state
         .rooms
         .rooms_for_user_with_forgotten(viewer)
@@ -87,7 +90,25 @@ pub(crate) fn device_list_delta(
         {
             continue;
         }
-        // Someone else's membership may have changed in a room the viewer stayed in.
+        // Someone else's membership may have changed in a room the viewer stayed in. The
+        // common case (a few events since the token) reads them; only a long gap diffs the
+        // room's member state.
+        let (events, more) = state
+            .rooms
+            .timeline(room, Some(since), now, MEMBER_SCAN)
+            .map_err(room_err)?;
+        if !more {
+            for ev in events.iter().filter(|e| e.kind() == "m.room.member") {
+                let Some(u) = ev.state_key().and_then(|k| OwnedUserId::try_from(k).ok()) else {
+                    continue;
+                };
+                match state.rooms.membership_state(room, &u).map_err(room_err)? {
+                    Some(rooms::Membership::Join) => started.insert(u),
+                    _ => maybe_left.insert(u),
+                };
+            }
+            continue;
+        }
         let before = state
             .rooms
             .state_at_position(room, since)
@@ -110,7 +131,16 @@ pub(crate) fn device_list_delta(
             }
         }
     }
-    started.remove(viewer);
+    // Who shares a room with the viewer now: read only when something needs the answer.
+    if device_changes.is_empty() && maybe_left.is_empty() && started.is_empty() {
+        return Ok((changed, maybe_left));
+    }
+    let shared = shared_users(state, viewer)?;
+    for u in device_changes {
+        if u == viewer || shared.contains(&u) {
+            changed.insert(u);
+        }
+    }
     changed.extend(started);
     let left: BTreeSet<OwnedUserId> = maybe_left
         .into_iter()

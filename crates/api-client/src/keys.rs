@@ -117,6 +117,41 @@ pub(crate) async fn device_deleted(state: &Arc<AppState>, user: &UserId, device:
     }
 }
 
+/// A device's display name changed: for a device with keys that is a device-list change
+/// (room-mates show the name next to the keys). Failures are logged.
+pub(crate) async fn device_renamed(state: &Arc<AppState>, user: &UserId, device: &ruma::DeviceId) {
+    let (st, user, device) = (state.clone(), user.to_owned(), device.to_owned());
+    let done = blocking(move || {
+        let changed = st
+            .e2ee
+            .device_keys(&user, &device)
+            .map(|k| k.is_some())
+            .and_then(|has| {
+                has.then(|| st.e2ee.mark_device_list_changed(&user))
+                    .transpose()
+            });
+        match changed {
+            Ok(Some(pos)) => {
+                wake_device_list(&st, &user, pos);
+                announce(
+                    &st,
+                    &user,
+                    DeviceChange::Device {
+                        device_id: device,
+                        deleted: false,
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%user, "could not record a device rename: {e}"),
+        }
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::warn!("recording a device rename failed: {:?}", e.message);
+    }
+}
+
 fn is_local(state: &AppState, user: &UserId) -> bool {
     user.server_name() == state.config.server_name
 }

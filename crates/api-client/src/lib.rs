@@ -55,10 +55,10 @@ mod push;
 mod room;
 mod room_keys;
 mod sync;
-mod thirdparty;
-mod voip;
 mod sync_e2ee;
+mod thirdparty;
 mod to_device;
+mod voip;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};

@@ -22,13 +22,18 @@ use serde_json::{Value, json};
 use crate::FederationState;
 use crate::reads::ReadError;
 
+/// Wakes these local users' `/sync`s at a stream position.
+pub type WakeUsers = Arc<dyn Fn(&[&UserId], u64) + Send + Sync>;
+/// Wakes everyone sharing a room with this user, at a stream position.
+pub type WakeDeviceList = Arc<dyn Fn(&UserId, u64) + Send + Sync>;
+
 /// The e2ee store and how to wake local `/sync`s (installed by the binary).
 pub struct E2eeState {
     pub e2ee: Arc<e2ee::E2eeService>,
     /// Wake these local users' `/sync`s at a stream position (to-device messages).
-    pub wake_users: Arc<dyn Fn(&[&UserId], u64) + Send + Sync>,
+    pub wake_users: WakeUsers,
     /// Wake everyone sharing a room with this user (their device list changed).
-    pub wake_device_list: Arc<dyn Fn(&UserId, u64) + Send + Sync>,
+    pub wake_device_list: WakeDeviceList,
 }
 
 type KeysResult = Result<Json<Value>, ReadError>;

@@ -352,7 +352,6 @@ async fn serve(config: Config) -> Result<(), String> {
             client: client.clone(),
             sender: fed.sender(),
             rooms: s.rooms.clone(),
-            accounts: s.accounts.clone(),
             e2ee: s.e2ee.clone(),
         }));
         let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());

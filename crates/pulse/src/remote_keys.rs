@@ -22,7 +22,6 @@ pub struct Remote {
     pub client: FederationClient,
     pub sender: Sender,
     pub rooms: Arc<rooms::RoomService>,
-    pub accounts: Arc<accounts::AccountService>,
     pub e2ee: Arc<e2ee::E2eeService>,
 }
 
@@ -109,15 +108,9 @@ impl RemoteKeys for Remote {
                     "user_id": user, "device_id": device_id, "stream_id": stream_id,
                     "prev_id": [], "deleted": deleted,
                 });
-                if !deleted {
-                    if let Ok(Some(keys)) = self.e2ee.device_keys(user, &device_id) {
-                        content["keys"] = keys;
-                    }
-                    if let Ok(Some(d)) = self.accounts.device(user, &device_id)
-                        && let Some(name) = d.display_name
-                    {
-                        content["device_display_name"] = json!(name);
-                    }
+                // Keys only: device names stay on this server (docs/decisions.md).
+                if !deleted && let Ok(Some(keys)) = self.e2ee.device_keys(user, &device_id) {
+                    content["keys"] = keys;
                 }
                 self.queue(&servers, None, "m.device_list_update", &content);
             }
