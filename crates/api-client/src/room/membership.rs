@@ -89,7 +89,30 @@ async fn create_room(
     })?;
     let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
     wake(&state, &room, pos, &extra).await;
+    push_remote_invites(&state, &room, &invited).await;
     Ok(Json(json!({ "room_id": room })))
+}
+
+/// The invites of `createRoom` are events of the new room, sent to nobody yet: each remote
+/// invitee's server is told with `PUT /v2/invite`. A server that cannot be reached does not
+/// undo the room (as with Synapse); its user can still be invited again.
+async fn push_remote_invites(state: &Arc<AppState>, room: &ruma::RoomId, invited: &[ruma::OwnedUserId]) {
+    let Some(remote) = remote(state) else {
+        return;
+    };
+    for user in invited {
+        if user.server_name() == state.config.server_name {
+            continue;
+        }
+        let (r, u) = (room.to_owned(), user.clone());
+        let record = blocking(state, move |rooms| rooms.membership(&r, &u)).await;
+        let Ok(Some(record)) = record else {
+            continue;
+        };
+        if let Err(e) = remote.push_invite(room.to_owned(), record.event_id).await {
+            tracing::warn!(%room, invitee = %user, error = %e.message, "createRoom invite not delivered");
+        }
+    }
 }
 
 /// The body of a join: extra member content (e.g. `reason`).
