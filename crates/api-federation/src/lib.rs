@@ -12,7 +12,8 @@
 //! bounds, per-(origin, txn) idempotency, presence / typing / receipt EDUs; `inbound`: each PDU
 //! through ACL and sender checks, keys valid at its time (`verify`), `rooms::receive_pdu`, and
 //! the missing events it asks for); the reads `/event`, `/state`, `/state_ids`, `/backfill`,
-//! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility)
+//! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility),
+//! a withdrawn invite for a room we have no state of (`rescind`)
 //! and `/query/profile`, `/query/directory`, `/publicRooms` (`queries`); `m.room.server_acl`
 //! (`acl`). Joins, leaves and invites live in `membership` (another owner). A path we do not
 //! serve gets `404 M_UNRECOGNIZED` and a method we do not serve on a path we do
@@ -27,6 +28,7 @@ mod keys;
 pub mod membership;
 mod queries;
 mod reads;
+mod rescind;
 mod send;
 mod verify;
 
