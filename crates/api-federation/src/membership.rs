@@ -312,11 +312,19 @@ async fn v1_answer(resp: Response) -> Response {
     match axum::body::to_bytes(resp.into_body(), 256 * 1024 * 1024).await {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) => Json(json!([200, v])).into_response(),
-            Err(_) => Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "internal error")
-                .into_response(),
-        },
-        Err(_) => Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "internal error")
+            Err(_) => Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "internal error",
+            )
             .into_response(),
+        },
+        Err(_) => Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "internal error",
+        )
+        .into_response(),
     }
 }
 

@@ -72,7 +72,10 @@ pub(crate) async fn rescinded_invite(
         }
         let invite = rooms.event(&rec.event_id).ok()??;
         let stripped = rooms.invite_state(&r, &u).ok()?;
-        Some((invite.sender().to_owned(), version_from_invite_state(&stripped)?))
+        Some((
+            invite.sender().to_owned(),
+            version_from_invite_state(&stripped)?,
+        ))
     })
     .await
     .ok()??;
@@ -88,10 +91,7 @@ pub(crate) async fn rescinded_invite(
         ));
     }
     if OwnedUserId::try_from(inviter.as_str()).map_or(true, |u| u.server_name() != origin) {
-        return Some((
-            id,
-            Err(format!("the inviter {inviter} is not on {origin}")),
-        ));
+        return Some((id, Err(format!("the inviter {inviter} is not on {origin}"))));
     }
     let mut memo = KeyMemo::new();
     let pdu = match verify_pdu(&*state.remote_keys, &rules, pdu, &mut memo).await {
@@ -100,8 +100,7 @@ pub(crate) async fn rescinded_invite(
     };
     let (rooms, r, u) = (state.rooms.clone(), room.to_owned(), user.clone());
     let recorded =
-        tokio::task::spawn_blocking(move || rooms.record_remote_leave(&r, &u, &version, pdu))
-            .await;
+        tokio::task::spawn_blocking(move || rooms.record_remote_leave(&r, &u, &version, pdu)).await;
     let sent = match recorded {
         Ok(Ok(sent)) => sent,
         Ok(Err(e)) => return Some((id, Err(e.to_string()))),

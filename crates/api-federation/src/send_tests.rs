@@ -351,8 +351,18 @@ async fn forwarded_joins_need_their_senders_signature() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["pdus"][forwarded_id.as_str()], json!({}), "{answer}");
     assert!(error_of(&answer, &forged_id).is_some(), "{answer}");
-    assert!(fx.state.rooms.is_joined(&room, &uid("@carol:c.test")).unwrap());
-    assert!(!fx.state.rooms.is_joined(&room, &uid("@erin:c.test")).unwrap());
+    assert!(
+        fx.state
+            .rooms
+            .is_joined(&room, &uid("@carol:c.test"))
+            .unwrap()
+    );
+    assert!(
+        !fx.state
+            .rooms
+            .is_joined(&room, &uid("@erin:c.test"))
+            .unwrap()
+    );
     assert!(!stored(&fx, &forged_id));
 }
 

@@ -277,8 +277,16 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     );
 
     // Signed for one URI, sent to another: the signature covers the raw URI.
-    let mut req = signed(&origin, "b.test", "GET", "/_matrix/federation/v1/publicRooms", "");
-    *req.uri_mut() = "/_matrix/federation/v1/publicRooms?limit=2".parse().unwrap();
+    let mut req = signed(
+        &origin,
+        "b.test",
+        "GET",
+        "/_matrix/federation/v1/publicRooms",
+        "",
+    );
+    *req.uri_mut() = "/_matrix/federation/v1/publicRooms?limit=2"
+        .parse()
+        .unwrap();
     let (status, body) = call(&app, req).await;
     assert_eq!(status, 401);
     assert!(
@@ -297,14 +305,26 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     );
     let (status, _) = call(
         &app,
-        signed(&forger, "b.test", "GET", "/_matrix/federation/v1/publicRooms", ""),
+        signed(
+            &forger,
+            "b.test",
+            "GET",
+            "/_matrix/federation/v1/publicRooms",
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 401);
 
     let (status, body) = call(
         &app,
-        signed(&origin, "c.test", "GET", "/_matrix/federation/v1/publicRooms", ""),
+        signed(
+            &origin,
+            "c.test",
+            "GET",
+            "/_matrix/federation/v1/publicRooms",
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 401);
@@ -316,7 +336,13 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     let (expired_app, origin) = setup(1);
     let (status, body) = call(
         &expired_app,
-        signed(&origin, "b.test", "GET", "/_matrix/federation/v1/publicRooms", ""),
+        signed(
+            &origin,
+            "b.test",
+            "GET",
+            "/_matrix/federation/v1/publicRooms",
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 401);

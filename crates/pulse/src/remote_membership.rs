@@ -157,7 +157,13 @@ impl RemoteMembership for Remote {
                 Ok::<_, rooms::RoomError>((version, event, rooms.invite_room_state_pdus(&r)?))
             })
             .await
-            .map_err(|_| MatrixError::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "invite task failed"))??;
+            .map_err(|_| {
+                MatrixError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "invite task failed",
+                )
+            })??;
             let (Some(version), Some(event)) = (version, event) else {
                 return Err(MatrixError::not_found("no such invite"));
             };
@@ -184,7 +190,9 @@ impl RemoteMembership for Remote {
                 .2
                 .request(axum::http::Method::PUT, &server, &path, Some(&body))
                 .await
-                .map_err(|e| MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string()))?;
+                .map_err(|e| {
+                    MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
+                })?;
             if resp.status != 200 {
                 return Err(MatrixError::new(
                     StatusCode::BAD_GATEWAY,
@@ -200,12 +208,7 @@ impl RemoteMembership for Remote {
         &self,
         alias: OwnedRoomAliasId,
     ) -> BoxFuture<'_, Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError>> {
-        Box::pin(async move {
-            self.0
-                .resolve_remote_alias(&alias)
-                .await
-                .map_err(to_matrix)
-        })
+        Box::pin(async move { self.0.resolve_remote_alias(&alias).await.map_err(to_matrix) })
     }
 
     fn profile(
@@ -227,7 +230,9 @@ impl RemoteMembership for Remote {
                 .2
                 .request(axum::http::Method::GET, &server, &path, None)
                 .await
-                .map_err(|e| MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string()))?;
+                .map_err(|e| {
+                    MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
+                })?;
             if resp.status == 404 {
                 return Err(MatrixError::not_found("Profile not found"));
             }

@@ -275,7 +275,8 @@ fn auth_rejections() {
     )));
     // A private chat lets every member invite (Synapse's preset); once the room asks 50
     // for invites, a plain member cannot.
-    svc.invite(&bob, &room, &carol, None).expect("member invites in a private chat");
+    svc.invite(&bob, &room, &carol, None)
+        .expect("member invites in a private chat");
     let mut pl = svc
         .current_state_event(&room, "m.room.power_levels", "")
         .unwrap()

@@ -96,7 +96,11 @@ async fn create_room(
 /// The invites of `createRoom` are events of the new room, sent to nobody yet: each remote
 /// invitee's server is told with `PUT /v2/invite`. A server that cannot be reached does not
 /// undo the room (as with Synapse); its user can still be invited again.
-async fn push_remote_invites(state: &Arc<AppState>, room: &ruma::RoomId, invited: &[ruma::OwnedUserId]) {
+async fn push_remote_invites(
+    state: &Arc<AppState>,
+    room: &ruma::RoomId,
+    invited: &[ruma::OwnedUserId],
+) {
     let Some(remote) = remote(state) else {
         return;
     };
@@ -259,10 +263,14 @@ async fn leave(
     }
     let leave = || {
         let (user, r, reason) = (user.clone(), room.clone(), body.reason.clone());
-        blocking(&state, move |rooms| rooms.leave(&user, &r, reason.as_deref()))
+        blocking(&state, move |rooms| {
+            rooms.leave(&user, &r, reason.as_deref())
+        })
     };
     let sent = match leave().await {
-        Err(RoomError::Forbidden(_)) if awaited_remote_invite(&state, room.as_str(), &user).await => {
+        Err(RoomError::Forbidden(_))
+            if awaited_remote_invite(&state, room.as_str(), &user).await =>
+        {
             leave().await?
         }
         r => r?,
