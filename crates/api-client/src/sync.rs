@@ -313,16 +313,20 @@ fn build_response(
                     None => room_filter.include_leave,
                 };
                 if report {
-                    let section = left_room(
-                        state,
-                        auth,
-                        room_id,
-                        since,
-                        ur.pos,
-                        timeline_limit,
-                        room_filter,
-                        now_ts,
-                    )?;
+                    let section = if state.rooms.room_exists(room_id).map_err(room_err)? {
+                        left_room(
+                            state,
+                            auth,
+                            room_id,
+                            since,
+                            ur.pos,
+                            timeline_limit,
+                            room_filter,
+                            now_ts,
+                        )?
+                    } else {
+                        left_remote_room(state, auth, &ur.event_id, now_ts)?
+                    };
                     body.leave.insert(room_id.to_string(), section);
                 }
             }
@@ -506,6 +510,28 @@ fn left_room(
         obj.remove("summary");
     }
     Ok(section)
+}
+
+/// A left room this server has no state of (a rejected or rescinded remote invite): the
+/// leave event, stored as an outlier, is the whole timeline.
+fn left_remote_room(
+    state: &AppState,
+    auth: &Auth,
+    leave: &ruma::EventId,
+    now_ts: u64,
+) -> ApiResult<Value> {
+    let events: Vec<Value> = state
+        .rooms
+        .event(leave)
+        .map_err(room_err)?
+        .map(|ev| ev.to_client_event(Some((&auth.user_id, &auth.device_id)), now_ts))
+        .into_iter()
+        .collect();
+    Ok(json!({
+        "account_data": { "events": [] },
+        "state": { "events": [] },
+        "timeline": { "events": events, "limited": false },
+    }))
 }
 
 /// Events scanned at most for one room's filtered timeline (a filter that matches almost

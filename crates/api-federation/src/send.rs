@@ -161,8 +161,17 @@ async fn handle_pdu(
     };
     let version = match state.rooms.room_version(&room) {
         Ok(Some(v)) => v,
-        _ => {
-            tracing::info!(%origin, %room, "skipped a PDU for a room we are not in");
+        Ok(None) => {
+            // The one PDU of a room we have no state of that concerns us: the inviter
+            // withdrawing our user's invite.
+            let found = crate::rescind::rescinded_invite(state, origin, &room, pdu).await;
+            if found.is_none() {
+                tracing::info!(%origin, %room, "skipped a PDU for a room we are not in");
+            }
+            return found;
+        }
+        Err(e) => {
+            tracing::warn!(%origin, %room, "skipped a PDU: cannot read the room: {e}");
             return None;
         }
     };

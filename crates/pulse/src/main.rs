@@ -347,6 +347,7 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = s.remote_membership.set(Arc::new(remote_membership::Remote(
             membership,
             s.rooms.clone(),
+            client.clone(),
         )));
         let _ = s.remote_keys.set(Arc::new(remote_keys::Remote {
             client: client.clone(),
@@ -378,6 +379,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .with_peer_observer(fed.peer_observer())
             .with_e2ee(e2ee_state)
             .with_membership(Arc::new(api_federation::membership::MembershipState {
+                forward: Some(fed.resident_forwarder(s.presence.clone())),
                 rooms: s.rooms.clone(),
                 wake: Arc::new(move |room, pos, extra| {
                     api_client::wake_room_members(&app_state, room, pos, extra)

@@ -275,8 +275,19 @@ fn auth_rejections() {
         "",
         json!({"users": {bob.as_str(): 100}})
     )));
-    // Invite needs 50.
-    assert!(is_forbidden(svc.invite(&bob, &room, &carol, None)));
+    // A private chat lets every member invite (Synapse's preset); once the room asks 50
+    // for invites, a plain member cannot.
+    svc.invite(&bob, &room, &carol, None)
+        .expect("member invites in a private chat");
+    let mut pl = svc
+        .current_state_event(&room, "m.room.power_levels", "")
+        .unwrap()
+        .unwrap()
+        .content();
+    pl["invite"] = json!(50);
+    svc.send_state_event(&alice, &room, "m.room.power_levels", "", pl)
+        .expect("admin raises the invite level");
+    assert!(is_forbidden(svc.invite(&bob, &room, &user("dave"), None)));
     // Kick/ban by a non-moderator.
     assert!(is_forbidden(svc.kick(&bob, &room, &alice, None)));
     assert!(is_forbidden(svc.ban(&bob, &room, &alice, None)));
