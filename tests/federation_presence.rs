@@ -204,7 +204,8 @@ async fn membership(s: &TestServer, viewer: &User, room: &str, user: &str) -> Op
         return None;
     }
     body["chunk"].as_array()?.iter().find_map(|e| {
-        (e["state_key"] == user).then(|| e["content"]["membership"].as_str().unwrap_or("").to_owned())
+        (e["state_key"] == user)
+            .then(|| e["content"]["membership"].as_str().unwrap_or("").to_owned())
     })
 }
 
@@ -223,7 +224,10 @@ async fn join_remote(b: &TestServer, user: &User, room: &str, a: &TestServer, a_
         .await;
     assert_eq!(status, 200, "remote join: {resp}");
     until_async("the resident server sees the join", || async {
-        membership(a, a_viewer, room, &user.user_id).await.as_deref() == Some("join")
+        membership(a, a_viewer, room, &user.user_id)
+            .await
+            .as_deref()
+            == Some("join")
     })
     .await;
 }
@@ -335,16 +339,16 @@ async fn typing_and_read_receipts_flow_both_ways_between_two_pulse_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restricted_update_reaches_only_the_allowed_users_of_a_trusted_pulse_peer() {
     // A trusts B to honour allowed_recipients (B is a Pulse).
-    let (a, b, alice, on_b, _room) = two_servers(
-        "allowed_recipients_peers = [\"{B}\"]",
-        &["bob", "carol"],
-    )
-    .await;
+    let (a, b, alice, on_b, _room) =
+        two_servers("allowed_recipients_peers = [\"{B}\"]", &["bob", "carol"]).await;
     let (bob, carol) = (&on_b[0], &on_b[1]);
 
     // Both see an unrestricted update first: the path works for carol too.
     set_presence(&a, &alice, "online", "everyone").await;
-    until_async("bob sees alice", || sees(&b, bob, &alice.user_id, "everyone")).await;
+    until_async("bob sees alice", || {
+        sees(&b, bob, &alice.user_id, "everyone")
+    })
+    .await;
     until_async("carol sees alice", || {
         sees(&b, carol, &alice.user_id, "everyone")
     })
@@ -383,7 +387,8 @@ async fn a_restricted_update_reaches_only_the_allowed_users_of_a_trusted_pulse_p
     assert!(
         presence_in_sync(&r, &alice.user_id)
             .iter()
-            .all(|e| e["content"]["status_msg"] != "only bob" && e["content"]["presence"] != "online"),
+            .all(|e| e["content"]["status_msg"] != "only bob"
+                && e["content"]["presence"] != "online"),
         "carol's /sync must not carry it: {}",
         r["presence"]
     );
@@ -419,7 +424,10 @@ async fn ignoring_a_remote_user_stops_sending_to_their_server_when_it_is_not_tru
         .await;
     assert_eq!(status, 200, "{resp}");
     set_presence(&a, &alice, "online", "hello").await;
-    until_async("carol sees alice", || sees(&b, carol, &alice.user_id, "hello")).await;
+    until_async("carol sees alice", || {
+        sees(&b, carol, &alice.user_id, "hello")
+    })
+    .await;
     until_async("bob sees alice", || sees(&b, bob, &alice.user_id, "hello")).await;
 
     // Alice ignores carol: B would show alice's updates to carol, so B gets a final offline

@@ -722,7 +722,10 @@ async fn a_restart_re_sends_the_presence_of_online_users_and_not_of_offline_ones
     // The start-up re-send is queued before anything new: once a later message arrived,
     // a re-send of dave would have too.
     say(&pulse, &alice, &room, "barrier").await;
-    until("the barrier", || fake.messages().contains(&"barrier".to_owned())).await;
+    until("the barrier", || {
+        fake.messages().contains(&"barrier".to_owned())
+    })
+    .await;
     assert_eq!(
         fake.presence_of(&dave.user_id).len(),
         dave_before,

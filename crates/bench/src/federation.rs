@@ -124,11 +124,15 @@ pub async fn run(ctx: &Ctx, a: FederationArgs) -> Res<()> {
     // Remote joins. The first B user of each room joins alone (rooms in parallel): two
     // concurrent first joins of one room on B race in the state import and one of them is
     // lost on B (seen 2026-12-03, reported). The others follow, round-robin over rooms.
-    let (first_joins, later_joins): (Vec<usize>, Vec<usize>) =
-        remote_joins.into_iter().partition(|&i| i % per_room == 0 && i / per_room < rooms);
+    let (first_joins, later_joins): (Vec<usize>, Vec<usize>) = remote_joins
+        .into_iter()
+        .partition(|&i| i % per_room == 0 && i / per_room < rooms);
     let mut later_joins = later_joins;
     later_joins.sort_by_key(|&i| (i % per_room, room_of(i)));
-    for (what, joins) in [("first joins from B", first_joins), ("joins from B", later_joins)] {
+    for (what, joins) in [
+        ("first joins from B", first_joins),
+        ("joins from B", later_joins),
+    ] {
         let pb = ctx.bar(joins.len() as u64, what);
         setup::run_all(joins, ctx.common.concurrency.min(8), &pb, |i| {
             let hs = hs_b.clone();
@@ -290,9 +294,8 @@ pub async fn run(ctx: &Ctx, a: FederationArgs) -> Res<()> {
     let updates_ok = updates.iter().filter(|u| u.2.is_none()).count();
     let put_errors = updates.len() - updates_ok;
     let per_update = |x: f64| x / updates_ok.max(1) as f64;
-    let cpu_ms = |c: &Option<crate::procfs::Cost>| {
-        c.as_ref().map(|c| per_update(c.cpu_seconds * 1000.0))
-    };
+    let cpu_ms =
+        |c: &Option<crate::procfs::Cost>| c.as_ref().map(|c| per_update(c.cpu_seconds * 1000.0));
     let wire_json = wire.as_ref().map(|w| {
         let presence_edus = w.edus_by_type.get("m.presence").copied().unwrap_or(0);
         let all_edus: u64 = w.edus_by_type.values().sum();
@@ -347,7 +350,8 @@ pub async fn run(ctx: &Ctx, a: FederationArgs) -> Res<()> {
         "receiver_cpu_ms_per_update": cpu_ms(&cost_b),
         "receiver_cost": cost_b,
     });
-    ctx.finish("federation-presence", params, results, cost_a).await
+    ctx.finish("federation-presence", params, results, cost_a)
+        .await
 }
 
 #[cfg(test)]

@@ -143,8 +143,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response<Body> {
         (parts.method.as_str().len() + target.len() + 12 + header_bytes + body.len()) as u64,
         Ordering::Relaxed,
     );
-    if parts.method == axum::http::Method::PUT
-        && target.starts_with("/_matrix/federation/v1/send/")
+    if parts.method == axum::http::Method::PUT && target.starts_with("/_matrix/federation/v1/send/")
     {
         s.stats.record_txn(&body);
     }

@@ -345,7 +345,9 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
 
 Two servers of one kind; users of A set presence, their room-mates on B long-poll `/sync`. Latency is the PUT start on A → the B user's `/sync` returning with it. Transactions, EDUs, presence entries and body bytes are counted by pulse-bench's recording proxy between A and B (JSON bodies of `PUT /send`; HTTP headers and TLS not included). CPU is utime+stime of each server from the first update until deliveries stopped, divided by updates.\n\n");
         md.push_str("| server | users (per server) | rooms × size | rate | delivered | p50 ms | p99 ms | max ms | txns / update | presence EDUs / update | entries / update | body bytes / update | sender CPU ms/update | receiver CPU ms/update | load (1 min) | cmd |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+        md.push_str(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+        );
         let two = |x: &Value| num(x).map_or("–".into(), |x| format!("{x:.2}"));
         for (p, v) in &fed {
             let r = &v["results"];
@@ -396,7 +398,10 @@ Two servers of one kind; users of A set presence, their room-mates on B long-pol
                     v["params"]["rate"],
                     ratio("sender_cpu_ms_per_update"),
                     ratio("receiver_cpu_ms_per_update"),
-                    match (num(&v["results"]["delivery_ms"]["p99"]), num(&b["results"]["delivery_ms"]["p99"])) {
+                    match (
+                        num(&v["results"]["delivery_ms"]["p99"]),
+                        num(&b["results"]["delivery_ms"]["p99"])
+                    ) {
                         (Some(o), Some(p)) if p > 0.0 => format!("{:.1}×", o / p),
                         _ => "–".into(),
                     },

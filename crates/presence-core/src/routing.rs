@@ -127,11 +127,8 @@ pub fn route_presence_ignoring(
                 .map(<[String]>::to_vec)
                 .collect()
         } else {
-            match policy.allowed_recipients(
-                owner,
-                &server,
-                index.members_on_server(owner, &server),
-            ) {
+            match policy.allowed_recipients(owner, &server, index.members_on_server(owner, &server))
+            {
                 AllowedRecipients::Chunks(chunks) => chunks,
                 AllowedRecipients::Nobody | AllowedRecipients::Legacy => continue,
             }

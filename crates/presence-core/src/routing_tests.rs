@@ -203,20 +203,28 @@ fn an_ignored_user_makes_their_server_restricted_even_under_the_legacy_policy() 
     let ignored = |u: &UserId| u == user_id!("@z:one.org");
     let legacy = SharingPolicy::legacy();
     // An untrusted one.org would show the update to @z: it gets nothing; two.org is untouched.
-    let untrusted =
-        route_presence_ignoring(owner(), server_name!("home.org"), &legacy, &idx, ignored, |_| {
-            false
-        });
+    let untrusted = route_presence_ignoring(
+        owner(),
+        server_name!("home.org"),
+        &legacy,
+        &idx,
+        ignored,
+        |_| false,
+    );
     assert!(!untrusted.destinations.contains_key(server_name!("one.org")));
     assert_eq!(
         untrusted.destinations.get(server_name!("two.org")),
         Some(&RouteKind::Unrestricted)
     );
     // A trusted one.org gets it addressed to @x alone.
-    let trusted =
-        route_presence_ignoring(owner(), server_name!("home.org"), &legacy, &idx, ignored, |_| {
-            true
-        });
+    let trusted = route_presence_ignoring(
+        owner(),
+        server_name!("home.org"),
+        &legacy,
+        &idx,
+        ignored,
+        |_| true,
+    );
     assert_eq!(
         trusted.destinations.get(server_name!("one.org")),
         Some(&RouteKind::Restricted(vec![vec!["@x:one.org".to_owned()]]))
