@@ -447,6 +447,7 @@ async fn logout(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
     state
         .presence
         .device_removed(&auth.user_id, auth.device_id.as_str());
+    crate::keys::device_deleted(&state, &auth.user_id, &auth.device_id).await;
     Ok(Json(json!({})))
 }
 
@@ -457,6 +458,7 @@ async fn logout_all(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
         state
             .presence
             .device_removed(&auth.user_id, d.device_id.as_str());
+        crate::keys::device_deleted(&state, &auth.user_id, &d.device_id).await;
     }
     Ok(Json(json!({})))
 }
@@ -488,6 +490,13 @@ async fn change_password(
     let (user, token) = (auth.user_id.clone(), auth.access_token.clone());
     blocking(move || accounts.change_password(&user, &new_password, logout_devices, Some(&token)))
         .await??;
+    // The other devices' pushers go with their sessions (the spec's password change).
+    if logout_devices {
+        let push = state.push.clone();
+        blocking(move || push.remove_pushers_except_device(&auth.user_id, auth.device_id.as_str()))
+            .await?
+            .map_err(MatrixError::from)?;
+    }
     Ok(Json(json!({})))
 }
 
@@ -574,6 +583,7 @@ async fn put_device(
     state
         .accounts
         .update_device(&auth.user_id, device_id.as_str().into(), body.display_name)?;
+    crate::keys::device_renamed(&state, &auth.user_id, device_id.as_str().into()).await;
     Ok(Json(json!({})))
 }
 
@@ -593,6 +603,7 @@ async fn delete_device(
         .accounts
         .delete_device(&auth.user_id, device_id.as_str().into())?;
     state.presence.device_removed(&auth.user_id, &device_id);
+    crate::keys::device_deleted(&state, &auth.user_id, device_id.as_str().into()).await;
     Ok(Json(json!({})))
 }
 
@@ -615,6 +626,7 @@ async fn delete_devices(
     state.accounts.delete_devices(&auth.user_id, &ids)?;
     for id in &ids {
         state.presence.device_removed(&auth.user_id, id.as_str());
+        crate::keys::device_deleted(&state, &auth.user_id, id).await;
     }
     Ok(Json(json!({})))
 }

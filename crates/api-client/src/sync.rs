@@ -106,6 +106,12 @@ async fn sync(
         // The build reads storage throughout: on the blocking pool, never a tokio worker.
         let (st, f, a) = (state.clone(), filter.clone(), auth.clone());
         let (now, body) = blocking(move || -> ApiResult<(u64, SyncBody)> {
+            // ---- push (crate::push): m.push_rules is stored before a first sync reads it
+            // (and before `now`, so the write is not sent again by the next sync) ----
+            if since.is_none() {
+                crate::push::sync_ensure_rules(&st, &a.user_id)?;
+            }
+            // ---- end push ----
             let now = st.rooms.current_position();
             // A token from the future (e.g. a wiped database) is treated as "now".
             let since = since.map(|s| s.min(now));
@@ -146,19 +152,20 @@ struct SyncBody {
     leave: Map<String, Value>,
     account_data: Vec<Value>,
     presence: Vec<Value>,
+    /// to_device, device_lists, key counts (`crate::sync_e2ee`).
+    e2ee: crate::sync_e2ee::E2eeSync,
 }
 
 impl SyncBody {
     fn into_json(self, now: u64) -> Value {
-        json!({
+        let mut body = json!({
             "next_batch": token(now),
             "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
             "account_data": { "events": self.account_data },
             "presence": { "events": self.presence },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
-        })
+        });
+        self.e2ee.write_into(&mut body);
+        body
     }
 }
 
@@ -183,6 +190,7 @@ fn build_response(
         leave: Map::new(),
         account_data: Vec::new(),
         presence: Vec::new(),
+        e2ee: Default::default(),
     };
 
     // Account data: global goes to the top level, per-room into each joined room.
@@ -321,8 +329,16 @@ fn build_response(
             rooms::Membership::Knock => {}
         }
     }
+    // ---- push (crate::push): unread notification counts of the joined rooms sent ----
+    let by_thread = room_filter.timeline.unread_thread_notifications;
+    crate::push::sync_unread_counts(state, user, by_thread, &mut body.join, now)?;
+    // ---- end push ----
     body.presence = presence_events(state, user, filter, since, now, newly_shared)?;
-    body.has_content = !body.join.is_empty()
+    // ---- end-to-end encryption (to_device, device_lists, key counts): crate::sync_e2ee ----
+    body.e2ee = crate::sync_e2ee::build(state, auth, since, now)?;
+    // ---- end of the e2ee block ----
+    body.has_content = body.e2ee.has_content()
+        || !body.join.is_empty()
         || !body.invite.is_empty()
         || !body.leave.is_empty()
         || !body.account_data.is_empty()

@@ -14,13 +14,16 @@
 //! the missing events it asks for); the reads `/event`, `/state`, `/state_ids`, `/backfill`,
 //! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility)
 //! and `/query/profile`, `/query/directory`, `/publicRooms` (`queries`); `m.room.server_acl`
-//! (`acl`). Joins, leaves and invites live in `membership` (another owner). An authenticated
+//! (`acl`); end-to-end encryption: `/user/keys/query`, `/user/keys/claim`,
+//! `/user/devices/{userId}` and the `m.device_list_update`, `m.signing_key_update`,
+//! `m.direct_to_device` EDUs (`e2ee`). Joins, leaves and invites live in `membership` (another owner). An authenticated
 //! request to a path we do not serve gets `404 M_UNRECOGNIZED`. docs/federation.md has the
 //! life of an inbound PDU.
 //!
 //! Handlers go through the services (rooms, accounts, presence-service, ephemeral).
 mod acl;
 mod auth;
+pub mod e2ee;
 mod inbound;
 mod keys;
 pub mod membership;
@@ -69,6 +72,8 @@ pub struct FederationState {
     txn_locks: send::TxnLocks,
     /// Room membership endpoints (make/send join and leave, invite); `None`: not served.
     pub membership: Option<Arc<membership::MembershipState>>,
+    /// Key queries and claims, device lists, to-device EDUs; `None`: not served.
+    pub e2ee: Option<Arc<e2ee::E2eeState>>,
 }
 
 impl FederationState {
@@ -93,10 +98,16 @@ impl FederationState {
             peer_observer: None,
             txn_locks: Default::default(),
             membership: None,
+            e2ee: None,
         }
     }
 
     /// Serves the room membership endpoints with `membership`.
+    pub fn with_e2ee(mut self, e2ee: Arc<e2ee::E2eeState>) -> FederationState {
+        self.e2ee = Some(e2ee);
+        self
+    }
+
     pub fn with_membership(
         mut self,
         membership: Arc<membership::MembershipState>,
@@ -128,6 +139,9 @@ pub fn router(state: Arc<FederationState>) -> Router {
             "/v1/event_auth/{room_id}/{event_id}",
             get(reads::get_event_auth),
         )
+        .route("/v1/user/keys/query", post(e2ee::user_keys_query))
+        .route("/v1/user/keys/claim", post(e2ee::user_keys_claim))
+        .route("/v1/user/devices/{user_id}", get(e2ee::user_devices))
         .route("/v1/query/profile", get(queries::profile))
         .route("/v1/query/directory", get(queries::directory))
         .route(

@@ -187,6 +187,20 @@ async fn handle_edu(state: &Arc<FederationState>, origin: &ServerName, edu: &Val
             }
         }
         "m.receipt" => receipts(state, origin, content).await,
+        "m.device_list_update" | "m.signing_key_update" | "m.direct_to_device" => {
+            let (state, origin, kind) = (state.clone(), origin.to_owned(), kind.to_owned());
+            let done = tokio::task::spawn_blocking(move || {
+                if kind == "m.direct_to_device" {
+                    crate::e2ee::to_device_edu(&state, &origin, &content)
+                } else {
+                    crate::e2ee::device_list_edu(&state, &origin, &content)
+                }
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::warn!("handling an e2ee EDU failed: {e}");
+            }
+        }
         other => tracing::debug!(%origin, edu_type = other, "EDU type not handled; dropped"),
     }
 }

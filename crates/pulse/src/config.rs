@@ -32,6 +32,10 @@ pub struct Config {
     pub presence: Presence,
     /// `[federation]`: outbound TLS, IP range lists, notaries (see `federation_client`).
     pub federation: federation_client::FederationConfig,
+    /// `[voip]`: TURN servers handed out by `/voip/turnServer`.
+    pub voip: api_client::VoipConfig,
+    /// `[media]`: the media repository (files under `<data_dir>/media`).
+    pub media: api_client::MediaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +156,8 @@ impl Default for Config {
             log: Log::default(),
             presence: Presence::default(),
             federation: federation_client::FederationConfig::default(),
+            voip: api_client::VoipConfig::default(),
+            media: api_client::MediaConfig::default(),
         }
     }
 }

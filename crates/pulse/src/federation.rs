@@ -28,7 +28,7 @@ const CATCH_UP_BATCH: usize = 500;
 /// How often the PDU cursor is written when events went nowhere.
 const CURSOR_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
-type Sender = FederationSender<FederationClient>;
+pub type Sender = FederationSender<FederationClient>;
 
 /// The running outbound federation.
 pub struct Federation {
@@ -104,6 +104,11 @@ pub fn start_federation(
 }
 
 impl Federation {
+    /// The outbound queues, for hooks that queue their own EDUs (end-to-end encryption).
+    pub fn sender(&self) -> Sender {
+        self.sender.clone()
+    }
+
     /// The hook api-federation calls when a server contacts us: that destination is up,
     /// so its backoff ends at once.
     pub fn peer_observer(&self) -> Arc<dyn api_federation::PeerObserver> {

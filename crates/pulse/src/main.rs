@@ -26,6 +26,7 @@ use tracing::{error, info};
 
 mod config;
 mod federation;
+mod remote_keys;
 mod remote_membership;
 mod tls;
 
@@ -216,6 +217,8 @@ fn open_services(config: &Config) -> Result<Services, String> {
             trusted_proxies: config.rate_limits.trusted_proxies.clone(),
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
+        voip: config.voip.clone(),
+        media: config.media.clone(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
@@ -261,6 +264,17 @@ fn open_services(config: &Config) -> Result<Services, String> {
             .map_err(|e| format!("cannot read ignore lists: {e}"))?,
     );
     let ephemeral = ephemeral::EphemeralService::new(db.clone());
+    // Push first: a sync woken by a receipt must see the read position it moved.
+    let push = Arc::new(push::PushService::new(
+        db.clone(),
+        accounts.clone(),
+        rooms.clone(),
+    ));
+    ephemeral.add_observer(push.clone());
+    let media = Arc::new(
+        media::MediaService::new(db.clone(), config.data_dir.join("media"))
+            .map_err(|e| format!("cannot open the media store: {e}"))?,
+    );
     ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
         rooms: rooms.clone(),
         notifier: notifier.clone(),
@@ -276,6 +290,10 @@ fn open_services(config: &Config) -> Result<Services, String> {
         ephemeral,
         federation_status: Default::default(),
         remote_membership: Default::default(),
+        push,
+        e2ee: Arc::new(e2ee::E2eeService::new(db.clone())),
+        remote_keys: Default::default(),
+        media,
     });
     Ok(Services {
         db,
@@ -330,6 +348,22 @@ async fn serve(config: Config) -> Result<(), String> {
             membership,
             s.rooms.clone(),
         )));
+        let _ = s.remote_keys.set(Arc::new(remote_keys::Remote {
+            client: client.clone(),
+            sender: fed.sender(),
+            rooms: s.rooms.clone(),
+            e2ee: s.e2ee.clone(),
+        }));
+        let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
+        let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {
+            e2ee: s.e2ee.clone(),
+            wake_users: Arc::new(move |users, pos| {
+                wake_state.notifier.wake(users.iter().copied(), pos)
+            }),
+            wake_device_list: Arc::new(move |user, pos| {
+                api_client::wake_device_list(&wake_dl_state, user, pos)
+            }),
+        });
         let app_state = services.state.clone();
         let federation = Arc::new(
             api_federation::FederationState::new(
@@ -342,6 +376,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 client,
             )
             .with_peer_observer(fed.peer_observer())
+            .with_e2ee(e2ee_state)
             .with_membership(Arc::new(api_federation::membership::MembershipState {
                 rooms: s.rooms.clone(),
                 wake: Arc::new(move |room, pos, extra| {

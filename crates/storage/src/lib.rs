@@ -101,10 +101,23 @@ pub enum Cf {
     /// `room_id 0xFF depth pos` → event id: a room's timeline in topological order (depth,
     /// then stream position), for `/messages` and `/context` (owned by `rooms`).
     Topo,
+    /// Push notifications (owned by `push`): `"n" 0xFF user 0xFF room 0xFF pos` → a
+    /// notification; `"u" 0xFF user 0xFF pos` → room id (the user's notifications in stream
+    /// order); `"c" 0xFF user 0xFF room 0xFF` → evaluated up to pos; `"r" 0xFF user 0xFF room
+    /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
+    /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
+    Push,
+    /// End-to-end encryption (owned by `e2ee`, key layouts in `e2ee::keys`): device keys,
+    /// one-time and fallback keys, cross-signing keys and signatures, the device-list
+    /// change log, to-device inboxes, key backups.
+    E2ee,
+    /// `media_id` → media record (content type, file name, size, SHA-256 of the file under
+    /// `<data_dir>/media`, uploader) (owned by `media`).
+    Media,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 22] = [
+    pub const ALL: [Cf; 25] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -127,6 +140,9 @@ impl Cf {
         Cf::ReceiptStream,
         Cf::FederationQueue,
         Cf::Topo,
+        Cf::Push,
+        Cf::E2ee,
+        Cf::Media,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +169,9 @@ impl Cf {
             Cf::ReceiptStream => "receipt_stream",
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
+            Cf::Push => "push",
+            Cf::E2ee => "e2ee",
+            Cf::Media => "media",
         }
     }
 }
