@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pulse <-> Synapse federation on loopback: a Pulse user joins a Synapse room and a Synapse user
-# joins a Pulse room, messages both ways (tests/interop/federation_synapse.py has the steps).
+# joins a Pulse room, messages both ways (tests/interop/federation_synapse.py has the steps),
+# then presence both ways and a restricted update withheld (tests/interop/presence_synapse.py).
 #
 #   tests/interop/federation-synapse.sh          # builds pulse (dev) unless PULSE_BINARY is set
 #
@@ -117,7 +118,12 @@ log "Pulse 127.0.0.1:$fed_port (client http://127.0.0.1:$client_port), Synapse $
 venv_python=${PULSE_INTEROP_CACHE:-$HOME/.cache/pulse-interop}/synapse-venv/bin/python
 cd "$here"
 rc=0
-"$venv_python" federation_synapse.py "$work/pulse/env.json" "$SYNAPSE_DIR/env.json" || rc=$?
+# The drivers, in order, on the same two servers (FED_DRIVERS picks some): joins, messages and
+# invites; then presence (presence_synapse.py, issue 17).
+for driver in ${FED_DRIVERS:-federation_synapse.py presence_synapse.py}; do
+  log "running $driver"
+  "$venv_python" "$driver" "$work/pulse/env.json" "$SYNAPSE_DIR/env.json" || { rc=$?; break; }
+done
 trap - EXIT
 cleanup
 if [ "$rc" = 0 ]; then
