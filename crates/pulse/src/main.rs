@@ -165,7 +165,13 @@ fn open_services(config: &Config) -> Result<Services, String> {
             config.data_dir.display()
         )
     })?;
-    let db = storage::Db::open(&config.data_dir, config.storage.fsync).map_err(|e| {
+    // A database of an older schema is brought up to date here (accounts owns its steps).
+    let db = storage::Db::open_migrating(
+        &config.data_dir,
+        config.storage.fsync,
+        accounts::MIGRATIONS,
+    )
+    .map_err(|e| {
         format!(
             "cannot open the database in {} ({e}); is another pulse running on it?",
             config.data_dir.display()
