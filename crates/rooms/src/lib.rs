@@ -10,6 +10,8 @@
 //!
 //! ## Storage (all writes for one event are one [`storage::Db::write_with_position`])
 //!
+//! Every key is built and parsed in [`keys`], one module per column family.
+//!
 //! * `Events`: `event_id` → [`StoredEvent`] (stream position, canonical PDU, sending
 //!   device + txn id, `redacted_because`, the replaced state event for `unsigned`, its
 //!   [`EventStatus`] — timeline, outlier, soft-failed or rejected — and `off_stream` for
@@ -22,11 +24,15 @@
 //!   current state's changes by stream position, used for history visibility);
 //!   `room_id 0xFF "r" 0xFF target 0xFF` → a redaction that arrived before its target;
 //!   `room_id 0xFF "i" 0xFF user_id 0xFF` → stripped state of a remote invite;
-//!   `"public" 0xFF room_id 0xFF` → empty (the room directory).
+//!   `"public" 0xFF room_id 0xFF` → empty (the room directory);
+//!   `"creating" 0xFF room_id 0xFF` → empty (a createRoom still building).
 //! * `StateAt`: `event_id` → the state *before* the event, either a full snapshot or a
 //!   delta (≤ [`MAX_STATE_DELTA`] entries) on top of another event's full snapshot.
 //! * `Memberships`: `user_id 0xFF room_id 0xFF` → [`MembershipRecord`].
-//! * `RoomStream`: `pos` → room id.
+//! * `RoomStream`: `pos` → room id (every timeline event's position): what `/sync` reads
+//!   to skip rooms without new events ([`RoomService::rooms_changed_between`]) and the
+//!   federation sender's catch-up.
+//! * `Topo`: `room_id 0xFF depth pos` → event id (topological order).
 //! * `Aliases`: `alias` → alias record (room, creator); `room_id 0xFF alias 0xFF` → empty
 //!   (reverse index; room IDs start with `!`, aliases with `#`, so they never collide).
 //! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id, where scope
@@ -117,6 +123,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+pub mod keys;
 mod observer;
 mod ops;
 mod pdu;
@@ -146,6 +153,8 @@ mod tests_security;
 mod tests_template;
 #[cfg(test)]
 mod tests_versions;
+#[cfg(test)]
+mod tests_stream;
 mod topo;
 mod txn;
 mod version;
@@ -329,8 +338,7 @@ impl RoomService {
     pub fn all_joined_memberships(&self) -> Result<Vec<(OwnedRoomId, OwnedUserId)>> {
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(storage::Cf::Memberships, [])? {
-            let mut r = storage::KeyReader::new(&k);
-            let (Some(user), Some(room)) = (r.str(), r.str()) else {
+            let Some((user, room)) = keys::memberships::parse(&k) else {
                 continue;
             };
             let rec: store::MembershipRecord = serde_json::from_slice(&v)

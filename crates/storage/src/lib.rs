@@ -249,6 +249,10 @@ impl<'a> KeyReader<'a> {
         self.rest = &self.rest[end + 1..];
         Some(s)
     }
+    /// Whether every part has been read.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
     pub fn u64(&mut self) -> Option<u64> {
         if self.rest.len() < 8 {
             return None;
