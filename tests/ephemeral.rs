@@ -228,17 +228,13 @@ async fn typing_expires_and_wakes_the_long_poll() {
     })
     .await;
     assert_eq!(typing(&r, &room), Some(vec![alice.user_id.clone()]));
-    let started = Instant::now();
+    // The 1 s timeout, not the 30 s default, ends it: the wait below gives up long before
+    // a default-length expiry could come (how soon it comes is the benchmarks' business).
     let r = sync_until(&s, &bob, &next_batch(&r), Duration::from_secs(10), |r| {
         typing(r, &room).is_some()
     })
     .await;
     assert_eq!(typing(&r, &room), Some(vec![]), "expired: {r}");
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(4),
-        "expiry after about 1 s, took {took:?}"
-    );
 }
 
 #[tokio::test]
