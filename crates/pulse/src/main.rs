@@ -26,6 +26,7 @@ use tracing::{error, info};
 
 mod config;
 mod federation;
+mod logging;
 mod remote_membership;
 mod tls;
 
@@ -138,17 +139,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("pulse: bad log filter {filter:?} ({e}); using \"info\"");
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    // Colour codes only on a terminal: `docker logs` and files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+    logging::init(filter);
 }
 
 /// Everything the server runs on, built from the configuration.
