@@ -58,7 +58,10 @@ fn downgrade_to_v1(data: &Path, tokens: &[&str]) {
     }
     for (key, record) in db.scan_prefix(Cf::Devices, []).expect("scan") {
         let mut record: Value = serde_json::from_slice(&record).expect("device json");
-        let hashes = record["token_hashes"].as_array().cloned().unwrap_or_default();
+        let hashes = record["token_hashes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let clear: Vec<&str> = tokens
             .iter()
             .copied()
@@ -113,7 +116,9 @@ async fn plain_tokens_of_an_old_database_are_migrated_and_keep_working() {
         );
     }
     // Logging out a migrated token revokes it (the device record lists its hash).
-    let (status, _) = s.post(&format!("{V3}/logout"), Some(&second), json!({})).await;
+    let (status, _) = s
+        .post(&format!("{V3}/logout"), Some(&second), json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(whoami(&s, &second).await, 401);
     assert_eq!(whoami(&s, &alice.token).await, 200);
@@ -158,7 +163,9 @@ async fn no_password_token_or_shared_secret_in_a_debug_log() {
     // A failed login logs too: the wrong password must not appear either.
     let wrong = "Wrong-Passw0rd-x4";
     secrets.push(wrong.into());
-    let (status, _) = s.post(&format!("{V3}/login"), None, login_body(wrong)).await;
+    let (status, _) = s
+        .post(&format!("{V3}/login"), None, login_body(wrong))
+        .await;
     assert_eq!(status, 403);
 
     let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "@bob:localhost"}, "password": pw1});
@@ -196,10 +203,16 @@ async fn no_password_token_or_shared_secret_in_a_debug_log() {
     // The log is at debug level and saw these requests (else this test proves nothing).
     assert!(log.contains("DEBUG"), "no debug lines in the log:\n{log}");
     for who in ["@bob:localhost", "@carol:localhost"] {
-        assert!(log.contains(who), "the log missed {who}'s registration:\n{log}");
+        assert!(
+            log.contains(who),
+            "the log missed {who}'s registration:\n{log}"
+        );
     }
     for secret in &secrets {
-        let hits: Vec<&str> = log.lines().filter(|l| l.contains(secret.as_str())).collect();
+        let hits: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(secret.as_str()))
+            .collect();
         assert!(hits.is_empty(), "{secret:?} is in the log: {hits:#?}");
     }
 }

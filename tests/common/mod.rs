@@ -117,10 +117,7 @@ impl TestServer {
                 cmd.arg("--log-level").arg(filter).stdout(out);
             }
         }
-        let child = cmd
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pulse");
+        let child = cmd.stderr(Stdio::inherit()).spawn().expect("spawn pulse");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -132,7 +132,10 @@ impl AccountService {
     /// All of a user's account data, global and per room (for an initial sync).
     pub fn all_account_data(&self, user: &UserId) -> Result<Vec<AccountDataChange>> {
         let mut out = Vec::new();
-        for (k, v) in self.db.scan_prefix(Cf::AccountData, keys::user_prefix(user))? {
+        for (k, v) in self
+            .db
+            .scan_prefix(Cf::AccountData, keys::user_prefix(user))?
+        {
             let (room_id, event_type) =
                 keys::parse_account_data(&k).map_err(|()| StorageError::Corrupt {
                     cf: Cf::AccountData.name(),

@@ -53,11 +53,11 @@ mod profiles;
 mod sessions;
 mod users;
 
-pub use migrate::MIGRATIONS;
 pub use filter::{
     EventFilter, EventFilterExt, EventFormat, Filter, RoomEventFilter, RoomEventFilterExt,
     RoomFilter, RoomFilterExt, glob_match,
 };
+pub use migrate::MIGRATIONS;
 pub use password::{HashingPool, PasswordHashing};
 
 /// Longest allowed user ID (`@localpart:server`), in bytes, per the spec.

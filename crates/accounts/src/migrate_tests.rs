@@ -78,7 +78,10 @@ fn a_version_1_database_migrates_and_the_old_token_still_authenticates() {
     ));
 
     let db = Db::open_migrating(dir.path(), false, MIGRATIONS).expect("migrate");
-    assert_eq!(db.schema_version().expect("version"), storage::SCHEMA_VERSION);
+    assert_eq!(
+        db.schema_version().expect("version"),
+        storage::SCHEMA_VERSION
+    );
     let svc = service_on(db);
     let session = svc.authenticate(OLD_TOKEN).expect("auth").expect("session");
     assert_eq!((session.user_id, session.device_id), (user.clone(), device));
@@ -116,5 +119,9 @@ fn new_tokens_are_stored_only_as_hashes() {
     svc.change_password(&r.user_id, "pw2", true, Some(&token))
         .expect("change password");
     assert!(svc.authenticate(&token).expect("auth").is_some());
-    assert!(svc.authenticate(&login.access_token).expect("auth").is_none());
+    assert!(
+        svc.authenticate(&login.access_token)
+            .expect("auth")
+            .is_none()
+    );
 }

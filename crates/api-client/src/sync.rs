@@ -257,10 +257,8 @@ fn build_response(
                     newly_shared.extend(state.rooms.joined_members(room_id).map_err(room_err)?);
                 }
                 let after = if newly_joined { None } else { since };
-                let unchanged = !newly_joined
-                    && changed_rooms
-                        .as_ref()
-                        .is_some_and(|c| !c.contains(room_id));
+                let unchanged =
+                    !newly_joined && changed_rooms.as_ref().is_some_and(|c| !c.contains(room_id));
                 // Unchanged: no events in `(since, now]`, so `joined_room` would find an
                 // empty, unlimited timeline and return `None`.
                 let section = if unchanged {

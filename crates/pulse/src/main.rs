@@ -157,17 +157,14 @@ fn open_services(config: &Config) -> Result<Services, String> {
         )
     })?;
     // A database of an older schema is brought up to date here (accounts owns its steps).
-    let db = storage::Db::open_migrating(
-        &config.data_dir,
-        config.storage.fsync,
-        accounts::MIGRATIONS,
-    )
-    .map_err(|e| {
-        format!(
-            "cannot open the database in {} ({e}); is another pulse running on it?",
-            config.data_dir.display()
-        )
-    })?;
+    let db =
+        storage::Db::open_migrating(&config.data_dir, config.storage.fsync, accounts::MIGRATIONS)
+            .map_err(|e| {
+            format!(
+                "cannot open the database in {} ({e}); is another pulse running on it?",
+                config.data_dir.display()
+            )
+        })?;
     let db = Arc::new(db);
     let server_name = ruma::ServerName::parse(&config.server_name).map_err(|e| e.to_string())?;
     // The same stored key rooms signs events with.

@@ -4,11 +4,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use storage::Cf;
 
-use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::keys::rooms::{RoomsKey, creating as creating_key};
+use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::store::{
-    AliasRecord, alias_reverse_key, membership_key, public_key, summary_key,
-    timeline_prefix,
+    AliasRecord, alias_reverse_key, membership_key, public_key, summary_key, timeline_prefix,
 };
 use crate::{DEFAULT_ROOM_VERSION, MemberProfile, Result, RoomError, RoomService};
 
@@ -135,7 +134,6 @@ fn default_power_levels(
         _ => Map::new(),
     }
 }
-
 
 /// Validate a `room_alias_name` and turn it into a local alias.
 pub(crate) fn local_alias(server: &ruma::ServerName, name: &str) -> Result<OwnedRoomAliasId> {
@@ -463,7 +461,10 @@ impl RoomService {
             }
             b.delete(Cf::Timeline, k);
         }
-        for (k, _) in self.db.scan_prefix(Cf::Topo, crate::keys::topo::prefix(room))? {
+        for (k, _) in self
+            .db
+            .scan_prefix(Cf::Topo, crate::keys::topo::prefix(room))?
+        {
             b.delete(Cf::Topo, k);
         }
         for (k, _) in self.db.scan_prefix(Cf::Rooms, summary_key(room))? {

@@ -79,14 +79,38 @@ pub mod rooms {
     /// A `Cf::Rooms` key, parsed.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum RoomsKey<'a> {
-        Summary { room: &'a str },
-        State { room: &'a str, kind: &'a str, state_key: &'a str },
-        Member { room: &'a str, user: &'a str },
-        StateLog { room: &'a str, kind: &'a str, state_key: &'a str, pos: u64 },
-        PendingRedaction { room: &'a str, target: &'a str },
-        InviteState { room: &'a str, user: &'a str },
-        Public { room: &'a str },
-        Creating { room: &'a str },
+        Summary {
+            room: &'a str,
+        },
+        State {
+            room: &'a str,
+            kind: &'a str,
+            state_key: &'a str,
+        },
+        Member {
+            room: &'a str,
+            user: &'a str,
+        },
+        StateLog {
+            room: &'a str,
+            kind: &'a str,
+            state_key: &'a str,
+            pos: u64,
+        },
+        PendingRedaction {
+            room: &'a str,
+            target: &'a str,
+        },
+        InviteState {
+            room: &'a str,
+            user: &'a str,
+        },
+        Public {
+            room: &'a str,
+        },
+        Creating {
+            room: &'a str,
+        },
     }
 
     impl<'a> RoomsKey<'a> {
@@ -322,8 +346,16 @@ mod tests {
         // State and member keys of one room never fall under each other's prefix.
         let state = rooms::state(a, "m.room.member", "@u:x");
         let member = rooms::member(a, "@u:x");
-        assert!(!state.as_bytes().starts_with(rooms::member_prefix(a).as_bytes()));
-        assert!(!member.as_bytes().starts_with(rooms::state_prefix(a).as_bytes()));
+        assert!(
+            !state
+                .as_bytes()
+                .starts_with(rooms::member_prefix(a).as_bytes())
+        );
+        assert!(
+            !member
+                .as_bytes()
+                .starts_with(rooms::state_prefix(a).as_bytes())
+        );
         assert!(
             !rooms::state_log(a, "m.room.member", "@u:x", 1)
                 .as_bytes()

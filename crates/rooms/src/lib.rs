@@ -150,11 +150,11 @@ mod tests_remote_join;
 #[cfg(test)]
 mod tests_security;
 #[cfg(test)]
+mod tests_stream;
+#[cfg(test)]
 mod tests_template;
 #[cfg(test)]
 mod tests_versions;
-#[cfg(test)]
-mod tests_stream;
 mod topo;
 mod txn;
 mod version;

@@ -208,9 +208,8 @@ pub(crate) use crate::keys::aliases::reverse as alias_reverse_key;
 pub(crate) use crate::keys::memberships::key as membership_key;
 pub(crate) use crate::keys::rooms::{
     invite_state as invite_state_key, member as member_key, member_prefix,
-    pending_redaction as pending_redaction_key, public as public_key,
-    state as state_key, state_log_prefix as log_prefix, state_prefix, state_type_prefix,
-    summary as summary_key,
+    pending_redaction as pending_redaction_key, public as public_key, state as state_key,
+    state_log_prefix as log_prefix, state_prefix, state_type_prefix, summary as summary_key,
 };
 pub(crate) use crate::keys::timeline::{key as timeline_key, prefix as timeline_prefix};
 pub(crate) use crate::keys::txns::client as txn_key;

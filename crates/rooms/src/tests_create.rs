@@ -63,13 +63,12 @@ fn a_room_whose_creation_did_not_finish_is_removed_at_start() {
         // Simulate a crash half way through the second createRoom: its building marker
         // is still there (memberships were never written).
         let mut b = storage::Batch::new();
-        b.put(
-            Cf::Rooms,
-            crate::keys::rooms::creating(&half),
-            Vec::new(),
-        );
+        b.put(Cf::Rooms, crate::keys::rooms::creating(&half), Vec::new());
         for (k, _) in db
-            .scan_prefix(Cf::Memberships, crate::keys::memberships::prefix(alice.as_str()))
+            .scan_prefix(
+                Cf::Memberships,
+                crate::keys::memberships::prefix(alice.as_str()),
+            )
             .expect("scan")
         {
             if k.windows(half.as_str().len())

@@ -35,7 +35,10 @@ fn rooms_changed_between_names_exactly_the_rooms_with_new_events() {
         Some(Default::default())
     );
     // More events than the caller will read: it must look at every room.
-    assert_eq!(svc.rooms_changed_between(since, now, 2).expect("read"), None);
+    assert_eq!(
+        svc.rooms_changed_between(since, now, 2).expect("read"),
+        None
+    );
     // From the start both rooms changed (their creation events).
     let all = svc
         .rooms_changed_between(0, now, 1000)

@@ -38,7 +38,10 @@ impl Db {
             }
         }
         for to in found + 1..=SCHEMA_VERSION {
-            tracing::info!("migrating the database from schema version {} to {to}", to - 1);
+            tracing::info!(
+                "migrating the database from schema version {} to {to}",
+                to - 1
+            );
             for &(_, cf) in OBSOLETE.iter().filter(|(v, _)| *v == to) {
                 if self.rocks.cf_handle(cf).is_some() {
                     self.rocks.drop_cf(cf)?;
@@ -105,7 +108,11 @@ mod tests {
         write_v1(dir.path());
         assert!(matches!(
             Db::open(dir.path(), false),
-            Err(StorageError::MigrationMissing { found: 1, to: 2, .. })
+            Err(StorageError::MigrationMissing {
+                found: 1,
+                to: 2,
+                ..
+            })
         ));
         // Still version 1, still its family: the migrating open works afterwards.
         let db = Db::open_migrating(dir.path(), false, &[HASH]).expect("migrate");
