@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, unit and integration tests (which start the real
-# binary), then the interop test with matrix-nio. Installs what it needs first.
+# binary), then the interop tests with matrix-nio and matrix-js-sdk. Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,6 +13,10 @@ cargo test --workspace
 if [ -x tests/interop/run.sh ]; then
   echo "== interop (matrix-nio)" >&2
   tests/interop/run.sh
+fi
+if [ -x tests/interop/js_run.sh ]; then
+  echo "== interop (matrix-js-sdk)" >&2
+  tests/interop/js_run.sh
 fi
 if [ -x tests/interop/federation-synapse.sh ]; then
   echo "== interop (federation with Synapse)" >&2

@@ -488,6 +488,13 @@ async fn change_password(
     let (user, token) = (auth.user_id.clone(), auth.access_token.clone());
     blocking(move || accounts.change_password(&user, &new_password, logout_devices, Some(&token)))
         .await??;
+    // The other devices' pushers go with their sessions (the spec's password change).
+    if logout_devices {
+        let push = state.push.clone();
+        blocking(move || push.remove_pushers_except_device(&auth.user_id, auth.device_id.as_str()))
+            .await?
+            .map_err(MatrixError::from)?;
+    }
     Ok(Json(json!({})))
 }
 

@@ -15,7 +15,8 @@
 //!
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
-//! `profile`, `account_data`, `filter`, `presence` (status and MSC4043 override), `room`
+//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip` (TURN credentials), `thirdparty`
+//! (protocols and 3PIDs: none), `presence` (status and MSC4043 override), `room`
 //! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,13 +44,17 @@ mod filter;
 mod meta;
 mod presence;
 mod profile;
+mod push;
 mod room;
 mod sync;
+mod thirdparty;
+mod voip;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
+pub use voip::VoipConfig;
 
 /// Settings the client API needs (built by the `pulse` binary from its config file).
 #[derive(Debug, Clone)]
@@ -66,6 +71,8 @@ pub struct ClientApiConfig {
     pub rate_limit: RateLimitConfig,
     /// Upper bound for a `/sync` `timeout`, in milliseconds.
     pub max_sync_timeout_ms: u64,
+    /// `[voip]`: TURN servers for `/voip/turnServer`.
+    pub voip: VoipConfig,
 }
 
 /// Everything handlers need, passed explicitly as axum state.
@@ -85,6 +92,8 @@ pub struct AppState {
     /// Joins, leaves and invites that need another server, once federation runs.
     pub remote_membership:
         std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
+    /// Push rules, notification counts and pushers.
+    pub push: Arc<::push::PushService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -111,6 +120,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(room::routes())
         .merge(ephemeral::routes())
         .merge(sync::routes())
+        .merge(push::routes())
+        .merge(voip::routes())
+        .merge(thirdparty::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

@@ -106,6 +106,12 @@ async fn sync(
         // The build reads storage throughout: on the blocking pool, never a tokio worker.
         let (st, f, a) = (state.clone(), filter.clone(), auth.clone());
         let (now, body) = blocking(move || -> ApiResult<(u64, SyncBody)> {
+            // ---- push (crate::push): m.push_rules is stored before a first sync reads it
+            // (and before `now`, so the write is not sent again by the next sync) ----
+            if since.is_none() {
+                crate::push::sync_ensure_rules(&st, &a.user_id)?;
+            }
+            // ---- end push ----
             let now = st.rooms.current_position();
             // A token from the future (e.g. a wiped database) is treated as "now".
             let since = since.map(|s| s.min(now));
@@ -339,6 +345,10 @@ fn build_response(
             rooms::Membership::Knock => {}
         }
     }
+    // ---- push (crate::push): unread notification counts of the joined rooms sent ----
+    let by_thread = room_filter.timeline.unread_thread_notifications;
+    crate::push::sync_unread_counts(state, user, by_thread, &mut body.join, now)?;
+    // ---- end push ----
     body.presence = presence_events(state, user, filter, since, now, newly_shared)?;
     body.has_content = !body.join.is_empty()
         || !body.invite.is_empty()

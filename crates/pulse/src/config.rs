@@ -32,6 +32,8 @@ pub struct Config {
     pub presence: Presence,
     /// `[federation]`: outbound TLS, IP range lists, notaries (see `federation_client`).
     pub federation: federation_client::FederationConfig,
+    /// `[voip]`: TURN servers handed out by `/voip/turnServer`.
+    pub voip: api_client::VoipConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +154,7 @@ impl Default for Config {
             log: Log::default(),
             presence: Presence::default(),
             federation: federation_client::FederationConfig::default(),
+            voip: api_client::VoipConfig::default(),
         }
     }
 }

@@ -210,6 +210,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
             trusted_proxies: config.rate_limits.trusted_proxies.clone(),
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
+        voip: config.voip.clone(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
@@ -255,6 +256,13 @@ fn open_services(config: &Config) -> Result<Services, String> {
             .map_err(|e| format!("cannot read ignore lists: {e}"))?,
     );
     let ephemeral = ephemeral::EphemeralService::new(db.clone());
+    // Push first: a sync woken by a receipt must see the read position it moved.
+    let push = Arc::new(push::PushService::new(
+        db.clone(),
+        accounts.clone(),
+        rooms.clone(),
+    ));
+    ephemeral.add_observer(push.clone());
     ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
         rooms: rooms.clone(),
         notifier: notifier.clone(),
@@ -270,6 +278,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         ephemeral,
         federation_status: Default::default(),
         remote_membership: Default::default(),
+        push,
     });
     Ok(Services {
         db,

@@ -108,6 +108,12 @@ pub enum Cf {
     /// `room_id 0xFF depth pos` → event id: a room's timeline in topological order (depth,
     /// then stream position), for `/messages` and `/context` (owned by `rooms`).
     Topo,
+    /// Push notifications (owned by `push`): `"n" 0xFF user 0xFF room 0xFF pos` → a
+    /// notification; `"u" 0xFF user 0xFF pos` → room id (the user's notifications in stream
+    /// order); `"c" 0xFF user 0xFF room 0xFF` → evaluated up to pos; `"r" 0xFF user 0xFF room
+    /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
+    /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
+    Push,
 }
 
 impl Cf {
@@ -116,7 +122,7 @@ impl Cf {
     /// batch, without knowing the rest of their layout).
     pub const DEVICE_SCOPED: [Cf; 1] = [Cf::Txns];
 
-    pub const ALL: [Cf; 21] = [
+    pub const ALL: [Cf; 22] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -138,6 +144,7 @@ impl Cf {
         Cf::ReceiptStream,
         Cf::FederationQueue,
         Cf::Topo,
+        Cf::Push,
     ];
 
     pub fn name(self) -> &'static str {
@@ -163,6 +170,7 @@ impl Cf {
             Cf::ReceiptStream => "receipt_stream",
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
+            Cf::Push => "push",
         }
     }
 }
