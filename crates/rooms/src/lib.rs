@@ -35,7 +35,8 @@
 //! * `Topo`: `room_id 0xFF depth pos` → event id (topological order).
 //! * `Aliases`: `alias` → alias record (room, creator); `room_id 0xFF alias 0xFF` → empty
 //!   (reverse index; room IDs start with `!`, aliases with `#`, so they never collide).
-//! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id, where scope
+//! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id (the first two
+//!   parts are [`storage::device_scope`]: `accounts` deletes them with the device), where scope
 //!   is `send <room_id>` or `redact <room_id>`; `"fed" 0xFF origin 0xFF txn_id 0xFF` → the
 //!   recorded answer to a federation transaction ([`RoomService::federation_txn`]).
 //! * `Meta`: `signing_key` → the server's ed25519 key (PKCS#8, base64) and its key id.

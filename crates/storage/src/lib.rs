@@ -4,6 +4,7 @@
 //! Every other crate speaks to it through this small API:
 //!
 //! * [`Db::open`] opens (or creates) the database and checks the schema version;
+//!   [`Db::open_migrating`] also brings an older database up to date (`migrate.rs`);
 //! * [`Db::get`], [`Db::get_json`], [`Db::scan_prefix`], [`Db::scan_range`] read;
 //! * [`Batch`] collects puts and deletes that [`Db::write`] applies **atomically**
 //!   (one RocksDB write batch, written to the WAL before `write` returns), so a
@@ -74,18 +75,23 @@ pub enum Cf {
     Events,
     /// `room_id 0xFF pos` → event id: the room's timeline in stream order.
     Timeline,
+    /// Owned by `rooms` (`rooms::keys::rooms`, whose `RoomsKey::parse` tells the spaces apart):
     /// `room_id 0xFF` → room summary (version, creator, forward extremities, max depth);
     /// `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → current state event id;
     /// `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership;
     /// `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → state event id (state log);
-    /// `"public" 0xFF room_id 0xFF` → empty (room directory).
+    /// `room_id 0xFF "r" 0xFF event_id 0xFF` → a redaction that came before its target;
+    /// `room_id 0xFF "i" 0xFF user_id 0xFF` → stripped state of a remote invite;
+    /// `"public" 0xFF room_id 0xFF` → empty (room directory);
+    /// `"creating" 0xFF room_id 0xFF` → empty (a createRoom still building).
     Rooms,
     /// `event_id` → the state *before* an event: a full snapshot of (type, state_key) → event
     /// id, or a delta on top of another event's full snapshot.
     StateAt,
     /// `user_id 0xFF room_id 0xFF` → membership record (membership, pos, event id, forgotten).
     Memberships,
-    /// `pos` → room id: which rooms changed at a stream position (for incremental sync).
+    /// `pos` → room id: the room of the timeline event at a stream position (owned by
+    /// `rooms`; read by incremental sync to skip unchanged rooms, and federation catch-up).
     RoomStream,
     /// `alias` → alias record (room id, creator); `room_id 0xFF alias 0xFF` → empty (reverse index).
     Aliases,
