@@ -24,8 +24,9 @@
 //! Files by idea: `users` (localparts, registration, passwords, deactivation), `sessions`
 //! (access tokens, devices, logout, last-seen), `profiles`, `account_data`, `filter_store`
 //! (stored filters; the filter type is `filter`), `nonces` (shared-secret registration),
-//! `password` (argon2 parameters and the [`HashingPool`]). This file holds the shared
-//! types, storage keys and the service itself.
+//! `password` (argon2 parameters and the [`HashingPool`]), `keys` (every storage key),
+//! `migrate` (this crate's schema migration steps). This file holds the shared types and
+//! the service itself.
 //!
 //! Read-modify-write changes of user and device records are serialised by one mutex;
 //! password hashing (the slow part) happens outside it. All methods are synchronous and
