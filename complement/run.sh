@@ -12,7 +12,10 @@
 # (cargo profile, default dev), COMPLEMENT_SRC=dir (your own Complement checkout, used when the
 # Go module proxy does not serve the pinned version; see below),
 # plus any COMPLEMENT_* variable Complement reads (e.g. COMPLEMENT_DEBUG=1,
-# COMPLEMENT_ALWAYS_PRINT_SERVER_LOGS=1).
+# COMPLEMENT_ALWAYS_PRINT_SERVER_LOGS=1), PULSE_COMPLEMENT_IMAGE=name:tag (the image's tag, default
+# pulse-complement:dev).
+# Runs on one machine take turns (a lock on /tmp/pulse-complement.lock): Complement's containers
+# and networks of two simultaneous runs on one Docker daemon knock each other over.
 #
 # Exit status: 0 no regression; 1 regression against the baseline; 2 the run could not be done.
 # Everything the run makes goes to complement/.work (git-ignored): logs.jsonl is the raw
@@ -22,7 +25,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 work=$here/.work
-image=pulse-complement:dev
+image=${PULSE_COMPLEMENT_IMAGE:-pulse-complement:dev}
 mkdir -p "$work"
 
 ci=0
@@ -38,6 +41,11 @@ done
 
 log() { echo "complement/run.sh: $*" >&2; }
 die() { log "$*"; exit 2; }
+
+if command -v flock >/dev/null 2>&1; then
+  exec 9>/tmp/pulse-complement.lock
+  flock -n 9 || { log "another Complement run holds /tmp/pulse-complement.lock; waiting"; flock 9; }
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 1. Docker engine. Debian's docker.io (20.10, API 1.41) is enough: Complement negotiates the API

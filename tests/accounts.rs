@@ -190,7 +190,9 @@ async fn versions_well_known_and_capabilities() {
         .await;
     assert_eq!(status, 200);
     let caps = &body["capabilities"];
-    assert_eq!(caps["m.room_versions"]["default"], "10");
+    assert_eq!(caps["m.room_versions"]["default"], "12");
+    assert_eq!(caps["m.room_versions"]["available"]["12"], "stable");
+    assert_eq!(caps["m.room_versions"]["available"]["1"], "stable");
     assert_eq!(caps["m.room_versions"]["available"]["11"], "stable");
     assert_eq!(caps["m.change_password"]["enabled"], true);
     assert_eq!(caps["m.set_displayname"]["enabled"], true);

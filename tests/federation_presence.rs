@@ -1,34 +1,17 @@
-//! Presence between two real Pulse servers on loopback (self-signed TLS), both ways.
-//!
-//! They share a room without the join protocol: while both are stopped the test appends
-//! B's user's join (signed with B's stored key) to A's room, and imports the room into B the
-//! way a `send_join` answer is imported (`RoomService::import_join`). Everything after that
-//! is the real thing: A's sender, B's inbound `/send` (and back), key fetching, X-Matrix.
+//! Presence, typing and receipts between two real Pulse servers on loopback (self-signed TLS),
+//! both ways. The servers share rooms through the real join protocol: a user of B joins A's
+//! public room with the client API (`/join/{room}?server_name=A`: make_join, send_join, the
+//! state import), as `tests/federation_rooms.rs` does. Everything after that is the real thing
+//! too: A's sender, B's inbound `/send` (and back), key fetching, X-Matrix.
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, User, enc};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId};
 use serde_json::{Value, json};
 
-fn canonical(v: Value) -> CanonicalJsonObject {
-    match CanonicalJsonValue::try_from(v).expect("canonical JSON") {
-        CanonicalJsonValue::Object(o) => o,
-        _ => panic!("not an object"),
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// A Pulse named `127.0.0.1:<port>` serving TLS (so the other one can reach it).
+/// A Pulse named `127.0.0.1:<port>` serving TLS on its port (so the other one can reach it),
+/// with `extra` appended to its `[federation]` section.
 async fn federating_pulse(extra: &str) -> TestServer {
     let mut s = TestServer::start().await;
     s.kill9();
@@ -55,75 +38,19 @@ async fn federating_pulse(extra: &str) -> TestServer {
     s.server_name = name;
     s.http = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(90))
         .build()
         .unwrap();
     s.start_again().await;
     s
 }
 
-fn server_keys(dir: &std::path::Path, name: &str) -> (Arc<storage::Db>, server_keys::ServerKeys) {
-    let db = Arc::new(storage::Db::open(dir, false).unwrap());
-    let keys =
-        server_keys::ServerKeys::load_or_generate(&db, OwnedServerName::try_from(name).unwrap())
-            .unwrap();
-    (db, keys)
-}
-
-/// Puts `remote_users` of `b` into `room` (on `a`), on both servers. Both must be stopped.
-fn share_room(a: &TestServer, b: &TestServer, room: &str, remote_users: &[&str]) {
-    let (db_a, keys_a) = server_keys(&a.dir.path().join("data"), &a.server_name);
-    let (db_b, keys_b) = server_keys(&b.dir.path().join("data"), &b.server_name);
-    let rooms_a = rooms::RoomService::new(db_a, keys_a.server_name().to_owned()).unwrap();
-    let rooms_b = rooms::RoomService::new(db_b, keys_b.server_name().to_owned()).unwrap();
-    let lookup = rooms::StaticKeys(BTreeMap::from([&keys_a, &keys_b].map(|k| {
-        (
-            k.server_name().to_owned(),
-            BTreeMap::from([(k.key_id().to_owned(), k.pair().public_key().to_vec())]),
-        )
-    })));
-    let room = RoomId::parse(room).unwrap();
-    let version = rooms_a.room_version(&room).unwrap().unwrap();
-    for localpart in remote_users {
-        let user = format!("@{localpart}:{}", b.server_name);
-        let state = rooms_a.current_state(&room).unwrap();
-        let state_pdus: Vec<CanonicalJsonObject> = state
-            .values()
-            .map(|id| rooms_a.event(id).unwrap().unwrap().pdu)
-            .collect();
-        let auth: Vec<String> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
-            .iter()
-            .filter_map(|t| state.get(&((*t).to_owned(), String::new())))
-            .map(|id| id.to_string())
-            .collect();
-        let (last, _) = rooms_a.timeline(&room, None, u64::MAX, 1).unwrap();
-        let prev = &last[0];
-        let mut join = canonical(json!({
-            "auth_events": auth,
-            "prev_events": [prev.event_id],
-            "content": {"membership": "join"},
-            "depth": prev.depth() + 1,
-            "origin_server_ts": now_ms(),
-            "room_id": room,
-            "sender": user,
-            "state_key": user,
-            "type": "m.room.member",
-        }));
-        ruma::signatures::hash_and_sign_event(
-            keys_b.server_name().as_str(),
-            keys_b.pair(),
-            &mut join,
-            &version.rules().unwrap().redaction,
-        )
-        .unwrap();
-        let got = rooms_a
-            .receive_pdu(keys_b.server_name(), join.clone(), &lookup)
-            .unwrap();
-        assert!(matches!(got, rooms::Received::Accepted { .. }), "{got:?}");
-        rooms_b
-            .import_join(&room, &version, join, state_pdus, Vec::new(), &lookup)
-            .unwrap();
-    }
+/// Appends `line` to the `[federation]` section (the last one) of `s`'s config and restarts.
+async fn add_federation_setting(s: &mut TestServer, line: &str) {
+    s.kill9();
+    let config = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(s.config_path(), format!("{config}{line}\n")).unwrap();
+    s.start_again().await;
 }
 
 async fn until_async<F, Fut>(what: &str, mut cond: F)
@@ -163,13 +90,159 @@ async fn sees(s: &TestServer, viewer: &User, user: &str, msg: &str) -> bool {
     status == 200 && body["status_msg"] == msg
 }
 
-/// A (alice, room owner) and B (the given users) sharing a public room, both running.
+async fn sync(s: &TestServer, user: &User) -> Value {
+    let (status, body) = s
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&user.token))
+        .await;
+    assert_eq!(status, 200, "sync: {body}");
+    body
+}
+
+/// The presence events of `user` in a `/sync` response.
+fn presence_in_sync<'a>(r: &'a Value, user: &str) -> Vec<&'a Value> {
+    r["presence"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["sender"] == user)
+        .collect()
+}
+
+fn ephemeral<'a>(r: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    r["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+/// Whether `user` is in the room's `m.typing` set in `viewer`'s fresh `/sync` on `s`.
+async fn sees_typing(s: &TestServer, viewer: &User, room: &str, user: &str) -> bool {
+    let r = sync(s, viewer).await;
+    ephemeral(&r, room, "m.typing").is_some_and(|e| {
+        e["content"]["user_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|u| u == user))
+    })
+}
+
+/// `user`'s `m.read` receipt on `event` in `viewer`'s fresh `/sync` on `s`.
+async fn sees_receipt(s: &TestServer, viewer: &User, room: &str, event: &str, user: &str) -> bool {
+    let r = sync(s, viewer).await;
+    ephemeral(&r, room, "m.receipt")
+        .is_some_and(|e| e["content"][event]["m.read"].get(user).is_some())
+}
+
+async fn set_typing(s: &TestServer, user: &User, room: &str, typing: bool) {
+    let (status, resp) = s
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(room),
+                enc(&user.user_id)
+            ),
+            Some(&user.token),
+            json!({"typing": typing, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, 200, "typing: {resp}");
+}
+
+async fn send_text(s: &TestServer, user: &User, room: &str, text: &str) -> String {
+    let (status, resp) = s
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                enc(text)
+            ),
+            Some(&user.token),
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await;
+    assert_eq!(status, 200, "send: {resp}");
+    resp["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn has_event(s: &TestServer, user: &User, room: &str, event: &str) -> bool {
+    let (status, _) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(room),
+                enc(event)
+            ),
+            Some(&user.token),
+        )
+        .await;
+    status == 200
+}
+
+async fn post_receipt(s: &TestServer, user: &User, room: &str, event: &str) {
+    let (status, resp) = s
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room),
+                enc(event)
+            ),
+            Some(&user.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "receipt: {resp}");
+}
+
+/// `viewer`'s view on `s` of `user`'s membership in `room`.
+async fn membership(s: &TestServer, viewer: &User, room: &str, user: &str) -> Option<String> {
+    let (status, body) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/members", enc(room)),
+            Some(&viewer.token),
+        )
+        .await;
+    if status != 200 {
+        return None;
+    }
+    body["chunk"].as_array()?.iter().find_map(|e| {
+        (e["state_key"] == user)
+            .then(|| e["content"]["membership"].as_str().unwrap_or("").to_owned())
+    })
+}
+
+/// `user` (on `b`) joins `room` (on `a`) over federation, and `a` has seen the join.
+async fn join_remote(b: &TestServer, user: &User, room: &str, a: &TestServer, a_viewer: &User) {
+    let (status, resp) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(room),
+                enc(&a.server_name)
+            ),
+            Some(&user.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "remote join: {resp}");
+    until_async("the resident server sees the join", || async {
+        membership(a, a_viewer, room, &user.user_id)
+            .await
+            .as_deref()
+            == Some("join")
+    })
+    .await;
+}
+
+/// A (alice, room owner; `a_extra` in its `[federation]` section) and B (the given users)
+/// sharing a public room of A that B's users joined over federation.
 async fn two_servers(
     a_extra: &str,
     b_users: &[&str],
 ) -> (TestServer, TestServer, User, Vec<User>, String) {
-    let mut a = federating_pulse(a_extra).await;
-    let mut b = federating_pulse("").await;
+    let mut a = federating_pulse("").await;
+    let b = federating_pulse("").await;
+    if !a_extra.is_empty() {
+        add_federation_setting(&mut a, &a_extra.replace("{B}", &b.server_name)).await;
+    }
     let alice = a.register("alice").await;
     let mut on_b = Vec::new();
     for u in b_users {
@@ -178,11 +251,9 @@ async fn two_servers(
     let room = a
         .create_room(&alice, json!({"preset": "public_chat"}))
         .await;
-    a.kill9();
-    b.kill9();
-    share_room(&a, &b, &room, b_users);
-    a.start_again().await;
-    b.start_again().await;
+    for u in &on_b {
+        join_remote(&b, u, &room, &a, &alice).await;
+    }
     (a, b, alice, on_b, room)
 }
 
@@ -194,6 +265,14 @@ async fn presence_flows_both_ways_between_two_pulse_servers() {
     until_async("bob sees alice", || sees(&b, bob, &alice.user_id, "from A")).await;
     let (_, seen) = presence_seen(&b, bob, &alice.user_id).await;
     assert_eq!(seen["presence"], "online");
+    let r = sync(&b, bob).await;
+    assert!(
+        presence_in_sync(&r, &alice.user_id)
+            .iter()
+            .any(|e| e["content"]["status_msg"] == "from A"),
+        "bob's /sync carries alice's presence: {}",
+        r["presence"]
+    );
     set_presence(&b, bob, "unavailable", "from B").await;
     until_async("alice sees bob", || {
         sees(&a, &alice, &bob.user_id, "from B")
@@ -201,36 +280,79 @@ async fn presence_flows_both_ways_between_two_pulse_servers() {
     .await;
     let (_, seen) = presence_seen(&a, &alice, &bob.user_id).await;
     assert_eq!(seen["presence"], "unavailable");
+    let r = sync(&a, &alice).await;
+    assert!(
+        presence_in_sync(&r, &bob.user_id)
+            .iter()
+            .any(|e| e["content"]["status_msg"] == "from B"),
+        "alice's /sync carries bob's presence: {}",
+        r["presence"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_read_receipts_flow_both_ways_between_two_pulse_servers() {
+    let (a, b, alice, on_b, room) = two_servers("", &["bob"]).await;
+    let bob = &on_b[0];
+
+    // Typing, A → B and B → A.
+    set_typing(&a, &alice, &room, true).await;
+    until_async("bob sees alice typing", || {
+        sees_typing(&b, bob, &room, &alice.user_id)
+    })
+    .await;
+    set_typing(&b, bob, &room, true).await;
+    until_async("alice sees bob typing", || {
+        sees_typing(&a, &alice, &room, &bob.user_id)
+    })
+    .await;
+    // Stopping travels too.
+    set_typing(&a, &alice, &room, false).await;
+    until_async("bob sees alice stop typing", || async {
+        !sees_typing(&b, bob, &room, &alice.user_id).await
+    })
+    .await;
+
+    // Receipts: each reads the other's message.
+    let from_a = send_text(&a, &alice, &room, "hello from A").await;
+    let from_b = send_text(&b, bob, &room, "hello from B").await;
+    until_async("bob has alice's message", || {
+        has_event(&b, bob, &room, &from_a)
+    })
+    .await;
+    until_async("alice has bob's message", || {
+        has_event(&a, &alice, &room, &from_b)
+    })
+    .await;
+    post_receipt(&b, bob, &room, &from_a).await;
+    until_async("alice sees bob's receipt", || {
+        sees_receipt(&a, &alice, &room, &from_a, &bob.user_id)
+    })
+    .await;
+    post_receipt(&a, &alice, &room, &from_b).await;
+    until_async("bob sees alice's receipt", || {
+        sees_receipt(&b, bob, &room, &from_b, &alice.user_id)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restricted_update_reaches_only_the_allowed_users_of_a_trusted_pulse_peer() {
     // A trusts B to honour allowed_recipients (B is a Pulse).
-    let mut a = federating_pulse("").await;
-    let b = federating_pulse("").await;
-    a.kill9();
-    let config = std::fs::read_to_string(a.config_path()).unwrap();
-    std::fs::write(
-        a.config_path(),
-        format!(
-            "{config}allowed_recipients_peers = [\"{}\"]\n",
-            b.server_name
-        ),
-    )
-    .unwrap();
-    a.start_again().await;
-    let mut b = b;
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let carol = b.register("carol").await;
-    let room = a
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
-    a.kill9();
-    b.kill9();
-    share_room(&a, &b, &room, &["bob", "carol"]);
-    a.start_again().await;
-    b.start_again().await;
+    let (a, b, alice, on_b, _room) =
+        two_servers("allowed_recipients_peers = [\"{B}\"]", &["bob", "carol"]).await;
+    let (bob, carol) = (&on_b[0], &on_b[1]);
+
+    // Both see an unrestricted update first: the path works for carol too.
+    set_presence(&a, &alice, "online", "everyone").await;
+    until_async("bob sees alice", || {
+        sees(&b, bob, &alice.user_id, "everyone")
+    })
+    .await;
+    until_async("carol sees alice", || {
+        sees(&b, carol, &alice.user_id, "everyone")
+    })
+    .await;
 
     let config_path = format!(
         "/_matrix/client/v3/user/{}/account_data/m.presence_sharing_config",
@@ -246,16 +368,30 @@ async fn a_restricted_update_reaches_only_the_allowed_users_of_a_trusted_pulse_p
     assert_eq!(status, 200, "{resp}");
     set_presence(&a, &alice, "online", "only bob").await;
     until_async("bob sees alice", || {
-        sees(&b, &bob, &alice.user_id, "only bob")
+        sees(&b, bob, &alice.user_id, "only bob")
     })
     .await;
-    // Carol shares the room but is not allowed: never sees it, not even through GET.
-    let (status, seen) = presence_seen(&b, &carol, &alice.user_id).await;
+    // Carol shares the room but is not allowed: she lost sight (a final offline reached her)
+    // and never sees the restricted update, not through GET, not through /sync.
+    until_async("carol sees alice offline", || async {
+        let (status, seen) = presence_seen(&b, carol, &alice.user_id).await;
+        status != 200 || seen["presence"] == "offline"
+    })
+    .await;
+    let (status, seen) = presence_seen(&b, carol, &alice.user_id).await;
     assert!(
         status != 200 || seen["status_msg"] != "only bob",
         "carol must not see alice: {status} {seen}"
     );
-    assert_ne!(seen["presence"], "online", "{seen}");
+    let r = sync(&b, carol).await;
+    assert!(
+        presence_in_sync(&r, &alice.user_id)
+            .iter()
+            .all(|e| e["content"]["status_msg"] != "only bob"
+                && e["content"]["presence"] != "online"),
+        "carol's /sync must not carry it: {}",
+        r["presence"]
+    );
 
     // Revocation: bob loses sight and gets one final offline.
     let (status, _) = a
@@ -267,8 +403,63 @@ async fn a_restricted_update_reaches_only_the_allowed_users_of_a_trusted_pulse_p
         .await;
     assert_eq!(status, 200);
     until_async("bob sees alice offline", || async {
-        let (status, seen) = presence_seen(&b, &bob, &alice.user_id).await;
+        let (status, seen) = presence_seen(&b, bob, &alice.user_id).await;
         status != 200 || seen["presence"] == "offline"
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignoring_a_remote_user_stops_sending_to_their_server_when_it_is_not_trusted() {
+    // B is not trusted to honour allowed_recipients (the default).
+    let (a, b, alice, on_b, room) = two_servers("", &["bob", "carol"]).await;
+    let (bob, carol) = (&on_b[0], &on_b[1]);
+    let dave = a.register("dave").await;
+    let (status, resp) = a
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    set_presence(&a, &alice, "online", "hello").await;
+    until_async("carol sees alice", || {
+        sees(&b, carol, &alice.user_id, "hello")
+    })
+    .await;
+    until_async("bob sees alice", || sees(&b, bob, &alice.user_id, "hello")).await;
+
+    // Alice ignores carol: B would show alice's updates to carol, so B gets a final offline
+    // and then nothing.
+    let (status, resp) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&alice.user_id)
+            ),
+            Some(&alice.token),
+            json!({"ignored_users": {carol.user_id.clone(): {}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    until_async("carol sees alice offline", || async {
+        let (status, seen) = presence_seen(&b, carol, &alice.user_id).await;
+        status != 200 || seen["presence"] == "offline"
+    })
+    .await;
+    set_presence(&a, &alice, "online", "after the ignore").await;
+    // Then dave (on A, unrestricted) changes presence. One queue per destination, presence
+    // entries sent in queue order and applied in order: once bob sees dave's update, alice's
+    // would have arrived if it had been sent.
+    set_presence(&a, &dave, "online", "marker").await;
+    until_async("bob sees dave", || sees(&b, bob, &dave.user_id, "marker")).await;
+    for viewer in [bob, carol] {
+        let (status, seen) = presence_seen(&b, viewer, &alice.user_id).await;
+        assert!(
+            status != 200 || seen["status_msg"] != "after the ignore",
+            "{} must not get it: {seen}",
+            viewer.user_id
+        );
+    }
 }

@@ -498,15 +498,63 @@ async fn invites_across_servers_can_be_accepted_and_rejected() {
 
 #[tokio::test]
 async fn messages_kicks_and_bans_flow_both_ways() {
+    // The default room version: 12, whose room IDs name no server.
+    let room = messages_kicks_and_bans(None).await;
+    assert!(!room.contains(':'), "a v12 room ID: {room}");
+}
+
+#[tokio::test]
+async fn messages_kicks_and_bans_in_a_v10_room() {
+    let room = messages_kicks_and_bans(Some("10")).await;
+    assert!(room.contains(':'), "a v10 room ID: {room}");
+}
+
+#[tokio::test]
+async fn messages_kicks_and_bans_in_a_v1_room() {
+    // Server-generated event IDs, `[id, hash]` references, the v1 redaction rule.
+    messages_kicks_and_bans(Some("1")).await;
+}
+
+/// Joins, messages, a kick and a ban across two servers in a room of `version` (`None`: the
+/// default) made on A; returns the room ID.
+async fn messages_kicks_and_bans(version: Option<&str>) -> String {
     let a = Server::start().await;
     let b = Server::start().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
-    let room = a
-        .create_room(&alice, json!({"preset": "public_chat"}))
+    let mut body = json!({"preset": "public_chat"});
+    if let Some(v) = version {
+        body["room_version"] = json!(v);
+    }
+    let room = a.create_room(&alice, body).await;
+    let (status, create) = a
+        .req(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+                enc(&room)
+            ),
+            &alice.token,
+            None,
+        )
         .await;
+    assert_eq!(status, 200);
+    assert_eq!(create["room_version"], json!(version.unwrap_or("12")));
     let (status, body) = join(&b, &bob, &room, &a).await;
     assert_eq!(status, 200, "remote join: {body}");
+    // B imported the room's state: the same create event.
+    let (status, on_b) = b
+        .req(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+                enc(&room)
+            ),
+            &bob.token,
+            None,
+        )
+        .await;
+    assert_eq!((status, &on_b), (200, &create));
 
     a.send_text(&alice, &room, "t1", "hello from A").await;
     b.send_text(&bob, &room, "t1", "hello from B").await;
@@ -552,6 +600,7 @@ async fn messages_kicks_and_bans_flow_both_ways() {
     .await;
     let (status, _) = join(&b, &bob, &room, &a).await;
     assert_eq!(status, 403, "a banned user's join");
+    room
 }
 
 #[tokio::test]

@@ -206,8 +206,12 @@ async fn setup_with(
 ) -> (TestServer, User, String) {
     let mut pulse = TestServer::start_with(&format!("{FEDERATION}{federation_extra}")).await;
     let alice = pulse.register("alice").await;
+    // v10: the fake remote builds its PDUs by hand in the v10 format.
     let room = pulse
-        .create_room(&alice, json!({"preset": "public_chat"}))
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
         .await;
     pulse.kill9();
     {
@@ -670,5 +674,65 @@ async fn revoking_a_grant_sends_one_final_offline_to_the_users_who_lost_sight() 
             .filter(|p| p["presence"] != "offline")
             .all(|p| p["allowed_recipients"] == json!([bob])),
         "bob's view is untouched or re-sent to him alone: {after:?}"
+    );
+}
+
+/// The refresh schedule is in memory only (docs/federation.md, "Refresh"): a restart re-sends
+/// every online user with a remote audience at once, so a remote server's 30-minute timeout
+/// cannot run out across a restart; offline users are not re-sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_re_sends_the_presence_of_online_users_and_not_of_offline_ones() {
+    let fake = FakeRemote::start().await;
+    let (mut pulse, alice, room) = setup(&fake, &["bob"]).await;
+    let dave = pulse.register("dave").await;
+    let (status, resp) = pulse
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    set_presence(&pulse, &dave, "online", "dave").await;
+    set_presence(&pulse, &dave, "offline", "gone").await;
+    set_presence(&pulse, &alice, "online", "still here").await;
+    until("alice's presence", || {
+        fake.presence_of(&alice.user_id)
+            .iter()
+            .any(|(_, p)| p["status_msg"] == "still here")
+    })
+    .await;
+    until("dave's offline", || {
+        fake.presence_of(&dave.user_id)
+            .iter()
+            .any(|(_, p)| p["presence"] == "offline")
+    })
+    .await;
+    let (alice_before, dave_before) = (
+        fake.presence_of(&alice.user_id).len(),
+        fake.presence_of(&dave.user_id).len(),
+    );
+
+    pulse.kill9();
+    pulse.start_again().await;
+    // Nobody changed anything, yet alice's presence goes out again.
+    until("alice re-sent after the restart", || {
+        fake.presence_of(&alice.user_id).len() > alice_before
+    })
+    .await;
+    let (_, again) = fake.presence_of(&alice.user_id).pop().unwrap();
+    assert_eq!(again["presence"], "online", "{again}");
+    assert_eq!(again["status_msg"], "still here", "{again}");
+    // The start-up re-send is queued before anything new: once a later message arrived,
+    // a re-send of dave would have too.
+    say(&pulse, &alice, &room, "barrier").await;
+    until("the barrier", || {
+        fake.messages().contains(&"barrier".to_owned())
+    })
+    .await;
+    assert_eq!(
+        fake.presence_of(&dave.user_id).len(),
+        dave_before,
+        "an offline user is not re-sent"
     );
 }

@@ -91,7 +91,11 @@ async fn create_room_state_and_errors() {
         )
         .await;
     assert_eq!(create["m.federate"], json!(false));
-    assert_eq!(create["room_version"], json!("10"));
+    assert_eq!(
+        create["room_version"],
+        json!("12"),
+        "the default room version"
+    );
     let (_, me) = s
         .get(
             &rooms_path(

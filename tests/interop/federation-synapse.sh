@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pulse <-> Synapse federation on loopback: a Pulse user joins a Synapse room and a Synapse user
-# joins a Pulse room, messages both ways (tests/interop/federation_synapse.py has the steps).
+# joins a Pulse room, messages both ways (tests/interop/federation_synapse.py has the steps),
+# then presence both ways and a restricted update withheld (tests/interop/presence_synapse.py).
 #
 #   tests/interop/federation-synapse.sh          # builds pulse (dev) unless PULSE_BINARY is set
 #
@@ -45,10 +46,8 @@ free_port() {
 
 # Synapse first (its venv has signedjson, which the driver uses).
 export SYNAPSE_DIR=$work/synapse
-# Synapse 1.163 creates room version 12 by default; Pulse joins v10 and v11 rooms, so the
-# Synapse rooms are v10 unless SYNAPSE_ROOM_VERSION says otherwise (drop this once Pulse
-# supports v12, issue 16 item 7).
-export SYNAPSE_ROOM_VERSION=${SYNAPSE_ROOM_VERSION:-10}
+# Both servers keep their default room version (12, as Synapse 1.163's): the driver checks
+# it, and runs a version-10 case too. SYNAPSE_ROOM_VERSION, if set, still changes Synapse's.
 "$here/synapse.sh" start
 pulse_pid=
 cleanup() {
@@ -119,7 +118,12 @@ log "Pulse 127.0.0.1:$fed_port (client http://127.0.0.1:$client_port), Synapse $
 venv_python=${PULSE_INTEROP_CACHE:-$HOME/.cache/pulse-interop}/synapse-venv/bin/python
 cd "$here"
 rc=0
-"$venv_python" federation_synapse.py "$work/pulse/env.json" "$SYNAPSE_DIR/env.json" || rc=$?
+# The drivers, in order, on the same two servers (FED_DRIVERS picks some): joins, messages and
+# invites; then presence (presence_synapse.py, issue 17).
+for driver in ${FED_DRIVERS:-federation_synapse.py presence_synapse.py}; do
+  log "running $driver"
+  "$venv_python" "$driver" "$work/pulse/env.json" "$SYNAPSE_DIR/env.json" || { rc=$?; break; }
+done
 trap - EXIT
 cleanup
 if [ "$rc" = 0 ]; then

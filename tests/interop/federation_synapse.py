@@ -5,11 +5,17 @@ tests/interop/federation-synapse.sh, which starts both servers and passes their 
 
 Checks, in order, stopping at the first failure:
   1. Pulse's /_matrix/federation/v1/version and /_matrix/key/v2/server (signed by its own key);
+then, for rooms of each server's DEFAULT room version (/capabilities; Pulse's must be 12, as
+Synapse 1.163's), and
+again for rooms of version 10 (the last version with `!x:server` room IDs):
   2. a Pulse user joins a public room on Synapse (Pulse's make_join/send_join);
   3. a Synapse user joins a public room on Pulse (Synapse's make_join/send_join against Pulse);
   4. messages both ways in the Synapse room; 5. messages both ways in the Pulse room;
   6. a Pulse user invites a Synapse user to a private Pulse room: accepted, and rejected;
-  7. a Synapse user invites a Pulse user to a private Synapse room: accepted, and rejected.
+  7. a Synapse user invites a Pulse user to a private Synapse room: accepted, and rejected;
+  8. the Synapse user kicks, then bans, the Pulse user from the Synapse room (the Pulse user
+     rejoins in between; once banned, their join is refused);
+  9. the Pulse user kicks, then bans, the Synapse user from the Pulse room (the same).
 """
 
 import json
@@ -17,7 +23,7 @@ import sys
 import time
 import urllib.parse
 
-from synapse_harness import Synapse, has_message, wait_for
+from synapse_harness import HttpError, Synapse, has_message, wait_for
 
 
 def step(name):
@@ -39,12 +45,32 @@ def check_keys(pulse):
     print(f"Pulse server keys {list(keys['verify_keys'])} verify")
 
 
-def join(home, home_user, guest, guest_user):
-    """guest_user (on guest) joins a public room home_user made on home; returns the room."""
+def create_room(home, home_user, preset, version):
+    """A room home_user makes on home, of `version` (None: home's default)."""
+    body = {"preset": preset}
+    if version is not None:
+        body["room_version"] = version
     room_id = home.client(
-        "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"},
-        token=home_user["access_token"],
+        "POST", "/_matrix/client/v3/createRoom", body, token=home_user["access_token"],
     )["room_id"]
+    create = home.client(
+        "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.create/",
+        token=home_user["access_token"],
+    )
+    made = create.get("room_version", "1")
+    expected = version or default_version(home, home_user)
+    assert made == expected, f"{room_id} is version {made}, expected {expected}"
+    return room_id
+
+
+def default_version(hs, user):
+    caps = hs.client("GET", "/_matrix/client/v3/capabilities", token=user["access_token"])
+    return caps["capabilities"]["m.room_versions"]["default"]
+
+
+def join(home, home_user, guest, guest_user, version):
+    """guest_user (on guest) joins a public room home_user made on home; returns the room."""
+    room_id = create_room(home, home_user, "public_chat", version)
     started = time.monotonic()
     guest.client(
         "POST", f"/_matrix/client/v3/join/{room_id}?server_name={home.server_name}", {},
@@ -101,13 +127,10 @@ def membership(hs, viewer, room_id, user_id):
     return state.get("membership")
 
 
-def invite_accept_reject(home, home_user, guest, guest_user):
+def invite_accept_reject(home, home_user, guest, guest_user, version):
     """home_user invites guest_user to a private room twice: accepted once, rejected once."""
     for accept in (True, False):
-        room_id = home.client(
-            "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"},
-            token=home_user["access_token"],
-        )["room_id"]
+        room_id = create_room(home, home_user, "private_chat", version)
         home.client(
             "POST", f"/_matrix/client/v3/rooms/{room_id}/invite",
             {"user_id": guest_user["user_id"]}, token=home_user["access_token"],
@@ -128,6 +151,78 @@ def invite_accept_reject(home, home_user, guest, guest_user):
             print(f"{guest_user['user_id']} rejected an invite to {room_id}")
 
 
+def joined_rooms(hs, user):
+    return hs.client("GET", "/_matrix/client/v3/joined_rooms",
+                     token=user["access_token"]).get("joined_rooms", [])
+
+
+def guest_join(home, guest, guest_user, room_id):
+    guest.client(
+        "POST", f"/_matrix/client/v3/join/{room_id}?server_name={home.server_name}", {},
+        token=guest_user["access_token"],
+    )
+
+
+def kick_and_ban(home, home_user, guest, guest_user, room_id):
+    """home_user kicks guest_user (joined to room_id), who rejoins and is then banned."""
+    home.client(
+        "POST", f"/_matrix/client/v3/rooms/{room_id}/kick",
+        {"user_id": guest_user["user_id"], "reason": "interop kick"},
+        token=home_user["access_token"],
+    )
+    assert membership(home, home_user, room_id, guest_user["user_id"]) == "leave"
+    wait_for("the kick on the guest's server",
+             lambda: room_id not in joined_rooms(guest, guest_user))
+    print(f"{guest_user['user_id']} kicked from {room_id}, and their server knows")
+    guest_join(home, guest, guest_user, room_id)
+    wait_for("the rejoin on the room's server",
+             lambda: membership(home, home_user, room_id, guest_user["user_id"]) == "join")
+    home.client(
+        "POST", f"/_matrix/client/v3/rooms/{room_id}/ban",
+        {"user_id": guest_user["user_id"], "reason": "interop ban"},
+        token=home_user["access_token"],
+    )
+    assert membership(home, home_user, room_id, guest_user["user_id"]) == "ban"
+    wait_for("the ban on the guest's server",
+             lambda: room_id not in joined_rooms(guest, guest_user))
+    try:
+        guest_join(home, guest, guest_user, room_id)
+    except HttpError as e:
+        assert e.status == 403, f"a banned user's join: {e.status} {e.body}"
+    else:
+        raise AssertionError("a banned user joined again")
+    assert membership(home, home_user, room_id, guest_user["user_id"]) == "ban"
+    print(f"{guest_user['user_id']} banned from {room_id}; their join is refused")
+
+
+def suite(pulse, synapse, p_alice, s_bob, version):
+    label = f"v{version}" if version else "default-version"
+
+    step(f"2. [{label}] a Pulse user joins a Synapse room")
+    synapse_room = join(synapse, s_bob, pulse, p_alice, version)
+
+    step(f"3. [{label}] a Synapse user joins a Pulse room")
+    pulse_room = join(pulse, p_alice, synapse, s_bob, version)
+
+    step(f"4. [{label}] messages both ways in the Synapse room")
+    talk(synapse, s_bob, pulse, p_alice, synapse_room, f"synapse-room-{label}")
+
+    step(f"5. [{label}] messages both ways in the Pulse room")
+    talk(pulse, p_alice, synapse, s_bob, pulse_room, f"pulse-room-{label}")
+
+    step(f"6. [{label}] a Pulse user invites a Synapse user (accepted, then rejected)")
+    invite_accept_reject(pulse, p_alice, synapse, s_bob, version)
+
+    step(f"7. [{label}] a Synapse user invites a Pulse user (accepted, then rejected)")
+    invite_accept_reject(synapse, s_bob, pulse, p_alice, version)
+
+    step(f"8. [{label}] the Synapse user kicks and bans the Pulse user")
+    kick_and_ban(synapse, s_bob, pulse, p_alice, synapse_room)
+
+    step(f"9. [{label}] the Pulse user kicks and bans the Synapse user")
+    kick_and_ban(pulse, p_alice, synapse, s_bob, pulse_room)
+
+
 def main(argv):
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -140,23 +235,12 @@ def main(argv):
     p_alice = pulse.register("alice", "alice-password")
     s_bob = synapse.register("bob", "bob-password")
 
-    step("2. a Pulse user joins a Synapse room")
-    synapse_room = join(synapse, s_bob, pulse, p_alice)
-
-    step("3. a Synapse user joins a Pulse room")
-    pulse_room = join(pulse, p_alice, synapse, s_bob)
-
-    step("4. messages both ways in the Synapse room")
-    talk(synapse, s_bob, pulse, p_alice, synapse_room, "synapse-room")
-
-    step("5. messages both ways in the Pulse room")
-    talk(pulse, p_alice, synapse, s_bob, pulse_room, "pulse-room")
-
-    step("6. a Pulse user invites a Synapse user (accepted, then rejected)")
-    invite_accept_reject(pulse, p_alice, synapse, s_bob)
-
-    step("7. a Synapse user invites a Pulse user (accepted, then rejected)")
-    invite_accept_reject(synapse, s_bob, pulse, p_alice)
+    defaults = (default_version(pulse, p_alice), default_version(synapse, s_bob))
+    print(f"default room versions: Pulse {defaults[0]}, Synapse {defaults[1]}")
+    assert defaults[0] == "12", "Pulse creates room version 12 by default (as Synapse 1.163)"
+    # Both servers' default, then version 10.
+    for version in (None, "10"):
+        suite(pulse, synapse, p_alice, s_bob, version)
 
     print("federation with Synapse: ok")
     return 0

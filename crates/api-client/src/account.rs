@@ -447,6 +447,7 @@ async fn logout(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
     state
         .presence
         .device_removed(&auth.user_id, auth.device_id.as_str());
+    crate::keys::device_deleted(&state, &auth.user_id, &auth.device_id).await;
     Ok(Json(json!({})))
 }
 
@@ -457,6 +458,7 @@ async fn logout_all(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
         state
             .presence
             .device_removed(&auth.user_id, d.device_id.as_str());
+        crate::keys::device_deleted(&state, &auth.user_id, &d.device_id).await;
     }
     Ok(Json(json!({})))
 }
@@ -581,6 +583,7 @@ async fn put_device(
     state
         .accounts
         .update_device(&auth.user_id, device_id.as_str().into(), body.display_name)?;
+    crate::keys::device_renamed(&state, &auth.user_id, device_id.as_str().into()).await;
     Ok(Json(json!({})))
 }
 
@@ -600,6 +603,7 @@ async fn delete_device(
         .accounts
         .delete_device(&auth.user_id, device_id.as_str().into())?;
     state.presence.device_removed(&auth.user_id, &device_id);
+    crate::keys::device_deleted(&state, &auth.user_id, device_id.as_str().into()).await;
     Ok(Json(json!({})))
 }
 
@@ -622,6 +626,7 @@ async fn delete_devices(
     state.accounts.delete_devices(&auth.user_id, &ids)?;
     for id in &ids {
         state.presence.device_removed(&auth.user_id, id.as_str());
+        crate::keys::device_deleted(&state, &auth.user_id, id).await;
     }
     Ok(Json(json!({})))
 }

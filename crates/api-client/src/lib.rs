@@ -15,9 +15,12 @@
 //!
 //! Modules by area: `meta` (versions, well-known, capabilities), `account`
 //! (register, login, logout, whoami, devices), `admin` (shared-secret registration),
-//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip` (TURN credentials), `thirdparty`
-//! (protocols and 3PIDs: none), `presence` (status and MSC4043 override), `room`
-//! (room endpoints), `ephemeral` (typing, receipts, read markers), `sync`.
+//! `profile`, `account_data`, `filter`, `push` (push rules, notifications, pushers), `voip`
+//! (TURN credentials), `thirdparty` (protocols and 3PIDs: none), `media` (upload, download,
+//! thumbnails), `presence` (status and MSC4043 override), `room` (room endpoints),
+//! `ephemeral` (typing, receipts, read markers), `sync`; end-to-end encryption: `keys`
+//! (upload, query, claim, changes, cross-signing), `to_device`, `room_keys` (key backup),
+//! `device_lists` and `sync_e2ee` (their `/sync` sections), `remote_keys` (the federation hook).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -33,25 +36,34 @@ pub mod extract;
 pub mod federation_admin;
 pub mod notifier;
 pub mod ratelimit;
+pub mod remote_keys;
 pub mod remote_membership;
 
 mod account;
 mod account_data;
 mod admin;
 mod blocking;
+mod device_lists;
 mod ephemeral;
 mod filter;
+mod keys;
+mod media;
 mod meta;
 mod presence;
 mod profile;
 mod push;
 mod room;
+mod room_keys;
 mod sync;
+mod sync_e2ee;
 mod thirdparty;
+mod to_device;
 mod voip;
 
 pub use ephemeral::SyncWakeObserver;
 pub use error::{ApiResult, MatrixError};
+pub use keys::{device_names, wake_device_list};
+pub use media::MediaConfig;
 pub use notifier::SyncNotifier;
 pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
 pub use voip::VoipConfig;
@@ -73,6 +85,8 @@ pub struct ClientApiConfig {
     pub max_sync_timeout_ms: u64,
     /// `[voip]`: TURN servers for `/voip/turnServer`.
     pub voip: VoipConfig,
+    /// `[media]`: the upload size limit.
+    pub media: MediaConfig,
 }
 
 /// Everything handlers need, passed explicitly as axum state.
@@ -94,6 +108,13 @@ pub struct AppState {
         std::sync::OnceLock<std::sync::Arc<dyn remote_membership::RemoteMembership>>,
     /// Push rules, notification counts and pushers.
     pub push: Arc<::push::PushService>,
+    /// End-to-end encryption: device keys, one-time keys, to-device, key backup.
+    pub e2ee: Arc<e2ee::E2eeService>,
+    /// Key queries, claims, to-device messages and device-list updates for other servers,
+    /// once federation runs.
+    pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
+    /// Uploaded files and their thumbnails.
+    pub media: Arc<::media::MediaService>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -123,6 +144,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(push::routes())
         .merge(voip::routes())
         .merge(thirdparty::routes())
+        .merge(keys::routes())
+        .merge(to_device::routes())
+        .merge(room_keys::routes())
+        .merge(media::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

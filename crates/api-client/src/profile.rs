@@ -4,9 +4,10 @@
 //! Reads need no access token (the spec makes profiles public). Writes only for one's
 //! own profile (403 `M_FORBIDDEN`); an empty string or `null` removes the field. A change
 //! is propagated as a new `m.room.member` event in every joined room, and the members of
-//! those rooms are woken. Unknown (or non-local) users are 404 `M_NOT_FOUND`; for an
-//! existing user, a field that is not set is simply absent (`200 {}`), as Synapse answers
-//! and ruma-based clients expect.
+//! those rooms are woken. Unknown local users are 404 `M_NOT_FOUND`; for an existing user,
+//! a field that is not set is simply absent (`200 {}`), as Synapse answers and ruma-based
+//! clients expect. Another server's user is looked up there (`/query/profile`, through the
+//! federation hook), or 404 when this server does not federate.
 use std::sync::Arc;
 
 use accounts::Profile;
@@ -59,7 +60,26 @@ fn load(state: &AppState, raw: &str) -> ApiResult<Profile> {
         .ok_or_else(|| MatrixError::not_found("Profile not found"))
 }
 
+/// A remote user's profile (`field` only, when given), or `None` for a local user.
+async fn remote_profile(
+    state: &AppState,
+    raw: &str,
+    field: Option<&'static str>,
+) -> ApiResult<Option<Value>> {
+    let user = parse_user_id(raw)?;
+    if user.server_name() == state.config.server_name {
+        return Ok(None);
+    }
+    let Some(remote) = state.remote_membership.get().cloned() else {
+        return Err(MatrixError::not_found("Profile not found"));
+    };
+    Ok(Some(Value::Object(remote.profile(user, field).await?)))
+}
+
 async fn get_profile(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+    if let Some(v) = remote_profile(&state, &user_id, None).await? {
+        return Ok(Json(v));
+    }
     Ok(Json(json!(load(&state, &user_id)?)))
 }
 
@@ -67,6 +87,9 @@ async fn get_displayname(
     state: AppStateRef,
     Path(user_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    if let Some(v) = remote_profile(&state, &user_id, Some("displayname")).await? {
+        return Ok(Json(v));
+    }
     let profile = load(&state, &user_id)?;
     Ok(Json(json!(Profile {
         displayname: profile.displayname,
@@ -75,6 +98,9 @@ async fn get_displayname(
 }
 
 async fn get_avatar_url(state: AppStateRef, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+    if let Some(v) = remote_profile(&state, &user_id, Some("avatar_url")).await? {
+        return Ok(Json(v));
+    }
     let profile = load(&state, &user_id)?;
     Ok(Json(json!(Profile {
         displayname: None,

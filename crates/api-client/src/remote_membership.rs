@@ -1,10 +1,12 @@
 //! The hook through which the membership handlers reach other servers: joining a room that
 //! lives elsewhere (by ID with `server_name`/`via`, or by a remote alias), leaving or
-//! rejecting an invite to a room this server has no state of, and inviting a remote user.
+//! rejecting an invite to a room this server has no state of, and inviting a remote user;
+//! and the lookups the client API forwards to another server (a remote alias through
+//! `/query/directory`, a remote user's profile through `/query/profile`).
 //! The server binary installs an implementation (over `federation-membership`); without
 //! one, these requests fail as they would for an unknown room.
 use futures::future::BoxFuture;
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Map, Value};
 
 use crate::error::MatrixError;
@@ -46,6 +48,25 @@ pub trait RemoteMembership: Send + Sync {
         target: OwnedUserId,
         reason: Option<String>,
     ) -> BoxFuture<'_, Result<RemoteDone, MatrixError>>;
+    /// Tells a remote invitee's server of an invite already stored here (`createRoom`'s
+    /// `invite` list): `PUT /v2/invite` with the stored event and the room's stripped state.
+    fn push_invite(
+        &self,
+        room: OwnedRoomId,
+        invite: OwnedEventId,
+    ) -> BoxFuture<'_, Result<(), MatrixError>>;
+    /// The room and servers of an alias of another server (`/query/directory` there).
+    fn resolve_alias(
+        &self,
+        alias: OwnedRoomAliasId,
+    ) -> BoxFuture<'_, Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError>>;
+    /// A remote user's profile (`/query/profile` at their server): `displayname` and/or
+    /// `avatar_url`, only `field` when given.
+    fn profile(
+        &self,
+        user: OwnedUserId,
+        field: Option<&'static str>,
+    ) -> BoxFuture<'_, Result<Map<String, Value>, MatrixError>>;
 }
 
 /// `server_name` and `via` query parameters (repeated), in order, without duplicates.

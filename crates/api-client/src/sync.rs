@@ -152,19 +152,20 @@ struct SyncBody {
     leave: Map<String, Value>,
     account_data: Vec<Value>,
     presence: Vec<Value>,
+    /// to_device, device_lists, key counts (`crate::sync_e2ee`).
+    e2ee: crate::sync_e2ee::E2eeSync,
 }
 
 impl SyncBody {
     fn into_json(self, now: u64) -> Value {
-        json!({
+        let mut body = json!({
             "next_batch": token(now),
             "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
             "account_data": { "events": self.account_data },
             "presence": { "events": self.presence },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
-        })
+        });
+        self.e2ee.write_into(&mut body);
+        body
     }
 }
 
@@ -189,6 +190,7 @@ fn build_response(
         leave: Map::new(),
         account_data: Vec::new(),
         presence: Vec::new(),
+        e2ee: Default::default(),
     };
 
     // Account data: global goes to the top level, per-room into each joined room.
@@ -329,16 +331,20 @@ fn build_response(
                     None => room_filter.include_leave,
                 };
                 if report {
-                    let section = left_room(
-                        state,
-                        auth,
-                        room_id,
-                        since,
-                        ur.pos,
-                        timeline_limit,
-                        room_filter,
-                        now_ts,
-                    )?;
+                    let section = if state.rooms.room_exists(room_id).map_err(room_err)? {
+                        left_room(
+                            state,
+                            auth,
+                            room_id,
+                            since,
+                            ur.pos,
+                            timeline_limit,
+                            room_filter,
+                            now_ts,
+                        )?
+                    } else {
+                        left_remote_room(state, auth, &ur.event_id, now_ts)?
+                    };
                     body.leave.insert(room_id.to_string(), section);
                 }
             }
@@ -350,7 +356,11 @@ fn build_response(
     crate::push::sync_unread_counts(state, user, by_thread, &mut body.join, now)?;
     // ---- end push ----
     body.presence = presence_events(state, user, filter, since, now, newly_shared)?;
-    body.has_content = !body.join.is_empty()
+    // ---- end-to-end encryption (to_device, device_lists, key counts): crate::sync_e2ee ----
+    body.e2ee = crate::sync_e2ee::build(state, auth, since, now)?;
+    // ---- end of the e2ee block ----
+    body.has_content = body.e2ee.has_content()
+        || !body.join.is_empty()
         || !body.invite.is_empty()
         || !body.leave.is_empty()
         || !body.account_data.is_empty()
@@ -525,6 +535,28 @@ fn left_room(
         obj.remove("summary");
     }
     Ok(section)
+}
+
+/// A left room this server has no state of (a rejected or rescinded remote invite): the
+/// leave event, stored as an outlier, is the whole timeline.
+fn left_remote_room(
+    state: &AppState,
+    auth: &Auth,
+    leave: &ruma::EventId,
+    now_ts: u64,
+) -> ApiResult<Value> {
+    let events: Vec<Value> = state
+        .rooms
+        .event(leave)
+        .map_err(room_err)?
+        .map(|ev| ev.to_client_event(Some((&auth.user_id, &auth.device_id)), now_ts))
+        .into_iter()
+        .collect();
+    Ok(json!({
+        "account_data": { "events": [] },
+        "state": { "events": [] },
+        "timeline": { "events": events, "limited": false },
+    }))
 }
 
 /// Events scanned at most for one room's filtered timeline (a filter that matches almost

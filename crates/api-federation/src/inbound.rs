@@ -34,6 +34,21 @@ fn str_field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
     }
 }
 
+/// A user's own join, leave or knock (`state_key` = `sender`): what a resident server
+/// forwards for another server after `send_join` / `send_leave` / `send_knock`.
+fn is_forwarded_membership(pdu: &CanonicalJsonObject, sender: &OwnedUserId) -> bool {
+    let membership = match pdu.get("content") {
+        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+            Some(CanonicalJsonValue::String(m)) => m.as_str(),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    str_field(pdu, "type") == Some("m.room.member")
+        && str_field(pdu, "state_key") == Some(sender.as_str())
+        && matches!(membership, "join" | "leave" | "knock")
+}
+
 /// A PDU pushed by `origin` in a transaction. `Ok` = accepted (or soft-failed, which the
 /// sender need not know), `Err` = the reason, for the per-PDU result.
 pub(crate) async fn pushed_pdu(
@@ -49,8 +64,11 @@ pub(crate) async fn pushed_pdu(
         .ok_or("PDU without a valid sender")?;
     // Relayed history (another server's events) arrives through get_missing_events, where
     // each event is checked against its own server's signature; a push speaks for the
-    // origin's users only.
-    if sender.server_name() != origin {
+    // origin's users only, except for the one relay the protocol has: a resident server
+    // forwards the joins, leaves and knocks it accepted through send_join / send_leave /
+    // send_knock to the room's other servers. Such an event still needs its sender's
+    // server's valid signature (required by every room version, checked below).
+    if sender.server_name() != origin && !is_forwarded_membership(&pdu, &sender) {
         return Err(format!(
             "sender {sender} does not belong to the sending server {origin}"
         ));
@@ -204,8 +222,9 @@ fn seg(s: &str) -> String {
     federation_client::percent_encode_segment(s)
 }
 
+/// Whether `pdu` is in `room` (a v12 create event has no `room_id`: its hash names the room).
 fn in_room(pdu: &CanonicalJsonObject, room: &RoomId) -> bool {
-    str_field(pdu, "room_id") == Some(room.as_str())
+    rooms::RoomService::pdu_room_id(pdu).as_deref() == Some(room)
 }
 
 fn depth(pdu: &CanonicalJsonObject) -> i64 {

@@ -12,20 +12,27 @@
 //! bounds, per-(origin, txn) idempotency, presence / typing / receipt EDUs; `inbound`: each PDU
 //! through ACL and sender checks, keys valid at its time (`verify`), `rooms::receive_pdu`, and
 //! the missing events it asks for); the reads `/event`, `/state`, `/state_ids`, `/backfill`,
-//! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility)
+//! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility),
+//! a withdrawn invite for a room we have no state of (`rescind`)
 //! and `/query/profile`, `/query/directory`, `/publicRooms` (`queries`); `m.room.server_acl`
-//! (`acl`). Joins, leaves and invites live in `membership` (another owner). An authenticated
-//! request to a path we do not serve gets `404 M_UNRECOGNIZED`. docs/federation.md has the
-//! life of an inbound PDU.
+//! (`acl`); end-to-end encryption: `/user/keys/query`, `/user/keys/claim`,
+//! `/user/devices/{userId}` and the `m.device_list_update`, `m.signing_key_update`,
+//! `m.direct_to_device` EDUs (`e2ee`). Joins, leaves and invites live in `membership`
+//! (another owner). A path we do not serve gets `404 M_UNRECOGNIZED` and a method we do not
+//! serve on a path we do `405 M_UNRECOGNIZED`, both without authentication (as the spec and
+//! Complement's `TestUnknownEndpoints` ask). docs/federation.md has the life of an inbound
+//! PDU.
 //!
 //! Handlers go through the services (rooms, accounts, presence-service, ephemeral).
 mod acl;
 mod auth;
+pub mod e2ee;
 mod inbound;
 mod keys;
 pub mod membership;
 mod queries;
 mod reads;
+mod rescind;
 mod send;
 mod verify;
 
@@ -69,6 +76,8 @@ pub struct FederationState {
     txn_locks: send::TxnLocks,
     /// Room membership endpoints (make/send join and leave, invite); `None`: not served.
     pub membership: Option<Arc<membership::MembershipState>>,
+    /// Key queries and claims, device lists, to-device EDUs; `None`: not served.
+    pub e2ee: Option<Arc<e2ee::E2eeState>>,
 }
 
 impl FederationState {
@@ -93,10 +102,16 @@ impl FederationState {
             peer_observer: None,
             txn_locks: Default::default(),
             membership: None,
+            e2ee: None,
         }
     }
 
     /// Serves the room membership endpoints with `membership`.
+    pub fn with_e2ee(mut self, e2ee: Arc<e2ee::E2eeState>) -> FederationState {
+        self.e2ee = Some(e2ee);
+        self
+    }
+
     pub fn with_membership(
         mut self,
         membership: Arc<membership::MembershipState>,
@@ -128,6 +143,9 @@ pub fn router(state: Arc<FederationState>) -> Router {
             "/v1/event_auth/{room_id}/{event_id}",
             get(reads::get_event_auth),
         )
+        .route("/v1/user/keys/query", post(e2ee::user_keys_query))
+        .route("/v1/user/keys/claim", post(e2ee::user_keys_claim))
+        .route("/v1/user/devices/{user_id}", get(e2ee::user_devices))
         .route("/v1/query/profile", get(queries::profile))
         .route("/v1/query/directory", get(queries::directory))
         .route(
@@ -135,7 +153,10 @@ pub fn router(state: Arc<FederationState>) -> Router {
             get(queries::public_rooms_get).post(queries::public_rooms_post),
         )
         .fallback(unrecognized)
-        .layer(axum::middleware::from_fn_with_state(
+        .method_not_allowed_fallback(method_not_allowed)
+        // `route_layer`: only requests that match a route are authenticated; an unknown path
+        // or method is answered 404 / 405 whoever asks.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_x_matrix,
         ));
@@ -145,6 +166,7 @@ pub fn router(state: Arc<FederationState>) -> Router {
         .route("/_matrix/key/v2/query", post(keys::query_batch))
         .route("/_matrix/key/v2/query/{server}", get(keys::query_one))
         .route("/_matrix/federation/v1/version", get(version))
+        .method_not_allowed_fallback(method_not_allowed)
         .nest("/_matrix/federation", authenticated)
         .with_state(state)
 }
@@ -155,12 +177,19 @@ async fn version() -> Json<serde_json::Value> {
     }))
 }
 
-async fn unrecognized(axum::Extension(origin): axum::Extension<Origin>) -> Response {
-    tracing::debug!(origin = %origin.0, "authenticated request to an endpoint we do not serve");
+async fn unrecognized() -> Response {
     error(
         http::StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",
         "unrecognized federation endpoint",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+        "method not allowed on this federation endpoint",
     )
 }
 

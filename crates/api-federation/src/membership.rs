@@ -24,10 +24,17 @@ use crate::{FederationState, Origin};
 /// Wakes local `/sync`s after an event was stored: (room, stream position, extra users).
 pub type WakeFn = dyn Fn(&RoomId, u64, &[&UserId]) + Send + Sync;
 
+/// Hands an event a remote server had us accept as the resident server (`send_join`,
+/// `send_leave`) to the federation sender, for the room's *other* servers, which learn of it
+/// only from us: (room, stream position, the stored PDU, the server that sent it).
+pub type ForwardFn = dyn Fn(&RoomId, u64, &CanonicalJsonObject, &ruma::ServerName) + Send + Sync;
+
 /// What the membership endpoints need besides the keys.
 pub struct MembershipState {
     pub rooms: Arc<RoomService>,
     pub wake: Arc<WakeFn>,
+    /// `None`: accepted events are not forwarded (no outbound federation).
+    pub forward: Option<Arc<ForwardFn>>,
 }
 
 /// Most entries of `invite_room_state` looked at.
@@ -39,6 +46,8 @@ pub(crate) fn routes() -> Router<Arc<FederationState>> {
         .route("/v1/make_leave/{room_id}/{user_id}", get(make_leave))
         .route("/v2/send_join/{room_id}/{event_id}", put(send_join))
         .route("/v2/send_leave/{room_id}/{event_id}", put(send_leave))
+        .route("/v1/send_join/{room_id}/{event_id}", put(send_join_v1))
+        .route("/v1/send_leave/{room_id}/{event_id}", put(send_leave_v1))
         .route("/v2/invite/{room_id}/{event_id}", put(invite))
 }
 
@@ -273,6 +282,52 @@ async fn send_leave(
     send_member(state, origin, room_id, event_id, body, Membership::Leave).await
 }
 
+/// `PUT /v1/send_join`: the v2 handler, its success answer in v1's `[200, body]` form.
+async fn send_join_v1(
+    state: State<Arc<FederationState>>,
+    origin: Extension<Origin>,
+    path: Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    v1_answer(send_join(state, origin, path, body).await).await
+}
+
+/// `PUT /v1/send_leave`: as [`send_join_v1`].
+async fn send_leave_v1(
+    state: State<Arc<FederationState>>,
+    origin: Extension<Origin>,
+    path: Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    v1_answer(send_leave(state, origin, path, body).await).await
+}
+
+/// Wraps a successful answer as `[200, body]` (the v1 membership endpoints' historical
+/// form); errors are passed through unchanged.
+async fn v1_answer(resp: Response) -> Response {
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    // Our own answer, built above: a bound far beyond any state we answer is only a guard.
+    match axum::body::to_bytes(resp.into_body(), 256 * 1024 * 1024).await {
+        Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => Json(json!([200, v])).into_response(),
+            Err(_) => Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "internal error",
+            )
+            .into_response(),
+        },
+        Err(_) => Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "internal error",
+        )
+        .into_response(),
+    }
+}
+
 fn parse_pdu(body: &[u8]) -> Result<CanonicalJsonObject, Fail> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", &format!("body: {e}")))?;
@@ -319,10 +374,37 @@ async fn check_origin_event(
         .rules()
         .ok_or_else(|| room_error(RoomError::UnsupportedRoomVersion(version.to_string())))?;
     let mut memo = KeyMemo::new();
+    if names_local_authoriser(pdu, state.keys.server_name()) {
+        // A restricted join we are asked to vouch for: our signature is added by the room
+        // engine once it has checked the allow conditions, so only the origin's is checked
+        // here (the engine then checks every signature and the content hash).
+        federation_membership::verify_server_signature(
+            &*state.remote_keys,
+            &rules,
+            pdu,
+            origin.0.as_str(),
+            &mut memo,
+        )
+        .await
+        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &e.to_string()))?;
+        return Ok(static_keys(&memo));
+    }
     verify_pdu(&*state.remote_keys, &rules, pdu.clone(), &mut memo)
         .await
         .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &e.to_string()))?;
     Ok(static_keys(&memo))
+}
+
+/// Whether the event's `join_authorised_via_users_server` names a user of ours.
+fn names_local_authoriser(pdu: &CanonicalJsonObject, ours: &ruma::ServerName) -> bool {
+    let via = match pdu.get("content") {
+        Some(CanonicalJsonValue::Object(c)) => match c.get("join_authorised_via_users_server") {
+            Some(CanonicalJsonValue::String(v)) => v,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    UserId::parse(via).is_ok_and(|u| u.server_name() == ours)
 }
 
 async fn send_member(
@@ -364,6 +446,10 @@ async fn send_member(
         let r = room.clone();
         let pos = accepted.pos;
         let _ = tokio::task::spawn_blocking(move || wake(&r, pos, &[])).await;
+        if let Some(forward) = m.forward.clone() {
+            let (r, pdu, from) = (room.clone(), accepted.event.clone(), origin.0.clone());
+            let _ = tokio::task::spawn_blocking(move || forward(&r, pos, &pdu, &from)).await;
+        }
         let to_json = |v: Vec<CanonicalJsonObject>| -> Vec<Value> {
             v.into_iter()
                 .map(|o| Value::from(CanonicalJsonValue::Object(o)))
@@ -452,9 +538,7 @@ async fn invite(
         let computed =
             federation_membership::event_id_of(&pdu, &rules).map_err(|e| bad(&e.to_string()))?;
         if computed != event_id {
-            return Err(bad(
-                "the event ID in the path is not the event's reference hash",
-            ));
+            return Err(bad("the event ID in the path is not the event's ID"));
         }
         let keys = check_origin_event(&state, &origin, &version, &pdu).await?;
         let stripped: Vec<Value> = body

@@ -232,38 +232,13 @@ fn state_and_chain(
     Ok((ids, chain))
 }
 
-/// Every event reachable through `auth_events` from `start` (excluded), bounded.
+/// Every event reachable through `auth_events` from `start` (excluded), bounded; rooms
+/// reads every version's reference format and adds v12's implicit create event.
 fn auth_chain(
     state: &FederationState,
     start: &[OwnedEventId],
 ) -> Result<Vec<OwnedEventId>, ReadError> {
-    let mut seen: HashSet<OwnedEventId> = HashSet::new();
-    let mut out = Vec::new();
-    let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
-    for id in start {
-        if let Some(ev) = state.rooms.pdu_for_federation(id).map_err(internal)? {
-            queue.extend(
-                id_list(&ev.pdu, "auth_events")
-                    .into_iter()
-                    .filter_map(|a| OwnedEventId::try_from(a).ok()),
-            );
-        }
-    }
-    while let Some(id) = queue.pop_front() {
-        if out.len() >= MAX_AUTH_CHAIN || !seen.insert(id.clone()) {
-            continue;
-        }
-        let Some(ev) = state.rooms.pdu_for_federation(&id).map_err(internal)? else {
-            continue;
-        };
-        queue.extend(
-            id_list(&ev.pdu, "auth_events")
-                .into_iter()
-                .filter_map(|a| OwnedEventId::try_from(a).ok()),
-        );
-        out.push(id);
-    }
-    Ok(out)
+    Ok(state.rooms.auth_chain_for_federation(start, MAX_AUTH_CHAIN))
 }
 
 fn load_all(state: &FederationState, ids: &[OwnedEventId]) -> Result<Vec<Value>, ReadError> {

@@ -161,8 +161,17 @@ async fn handle_pdu(
     };
     let version = match state.rooms.room_version(&room) {
         Ok(Some(v)) => v,
-        _ => {
-            tracing::info!(%origin, %room, "skipped a PDU for a room we are not in");
+        Ok(None) => {
+            // The one PDU of a room we have no state of that concerns us: the inviter
+            // withdrawing our user's invite.
+            let found = crate::rescind::rescinded_invite(state, origin, &room, pdu).await;
+            if found.is_none() {
+                tracing::info!(%origin, %room, "skipped a PDU for a room we are not in");
+            }
+            return found;
+        }
+        Err(e) => {
+            tracing::warn!(%origin, %room, "skipped a PDU: cannot read the room: {e}");
             return None;
         }
     };
@@ -187,6 +196,20 @@ async fn handle_edu(state: &Arc<FederationState>, origin: &ServerName, edu: &Val
             }
         }
         "m.receipt" => receipts(state, origin, content).await,
+        "m.device_list_update" | "m.signing_key_update" | "m.direct_to_device" => {
+            let (state, origin, kind) = (state.clone(), origin.to_owned(), kind.to_owned());
+            let done = tokio::task::spawn_blocking(move || {
+                if kind == "m.direct_to_device" {
+                    crate::e2ee::to_device_edu(&state, &origin, &content)
+                } else {
+                    crate::e2ee::device_list_edu(&state, &origin, &content)
+                }
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::warn!("handling an e2ee EDU failed: {e}");
+            }
+        }
         other => tracing::debug!(%origin, edu_type = other, "EDU type not handled; dropped"),
     }
 }

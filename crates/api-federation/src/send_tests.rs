@@ -21,11 +21,13 @@ pub(crate) fn fixture() -> (Fx, OwnedRoomId) {
     })
 }
 
-/// `@alice:b.test` made a public room.
+/// `@alice:b.test` made a public room, of version 10: the PDU helpers here build v10
+/// events (create event listed in `auth_events`); other versions are the rooms crate's
+/// tests and `tests/federation_rooms.rs`.
 pub(crate) fn fixture_and_room(keys: FakeKeys) -> (Fx, OwnedRoomId) {
     let fx = fixture_with(keys);
     let req: rooms::CreateRoomRequest =
-        serde_json::from_value(json!({"preset": "public_chat"})).unwrap();
+        serde_json::from_value(json!({"preset": "public_chat", "room_version": "10"})).unwrap();
     let room = fx
         .state
         .rooms
@@ -233,14 +235,14 @@ async fn bad_signature_foreign_sender_and_expired_key_are_refused() {
     bad.insert("depth".into(), CanonicalJsonValue::Integer(99u32.into()));
     let bad_id = event_id(&bad);
 
-    // Sender on another server, signed by the origin.
+    // Sender on another server, signed by the origin (a message: not a forwarded join).
     let t = template(
         &fx,
         &room,
         "@mallory:c.test",
-        "m.room.member",
-        Some("@mallory:c.test"),
-        json!({"membership": "join"}),
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "forged"}),
     );
     let foreign = sign(t, "a.test", fx.origin.pair());
     let foreign_id = event_id(&foreign);
@@ -312,6 +314,58 @@ async fn bad_signature_foreign_sender_and_expired_key_are_refused() {
             "{u} joined"
         );
     }
+}
+
+/// A resident server forwards the joins it accepted through send_join: a join of another
+/// server's user is taken from the origin when that user's server signed it, and only then.
+#[tokio::test]
+async fn forwarded_joins_need_their_senders_signature() {
+    let origin = ServerKeys::generate_ephemeral("a.test".try_into().unwrap()).unwrap();
+    let third = ServerKeys::generate_ephemeral("c.test".try_into().unwrap()).unwrap();
+    let (fx, room) = fixture_and_room(FakeKeys {
+        origin,
+        valid_until: FAR,
+        extra: vec![(third.clone(), FAR)],
+    });
+    // c.test's user's join, signed by c.test (as send_join at a.test received it).
+    let t = template(
+        &fx,
+        &room,
+        "@carol:c.test",
+        "m.room.member",
+        Some("@carol:c.test"),
+        json!({"membership": "join"}),
+    );
+    let forwarded = sign(t, "c.test", third.pair());
+    let forwarded_id = event_id(&forwarded);
+    // The same kind of join, but signed by the origin only: a forgery.
+    let t = template(
+        &fx,
+        &room,
+        "@erin:c.test",
+        "m.room.member",
+        Some("@erin:c.test"),
+        json!({"membership": "join"}),
+    );
+    let forged = sign(t, "a.test", fx.origin.pair());
+    let forged_id = event_id(&forged);
+    let (status, answer) = send(&fx, "fwd", vec![forwarded, forged], vec![]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][forwarded_id.as_str()], json!({}), "{answer}");
+    assert!(error_of(&answer, &forged_id).is_some(), "{answer}");
+    assert!(
+        fx.state
+            .rooms
+            .is_joined(&room, &uid("@carol:c.test"))
+            .unwrap()
+    );
+    assert!(
+        !fx.state
+            .rooms
+            .is_joined(&room, &uid("@erin:c.test"))
+            .unwrap()
+    );
+    assert!(!stored(&fx, &forged_id));
 }
 
 #[tokio::test]

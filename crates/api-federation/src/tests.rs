@@ -221,25 +221,53 @@ async fn valid_signature_passes_authentication() {
         signed(
             &origin,
             "b.test",
-            "PUT",
-            "/_matrix/federation/v1/nothing/x%20y?a=1",
-            r#"{"k":1}"#,
+            "POST",
+            "/_matrix/federation/v1/publicRooms?x=a%20b",
+            r#"{"limit":1}"#,
         ),
     )
     .await;
-    // Authenticated, then unrecognized: the signature was accepted.
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (404, Some("M_UNRECOGNIZED")),
-        "{body}"
-    );
+    // An authenticated endpoint answered: the signature (over the raw URI and body) was
+    // accepted.
+    assert_eq!(status, 200, "{body}");
+    assert!(body["chunk"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_refused_without_authentication() {
+    let (app, _origin) = setup(FAR);
+    for (method, uri, want) in [
+        ("GET", "/_matrix/federation/unknown", 404),
+        ("GET", "/_matrix/federation/v1/unknown", 404),
+        ("PUT", "/_matrix/federation/v1/version", 405),
+        ("PUT", "/_matrix/key/v2/query", 405),
+    ] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&app, req).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (want, Some("M_UNRECOGNIZED")),
+            "{method} {uri}: {body}"
+        );
+    }
+    // A known endpoint still needs authentication.
+    let plain = http::Request::builder()
+        .uri("/_matrix/federation/v1/publicRooms")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _) = call(&app, plain).await;
+    assert_eq!(status, 401);
 }
 
 #[tokio::test]
 async fn missing_bad_wrong_destination_and_expired_are_refused() {
     let (app, origin) = setup(FAR);
     let plain = http::Request::builder()
-        .uri("/_matrix/federation/v1/x")
+        .uri("/_matrix/federation/v1/publicRooms")
         .body(Body::empty())
         .unwrap();
     let (status, body) = call(&app, plain).await;
@@ -249,8 +277,16 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     );
 
     // Signed for one URI, sent to another: the signature covers the raw URI.
-    let mut req = signed(&origin, "b.test", "GET", "/_matrix/federation/v1/x", "");
-    *req.uri_mut() = "/_matrix/federation/v1/y".parse().unwrap();
+    let mut req = signed(
+        &origin,
+        "b.test",
+        "GET",
+        "/_matrix/federation/v1/publicRooms",
+        "",
+    );
+    *req.uri_mut() = "/_matrix/federation/v1/publicRooms?limit=2"
+        .parse()
+        .unwrap();
     let (status, body) = call(&app, req).await;
     assert_eq!(status, 401);
     assert!(
@@ -269,14 +305,26 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     );
     let (status, _) = call(
         &app,
-        signed(&forger, "b.test", "GET", "/_matrix/federation/v1/x", ""),
+        signed(
+            &forger,
+            "b.test",
+            "GET",
+            "/_matrix/federation/v1/publicRooms",
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 401);
 
     let (status, body) = call(
         &app,
-        signed(&origin, "c.test", "GET", "/_matrix/federation/v1/x", ""),
+        signed(
+            &origin,
+            "c.test",
+            "GET",
+            "/_matrix/federation/v1/publicRooms",
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 401);
@@ -288,7 +336,13 @@ async fn missing_bad_wrong_destination_and_expired_are_refused() {
     let (expired_app, origin) = setup(1);
     let (status, body) = call(
         &expired_app,
-        signed(&origin, "b.test", "GET", "/_matrix/federation/v1/x", ""),
+        signed(
+            &origin,
+            "b.test",
+            "GET",
+            "/_matrix/federation/v1/publicRooms",
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 401);

@@ -14,12 +14,18 @@ pub const MAX_AUTH_EVENTS: usize = 10;
 /// Signatures per server we look keys up for: more is an attempt to make us fetch.
 const MAX_KEYS_PER_SERVER: usize = 4;
 
+/// The event IDs of `prev_events` / `auth_events`: plain IDs (v3+) or the first element
+/// of v1/v2's `[event_id, {"sha256": …}]` pairs.
 pub fn id_list(pdu: &CanonicalJsonObject, name: &str) -> Vec<String> {
     match pdu.get(name) {
         Some(CanonicalJsonValue::Array(a)) => a
             .iter()
             .filter_map(|v| match v {
                 CanonicalJsonValue::String(s) => Some(s.clone()),
+                CanonicalJsonValue::Array(pair) => match pair.first() {
+                    Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect(),

@@ -397,6 +397,18 @@ impl Hs {
         Ok(())
     }
 
+    /// Joins a room of another server over federation, through `server_name`.
+    pub async fn join_via(&self, user: &User, room_id: &str, server_name: &str) -> Res<()> {
+        let path = format!(
+            "/_matrix/client/v3/join/{}?server_name={}",
+            enc(room_id),
+            enc(server_name)
+        );
+        self.call_retry(Method::POST, &path, Some(&user.token), Some(&json!({})))
+            .await?;
+        Ok(())
+    }
+
     /// Sends one `m.room.message`; gives its event ID. Not retried (measured).
     pub async fn send_message(
         &self,

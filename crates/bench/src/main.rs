@@ -2,6 +2,8 @@
 //! presence costs. See docs/benchmarks.md for the scenarios and how to run them.
 
 mod fanout;
+mod federation;
+mod fedproxy;
 mod hs;
 mod idle;
 mod plot;
@@ -89,6 +91,10 @@ enum Cmd {
     /// N users in rooms long-poll /sync; a driver sets presence for random users at a fixed
     /// rate; every update is matched to its arrival at every room-mate.
     PresenceFanout(fanout::FanoutArgs),
+    /// Users on two federating servers share rooms; users of A set presence at a fixed rate;
+    /// measures the delivery to their room-mates on B, the transactions/EDUs/bytes per update
+    /// (through a recording proxy in front of B) and both servers' CPU per update.
+    FederationPresence(federation::FederationArgs),
     /// Latency from a message send to another user's waiting /sync returning, with K idle
     /// long-polls open from other users.
     SyncWakeup(wakeup::WakeupArgs),
@@ -294,6 +300,7 @@ fn main() {
                 let ctx = Ctx::new(cli.common)?;
                 match cmd {
                     Cmd::PresenceFanout(a) => fanout::run(&ctx, a).await,
+                    Cmd::FederationPresence(a) => federation::run(&ctx, a).await,
                     Cmd::SyncWakeup(a) => wakeup::run(&ctx, a).await,
                     Cmd::IdleConnections(a) => idle::run(&ctx, a).await,
                     Cmd::Populate(a) => populate::run(&ctx, a).await,

@@ -319,6 +319,35 @@ pub fn run(a: PlotArgs) -> Res<()> {
         false,
     )?;
 
+    // Cross-server presence delivery CDF (federation-presence), one line per run.
+    let fed: Vec<&Value> = of("federation-presence").collect();
+    let fed_series: Vec<Series> = fed
+        .iter()
+        .map(|v| Series {
+            hollow: Vec::new(),
+            name: format!(
+                "{} x2, {} users {}/s",
+                v["label"].as_str().unwrap_or("?"),
+                v["params"]["users"],
+                v["params"]["rate"]
+            ),
+            points: cdf_points(&v["results"]["delivery_cdf_ms"]),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !fed_series.is_empty() {
+        draw(
+            &a.out_dir.join("federation-presence-cdf.png"),
+            "Cross-server presence delivery (PUT on A to /sync on B), CDF",
+            "latency, ms (log)",
+            "fraction of deliveries",
+            &fed_series,
+            true,
+            false,
+            false,
+        )?;
+    }
+
     // Server CPU per presence update against users, one line per server.
     let mut labels: Vec<String> = fan
         .iter()

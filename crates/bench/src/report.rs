@@ -338,6 +338,78 @@ pub fn render(results: &[(PathBuf, Value)], baseline: &str) -> String {
         }
     }
 
+    let mut fed = of("federation-presence");
+    fed.sort_by_key(|(_, v)| key_users(v));
+    if !fed.is_empty() {
+        md.push_str("### federation-presence
+
+Two servers of one kind; users of A set presence, their room-mates on B long-poll `/sync`. Latency is the PUT start on A → the B user's `/sync` returning with it. Transactions, EDUs, presence entries and body bytes are counted by pulse-bench's recording proxy between A and B (JSON bodies of `PUT /send`; HTTP headers and TLS not included). CPU is utime+stime of each server from the first update until deliveries stopped, divided by updates.\n\n");
+        md.push_str("| server | users (per server) | rooms × size | rate | delivered | p50 ms | p99 ms | max ms | txns / update | presence EDUs / update | entries / update | body bytes / update | sender CPU ms/update | receiver CPU ms/update | load (1 min) | cmd |\n");
+        md.push_str(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+        );
+        let two = |x: &Value| num(x).map_or("–".into(), |x| format!("{x:.2}"));
+        for (p, v) in &fed {
+            let r = &v["results"];
+            let w = &r["wire"];
+            let _ = writeln!(
+                md,
+                "| {} | {} ({}) | {} × {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                v["label"].as_str().unwrap_or("?"),
+                v["params"]["users"],
+                v["params"]["users_per_server"],
+                v["params"]["rooms"],
+                v["params"]["room_size"],
+                v["params"]["rate"],
+                pct(&r["delivery_ratio"]),
+                ms(&r["delivery_ms"]["p50"]),
+                ms(&r["delivery_ms"]["p99"]),
+                ms(&r["delivery_ms"]["max"]),
+                two(&w["transactions_per_update"]),
+                two(&w["presence_edus_per_update"]),
+                two(&w["presence_entries_per_update"]),
+                num(&w["txn_body_bytes_per_update"]).map_or("–".into(), |x| format!("{x:.0}")),
+                ms(&r["sender_cpu_ms_per_update"]),
+                ms(&r["receiver_cpu_ms_per_update"]),
+                load_note(v),
+                refs.add(v, p),
+            );
+        }
+        md.push('\n');
+        for (_, v) in &fed {
+            if v["label"] == baseline {
+                continue;
+            }
+            let same = |b: &Value| {
+                b["label"] == baseline
+                    && b["params"]["users"] == v["params"]["users"]
+                    && b["params"]["rate"] == v["params"]["rate"]
+            };
+            if let Some((_, b)) = fed.iter().find(|(_, b)| same(b)) {
+                let ratio = |k: &str| match (num(&v["results"][k]), num(&b["results"][k])) {
+                    (Some(o), Some(p)) if p > 0.0 => format!("{:.1}×", o / p),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    md,
+                    "{} / {baseline} at {} users, {}/s: sender CPU per update {}, receiver CPU per update {}, p99 {}.\n",
+                    v["label"].as_str().unwrap_or("?"),
+                    v["params"]["users"],
+                    v["params"]["rate"],
+                    ratio("sender_cpu_ms_per_update"),
+                    ratio("receiver_cpu_ms_per_update"),
+                    match (
+                        num(&v["results"]["delivery_ms"]["p99"]),
+                        num(&b["results"]["delivery_ms"]["p99"])
+                    ) {
+                        (Some(o), Some(p)) if p > 0.0 => format!("{:.1}×", o / p),
+                        _ => "–".into(),
+                    },
+                );
+            }
+        }
+    }
+
     if let Some((_, v)) = results.first() {
         let m = &v["machine_start"];
         let _ = writeln!(

@@ -43,14 +43,24 @@ where
 
 /// Registers `n` users named `{prefix}_{tag}{i}`.
 pub async fn register_users(ctx: &Ctx, n: usize, tag: &str) -> Res<Vec<User>> {
+    register_users_on(ctx, &ctx.hs, ctx.common.shared_secret.clone(), n, tag).await
+}
+
+/// [`register_users`] on another server `hs` (with its own shared secret, if any).
+pub async fn register_users_on(
+    ctx: &Ctx,
+    hs: &Hs,
+    secret: Option<String>,
+    n: usize,
+    tag: &str,
+) -> Res<Vec<User>> {
     let pb = ctx.bar(n as u64, "register");
     let names: Vec<String> = (0..n)
         .map(|i| format!("{}_{tag}{i:06}", ctx.prefix))
         .collect();
-    let secret = ctx.common.shared_secret.clone();
     let password = ctx.common.password.clone();
     run_all(names, ctx.common.concurrency, &pb, |name| {
-        let hs = ctx.hs.clone();
+        let hs = hs.clone();
         let secret = secret.clone();
         let password = password.clone();
         async move {
@@ -133,9 +143,14 @@ pub async fn make_rooms(ctx: &Ctx, users: &[User], groups: &[Vec<usize>]) -> Res
 
 /// An initial /sync (timeout 0) per user: gives each the `since` token to long-poll from.
 pub async fn initial_syncs(ctx: &Ctx, users: &[User]) -> Res<Vec<String>> {
+    initial_syncs_on(ctx, &ctx.hs, users).await
+}
+
+/// [`initial_syncs`] on another server `hs`.
+pub async fn initial_syncs_on(ctx: &Ctx, hs: &Hs, users: &[User]) -> Res<Vec<String>> {
     let pb = ctx.bar(users.len() as u64, "initial sync");
     run_all(users.to_vec(), ctx.common.concurrency, &pb, |u| {
-        let hs = ctx.hs.clone();
+        let hs = hs.clone();
         async move { Ok(hs.sync_retry(&u, None, 0, None).await?.next_batch) }
     })
     .await

@@ -1,10 +1,11 @@
-//! Checking remote PDUs before anything believes them: the event ID is the reference hash,
+//! Checking remote PDUs before anything believes them: the event ID is the reference hash
+//! (v3+) or the `event_id` field (v1/v2),
 //! every server the room version requires has a valid signature (keys valid at the event's
 //! `origin_server_ts`), and a content-hash mismatch yields the redacted event.
 use std::collections::BTreeMap;
 
 use federation_client::keys::KeySource;
-use ruma::room_version_rules::RoomVersionRules;
+use ruma::room_version_rules::{EventIdFormatVersion, RoomVersionRules};
 use ruma::signatures::{PublicKeyMap, PublicKeySet, Verified};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId};
 
@@ -17,11 +18,23 @@ pub enum PduError {
     Signature(String),
 }
 
-/// The event ID of a PDU of a room with `rules` (its reference hash).
+/// The event ID of a PDU of a room with `rules`: its reference hash, or in v1/v2 its
+/// `event_id` field (chosen by the sending server, `$local:server`).
 pub fn event_id_of(
     pdu: &CanonicalJsonObject,
     rules: &RoomVersionRules,
 ) -> Result<OwnedEventId, PduError> {
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        return match pdu.get("event_id") {
+            Some(CanonicalJsonValue::String(s)) => OwnedEventId::try_from(s.as_str())
+                .ok()
+                .filter(|id| id.server_name().is_some())
+                .ok_or_else(|| PduError::Malformed(format!("bad event ID {s:?}"))),
+            _ => Err(PduError::Malformed(
+                "no event_id (room versions 1 and 2 require one)".into(),
+            )),
+        };
+    }
     let hash = ruma::signatures::reference_hash(pdu, rules)
         .map_err(|e| PduError::Malformed(format!("cannot hash: {e}")))?;
     OwnedEventId::try_from(format!("${hash}"))

@@ -50,12 +50,29 @@ pub struct RoutingChange {
 
 /// Computes the routing of `owner`'s presence. `local` is our server name (never a
 /// destination); `honours(server)` says whether `server` is known to apply
-/// `allowed_recipients`.
+/// `allowed_recipients`. The owner ignores nobody; see [`route_presence_ignoring`].
 pub fn route_presence(
     owner: &UserId,
     local: &ServerName,
     policy: &SharingPolicy,
     index: &AudienceIndex,
+    honours: impl Fn(&ServerName) -> bool,
+) -> PresenceRouting {
+    route_presence_ignoring(owner, local, policy, index, |_| false, honours)
+}
+
+/// [`route_presence`] when the owner ignores some users (`ignored(user)`, the owner's
+/// `m.ignored_user_list`): an ignored user never sees the owner, here as on our own server
+/// (MSC4325 "unless the user is ignored"). So a server with an ignored user among the owner's
+/// room-mates is restricted even under the legacy policy: a peer honouring
+/// `allowed_recipients` gets the exact IDs of the users there who may see the owner (a glob or
+/// room entry could match the ignored user), any other peer gets nothing.
+pub fn route_presence_ignoring(
+    owner: &UserId,
+    local: &ServerName,
+    policy: &SharingPolicy,
+    index: &AudienceIndex,
+    ignored: impl Fn(&UserId) -> bool,
     honours: impl Fn(&ServerName) -> bool,
 ) -> PresenceRouting {
     let mut servers: BTreeSet<OwnedServerName> = index
@@ -78,7 +95,14 @@ pub fn route_presence(
             .map(|(_, member)| member.to_owned())
             .filter(|m| m != owner)
             .collect();
-        if policy.is_legacy() {
+        // Users there named exactly by the owner's config.
+        let explicit: BTreeSet<OwnedUserId> = policy
+            .explicitly_allowed_users()
+            .filter(|u| u.server_name() == server)
+            .map(ToOwned::to_owned)
+            .collect();
+        let ignores_someone_here = sharers.iter().chain(&explicit).any(|u| ignored(u));
+        if policy.is_legacy() && !ignores_someone_here {
             if !sharers.is_empty() {
                 routing
                     .destinations
@@ -87,26 +111,28 @@ pub fn route_presence(
             }
             continue;
         }
-        let chunks = match policy.allowed_recipients(
-            owner,
-            &server,
-            index.members_on_server(owner, &server),
-        ) {
-            AllowedRecipients::Chunks(chunks) => chunks,
-            AllowedRecipients::Nobody | AllowedRecipients::Legacy => continue,
-        };
         let trusted = honours(&server);
         // Users there who may see the owner: room sharers and users named exactly.
-        let explicit = policy
-            .explicitly_allowed_users()
-            .filter(|u| u.server_name() == server)
-            .map(ToOwned::to_owned);
         let seeing: BTreeSet<OwnedUserId> = sharers
             .iter()
+            .chain(&explicit)
+            .filter(|u| !ignored(u))
+            .filter(|u| policy.is_legacy() || policy.may_see(owner, u, index))
             .cloned()
-            .chain(explicit)
-            .filter(|u| policy.may_see(owner, u, index))
             .collect();
+        let chunks = if ignores_someone_here {
+            // Exact IDs: a glob or room entry of the config could name an ignored user.
+            let ids: Vec<String> = seeing.iter().map(|u| u.as_str().to_owned()).collect();
+            ids.chunks(MAX_RECIPIENTS_PER_EDU)
+                .map(<[String]>::to_vec)
+                .collect()
+        } else {
+            match policy.allowed_recipients(owner, &server, index.members_on_server(owner, &server))
+            {
+                AllowedRecipients::Chunks(chunks) => chunks,
+                AllowedRecipients::Nobody | AllowedRecipients::Legacy => continue,
+            }
+        };
         // Nobody there may see the owner: sending would only cost bytes.
         if seeing.is_empty() {
             continue;

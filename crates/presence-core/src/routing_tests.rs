@@ -192,6 +192,88 @@ fn untrusted_server_dropping_out_gets_unrestricted_final_offline() {
     );
 }
 
+#[test]
+fn an_ignored_user_makes_their_server_restricted_even_under_the_legacy_policy() {
+    let idx = index(&[
+        ("!r:home.org", "@a:home.org"),
+        ("!r:home.org", "@x:one.org"),
+        ("!r:home.org", "@z:one.org"),
+        ("!r:home.org", "@y:two.org"),
+    ]);
+    let ignored = |u: &UserId| u == user_id!("@z:one.org");
+    let legacy = SharingPolicy::legacy();
+    // An untrusted one.org would show the update to @z: it gets nothing; two.org is untouched.
+    let untrusted = route_presence_ignoring(
+        owner(),
+        server_name!("home.org"),
+        &legacy,
+        &idx,
+        ignored,
+        |_| false,
+    );
+    assert!(!untrusted.destinations.contains_key(server_name!("one.org")));
+    assert_eq!(
+        untrusted.destinations.get(server_name!("two.org")),
+        Some(&RouteKind::Unrestricted)
+    );
+    // A trusted one.org gets it addressed to @x alone.
+    let trusted = route_presence_ignoring(
+        owner(),
+        server_name!("home.org"),
+        &legacy,
+        &idx,
+        ignored,
+        |_| true,
+    );
+    assert_eq!(
+        trusted.destinations.get(server_name!("one.org")),
+        Some(&RouteKind::Restricted(vec![vec!["@x:one.org".to_owned()]]))
+    );
+    assert_eq!(
+        trusted.viewers.get(server_name!("one.org")),
+        Some(&BTreeSet::from([user_id!("@x:one.org").to_owned()]))
+    );
+    // Starting to ignore @z: an untrusted one.org gets a final offline for everyone there.
+    let before = route_presence(owner(), server_name!("home.org"), &legacy, &idx, |_| false);
+    let change = routing_change(&before, &untrusted, |_| false);
+    assert_eq!(
+        change.final_offline.get(server_name!("one.org")),
+        Some(&RouteKind::Unrestricted)
+    );
+}
+
+#[test]
+fn a_glob_allowing_an_ignored_user_is_replaced_by_exact_ids() {
+    let idx = index(&[
+        ("!r:home.org", "@a:home.org"),
+        ("!r:home.org", "@x:one.org"),
+        ("!r:home.org", "@z:one.org"),
+    ]);
+    let p = policy(json!({"allowed_users": ["@*:one.org"], "denied_users": ["@*:*"]}));
+    let r = route_presence_ignoring(
+        owner(),
+        server_name!("home.org"),
+        &p,
+        &idx,
+        |u| u == user_id!("@z:one.org"),
+        |_| true,
+    );
+    assert_eq!(
+        r.destinations.get(server_name!("one.org")),
+        Some(&RouteKind::Restricted(vec![vec!["@x:one.org".to_owned()]]))
+    );
+    // Ignoring the only user there: nothing is sent.
+    let r = route_presence_ignoring(
+        owner(),
+        server_name!("home.org"),
+        &p,
+        &idx,
+        |u| u.server_name() == "one.org",
+        |_| true,
+    );
+    assert!(r.destinations.is_empty());
+}
+
 // ---- property test against an independent model ----
 
 const USERS: [&str; 8] = [

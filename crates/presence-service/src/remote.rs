@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use presence_core::routing::{PresenceRouting, route_presence};
+use presence_core::routing::{PresenceRouting, route_presence_ignoring};
 use presence_core::sharing::SharingPolicy;
 use presence_core::{FederationPresence, MAX_STATUS_MSG_BYTES, PresenceChange, PresenceState};
 use std::sync::Arc;
@@ -349,8 +349,17 @@ impl PresenceService {
         let policy = self
             .sharing_policy_of(user)
             .unwrap_or_else(SharingPolicy::legacy);
+        // The owner's ignore list: ignored users never see the owner, over federation too.
+        let ignored = self.ignored_by(user);
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-        route_presence(user, local, &policy, &rooms, honours)
+        route_presence_ignoring(
+            user,
+            local,
+            &policy,
+            &rooms,
+            |u| ignored.contains(u),
+            honours,
+        )
     }
 
     /// The remote servers with a joined member in `room` (where the room's PDUs and EDUs go).

@@ -245,6 +245,44 @@ fn local_changes_reach_the_observer_and_route_to_remote_servers() {
     );
 }
 
+#[derive(Default)]
+struct AudienceSeen(Mutex<Vec<OwnedUserId>>);
+impl PresenceObserver for AudienceSeen {
+    fn presence_changed(&self, _: &UserId) {}
+    fn audience_changed(&self, user: &UserId) {
+        self.0.lock().unwrap().push(user.to_owned());
+    }
+}
+
+#[test]
+fn the_owners_ignore_list_keeps_their_presence_from_an_untrusted_server_of_an_ignored_user() {
+    let fx = fixture();
+    let obs = Arc::new(AudienceSeen::default());
+    fx.svc.set_observer(obs.clone());
+    let owner = uid("@l1:home.org");
+    let dests = |fx: &Fx, trusted: bool| {
+        fx.svc
+            .federation_routing(&owner, |_| trusted)
+            .destinations
+            .keys()
+            .map(|s| s.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(dests(&fx, false), ["remote.org"]);
+    fx.svc
+        .set_ignored_users(
+            &owner,
+            Some(&json!({"ignored_users": {"@r:remote.org": {}}})),
+            1,
+        )
+        .expect("ignore list applied");
+    // The bridge is told, so it can send the final offline.
+    assert!(obs.0.lock().unwrap().contains(&owner), "audience change");
+    // @r is the only user of remote.org in the room: nobody there may see l1.
+    assert!(dests(&fx, false).is_empty());
+    assert!(dests(&fx, true).is_empty());
+}
+
 #[test]
 fn a_remote_user_not_refreshed_times_out_and_their_viewers_are_woken() {
     let fx = fixture();

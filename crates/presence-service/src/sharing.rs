@@ -25,7 +25,7 @@ use std::sync::RwLockReadGuard;
 
 use presence_core::audience::AudienceIndex;
 use presence_core::sharing::SharingPolicy;
-use ruma::{OwnedServerName, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 
 use crate::PresenceService;
 
@@ -67,6 +67,15 @@ impl PresenceService {
     /// Whether `viewer`'s ignore list names `user` (then `viewer` sees none of `user`'s presence).
     pub(crate) fn viewer_ignores(&self, viewer: &UserId, user: &UserId) -> bool {
         self.sharing().ignores(viewer, user)
+    }
+
+    /// The users on `owner`'s ignore list (they never see `owner`, locally or remotely).
+    pub(crate) fn ignored_by(&self, owner: &UserId) -> std::collections::HashSet<OwnedUserId> {
+        self.sharing()
+            .ignored
+            .get(owner)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(super) fn sharing(&self) -> RwLockReadGuard<'_, SharingState> {

@@ -34,6 +34,8 @@ pub struct Config {
     pub federation: federation_client::FederationConfig,
     /// `[voip]`: TURN servers handed out by `/voip/turnServer`.
     pub voip: api_client::VoipConfig,
+    /// `[media]`: the media repository (files under `<data_dir>/media`).
+    pub media: api_client::MediaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +157,7 @@ impl Default for Config {
             presence: Presence::default(),
             federation: federation_client::FederationConfig::default(),
             voip: api_client::VoipConfig::default(),
+            media: api_client::MediaConfig::default(),
         }
     }
 }

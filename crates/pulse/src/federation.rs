@@ -1,6 +1,9 @@
 //! Outbound federation wiring: starts the `federation-sender` and connects it to the services
 //! whose changes must reach remote servers.
 //!
+//! * events of remote servers we accepted as the resident server (`send_join`,
+//!   `send_leave`) → [`PduOutbox`] for the room's other servers
+//!   ([`Federation::resident_forwarder`]);
 //! * room events of local senders → [`PduOutbox`] (through the room engine's
 //!   [`rooms::EventObserver`]), to every remote server with a joined member after the event
 //!   and to the server of a remote user the event makes leave; events committed while the
@@ -28,7 +31,7 @@ const CATCH_UP_BATCH: usize = 500;
 /// How often the PDU cursor is written when events went nowhere.
 const CURSOR_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
-type Sender = FederationSender<FederationClient>;
+pub type Sender = FederationSender<FederationClient>;
 
 /// The running outbound federation.
 pub struct Federation {
@@ -104,10 +107,43 @@ pub fn start_federation(
 }
 
 impl Federation {
+    /// The outbound queues, for hooks that queue their own EDUs (end-to-end encryption).
+    pub fn sender(&self) -> Sender {
+        self.sender.clone()
+    }
+
     /// The hook api-federation calls when a server contacts us: that destination is up,
     /// so its backoff ends at once.
     pub fn peer_observer(&self) -> Arc<dyn api_federation::PeerObserver> {
         Arc::new(DestinationUp(self.sender.clone()))
+    }
+
+    /// The hook api-federation's membership endpoints call with a remote server's join or
+    /// leave we accepted as the resident server: queued for every other remote server with a
+    /// joined member (the sender's origin excluded). Not replayed after a crash between
+    /// commit and queueing, unlike local events (the catch-up reads local events only).
+    pub fn resident_forwarder(
+        &self,
+        presence: Arc<PresenceService>,
+    ) -> Arc<api_federation::membership::ForwardFn> {
+        let pdus = self.pdus.clone();
+        Arc::new(move |room, pos, pdu, from| {
+            let servers: Vec<OwnedServerName> = presence
+                .remote_servers_in_room(room)
+                .into_iter()
+                .filter(|s| **s != *from)
+                .collect();
+            let value = match serde_json::to_value(pdu) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(%room, "cannot serialise PDU for federation: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = pdus.event(pos, servers.iter().map(|s| &**s), &value) {
+                tracing::error!(%room, "queueing a forwarded PDU for federation failed: {e}");
+            }
+        })
     }
 
     /// Stops the workers after their transaction in flight; queues stay on disk.

@@ -27,6 +27,7 @@ use tracing::{error, info};
 mod config;
 mod federation;
 mod logging;
+mod remote_keys;
 mod remote_membership;
 mod tls;
 
@@ -211,6 +212,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
         voip: config.voip.clone(),
+        media: config.media.clone(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
@@ -263,6 +265,10 @@ fn open_services(config: &Config) -> Result<Services, String> {
         rooms.clone(),
     ));
     ephemeral.add_observer(push.clone());
+    let media = Arc::new(
+        media::MediaService::new(db.clone(), config.data_dir.join("media"))
+            .map_err(|e| format!("cannot open the media store: {e}"))?,
+    );
     ephemeral.add_observer(Arc::new(api_client::SyncWakeObserver {
         rooms: rooms.clone(),
         notifier: notifier.clone(),
@@ -279,6 +285,9 @@ fn open_services(config: &Config) -> Result<Services, String> {
         federation_status: Default::default(),
         remote_membership: Default::default(),
         push,
+        e2ee: Arc::new(e2ee::E2eeService::new(db.clone())),
+        remote_keys: Default::default(),
+        media,
     });
     Ok(Services {
         db,
@@ -332,7 +341,24 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = s.remote_membership.set(Arc::new(remote_membership::Remote(
             membership,
             s.rooms.clone(),
+            client.clone(),
         )));
+        let _ = s.remote_keys.set(Arc::new(remote_keys::Remote {
+            client: client.clone(),
+            sender: fed.sender(),
+            rooms: s.rooms.clone(),
+            e2ee: s.e2ee.clone(),
+        }));
+        let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
+        let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {
+            e2ee: s.e2ee.clone(),
+            wake_users: Arc::new(move |users, pos| {
+                wake_state.notifier.wake(users.iter().copied(), pos)
+            }),
+            wake_device_list: Arc::new(move |user, pos| {
+                api_client::wake_device_list(&wake_dl_state, user, pos)
+            }),
+        });
         let app_state = services.state.clone();
         let federation = Arc::new(
             api_federation::FederationState::new(
@@ -345,7 +371,9 @@ async fn serve(config: Config) -> Result<(), String> {
                 client,
             )
             .with_peer_observer(fed.peer_observer())
+            .with_e2ee(e2ee_state)
             .with_membership(Arc::new(api_federation::membership::MembershipState {
+                forward: Some(fed.resident_forwarder(s.presence.clone())),
                 rooms: s.rooms.clone(),
                 wake: Arc::new(move |room, pos, extra| {
                     api_client::wake_room_members(&app_state, room, pos, extra)

@@ -7,10 +7,17 @@ use api_client::remote_membership::{RemoteDone, RemoteMembership};
 use axum::http::StatusCode;
 use federation_membership::{MembershipError, MembershipService};
 use futures::future::BoxFuture;
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Map, Value};
 
-pub struct Remote(pub Arc<MembershipService>, pub Arc<rooms::RoomService>);
+pub struct Remote(
+    pub Arc<MembershipService>,
+    pub Arc<rooms::RoomService>,
+    pub federation_client::FederationClient,
+);
+
+/// Largest display name / avatar URL taken from a remote profile answer.
+const MAX_PROFILE_FIELD_BYTES: usize = 1024;
 
 /// Remote errcodes a client may see as they are; anything else is `M_UNKNOWN`.
 fn known_errcode(code: &str) -> &'static str {
@@ -133,6 +140,123 @@ impl RemoteMembership for Remote {
                 room_id: done.room_id,
                 pos: done.pos,
             })
+        })
+    }
+
+    fn push_invite(
+        &self,
+        room: OwnedRoomId,
+        invite: OwnedEventId,
+    ) -> BoxFuture<'_, Result<(), MatrixError>> {
+        Box::pin(async move {
+            let rooms = self.1.clone();
+            let r = room.clone();
+            let (version, event, stripped) = tokio::task::spawn_blocking(move || {
+                let version = rooms.room_version(&r)?;
+                let event = rooms.event(&invite)?;
+                Ok::<_, rooms::RoomError>((version, event, rooms.invite_room_state_pdus(&r)?))
+            })
+            .await
+            .map_err(|_| {
+                MatrixError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "invite task failed",
+                )
+            })??;
+            let (Some(version), Some(event)) = (version, event) else {
+                return Err(MatrixError::not_found("no such invite"));
+            };
+            let invitee = match event.pdu.get("state_key") {
+                Some(ruma::CanonicalJsonValue::String(s)) => OwnedUserId::try_from(s.as_str())
+                    .map_err(|_| MatrixError::not_found("the invite has no invitee"))?,
+                _ => return Err(MatrixError::not_found("the invite has no invitee")),
+            };
+            let body = serde_json::json!({
+                "room_version": version.as_str(),
+                "event": Value::from(ruma::CanonicalJsonValue::Object(event.pdu)),
+                "invite_room_state": stripped
+                    .into_iter()
+                    .map(|o| Value::from(ruma::CanonicalJsonValue::Object(o)))
+                    .collect::<Vec<_>>(),
+            });
+            let path = format!(
+                "/_matrix/federation/v2/invite/{}/{}",
+                federation_client::percent_encode_segment(room.as_str()),
+                federation_client::percent_encode_segment(event.event_id.as_str())
+            );
+            let server = invitee.server_name().as_str().to_owned();
+            let resp = self
+                .2
+                .request(axum::http::Method::PUT, &server, &path, Some(&body))
+                .await
+                .map_err(|e| {
+                    MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
+                })?;
+            if resp.status != 200 {
+                return Err(MatrixError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "M_UNKNOWN",
+                    format!("{server} answered {} to the invite", resp.status),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    fn resolve_alias(
+        &self,
+        alias: OwnedRoomAliasId,
+    ) -> BoxFuture<'_, Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError>> {
+        Box::pin(async move { self.0.resolve_remote_alias(&alias).await.map_err(to_matrix) })
+    }
+
+    fn profile(
+        &self,
+        user: OwnedUserId,
+        field: Option<&'static str>,
+    ) -> BoxFuture<'_, Result<Map<String, Value>, MatrixError>> {
+        Box::pin(async move {
+            let server = user.server_name().as_str().to_owned();
+            let mut path = format!(
+                "/_matrix/federation/v1/query/profile?user_id={}",
+                federation_client::percent_encode_segment(user.as_str())
+            );
+            if let Some(f) = field {
+                path.push_str("&field=");
+                path.push_str(f);
+            }
+            let resp = self
+                .2
+                .request(axum::http::Method::GET, &server, &path, None)
+                .await
+                .map_err(|e| {
+                    MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
+                })?;
+            if resp.status == 404 {
+                return Err(MatrixError::not_found("Profile not found"));
+            }
+            if resp.status != 200 {
+                return Err(MatrixError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "M_UNKNOWN",
+                    format!("{server} answered {} to a profile query", resp.status),
+                ));
+            }
+            // Only the profile fields, as strings of sane size: the answer is the remote's.
+            let mut out = Map::new();
+            for name in ["displayname", "avatar_url"] {
+                if field.is_some_and(|f| f != name) {
+                    continue;
+                }
+                if let Some(Value::String(v)) = resp.body.get(name)
+                    && !v.is_empty()
+                    && v.len() <= MAX_PROFILE_FIELD_BYTES
+                {
+                    out.insert(name.to_owned(), Value::String(v.clone()));
+                }
+            }
+            Ok(out)
         })
     }
 }

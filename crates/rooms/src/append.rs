@@ -315,6 +315,8 @@ impl RoomService {
                 };
                 self.redaction_allowed(
                     &pdu.sender,
+                    &event_id,
+                    &t.event_id,
                     t.sender(),
                     summary.as_ref(),
                     power_levels.as_ref(),
@@ -430,7 +432,6 @@ impl RoomService {
                 },
                 None => RoomSummary {
                     version: version.clone(),
-                    creator: pdu.sender.clone(),
                     create_event: event_id.clone(),
                     extremities: new_ext,
                     max_depth,
@@ -571,6 +572,8 @@ impl RoomService {
         let allowed = self
             .redaction_allowed(
                 sender,
+                &id,
+                target,
                 target_sender.as_str(),
                 Some(&summary),
                 power_levels.as_ref(),

@@ -289,7 +289,15 @@ impl RoomService {
                 .position(|e| e.kind == "m.room.power_levels" && e.state_key.is_empty())
             {
                 Some(i) => initial_state.remove(i).content,
-                None => default_power_levels(creator, ops, privileged_creators),
+                None => {
+                    let mut pl = default_power_levels(creator, ops, privileged_creators);
+                    // The private presets let every member invite (Synapse's preset
+                    // override `{"invite": 0}`; Complement's invite tests rely on it).
+                    if matches!(preset, Preset::PrivateChat | Preset::TrustedPrivateChat) {
+                        pl.insert("invite".into(), json!(0));
+                    }
+                    pl
+                }
             };
             if let Some(over) = &req.power_level_content_override {
                 for (k, v) in over {

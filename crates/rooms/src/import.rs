@@ -60,8 +60,7 @@ fn auth_order(
     for id in input {
         let pdu = &events[id];
         let deps: HashSet<&OwnedEventId> = pdu
-            .auth_events
-            .iter()
+            .auth_parents()
             .filter(|a| events.contains_key(*a))
             .collect();
         pending.insert(id, deps.len());
@@ -385,7 +384,6 @@ impl RoomService {
                 },
                 None => RoomSummary {
                     version: version.clone(),
-                    creator: create.sender.clone(),
                     create_event: create_id.clone(),
                     extremities: vec![join_id.clone()],
                     max_depth: join.depth,

@@ -17,7 +17,7 @@
 //!   [`EventStatus`] — timeline, outlier, soft-failed or rejected — and `off_stream` for
 //!   events whose state before them is not the state at their stream position).
 //! * `Timeline`: `room_id 0xFF pos` → event id.
-//! * `Rooms`: `room_id 0xFF` → room summary (version, creator, create event, forward
+//! * `Rooms`: `room_id 0xFF` → room summary (version, create event, forward
 //!   extremities, max depth); `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → event id
 //!   of the current state; `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership
 //!   string; `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → event id (log of the
@@ -77,7 +77,8 @@
 //!   [`keys_needed`] names must be cached before calling), content hash (redacted on
 //!   mismatch), then the authorization rules against its auth events and the state
 //!   before it (failing: stored *rejected*) and against the current state (failing:
-//!   *soft-failed*); forks go through state resolution v2. The answer is a [`Received`];
+//!   *soft-failed*); forks go through state resolution v2 (v1 in room version 1,
+//!   `state_res_v1.rs`). The answer is a [`Received`];
 //!   unknown prev or auth events give [`Received::NeedsMissingEvents`] and store nothing.
 //!   [`RoomService::receive_pdu_after_gap`] accepts a gap with the state `/state_ids`
 //!   reported; [`RoomService::receive_outlier`] stores fetched auth/state events.
@@ -87,7 +88,7 @@
 //!   shows it with its stripped state.
 //! * Redactions: applied when both the redaction and its target are present (whichever
 //!   arrives last), if the redaction's sender sent the target, is on the same server as
-//!   its sender (v3+), or has the `redact` power level in the state before the redaction.
+//!   its sender (v3+; in v1/v2 the two event IDs' servers are compared), or has the `redact` power level in the state before the redaction.
 //!   A refused remote redaction stays an event without effect.
 //! * History visibility and `unsigned.membership` of an event come from the state log at
 //!   its stream position, or from its stored state-before for `off_stream` events (forks,
@@ -100,8 +101,7 @@
 //!
 //! Not yet: fetching anything (the federation crates do), backfill, knocking and
 //! restricted joins through the API, third-party invites, room upgrades, leaving a room
-//! known only by a remote invite, state resolution v1 (a fork in a room of version 1 is
-//! refused).
+//! known only by a remote invite.
 //!
 //! ## Concurrency
 //!
@@ -136,6 +136,7 @@ mod resolve;
 mod restricted;
 #[cfg(test)]
 mod security_tests;
+mod state_res_v1;
 mod store;
 mod template;
 #[cfg(test)]
@@ -182,7 +183,7 @@ pub const MAX_PDU_BYTES: usize = 65_536;
 pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 
 /// The room version used when a client does not ask for one.
-pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V10;
+pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
 
 pub use topo::TopoPos;
 pub use version::supported_room_versions;

@@ -28,6 +28,9 @@ pub(crate) struct Pdu {
     pub state_key: Option<String>,
     pub prev_events: Vec<OwnedEventId>,
     pub auth_events: Vec<OwnedEventId>,
+    /// v12: the create event the room ID names, an auth event of every other event
+    /// without being listed in `auth_events` (so part of every auth chain).
+    pub implicit_create: Option<OwnedEventId>,
     pub redacts: Option<OwnedEventId>,
     pub depth: u64,
     pub rejected: bool,
@@ -95,8 +98,15 @@ impl Pdu {
             }
             None => return Err(RoomError::BadJson(format!("PDU {event_id} has no room_id"))),
         };
+        let implicit_create =
+            if raw.kind != TimelineEventType::RoomCreate && room_id.server_name().is_none() {
+                crate::version::create_event_id_of_room(&room_id).ok()
+            } else {
+                None
+            };
         Ok(Pdu {
             event_id,
+            implicit_create,
             room_id,
             has_room_id,
             sender: raw.sender,
@@ -110,6 +120,16 @@ impl Pdu {
             depth: raw.depth,
             rejected: false,
         })
+    }
+
+    /// The events this one's auth chain continues with: its `auth_events`, and in v12
+    /// the room's create event (named by the room ID, never listed).
+    pub fn auth_parents(&self) -> impl Iterator<Item = &OwnedEventId> {
+        self.auth_events.iter().chain(
+            self.implicit_create
+                .iter()
+                .filter(|c| !self.auth_events.contains(c)),
+        )
     }
 
     /// `(type, state_key)` for state events.

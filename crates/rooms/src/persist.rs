@@ -297,13 +297,18 @@ impl RoomService {
     /// The room version's redaction rule, for every path an `m.room.redaction` arrives by
     /// (`/redact`, `PUT /send` and `PUT /state`, federation): the redaction applies when its
     /// sender sent the target or has the `redact` power level in the state before the
-    /// redaction; a remote redaction also applies to events from its own server (the rule
-    /// servers follow for v3+ rooms, where the authorization rules leave redactions to the
-    /// receiving server). A local sender's disallowed redaction is refused; a remote
-    /// one is kept as an event but not applied.
+    /// redaction. A remote redaction also applies to events from its own server: from v3
+    /// the sender's server and the target's sender's server are compared (the authorization
+    /// rules leave redactions to the receiving server); in v1/v2 the servers of the two
+    /// event IDs (the authorization rule of those versions, which the redaction already
+    /// passed). A local sender's disallowed redaction is refused; a remote one is kept as
+    /// an event but not applied.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn redaction_allowed(
         &self,
         sender: &UserId,
+        redaction_id: &ruma::EventId,
+        target_id: &ruma::EventId,
         target_sender: &str,
         summary: Option<&RoomSummary>,
         power_levels: Option<&crate::store::StoredEvent>,
@@ -323,12 +328,25 @@ impl RoomService {
                 "you may not redact other users' events".into(),
             ));
         }
+        let event_id_rule = match summary {
+            Some(s) => {
+                rules_for(&s.version)?
+                    .authorization
+                    .special_case_room_redaction
+            }
+            None => false,
+        };
+        if event_id_rule {
+            return Ok(redaction_id.server_name().is_some()
+                && redaction_id.server_name() == target_id.server_name());
+        }
         let same_server = <&UserId>::try_from(target_sender)
             .is_ok_and(|t| t.server_name() == sender.server_name());
         Ok(same_server)
     }
 
-    /// The auth chain (recursive `auth_events`, excluding the starting events) of a set of events.
+    /// The auth chain (recursive `auth_events`, with v12's implicit create event, excluding
+    /// the starting events) of a set of events.
     pub(crate) fn auth_chain<'a>(
         &self,
         start: impl IntoIterator<Item = &'a OwnedEventId>,
@@ -338,7 +356,7 @@ impl RoomService {
         let mut stack: Vec<OwnedEventId> = Vec::new();
         for id in start {
             if let Some(ev) = cache.get(id) {
-                stack.extend(ev.auth_events.iter().cloned());
+                stack.extend(ev.auth_parents().cloned());
             }
         }
         while let Some(id) = stack.pop() {
@@ -346,12 +364,7 @@ impl RoomService {
                 continue;
             }
             if let Some(ev) = cache.get(&id) {
-                stack.extend(
-                    ev.auth_events
-                        .iter()
-                        .filter(|a| !seen.contains(*a))
-                        .cloned(),
-                );
+                stack.extend(ev.auth_parents().filter(|a| !seen.contains(*a)).cloned());
             }
         }
         seen

@@ -50,13 +50,34 @@ impl RoomService {
         event: Option<&StoredEvent>,
     ) -> Result<RoomPowerLevels> {
         let rules = rules_for(&summary.version)?.authorization;
-        let create = self.require_event(&summary.create_event)?;
-        let creators = RoomCreateEvent::new(as_pdu(&create)?)
-            .creators(&rules)
-            .map_err(|e| RoomError::Internal(format!("room {}: {e}", create.room_id())))?;
+        let creators = self.creators(summary)?;
         let event = event.map(as_pdu).transpose()?;
         levels(event, &rules, creators)
             .map_err(|e| RoomError::Internal(format!("{e} (room version {})", summary.version)))
+    }
+}
+
+impl RoomService {
+    /// The room's creators, the one notion of them the engine has: ruma's reading of the
+    /// create event under the version's rules (`creator` until v10, the sender from v11,
+    /// plus v12's `additional_creators`), sorted.
+    pub(crate) fn creators(&self, summary: &RoomSummary) -> Result<Vec<OwnedUserId>> {
+        let rules = rules_for(&summary.version)?.authorization;
+        let create = self.require_event(&summary.create_event)?;
+        let mut creators: Vec<OwnedUserId> = RoomCreateEvent::new(as_pdu(&create)?)
+            .creators(&rules)
+            .map_err(|e| RoomError::Internal(format!("room {}: {e}", create.room_id())))?
+            .into_iter()
+            .collect();
+        creators.sort();
+        Ok(creators)
+    }
+
+    /// The room's creators (v12: the create event's sender and `additional_creators`;
+    /// earlier versions: the one creator), sorted.
+    pub fn room_creators(&self, room: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let summary = self.require_summary(room)?;
+        self.creators(&summary)
     }
 }
 

@@ -119,10 +119,18 @@ pub fn keys_needed(
     Ok(out)
 }
 
+/// The room of a PDU: its `room_id`, or for a v12 create event (which has none) the room
+/// ID its reference hash defines.
 pub(crate) fn room_of(pdu: &CanonicalJsonObject) -> Result<OwnedRoomId> {
     match pdu.get("room_id") {
         Some(CanonicalJsonValue::String(r)) => OwnedRoomId::try_from(r.as_str())
             .map_err(|_| RoomError::BadJson("invalid room_id".into())),
+        None if matches!(pdu.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create") =>
+        {
+            let rules = rules_for(&RoomVersionId::V12)?;
+            let id = crate::version::event_id_of(&rules, pdu)?;
+            crate::version::room_id_of_create_event(&id)
+        }
         _ => Err(RoomError::BadJson("PDU without room_id".into())),
     }
 }
@@ -258,7 +266,7 @@ impl RoomService {
             return Err(RoomError::BadJson("room_id changed".into()));
         }
         let mut missing_auth = Vec::new();
-        for a in &parsed.auth_events {
+        for a in parsed.auth_parents() {
             if self.event_any(a)?.is_none() {
                 missing_auth.push(a.clone());
             }
@@ -352,7 +360,7 @@ impl RoomService {
         }
         let parsed = std::sync::Arc::new(Pdu::parse(event_id.clone(), &pdu)?);
         let mut missing = Vec::new();
-        for a in &parsed.auth_events {
+        for a in parsed.auth_parents() {
             if self.event_any(a)?.is_none() {
                 missing.push(a.clone());
             }
@@ -439,6 +447,43 @@ impl RoomService {
         let mut out: Vec<OwnedEventId> =
             self.auth_chain(events.iter(), &cache).into_iter().collect();
         out.sort();
+        out
+    }
+
+    /// The auth chain of `events` as other servers get it (`/state`, `/state_ids`,
+    /// `/event_auth`): everything reachable from `events` through `auth_events` (a starting
+    /// event only where another one cites it), breadth-first, in any room version's format,
+    /// with v12's implicit create event, leaving out rejected events, at most `limit`.
+    pub fn auth_chain_for_federation(
+        &self,
+        events: &[OwnedEventId],
+        limit: usize,
+    ) -> Vec<OwnedEventId> {
+        let cache = EventCache::new(self);
+        // A starting event another one cites is part of the chain (as Synapse answers).
+        let mut seen: std::collections::HashSet<OwnedEventId> = std::collections::HashSet::new();
+        let mut queue: std::collections::VecDeque<OwnedEventId> = events
+            .iter()
+            .filter_map(|id| cache.get(id))
+            .flat_map(|ev| ev.auth_parents().cloned().collect::<Vec<_>>())
+            .collect();
+        let mut out = Vec::new();
+        while let Some(id) = queue.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(ev) = cache.get(&id) else {
+                continue;
+            };
+            if ev.rejected {
+                continue;
+            }
+            queue.extend(ev.auth_parents().filter(|a| !seen.contains(*a)).cloned());
+            out.push(id);
+        }
         out
     }
 }

@@ -1,4 +1,4 @@
-//! State resolution v2 (via `ruma::state_res::resolve`) for forked DAGs, plus the
+//! State resolution v2 (via `ruma::state_res::resolve`; v1 in `state_res_v1.rs`) for forked DAGs, plus the
 //! event cache the authorization rules and resolution fetch events through.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -72,7 +72,7 @@ fn conflicted_state_subgraph(
     let mut stack: Vec<OwnedEventId> = targets.iter().cloned().collect();
     while let Some(id) = stack.pop() {
         if let Some(ev) = cache.get(&id) {
-            for a in &ev.auth_events {
+            for a in ev.auth_parents() {
                 if reached.insert(a.clone()) {
                     stack.push(a.clone());
                 }
@@ -95,7 +95,7 @@ fn conflicted_state_subgraph(
         memo.insert(id.clone(), false);
         let mut found = false;
         if let Some(ev) = cache.get(id) {
-            for a in &ev.auth_events {
+            for a in ev.auth_parents() {
                 if targets.contains(a) || reaches_target(a, targets, cache, memo) {
                     found = true;
                     break;
@@ -115,7 +115,8 @@ fn conflicted_state_subgraph(
 }
 
 impl RoomService {
-    /// Resolve several states of one room into one (state resolution v2).
+    /// Resolve several states of one room into one (state resolution v2; v1 for room
+    /// version 1, `state_res_v1.rs`).
     pub(crate) fn resolve_state_maps(
         &self,
         rules: &RoomVersionRules,
@@ -128,10 +129,16 @@ impl RoomService {
         if maps.iter().all(|m| m == first) {
             return Ok(first.clone());
         }
-        let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
-            return Err(RoomError::Internal(
-                "room version does not use state resolution v2".into(),
-            ));
+        let res_rules = match &rules.state_res {
+            StateResolutionVersion::V2(r) => r,
+            StateResolutionVersion::V1 => {
+                return crate::state_res_v1::resolve_v1(rules, maps, cache);
+            }
+            _ => {
+                return Err(RoomError::Internal(
+                    "unknown state resolution version".into(),
+                ));
+            }
         };
         let ruma_maps: Vec<ruma::state_res::StateMap<OwnedEventId>> = maps
             .iter()

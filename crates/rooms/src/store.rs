@@ -159,7 +159,9 @@ impl StoredEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RoomSummary {
     pub version: RoomVersionId,
-    pub creator: OwnedUserId,
+    /// The room's creators are read from this event (`power.rs`), never stored apart:
+    /// which fields name them depends on the version. (Summaries written before carry a
+    /// `creator` field, which is ignored.)
     pub create_event: OwnedEventId,
     pub extremities: Vec<OwnedEventId>,
     pub max_depth: u64,

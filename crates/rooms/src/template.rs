@@ -75,11 +75,16 @@ impl RoomService {
                 summary.version.to_string(),
             ));
         }
-        let new = NewEvent::state(
+        let mut new = NewEvent::state(
             "m.room.member",
             user.as_str(),
             member_content(membership.as_str(), None, None),
         );
+        if membership == Membership::Join {
+            // A restricted room: we vouch for the join (`join_authorised_via_users_server`)
+            // when the user is joined to an allowed room here, as for a local user.
+            self.prepare_local_member(room, user, &mut new)?;
+        }
         let (event_id, obj) =
             self.build_event(&summary.version, Some(&summary), room, user, &new)?;
         self.check_against_current_state(&summary.version, &event_id, &obj)?;
@@ -163,13 +168,13 @@ impl RoomService {
                 membership.as_str()
             )));
         }
-        let hash = ruma::signatures::reference_hash(&pdu, &rules)
-            .map_err(|e| RoomError::BadJson(format!("cannot hash the event: {e}")))?;
-        if event_id.as_str() != format!("${hash}") {
+        // The reference hash (v3+) or the `event_id` field (v1/v2).
+        if crate::version::event_id_of(&rules, &pdu)?.as_str() != event_id.as_str() {
             return Err(RoomError::InvalidParam(
-                "the event ID in the path is not the event's reference hash".into(),
+                "the event ID in the path is not the event's ID".into(),
             ));
         }
+        let pdu = self.countersign_restricted_join(room, &rules, membership, pdu)?;
         let sent = match self.receive_pdu(origin, pdu, keys)? {
             crate::Received::Accepted { event_id, pos } => SentEvent { event_id, pos },
             crate::Received::SoftFailed { reason, .. }
@@ -186,6 +191,58 @@ impl RoomService {
             }
         };
         self.member_answer(room, &sent)
+    }
+
+    /// A `send_join` naming one of our users in `join_authorised_via_users_server`: the
+    /// room version makes our signature part of the event's validity, so we add it, but
+    /// only after checking the join rule's allow conditions ourselves (the joining server
+    /// could name any of our members). Any other event is returned unchanged.
+    fn countersign_restricted_join(
+        &self,
+        room: &RoomId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        membership: Membership,
+        mut pdu: CanonicalJsonObject,
+    ) -> Result<CanonicalJsonObject> {
+        let via = match pdu.get("content") {
+            Some(CanonicalJsonValue::Object(c)) => match c.get(crate::restricted::AUTHORISED_VIA) {
+                Some(CanonicalJsonValue::String(v)) => Some(v.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(via) = via else {
+            return Ok(pdu);
+        };
+        if membership != Membership::Join
+            || UserId::parse(&via).map_or(true, |u| u.server_name() != self.server_name)
+        {
+            return Ok(pdu);
+        }
+        let sender = str_of(&pdu, "sender")
+            .and_then(|s| UserId::parse(s).ok())
+            .ok_or_else(|| RoomError::InvalidParam("the join has no valid sender".into()))?;
+        {
+            let _guard = self.lock_room(room);
+            let mut new = NewEvent::state(
+                "m.room.member",
+                sender.as_str(),
+                member_content("join", None, None),
+            );
+            self.prepare_local_member(room, &sender, &mut new)?;
+            if new.content.get(crate::restricted::AUTHORISED_VIA).is_none() {
+                // Not (or no longer) a restricted join: nothing for us to vouch for.
+                return Ok(pdu);
+            }
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            self.key.pair(),
+            &mut pdu,
+            &rules.redaction,
+        )
+        .map_err(|e| RoomError::Internal(format!("cannot countersign the join: {e}")))?;
+        Ok(pdu)
     }
 
     fn member_answer(&self, room: &RoomId, sent: &SentEvent) -> Result<AcceptedMember> {
@@ -413,8 +470,9 @@ impl RoomService {
         Ok(obj)
     }
 
-    /// The room ID of a PDU, for callers that route PDUs.
+    /// The room ID of a PDU, for callers that route PDUs: its `room_id`, or for a v12
+    /// create event (which has none) the room ID its reference hash defines.
     pub fn pdu_room_id(pdu: &CanonicalJsonObject) -> Option<OwnedRoomId> {
-        str_of(pdu, "room_id").and_then(|r| OwnedRoomId::try_from(r).ok())
+        crate::remote::room_of(pdu).ok()
     }
 }

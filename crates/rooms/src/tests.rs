@@ -71,6 +71,8 @@ fn create_room_builds_a_valid_signed_auth_chain() {
             displayname: Some("Alice".into()),
             avatar_url: None,
         },
+        // The v10 format is checked here; tests_versions.rs covers the others.
+        room_version: Some("10".into()),
         ..Default::default()
     };
     let room = svc.create_room(&alice, req).expect("create");
@@ -273,8 +275,19 @@ fn auth_rejections() {
         "",
         json!({"users": {bob.as_str(): 100}})
     )));
-    // Invite needs 50.
-    assert!(is_forbidden(svc.invite(&bob, &room, &carol, None)));
+    // A private chat lets every member invite (Synapse's preset); once the room asks 50
+    // for invites, a plain member cannot.
+    svc.invite(&bob, &room, &carol, None)
+        .expect("member invites in a private chat");
+    let mut pl = svc
+        .current_state_event(&room, "m.room.power_levels", "")
+        .unwrap()
+        .unwrap()
+        .content();
+    pl["invite"] = json!(50);
+    svc.send_state_event(&alice, &room, "m.room.power_levels", "", pl)
+        .expect("admin raises the invite level");
+    assert!(is_forbidden(svc.invite(&bob, &room, &user("dave"), None)));
     // Kick/ban by a non-moderator.
     assert!(is_forbidden(svc.kick(&bob, &room, &alice, None)));
     assert!(is_forbidden(svc.ban(&bob, &room, &alice, None)));
@@ -861,6 +874,8 @@ fn create_room_options() {
     let bob = user("bob");
     let req: CreateRoomRequest = serde_json::from_value(json!({
         "preset": "trusted_private_chat",
+        // v10: invitees of a trusted chat get 100 in the power levels (v12: creators).
+        "room_version": "10",
         "invite": [bob.as_str()],
         "is_direct": true,
         "initial_state": [{"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
@@ -1165,4 +1180,19 @@ fn receive_pdu_accepts_valid_and_rejects_unauthorised_events() {
         Received::Rejected { .. }
     ));
     assert_eq!(svc.event(&bad_id).expect("read"), None);
+}
+
+#[test]
+fn rooms_default_to_version_12() {
+    let (_d, svc) = setup();
+    let alice = user("alice");
+    let room = create(&svc, &alice, Preset::PublicChat);
+    let summary = svc.require_summary(&room).expect("summary");
+    assert_eq!(summary.version, RoomVersionId::V12);
+    // The room ID is the create event's hash: no server name.
+    assert_eq!(room.server_name(), None);
+    assert_eq!(
+        room.as_str().trim_start_matches('!'),
+        summary.create_event.as_str().trim_start_matches('$')
+    );
 }

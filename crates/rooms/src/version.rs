@@ -11,9 +11,10 @@
 //!   the create event itself carries no `room_id`;
 //! * `m.room.create` content: `creator` until v10, the sender from v11; v12's
 //!   `additional_creators`;
-//! * creators and power: [`Creators`] — until v11 the creator is 100 only while the room
-//!   has no power levels; from v12 every creator has infinite power and may not be listed
-//!   in `m.room.power_levels` `users`;
+//! * creators and power: read in one place, `power.rs` (ruma's `RoomCreateEvent::creators`
+//!   and `RoomPowerLevels`) — until v11 the creator is 100 only while the room has no power
+//!   levels; from v12 every creator has infinite power and may not be listed in
+//!   `m.room.power_levels` `users`;
 //! * redaction (`rules.redaction`) and authorization (`rules.authorization`) are passed to
 //!   ruma as they are.
 use rand::distr::{Alphanumeric, SampleString};
@@ -31,8 +32,8 @@ use std::sync::Arc;
 
 use crate::pdu::Pdu;
 use crate::resolve::EventCache;
-use crate::store::{RoomSummary, StoredEvent};
-use crate::{Result, RoomError, RoomService};
+use crate::store::StoredEvent;
+use crate::{Result, RoomError};
 
 /// Room versions this server can create and join: every stable version, 1–12.
 pub fn supported_room_versions() -> [RoomVersionId; 12] {
@@ -246,67 +247,6 @@ pub(crate) fn create_content(
         }
     }
     Ok(content)
-}
-
-/// The room's creators as its create event and version define them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Creators {
-    /// The creator (the `creator` field until v10, the sender from v11), then v12's
-    /// `additional_creators`.
-    pub users: Vec<OwnedUserId>,
-    /// v12: creators have infinite power, whatever the power levels say.
-    pub privileged: bool,
-}
-
-impl Creators {
-    /// From the room's create event and its version's rules. A missing or malformed
-    /// `creator` field (only possible in a remote room that the auth rules let through)
-    /// falls back to the sender.
-    pub fn of(rules: &RoomVersionRules, create: &StoredEvent) -> Creators {
-        let sender = OwnedUserId::try_from(create.sender()).ok();
-        let first = if rules.authorization.use_room_create_sender {
-            sender
-        } else {
-            create
-                .content_str("creator")
-                .and_then(|s| OwnedUserId::try_from(s).ok())
-                .or(sender)
-        };
-        let mut users: Vec<OwnedUserId> = first.into_iter().collect();
-        if rules.authorization.additional_room_creators
-            && let Some(CanonicalJsonValue::Object(c)) = create.pdu.get("content")
-            && let Some(CanonicalJsonValue::Array(list)) = c.get("additional_creators")
-        {
-            for v in list {
-                if let CanonicalJsonValue::String(s) = v
-                    && let Ok(u) = OwnedUserId::try_from(s.as_str())
-                    && !users.contains(&u)
-                {
-                    users.push(u);
-                }
-            }
-        }
-        Creators {
-            users,
-            privileged: rules.authorization.explicitly_privilege_room_creators,
-        }
-    }
-}
-
-impl RoomService {
-    /// The room's creators, from its create event and version.
-    pub(crate) fn creators(&self, summary: &RoomSummary) -> Result<Creators> {
-        let rules = rules_for(&summary.version)?;
-        let create = self.require_event(&summary.create_event)?;
-        Ok(Creators::of(&rules, &create))
-    }
-
-    /// The room's creators (v12: the create event's sender and `additional_creators`;
-    /// earlier versions: the one creator).
-    pub fn room_creators(&self, room: &ruma::RoomId) -> Result<Vec<OwnedUserId>> {
-        let summary = self.require_summary(room)?;
-        Ok(self.creators(&summary)?.users)
-    }
 }
 
 #[cfg(test)]

@@ -120,6 +120,13 @@ pub enum Cf {
     /// 0xFF thread 0xFF` → read up to pos; `"p" 0xFF user 0xFF app_id 0xFF pushkey 0xFF` → pusher;
     /// `"g" 0xFF app_id 0xFF pushkey 0xFF user 0xFF` → empty (pushers by key).
     Push,
+    /// End-to-end encryption (owned by `e2ee`, key layouts in `e2ee::keys`): device keys,
+    /// one-time and fallback keys, cross-signing keys and signatures, the device-list
+    /// change log, to-device inboxes, key backups.
+    E2ee,
+    /// `media_id` → media record (content type, file name, size, SHA-256 of the file under
+    /// `<data_dir>/media`, uploader) (owned by `media`).
+    Media,
 }
 
 impl Cf {
@@ -128,7 +135,7 @@ impl Cf {
     /// batch, without knowing the rest of their layout).
     pub const DEVICE_SCOPED: [Cf; 1] = [Cf::Txns];
 
-    pub const ALL: [Cf; 22] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -151,6 +158,8 @@ impl Cf {
         Cf::FederationQueue,
         Cf::Topo,
         Cf::Push,
+        Cf::E2ee,
+        Cf::Media,
     ];
 
     pub fn name(self) -> &'static str {
@@ -177,6 +186,8 @@ impl Cf {
             Cf::FederationQueue => "federation_queue",
             Cf::Topo => "topo",
             Cf::Push => "push",
+            Cf::E2ee => "e2ee",
+            Cf::Media => "media",
         }
     }
 }

@@ -1,7 +1,7 @@
 // matrix-js-sdk against a real Pulse, doing what Element does at start and in a chat:
 // startClient reaches PREPARED (versions, capabilities, push rules, filter, sync), create a
 // room, invite, join, send, receive on the second client (with an unread count from the
-// push rules), set and read presence. Usage: node roundtrip.mjs PATH_TO_PULSE_BINARY
+// push rules), set and read presence, upload and download a file. Usage: node roundtrip.mjs PATH_TO_PULSE_BINARY
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -192,6 +192,17 @@ try {
     await waitFor(bob, sdk.UserEvent.Presence, (_e, u) => u.userId === alice.getUserId() && u.presenceStatusMsg === "testing Pulse", 15000, "presence on bob's client").catch(() => {});
   }
   check(bob.getUser(alice.getUserId())?.presenceStatusMsg === "testing Pulse", "bob's client sees alice's presence through sync");
+
+  // Media, as Element sends an attachment: config, upload, then download through the
+  // authenticated URL the SDK builds.
+  const config = await alice.getMediaConfig(true);
+  check(config["m.upload.size"] > 0, `the media config has an upload limit (${config["m.upload.size"]})`);
+  const payload = new Blob(["attachment from js-sdk"], { type: "text/plain" });
+  const { content_uri: mxc } = await alice.uploadContent(payload, { name: "note.txt", type: "text/plain" });
+  check(mxc?.startsWith("mxc://localhost/"), `alice uploads a file (${mxc})`);
+  const url = bob.mxcUrlToHttp(mxc, undefined, undefined, undefined, false, true, true);
+  const resp = await fetch(url, { headers: { Authorization: `Bearer ${bob.getAccessToken()}` } });
+  check(resp.ok && (await resp.text()) === "attachment from js-sdk", `bob downloads it (${url})`);
 } catch (e) {
   check(false, `${e?.stack || e}`);
 } finally {

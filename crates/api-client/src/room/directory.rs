@@ -40,6 +40,16 @@ fn parse_alias(raw: &str) -> ApiResult<OwnedRoomAliasId> {
 
 async fn get_alias(state: AppStateRef, Path(alias): Path<String>) -> ApiResult<Json<Value>> {
     let alias = parse_alias(&alias)?;
+    if alias.server_name() != state.config.server_name {
+        // Another server's alias: only that server can answer (`/query/directory`).
+        let Some(remote) = state.remote_membership.get().cloned() else {
+            return Err(MatrixError::not_found(format!(
+                "Room alias {alias} not found"
+            )));
+        };
+        let (room, servers) = remote.resolve_alias(alias).await?;
+        return Ok(Json(json!({ "room_id": room, "servers": servers })));
+    }
     let lookup = alias.clone();
     let found = blocking(&state, move |rooms| rooms.resolve_alias(&lookup)).await?;
     match found {

@@ -89,7 +89,34 @@ async fn create_room(
     })?;
     let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
     wake(&state, &room, pos, &extra).await;
+    push_remote_invites(&state, &room, &invited).await;
     Ok(Json(json!({ "room_id": room })))
+}
+
+/// The invites of `createRoom` are events of the new room, sent to nobody yet: each remote
+/// invitee's server is told with `PUT /v2/invite`. A server that cannot be reached does not
+/// undo the room (as with Synapse); its user can still be invited again.
+async fn push_remote_invites(
+    state: &Arc<AppState>,
+    room: &ruma::RoomId,
+    invited: &[ruma::OwnedUserId],
+) {
+    let Some(remote) = remote(state) else {
+        return;
+    };
+    for user in invited {
+        if user.server_name() == state.config.server_name {
+            continue;
+        }
+        let (r, u) = (room.to_owned(), user.clone());
+        let record = blocking(state, move |rooms| rooms.membership(&r, &u)).await;
+        let Ok(Some(record)) = record else {
+            continue;
+        };
+        if let Err(e) = remote.push_invite(room.to_owned(), record.event_id).await {
+            tracing::warn!(%room, invitee = %user, error = %e.message, "createRoom invite not delivered");
+        }
+    }
 }
 
 /// The body of a join: extra member content (e.g. `reason`).
@@ -131,12 +158,63 @@ async fn do_join(
     }
     let prof = profile(&state, &auth.user_id)?;
     let user = auth.user_id.clone();
-    let (room, sent) = blocking(&state, move |rooms| {
-        rooms.join(&user, &target, &prof, content)
-    })
-    .await?;
+    let join = |prof: rooms::MemberProfile, content: Option<Map<String, Value>>| {
+        let (user, target) = (user.clone(), target.clone());
+        blocking(&state, move |rooms| {
+            rooms.join(&user, &target, &prof, content)
+        })
+    };
+    let (room, sent) = match join(prof.clone(), content.clone()).await {
+        Err(RoomError::Forbidden(m)) if awaited_remote_invite(&state, &target, &user).await => {
+            tracing::debug!(%user, room = %target, "join retried once the invite arrived: {m}");
+            join(prof, content).await?
+        }
+        r => r?,
+    };
     wake(&state, &room, sent.pos, &[&auth.user_id]).await;
     Ok(Json(json!({ "room_id": room })))
+}
+
+/// Longest wait for a remote invite's PDU after the invite itself (see
+/// [`awaited_remote_invite`]).
+const INVITE_PDU_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether `user` holds an invite to `room` (a room we take part in) that the room's state
+/// does not have yet, and it got there within [`INVITE_PDU_WAIT`]. A remote inviter's
+/// server first sends the invite itself (`PUT /invite`: our user sees it at once), then the
+/// same event as a PDU of the room (`/send`); a join or rejection made in between is
+/// checked against a state without the invite. Waiting for the PDU, then trying again,
+/// closes that window.
+async fn awaited_remote_invite(state: &Arc<AppState>, room: &str, user: &ruma::UserId) -> bool {
+    let Ok(room) = ruma::OwnedRoomId::try_from(room) else {
+        return false;
+    };
+    let pending = || {
+        let (room, user) = (room.clone(), user.to_owned());
+        blocking(state, move |rooms| {
+            let Some(rec) = rooms.membership(&room, &user)? else {
+                return Ok(None);
+            };
+            if rec.membership != rooms::Membership::Invite {
+                return Ok(None);
+            }
+            let in_state = rooms.current_state_event_id(&room, "m.room.member", user.as_str())?;
+            Ok(Some(in_state.as_deref() == Some(&*rec.event_id)))
+        })
+    };
+    if !matches!(pending().await, Ok(Some(false))) {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + INVITE_PDU_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        match pending().await {
+            Ok(Some(true)) => return true,
+            Ok(Some(false)) => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 async fn join_by_id_or_alias(
@@ -183,11 +261,20 @@ async fn leave(
             return Ok(Json(json!({})));
         }
     }
-    let r = room.clone();
-    let sent = blocking(&state, move |rooms| {
-        rooms.leave(&user, &r, body.reason.as_deref())
-    })
-    .await?;
+    let leave = || {
+        let (user, r, reason) = (user.clone(), room.clone(), body.reason.clone());
+        blocking(&state, move |rooms| {
+            rooms.leave(&user, &r, reason.as_deref())
+        })
+    };
+    let sent = match leave().await {
+        Err(RoomError::Forbidden(_))
+            if awaited_remote_invite(&state, room.as_str(), &user).await =>
+        {
+            leave().await?
+        }
+        r => r?,
+    };
     wake(&state, &room, sent.pos, &[&auth.user_id]).await;
     Ok(Json(json!({})))
 }

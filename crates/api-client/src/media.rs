@@ -1,0 +1,359 @@
+//! The media repository over HTTP: thin handlers over [`::media::MediaService`].
+//!
+//! * `POST /_matrix/media/v3/upload` (`?filename=`, the body's `Content-Type`): at most
+//!   `[media] max_upload_bytes` (413 `M_TOO_LARGE`); answers `{"content_uri": "mxc://…"}`.
+//! * Authenticated media (spec v1.11): `GET /_matrix/client/v1/media/config`,
+//!   `…/download/{serverName}/{mediaId}[/{fileName}]`, `…/thumbnail/{serverName}/{mediaId}`
+//!   (`width`, `height`, `method=scale|crop`; a PNG).
+//! * The legacy unauthenticated `GET /_matrix/media/v3/download|thumbnail/…` for the same
+//!   local media (the spec deprecates them but still allows them), and
+//!   `GET /_matrix/media/v3/config` (with a token).
+//! * Media of another server is 404 `M_NOT_FOUND`: fetching it over federation is not done.
+//!   Neither are `/create` (asynchronous uploads) nor URL previews (`preview_url`: 404
+//!   `M_UNRECOGNIZED`, the fallback).
+//!
+//! Downloads carry the headers the spec asks for against stored XSS: a sandboxing
+//! `Content-Security-Policy`, `Cross-Origin-Resource-Policy: cross-origin`, and
+//! `Content-Disposition` (`inline` only for types that cannot run script).
+use std::sync::Arc;
+
+use ::media::{MediaError, ThumbnailMethod};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::blocking::blocking;
+use crate::error::{ApiResult, MatrixError};
+use crate::extract::{Auth, Path, Query};
+use crate::{AppState, AppStateRef};
+
+/// `[media]` in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest upload, in bytes (413 `M_TOO_LARGE` above it).
+    pub max_upload_bytes: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_upload_bytes: 50 * 1024 * 1024,
+        }
+    }
+}
+
+impl From<MediaError> for MatrixError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::NotAnImage(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", m),
+            other => MatrixError::internal(other),
+        }
+    }
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/_matrix/media/v3/upload", post(upload))
+        .route("/_matrix/media/r0/upload", post(upload))
+        .route("/_matrix/media/v3/config", get(config))
+        .route("/_matrix/client/v1/media/config", get(config))
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}",
+            get(download_auth),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}/{file_name}",
+            get(download_auth_named),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
+            get(thumbnail_auth),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server}/{media_id}",
+            get(download_legacy),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server}/{media_id}/{file_name}",
+            get(download_legacy_named),
+        )
+        .route(
+            "/_matrix/media/v3/thumbnail/{server}/{media_id}",
+            get(thumbnail_legacy),
+        )
+}
+
+async fn config(state: AppStateRef, _auth: Auth) -> Json<Value> {
+    Json(json!({ "m.upload.size": state.config.media.max_upload_bytes }))
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    filename: Option<String>,
+}
+
+async fn upload(
+    state: AppStateRef,
+    auth: Auth,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let limit = state.config.media.max_upload_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| MatrixError::too_large(format!("Uploads are limited to {limit} bytes")))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let filename = q.filename.filter(|f| !f.is_empty());
+    if filename.as_ref().is_some_and(|f| f.len() > 255) {
+        return Err(MatrixError::invalid_param(
+            "The file name is longer than 255 bytes",
+        ));
+    }
+    let st = state.0.clone();
+    let id = blocking(move || {
+        st.media.upload(
+            &bytes,
+            &content_type,
+            filename.as_deref(),
+            auth.user_id.as_str(),
+        )
+    })
+    .await??;
+    Ok(Json(json!({
+        "content_uri": format!("mxc://{}/{id}", state.config.server_name)
+    })))
+}
+
+/// Only this server's media exists here (remote media is not fetched yet).
+fn check_local(state: &AppState, server: &str) -> ApiResult<()> {
+    if server != state.config.server_name.as_str() {
+        return Err(MatrixError::not_found(
+            "Media of other servers is not available here (remote media is not fetched yet)",
+        ));
+    }
+    Ok(())
+}
+
+/// Types a browser shows without running script: these may be `inline`.
+fn inline_safe(content_type: &str) -> bool {
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        base.as_str(),
+        "text/plain"
+            | "text/csv"
+            | "application/json"
+            | "application/ld+json"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/png"
+            | "image/apng"
+            | "image/webp"
+            | "image/avif"
+            | "video/mp4"
+            | "video/webm"
+            | "video/ogg"
+            | "video/quicktime"
+            | "audio/mp4"
+            | "audio/webm"
+            | "audio/aac"
+            | "audio/mpeg"
+            | "audio/ogg"
+            | "audio/wave"
+            | "audio/wav"
+            | "audio/x-wav"
+            | "audio/x-pn-wav"
+            | "audio/flac"
+            | "audio/x-flac"
+    )
+}
+
+/// `Content-Disposition` with the file name, RFC 6266 (`filename*` for non-ASCII names).
+fn disposition(content_type: &str, filename: Option<&str>) -> String {
+    let kind = if inline_safe(content_type) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    match filename {
+        None => kind.to_owned(),
+        Some(name)
+            if name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                && !name.contains('"')
+                && !name.contains('\\') =>
+        {
+            format!("{kind}; filename=\"{name}\"")
+        }
+        Some(name) => {
+            let enc: String =
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            format!("{kind}; filename*=utf-8''{enc}")
+        }
+    }
+}
+
+fn media_response(content_type: &str, filename: Option<&str>, bytes: Vec<u8>) -> Response {
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    let ct = HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, ct);
+    if let Ok(v) = HeaderValue::from_str(&disposition(content_type, filename)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; \
+             style-src 'unsafe-inline'; media-src 'self'; object-src 'self';",
+        ),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    resp
+}
+
+async fn download(
+    state: &Arc<AppState>,
+    server: String,
+    media_id: String,
+    file_name: Option<String>,
+) -> ApiResult<Response> {
+    check_local(state, &server)?;
+    let st = state.clone();
+    let found = blocking(move || st.media.download(&media_id)).await??;
+    let Some((record, bytes)) = found else {
+        return Err(MatrixError::not_found("Unknown media"));
+    };
+    let name = file_name.or(record.filename);
+    Ok(media_response(&record.content_type, name.as_deref(), bytes))
+}
+
+async fn download_auth(
+    state: AppStateRef,
+    _auth: Auth,
+    Path((server, media_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    download(&state.0, server, media_id, None).await
+}
+
+async fn download_auth_named(
+    state: AppStateRef,
+    _auth: Auth,
+    Path((server, media_id, file_name)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    download(&state.0, server, media_id, Some(file_name)).await
+}
+
+async fn download_legacy(
+    state: AppStateRef,
+    Path((server, media_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    download(&state.0, server, media_id, None).await
+}
+
+async fn download_legacy_named(
+    state: AppStateRef,
+    Path((server, media_id, file_name)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    download(&state.0, server, media_id, Some(file_name)).await
+}
+
+#[derive(Debug, Deserialize)]
+struct ThumbnailQuery {
+    width: Option<String>,
+    height: Option<String>,
+    method: Option<String>,
+}
+
+async fn thumbnail(
+    state: &Arc<AppState>,
+    server: String,
+    media_id: String,
+    q: ThumbnailQuery,
+) -> ApiResult<Response> {
+    check_local(state, &server)?;
+    let dim = |v: Option<String>, name: &str| -> ApiResult<u32> {
+        v.ok_or_else(|| MatrixError::missing_param(format!("Missing '{name}'")))?
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                MatrixError::invalid_param(format!("'{name}' must be a positive integer"))
+            })
+    };
+    let (w, h) = (dim(q.width, "width")?, dim(q.height, "height")?);
+    let method = match q.method.as_deref() {
+        None | Some("scale") => ThumbnailMethod::Scale,
+        Some("crop") => ThumbnailMethod::Crop,
+        Some(m) => {
+            return Err(MatrixError::invalid_param(format!(
+                "Unknown thumbnail method {m:?}"
+            )));
+        }
+    };
+    let st = state.clone();
+    let png = blocking(move || st.media.thumbnail(&media_id, w, h, method)).await??;
+    match png {
+        Some(png) => Ok(media_response("image/png", Some("thumbnail.png"), png)),
+        None => Err(MatrixError::not_found("Unknown media")),
+    }
+}
+
+async fn thumbnail_auth(
+    state: AppStateRef,
+    _auth: Auth,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<ThumbnailQuery>,
+) -> ApiResult<Response> {
+    thumbnail(&state.0, server, media_id, q).await
+}
+
+async fn thumbnail_legacy(
+    state: AppStateRef,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<ThumbnailQuery>,
+) -> ApiResult<Response> {
+    thumbnail(&state.0, server, media_id, q).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions_are_inline_only_for_safe_types_and_encode_names() {
+        assert_eq!(
+            disposition("image/png", Some("a.png")),
+            "inline; filename=\"a.png\""
+        );
+        assert_eq!(disposition("text/html", None), "attachment");
+        assert_eq!(
+            disposition("application/octet-stream", Some("naïve.txt")),
+            "attachment; filename*=utf-8''na%C3%AFve%2Etxt"
+        );
+        assert!(disposition("text/plain; charset=utf-8", Some("x")).starts_with("inline"));
+        assert!(
+            disposition("image/svg+xml", None).starts_with("attachment"),
+            "SVG can script"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! Unit tests of the service against a real (temporary) RocksDB.
+use std::sync::Arc;
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde_json::{Map, Value, json};
+
+use crate::backup::SessionData;
+use crate::{E2eeError, E2eeService};
+
+fn svc() -> (tempfile::TempDir, E2eeService) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = storage::Db::open(dir.path(), false).expect("open");
+    (dir, E2eeService::new(Arc::new(db)))
+}
+
+fn user(s: &str) -> OwnedUserId {
+    s.try_into().expect("user id")
+}
+
+fn device_keys(u: &UserId, d: &DeviceId) -> Value {
+    json!({
+        "user_id": u, "device_id": d,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{d}"): "c", format!("ed25519:{d}"): "e" },
+        "signatures": { u.as_str(): { format!("ed25519:{d}"): "sig" } },
+    })
+}
+
+fn otks(ids: &[&str]) -> Map<String, Value> {
+    ids.iter()
+        .map(|i| {
+            (
+                format!("signed_curve25519:{i}"),
+                json!({ "key": format!("k{i}"), "signatures": {} }),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn upload_counts_and_idempotency() {
+    let (_d, s) = svc();
+    let (u, d) = (user("@a:x"), OwnedDeviceId::from("D"));
+    let dk = device_keys(&u, &d);
+    let out = s
+        .upload_keys(&u, &d, Some(&dk), &otks(&["1", "2", "3"]), &Map::new())
+        .expect("upload");
+    assert_eq!(out.one_time_key_counts["signed_curve25519"], 3);
+    assert!(out.device_list_pos.is_some());
+    // The same keys again: nothing new, no device-list change.
+    let out = s
+        .upload_keys(&u, &d, Some(&dk), &otks(&["2", "3", "4"]), &Map::new())
+        .expect("again");
+    assert_eq!(out.one_time_key_counts["signed_curve25519"], 4);
+    assert_eq!(out.device_list_pos, None);
+    // Same ID, different key: refused, and nothing of that upload is stored.
+    let mut bad = otks(&["5"]);
+    bad.insert("signed_curve25519:1".into(), json!({ "key": "other" }));
+    assert!(matches!(
+        s.upload_keys(&u, &d, None, &bad, &Map::new()),
+        Err(E2eeError::InvalidParam(_))
+    ));
+    assert_eq!(
+        s.one_time_key_counts(&u, &d).expect("counts")["signed_curve25519"],
+        4
+    );
+}
+
+#[test]
+fn device_keys_must_be_the_requesters_and_well_formed() {
+    let (_d, s) = svc();
+    let (u, d) = (user("@a:x"), OwnedDeviceId::from("D"));
+    let other = device_keys(&user("@b:x"), &d);
+    assert!(matches!(
+        s.upload_keys(&u, &d, Some(&other), &Map::new(), &Map::new()),
+        Err(E2eeError::InvalidParam(_))
+    ));
+    let missing = json!({ "user_id": u, "device_id": d });
+    assert!(matches!(
+        s.upload_keys(&u, &d, Some(&missing), &Map::new(), &Map::new()),
+        Err(E2eeError::BadJson(_))
+    ));
+    let bad_otk: Map<String, Value> = [("nocolon".to_owned(), json!("k"))].into_iter().collect();
+    assert!(matches!(
+        s.upload_keys(&u, &d, None, &bad_otk, &Map::new()),
+        Err(E2eeError::BadJson(_))
+    ));
+    assert_eq!(s.device_keys(&u, &d).expect("read"), None);
+}
+
+#[test]
+fn claims_go_in_upload_order_then_fallback() {
+    let (_d, s) = svc();
+    let (u, d) = (user("@a:x"), OwnedDeviceId::from("D"));
+    // Upload "9" before "1": "9" must be claimed first.
+    s.upload_keys(&u, &d, None, &otks(&["9"]), &Map::new())
+        .expect("up");
+    let fb: Map<String, Value> = [(
+        "signed_curve25519:F".to_owned(),
+        json!({ "key": "f", "fallback": true }),
+    )]
+    .into_iter()
+    .collect();
+    s.upload_keys(&u, &d, None, &otks(&["1"]), &fb).expect("up");
+    assert_eq!(
+        s.unused_fallback_key_types(&u, &d).expect("fb"),
+        vec!["signed_curve25519"]
+    );
+    let ids: Vec<(String, bool)> = (0..4)
+        .map(|_| {
+            let c = s
+                .claim_key(&u, &d, "signed_curve25519")
+                .expect("claim")
+                .expect("some");
+            (c.id, c.fallback)
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("signed_curve25519:9".into(), false),
+            ("signed_curve25519:1".into(), false),
+            ("signed_curve25519:F".into(), true),
+            ("signed_curve25519:F".into(), true),
+        ]
+    );
+    assert!(s.unused_fallback_key_types(&u, &d).expect("fb").is_empty());
+    assert_eq!(
+        s.one_time_key_counts(&u, &d).expect("c")["signed_curve25519"],
+        0
+    );
+    assert_eq!(s.claim_key(&u, &d, "curve25519").expect("claim"), None);
+    // A claimed key uploaded again (an old upload retried) is not handed out twice.
+    s.upload_keys(&u, &d, None, &otks(&["9"]), &Map::new())
+        .expect("retry");
+    assert_eq!(
+        s.one_time_key_counts(&u, &d).expect("c")["signed_curve25519"],
+        0
+    );
+}
+
+#[test]
+fn concurrent_claims_never_share_a_key() {
+    let (_d, s) = svc();
+    let s = Arc::new(s);
+    let (u, d) = (user("@a:x"), OwnedDeviceId::from("D"));
+    let ids: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.upload_keys(&u, &d, None, &otks(&refs), &Map::new())
+        .expect("up");
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, u, d) = (s.clone(), u.clone(), d.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(c) = s.claim_key(&u, &d, "signed_curve25519").expect("claim") {
+                    got.push(c.id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("join"))
+        .collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(n, 50, "every key claimed once");
+    assert_eq!(all.len(), 50, "no key claimed twice");
+}
+
+#[test]
+fn device_list_changes_are_on_the_stream() {
+    let (_d, s) = svc();
+    let (a, b) = (user("@a:x"), user("@b:x"));
+    let before = s.current_position();
+    let p1 = s.mark_device_list_changed(&a).expect("mark");
+    let p2 = s.mark_device_list_changed(&b).expect("mark");
+    let all = s.device_list_changes(before, p2).expect("changes");
+    assert_eq!(
+        all.into_iter().collect::<Vec<_>>(),
+        vec![a.clone(), b.clone()]
+    );
+    let later = s.device_list_changes(p1, p2).expect("changes");
+    assert_eq!(later.into_iter().collect::<Vec<_>>(), vec![b.clone()]);
+    assert_eq!(s.device_list_version(&b).expect("v"), p2);
+    // Deleting a device with keys is a change; its keys are gone.
+    let d = OwnedDeviceId::from("D");
+    s.upload_keys(
+        &a,
+        &d,
+        Some(&device_keys(&a, &d)),
+        &otks(&["1"]),
+        &Map::new(),
+    )
+    .expect("up");
+    let p3 = s.delete_device(&a, &d).expect("delete").expect("had keys");
+    assert!(s.device_list_changes(p2, p3).expect("c").contains(&a));
+    assert!(s.all_device_keys(&a).expect("keys").is_empty());
+    assert_eq!(
+        s.claim_key(&a, &d, "signed_curve25519").expect("claim"),
+        None
+    );
+}
+
+#[test]
+fn to_device_is_idempotent_and_deleted_after_ack() {
+    let (_d, s) = svc();
+    let (a, b) = (user("@a:x"), user("@b:x"));
+    let d = OwnedDeviceId::from("BD");
+    let msgs = vec![(b.clone(), d.clone(), json!({ "n": 1 }))];
+    let p = s
+        .send_to_device(&a, "AD", Some("t1"), "m.test", &msgs)
+        .expect("send")
+        .expect("new");
+    assert_eq!(
+        s.send_to_device(&a, "AD", Some("t1"), "m.test", &msgs)
+            .expect("send"),
+        None
+    );
+    // Delivered in the response at token `p`.
+    let got = s.to_device_for_sync(&b, &d, Some(0), p).expect("sync");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sender, "@a:x");
+    // A retry with the old token gets it again; the next token acknowledges it.
+    let again = s.to_device_for_sync(&b, &d, Some(0), p).expect("sync");
+    assert_eq!(again.len(), 1);
+    let p2 = s
+        .send_to_device(
+            &a,
+            "AD",
+            Some("t2"),
+            "m.test",
+            &[(b.clone(), d.clone(), json!({ "n": 2 }))],
+        )
+        .expect("send")
+        .expect("new");
+    let next = s.to_device_for_sync(&b, &d, Some(p), p2).expect("sync");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].content, json!({ "n": 2 }));
+    assert_eq!(s.to_device_waiting(&b, &d).expect("waiting"), 1);
+    let none = s.to_device_for_sync(&b, &d, Some(p2), p2).expect("sync");
+    assert!(none.is_empty());
+    assert_eq!(s.to_device_waiting(&b, &d).expect("waiting"), 0);
+}
+
+#[test]
+fn to_device_beyond_one_response_is_not_lost() {
+    let (_d, s) = svc();
+    let (a, b) = (user("@a:x"), user("@b:x"));
+    let d = OwnedDeviceId::from("BD");
+    let msgs: Vec<_> = (0..250)
+        .map(|i| (b.clone(), d.clone(), json!({ "n": i })))
+        .collect();
+    let p = s
+        .send_to_device(&a, "AD", Some("t"), "m.test", &msgs)
+        .expect("send")
+        .expect("new");
+    let mut seen = Vec::new();
+    let mut since = Some(0);
+    for _ in 0..5 {
+        let got = s.to_device_for_sync(&b, &d, since, p).expect("sync");
+        seen.extend(got.into_iter().map(|m| m.content["n"].as_u64().expect("n")));
+        since = Some(p);
+    }
+    assert_eq!(seen, (0..250).collect::<Vec<u64>>());
+}
+
+#[test]
+fn cross_signing_and_signatures() {
+    let (_d, s) = svc();
+    let (a, b) = (user("@a:x"), user("@b:x"));
+    let key = |u: &UserId, kind: &str, pk: &str| json!({ "user_id": u, "usage": [kind], "keys": { format!("ed25519:{pk}"): pk } });
+    let am = key(&a, "master", "AM");
+    assert!(
+        !s.signing_upload_needs_auth(&a, &[("master", &am)])
+            .expect("auth")
+    );
+    // Self-signing without a master key is refused.
+    let ass = key(&a, "self_signing", "ASS");
+    assert!(
+        s.upload_signing_keys(&a, &[("self_signing", &ass)])
+            .is_err()
+    );
+    s.upload_signing_keys(&a, &[("master", &am), ("self_signing", &ass)])
+        .expect("upload");
+    assert!(
+        !s.signing_upload_needs_auth(&a, &[("master", &am)])
+            .expect("same keys")
+    );
+    let other = key(&a, "master", "AM2");
+    assert!(
+        s.signing_upload_needs_auth(&a, &[("master", &other)])
+            .expect("replace")
+    );
+    // b signs a's master key: only b sees that signature.
+    let bm = key(&b, "master", "BM");
+    s.upload_signing_keys(&b, &[("master", &bm)])
+        .expect("upload");
+    let mut signed = am.clone();
+    signed["signatures"] = json!({ "@b:x": { "ed25519:BUSK": "sig" } });
+    let req: Map<String, Value> = [("@a:x".to_owned(), json!({ "AM": signed }))]
+        .into_iter()
+        .collect();
+    let (pos, changed, failures) = s.add_signatures(&b, &req).expect("sign");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(pos.is_some());
+    assert!(changed.contains("@a:x"));
+    let seen_by_b = s.master_key_for(&a, &b).expect("read").expect("key");
+    assert_eq!(seen_by_b["signatures"]["@b:x"]["ed25519:BUSK"], "sig");
+    let seen_by_a = s.master_key_for(&a, &a).expect("read").expect("key");
+    assert!(seen_by_a.get("signatures").is_none());
+    // Signing something that is not the stored key fails per item.
+    let mut forged = key(&a, "master", "AM");
+    forged["extra"] = json!(1);
+    forged["signatures"] = json!({ "@b:x": { "ed25519:BUSK": "sig" } });
+    let req: Map<String, Value> = [("@a:x".to_owned(), json!({ "AM": forged }))]
+        .into_iter()
+        .collect();
+    let (_, _, failures) = s.add_signatures(&b, &req).expect("sign");
+    assert_eq!(failures.len(), 1);
+    // a signs its own device with the self-signing key: merged into the device keys.
+    let d = OwnedDeviceId::from("D");
+    let dk = device_keys(&a, &d);
+    s.upload_keys(&a, &d, Some(&dk), &Map::new(), &Map::new())
+        .expect("up");
+    let mut signed_dk = dk.clone();
+    signed_dk["signatures"]["@a:x"]["ed25519:ASS"] = json!("ssk-sig");
+    let req: Map<String, Value> = [("@a:x".to_owned(), json!({ "D": signed_dk }))]
+        .into_iter()
+        .collect();
+    let (_, _, failures) = s.add_signatures(&a, &req).expect("sign");
+    assert!(failures.is_empty(), "{failures:?}");
+    let stored = s.device_keys(&a, &d).expect("read").expect("keys");
+    assert_eq!(stored["signatures"]["@a:x"]["ed25519:ASS"], "ssk-sig");
+    assert_eq!(stored["signatures"]["@a:x"]["ed25519:D"], "sig");
+}
+
+#[test]
+fn key_backup_versions_and_better_keys() {
+    let (_d, s) = svc();
+    let a = user("@a:x");
+    assert!(s.backup(&a, None).expect("read").is_none());
+    let v1 = s
+        .create_backup(
+            &a,
+            "m.megolm_backup.v1.curve25519-aes-sha2",
+            &json!({ "public_key": "p" }),
+        )
+        .expect("create");
+    let data = |idx: u64, verified: bool| SessionData {
+        first_message_index: idx,
+        forwarded_count: 0,
+        is_verified: verified,
+        session_data: json!({ "idx": idx }),
+    };
+    let (count, etag1) = s
+        .put_room_keys(&a, v1, &[("!r:x".into(), "S".into(), data(5, false))])
+        .expect("put");
+    assert_eq!(count, 1);
+    // A worse copy is ignored (etag unchanged); a better one replaces it.
+    let (_, etag2) = s
+        .put_room_keys(&a, v1, &[("!r:x".into(), "S".into(), data(9, false))])
+        .expect("put");
+    assert_eq!(etag1, etag2);
+    let (_, etag3) = s
+        .put_room_keys(&a, v1, &[("!r:x".into(), "S".into(), data(2, false))])
+        .expect("put");
+    assert!(etag3 > etag2);
+    let keys = s.room_keys(&a, v1, Some("!r:x"), Some("S")).expect("get");
+    assert_eq!(keys[0].2.first_message_index, 2);
+    // A new version becomes current; writes to the old one are refused.
+    let v2 = s
+        .create_backup(&a, "m.megolm_backup.v1.curve25519-aes-sha2", &json!({}))
+        .expect("create");
+    assert!(matches!(
+        s.put_room_keys(&a, v1, &[("!r:x".into(), "S".into(), data(1, true))]),
+        Err(E2eeError::WrongBackupVersion { current: Some(c) }) if c == v2.to_string()
+    ));
+    s.delete_backup(&a, v2).expect("delete");
+    assert_eq!(s.backup(&a, None).expect("read"), None);
+    let v3 = s
+        .create_backup(&a, "m.megolm_backup.v1.curve25519-aes-sha2", &json!({}))
+        .expect("create");
+    assert!(v3 > v2, "version numbers are never reused");
+}

@@ -1,0 +1,148 @@
+//! Glue: the client API's [`RemoteKeys`] hook over the federation client (key queries and
+//! claims to other servers) and the federation sender (`m.device_list_update`,
+//! `m.signing_key_update` and `m.direct_to_device` EDUs in the durable per-destination
+//! queues).
+//!
+//! Device-list updates carry `prev_id: []`: Pulse does not keep the chain of its own
+//! updates, and a receiver that sees no `prev_id` resyncs the user through
+//! `/user/devices/{userId}` (Synapse does), which always has the full, current list.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_client::remote_keys::{DeviceChange, RemoteKeys};
+use federation_client::FederationClient;
+use futures::future::BoxFuture;
+use ruma::{OwnedServerName, UserId};
+use serde_json::{Map, Value, json};
+
+use crate::federation::Sender;
+
+pub struct Remote {
+    pub client: FederationClient,
+    pub sender: Sender,
+    pub rooms: Arc<rooms::RoomService>,
+    pub e2ee: Arc<e2ee::E2eeService>,
+}
+
+impl Remote {
+    async fn post(
+        &self,
+        server: OwnedServerName,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, String> {
+        let resp = self
+            .client
+            .request(http::Method::POST, server.as_str(), path, Some(&body))
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status == 200 {
+            Ok(resp.body)
+        } else {
+            Err(format!("{server} answered {}", resp.status))
+        }
+    }
+
+    /// Remote servers with a member in a room `user` is joined to.
+    fn servers_sharing(&self, user: &UserId) -> Vec<OwnedServerName> {
+        let own = self.rooms.server_name();
+        let mut out: Vec<OwnedServerName> = Vec::new();
+        let rooms = match self.rooms.joined_rooms(user) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%user, "cannot list rooms for a device-list update: {e}");
+                return out;
+            }
+        };
+        for room in rooms {
+            for s in self.rooms.servers_in_room(&room).unwrap_or_default() {
+                if let Ok(s) = OwnedServerName::try_from(s.as_str())
+                    && s != own
+                    && !out.contains(&s)
+                {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    fn queue(&self, servers: &[OwnedServerName], key: Option<String>, kind: &str, content: &Value) {
+        for s in servers {
+            if let Err(e) = self.sender.queue_edu(s, key.clone(), kind, content.clone()) {
+                tracing::warn!(destination = %s, "queueing {kind} failed: {e}");
+            }
+        }
+    }
+}
+
+impl RemoteKeys for Remote {
+    fn query(
+        &self,
+        server: OwnedServerName,
+        body: Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, String>> {
+        Box::pin(self.post(server, "/_matrix/federation/v1/user/keys/query", body))
+    }
+
+    fn claim(
+        &self,
+        server: OwnedServerName,
+        body: Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, String>> {
+        Box::pin(self.post(server, "/_matrix/federation/v1/user/keys/claim", body))
+    }
+
+    fn device_list_changed(&self, user: &UserId, change: DeviceChange) {
+        let servers = self.servers_sharing(user);
+        if servers.is_empty() {
+            return;
+        }
+        match change {
+            DeviceChange::Device { device_id, deleted } => {
+                let stream_id = self.e2ee.device_list_version(user).unwrap_or(0);
+                let mut content = json!({
+                    "user_id": user, "device_id": device_id, "stream_id": stream_id,
+                    "prev_id": [], "deleted": deleted,
+                });
+                // Keys only: device names stay on this server (docs/decisions.md).
+                if !deleted && let Ok(Some(keys)) = self.e2ee.device_keys(user, &device_id) {
+                    content["keys"] = keys;
+                }
+                self.queue(&servers, None, "m.device_list_update", &content);
+            }
+            DeviceChange::CrossSigning => {
+                let mut content = json!({ "user_id": user });
+                if let Ok(Some(k)) = self.e2ee.master_key_for(user, user) {
+                    content["master_key"] = k;
+                }
+                if let Ok(Some(k)) = self
+                    .e2ee
+                    .cross_signing_key(user, e2ee::cross_signing::SELF_SIGNING)
+                {
+                    content["self_signing_key"] = k;
+                }
+                let key = Some(format!("m.signing_key_update {user}"));
+                self.queue(&servers, key, "m.signing_key_update", &content);
+            }
+        }
+    }
+
+    fn send_to_device(
+        &self,
+        sender: &UserId,
+        kind: &str,
+        message_id: &str,
+        messages: BTreeMap<OwnedServerName, Map<String, Value>>,
+    ) {
+        for (server, msgs) in messages {
+            let content = json!({
+                "sender": sender, "type": kind, "message_id": message_id, "messages": msgs,
+            });
+            self.queue(&[server], None, "m.direct_to_device", &content);
+        }
+    }
+}
