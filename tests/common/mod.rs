@@ -18,6 +18,8 @@ pub struct TestServer {
     pub server_name: String,
     child: Option<Child>,
     pub http: reqwest::Client,
+    /// `(filter, file)`: run with `--log-level filter`, the log (stdout) appended to `file`.
+    log: Option<(String, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -59,6 +61,21 @@ impl TestServer {
 
     /// Start with extra TOML appended to the test config.
     pub async fn start_with(extra: &str) -> TestServer {
+        Self::start_inner(extra, None).await
+    }
+
+    /// Start with extra TOML and the log filter `filter`, the server's log going to
+    /// [`TestServer::log_path`] (appended to across restarts).
+    pub async fn start_logging(extra: &str, filter: &str) -> TestServer {
+        Self::start_inner(extra, Some(filter)).await
+    }
+
+    /// Where [`TestServer::start_logging`] writes the log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("pulse.log")
+    }
+
+    async fn start_inner(extra: &str, log_filter: Option<&str>) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = test_config(port, &dir.path().join("data"), extra);
@@ -73,7 +90,9 @@ impl TestServer {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
+            log: None,
         };
+        s.log = log_filter.map(|f| (f.to_owned(), s.log_path()));
         s.spawn().await;
         s
     }
@@ -83,13 +102,22 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(self.config_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pulse");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(self.config_path());
+        match &self.log {
+            None => {
+                cmd.stdout(Stdio::null());
+            }
+            Some((filter, file)) => {
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .expect("open the log file");
+                cmd.arg("--log-level").arg(filter).stdout(out);
+            }
+        }
+        let child = cmd.stderr(Stdio::inherit()).spawn().expect("spawn pulse");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

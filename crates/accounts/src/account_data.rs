@@ -21,7 +21,7 @@ impl AccountService {
                 "the account data type must be 1 to {MAX_ACCOUNT_DATA_TYPE_LEN} bytes long"
             )));
         }
-        let key = account_data_key(user, room, event_type);
+        let key = keys::account_data(user, room, event_type);
         // One writer per user at a time, held across the quota count, the read of the previous
         // entry and the positioned write that replaces it: two writers of one entry cannot
         // both drop the same old log row (leaving two behind), nor two new types both pass a
@@ -44,7 +44,7 @@ impl AccountService {
                     .db
                     .get_json::<AccountDataRecord>(Cf::AccountData, &key)?
                 {
-                    batch.delete(Cf::AccountDataLog, account_data_log_key(user, prev.pos));
+                    batch.delete(Cf::AccountDataLog, keys::account_data_log(user, prev.pos));
                 }
                 batch.put_json(
                     Cf::AccountData,
@@ -56,7 +56,7 @@ impl AccountService {
                 );
                 batch.put_json(
                     Cf::AccountDataLog,
-                    account_data_log_key(user, pos),
+                    keys::account_data_log(user, pos),
                     &AccountDataLogRecord {
                         room_id: room.map(ToOwned::to_owned),
                         event_type: event_type.to_owned(),
@@ -79,7 +79,7 @@ impl AccountService {
             .db
             .get_json::<AccountDataRecord>(
                 Cf::AccountData,
-                account_data_key(user, room, event_type),
+                keys::account_data(user, room, event_type),
             )?
             .map(|r| r.content))
     }
@@ -97,15 +97,14 @@ impl AccountService {
         if since_pos >= up_to {
             return Ok(Vec::new());
         }
-        let start = account_data_log_key(user, since_pos + 1);
-        let end = account_data_log_key(user, up_to + 1);
+        let start = keys::account_data_log(user, since_pos + 1);
+        let end = keys::account_data_log(user, up_to + 1);
         let mut latest: BTreeMap<(Option<OwnedRoomId>, String), (u64, Value)> = BTreeMap::new();
         for (k, v) in self
             .db
             .scan_range(Cf::AccountDataLog, start, end, false, usize::MAX)?
         {
-            let mut r = KeyReader::new(&k);
-            let pos = r.str().and_then(|_| r.u64()).unwrap_or(0);
+            let pos = keys::parse_account_data_log(&k).unwrap_or(0);
             let rec: AccountDataLogRecord =
                 serde_json::from_slice(&v).map_err(|e| StorageError::Corrupt {
                     cf: Cf::AccountDataLog.name(),
@@ -133,20 +132,16 @@ impl AccountService {
     /// All of a user's account data, global and per room (for an initial sync).
     pub fn all_account_data(&self, user: &UserId) -> Result<Vec<AccountDataChange>> {
         let mut out = Vec::new();
-        for (k, v) in self.db.scan_prefix(Cf::AccountData, user_prefix(user))? {
-            let mut r = KeyReader::new(&k);
-            let corrupt = || StorageError::Corrupt {
-                cf: Cf::AccountData.name(),
-                reason: "bad key".into(),
-            };
-            r.str().ok_or_else(corrupt)?;
-            let room = r.str().ok_or_else(corrupt)?;
-            let event_type = r.str().ok_or_else(corrupt)?.to_owned();
-            let room_id = if room.is_empty() {
-                None
-            } else {
-                Some(OwnedRoomId::try_from(room).map_err(|_| corrupt())?)
-            };
+        for (k, v) in self
+            .db
+            .scan_prefix(Cf::AccountData, keys::user_prefix(user))?
+        {
+            let (room_id, event_type) =
+                keys::parse_account_data(&k).map_err(|()| StorageError::Corrupt {
+                    cf: Cf::AccountData.name(),
+                    reason: "bad key".into(),
+                })?;
+            let event_type = event_type.to_owned();
             let rec: AccountDataRecord =
                 serde_json::from_slice(&v).map_err(|e| StorageError::Corrupt {
                     cf: Cf::AccountData.name(),
@@ -169,9 +164,7 @@ impl AccountService {
     ) -> Result<Vec<(OwnedUserId, Value)>, StorageError> {
         let mut out = Vec::new();
         for (k, _) in self.db.scan_prefix(Cf::Users, [])? {
-            let Some(user) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| OwnedUserId::try_from(s).ok())
+            let Some(user) = keys::parse_user(&k).and_then(|s| OwnedUserId::try_from(s).ok())
             else {
                 continue;
             };

@@ -22,12 +22,11 @@ fn service() -> (tempfile::TempDir, AccountService) {
 /// The user's change-log rows as (pos, type).
 fn log_rows(svc: &AccountService, user: &UserId) -> Vec<(u64, String)> {
     svc.db
-        .scan_prefix(Cf::AccountDataLog, Key::new().str(user.as_str()))
+        .scan_prefix(Cf::AccountDataLog, keys::user_prefix(user))
         .expect("scan")
         .into_iter()
         .map(|(k, v)| {
-            let mut r = KeyReader::new(&k);
-            let pos = r.str().and_then(|_| r.u64()).expect("log key");
+            let pos = keys::parse_account_data_log(&k).expect("log key");
             let rec: AccountDataLogRecord = serde_json::from_slice(&v).expect("log row");
             (pos, rec.event_type)
         })

@@ -17,11 +17,11 @@ impl AccountService {
         let id = loop {
             // Never starts with `{` (sync tells inline filters by that).
             let id = random_string(10);
-            if !self.db.exists(Cf::Filters, filter_key(user, &id))? {
+            if !self.db.exists(Cf::Filters, keys::filter(user, &id))? {
                 break id;
             }
         };
-        batch.put_json(Cf::Filters, filter_key(user, &id), filter);
+        batch.put_json(Cf::Filters, keys::filter(user, &id), filter);
         self.db.write(batch)?;
         Ok(id)
     }
@@ -49,6 +49,6 @@ impl AccountService {
         if filter_id.is_empty() {
             return Ok(None);
         }
-        self.db.get_json(Cf::Filters, filter_key(user, filter_id))
+        self.db.get_json(Cf::Filters, keys::filter(user, filter_id))
     }
 }

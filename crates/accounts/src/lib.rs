@@ -5,14 +5,18 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `Users` | `user_id` (raw) | `UserRecord`: argon2id PHC hash, admin flag, deactivated flag, profile |
-//! | `Tokens` | `access_token` (raw) | [`Session`] (user, device) |
-//! | `Devices` | `user_id 0xFF device_id 0xFF` | device record: [`Device`] plus the device's access tokens |
+//! | `Tokens` | SHA-256 of the access token (32 bytes, [`keys::TokenHash`]) | [`Session`] (user, device) |
+//! | `Devices` | `user_id 0xFF device_id 0xFF` | device record: [`Device`] plus the hex SHA-256 of the device's access tokens |
 //! | `AccountData` | `user_id 0xFF room_id-or-empty 0xFF type 0xFF` | `{pos, content}` |
 //! | `AccountDataLog` | `user_id 0xFF pos` | `{room_id, type, content}`: the latest write of that (room, type) |
 //! | `Filters` | `user_id 0xFF filter_id 0xFF` | the filter JSON as uploaded (validated) |
 //!
-//! Invariants: every token in `Tokens` is listed in its device record and vice versa;
-//! deleting a device deletes its tokens (and its transaction IDs in `Txns`) in the same
+//! Every key is built and parsed in `keys`. Access tokens are never stored: only their
+//! SHA-256 (databases of schema version 1 held them in clear; `migrate` rewrites them).
+//!
+//! Invariants: every token hash in `Tokens` is listed in its device record and vice versa;
+//! deleting a device deletes its tokens (and its keys under [`storage::device_scope`] in
+//! the [`Cf::DEVICE_SCOPED`] families: `rooms`' send transaction IDs) in the same
 //! [`Batch`]. Account data is written with [`Db::write_with_position`], and the change log
 //! keeps exactly one entry per (user, room, type) — the latest — so "what changed since
 //! position P" is one range scan.
@@ -20,8 +24,9 @@
 //! Files by idea: `users` (localparts, registration, passwords, deactivation), `sessions`
 //! (access tokens, devices, logout, last-seen), `profiles`, `account_data`, `filter_store`
 //! (stored filters; the filter type is `filter`), `nonces` (shared-secret registration),
-//! `password` (argon2 parameters and the [`HashingPool`]). This file holds the shared
-//! types, storage keys and the service itself.
+//! `password` (argon2 parameters and the [`HashingPool`]), `keys` (every storage key),
+//! `migrate` (this crate's schema migration steps). This file holds the shared types and
+//! the service itself.
 //!
 //! Read-modify-write changes of user and device records are serialised by one mutex;
 //! password hashing (the slow part) happens outside it. All methods are synchronous and
@@ -36,11 +41,13 @@ use rand::distr::{Alphanumeric, SampleString};
 use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use storage::{Batch, Cf, Db, Key, KeyReader, StorageError};
+use storage::{Batch, Cf, Db, StorageError};
 
 mod account_data;
 pub mod filter;
 mod filter_store;
+pub mod keys;
+mod migrate;
 mod nonces;
 mod password;
 mod profiles;
@@ -51,6 +58,7 @@ pub use filter::{
     EventFilter, EventFilterExt, EventFormat, Filter, RoomEventFilter, RoomEventFilterExt,
     RoomFilter, RoomFilterExt, glob_match,
 };
+pub use migrate::MIGRATIONS;
 pub use password::{HashingPool, PasswordHashing};
 
 /// Longest allowed user ID (`@localpart:server`), in bytes, per the spec.
@@ -204,8 +212,9 @@ struct UserRecord {
 struct DeviceRecord {
     #[serde(flatten)]
     device: Device,
+    /// Hex SHA-256 of each of the device's access tokens ([`keys::TokenHash`]).
     #[serde(default)]
-    tokens: Vec<String>,
+    token_hashes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,37 +232,11 @@ struct AccountDataLogRecord {
     content: Value,
 }
 
-fn device_key(user: &UserId, device: &DeviceId) -> Key {
-    Key::new().str(user.as_str()).str(device.as_str())
-}
-
-fn user_prefix(user: &UserId) -> Key {
-    Key::new().str(user.as_str())
-}
-
-fn account_data_key(user: &UserId, room: Option<&RoomId>, event_type: &str) -> Key {
-    Key::new()
-        .str(user.as_str())
-        .str(room.map(RoomId::as_str).unwrap_or(""))
-        .str(event_type)
-}
-
-fn account_data_log_key(user: &UserId, pos: u64) -> Key {
-    Key::new().str(user.as_str()).u64(pos)
-}
-
-/// Entries of a user in a column family keyed `user 0xFF ...`, counting at most `limit`
-/// (the parts are UTF-8, never 0xFF; an empty part — global account data — gives
-/// `user 0xFF 0xFF type`, so `user 0xFF 0xFF 0xFF` is past every key of the user).
+/// Entries of a user in a column family keyed `user 0xFF <string part> ...`, counting at
+/// most `limit`.
 fn count_user_entries(db: &Db, cf: Cf, user: &UserId, limit: usize) -> Result<usize, StorageError> {
-    let start = user_prefix(user).into_bytes();
-    let mut end = start.clone();
-    end.extend([0xFF, 0xFF]);
+    let (start, end) = (keys::user_prefix(user), keys::user_range_end(user));
     Ok(db.scan_range(cf, start, end, false, limit)?.len())
-}
-
-fn filter_key(user: &UserId, filter_id: &str) -> Key {
-    Key::new().str(user.as_str()).str(filter_id)
 }
 
 use storage::now_ms;
@@ -341,5 +324,7 @@ impl AccountService {
 
 #[cfg(test)]
 mod concurrency_tests;
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ impl AccountService {
         };
         change(&mut record.profile);
         let mut batch = Batch::new();
-        batch.put_json(Cf::Users, user.as_str(), &record);
+        batch.put_json(Cf::Users, keys::user(user), &record);
         self.db.write(batch)?;
         Ok(record.profile)
     }

@@ -8,7 +8,8 @@ impl AccountService {
         if access_token.is_empty() {
             return Ok(None);
         }
-        self.db.get_json(Cf::Tokens, access_token)
+        self.db
+            .get_json(Cf::Tokens, keys::TokenHash::of(access_token).as_key())
     }
 
     /// `m.login.password`: `user` is a localpart or a user ID (case-insensitive). On
@@ -66,12 +67,12 @@ impl AccountService {
             Some(d) => d.into(),
             None => loop {
                 let d = DeviceId::new();
-                if !self.db.exists(Cf::Devices, device_key(user, &d))? {
+                if !self.db.exists(Cf::Devices, keys::device(user, &d))? {
                     break d;
                 }
             },
         };
-        let key = device_key(user, &device_id);
+        let key = keys::device(user, &device_id);
         let now = now_ms();
         let mut record = match self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? {
             Some(r) => r,
@@ -82,7 +83,7 @@ impl AccountService {
                     last_seen_ip: None,
                     last_seen_ts: None,
                 },
-                tokens: Vec::new(),
+                token_hashes: Vec::new(),
             },
         };
         record.device.last_seen_ts = Some(now);
@@ -91,15 +92,16 @@ impl AccountService {
         }
         // Logging in again with an existing device replaces its session: the device's
         // old tokens stop working (spec: `device_id` on `/login`).
-        for old in record.tokens.drain(..) {
-            batch.delete(Cf::Tokens, old);
+        for old in record.token_hashes.drain(..) {
+            delete_token_hash(batch, &old);
         }
         let token = random_string(TOKEN_LEN);
-        record.tokens.push(token.clone());
+        let hash = keys::TokenHash::of(&token);
+        record.token_hashes.push(hash.to_hex());
         batch.put_json(Cf::Devices, &key, &record);
         batch.put_json(
             Cf::Tokens,
-            &token,
+            hash.as_key(),
             &Session {
                 user_id: user.to_owned(),
                 device_id: device_id.clone(),
@@ -117,7 +119,7 @@ impl AccountService {
         user: &UserId,
     ) -> Result<Vec<(Vec<u8>, DeviceRecord)>, StorageError> {
         self.db
-            .scan_prefix(Cf::Devices, user_prefix(user))?
+            .scan_prefix(Cf::Devices, keys::user_prefix(user))?
             .into_iter()
             .map(|(k, v)| {
                 serde_json::from_slice::<DeviceRecord>(&v)
@@ -137,13 +139,17 @@ impl AccountService {
         user: &UserId,
         dev: &DeviceRecord,
     ) -> Result<(), StorageError> {
-        for t in &dev.tokens {
-            batch.delete(Cf::Tokens, t);
+        for t in &dev.token_hashes {
+            delete_token_hash(batch, t);
         }
-        let key = device_key(user, &dev.device.device_id);
-        // `Txns` keys are `user 0xFF device 0xFF txn`: the device key is their prefix.
-        for (k, _) in self.db.scan_prefix(Cf::Txns, &key)? {
-            batch.delete(Cf::Txns, k);
+        let key = keys::device(user, &dev.device.device_id);
+        // Other crates' per-device data (send transaction IDs): their keys start with the
+        // device scope, whatever follows it.
+        let scope = storage::device_scope(user.as_str(), dev.device.device_id.as_str());
+        for cf in Cf::DEVICE_SCOPED {
+            for (k, _) in self.db.scan_prefix(cf, &scope)? {
+                batch.delete(cf, k);
+            }
         }
         batch.delete(Cf::Devices, &key);
         lock(&self.seen).remove(&(user.to_owned(), dev.device.device_id.clone()));
@@ -167,7 +173,7 @@ impl AccountService {
     ) -> Result<Option<Device>, StorageError> {
         Ok(self
             .db
-            .get_json::<DeviceRecord>(Cf::Devices, device_key(user, device_id))?
+            .get_json::<DeviceRecord>(Cf::Devices, keys::device(user, device_id))?
             .map(|r| r.device))
     }
 
@@ -187,7 +193,7 @@ impl AccountService {
             )));
         }
         let _guard = lock(&self.write_lock);
-        let key = device_key(user, device_id);
+        let key = keys::device(user, device_id);
         let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? else {
             return Err(AccountError::UnknownDevice);
         };
@@ -213,7 +219,7 @@ impl AccountService {
         for d in device_ids {
             if let Some(record) = self
                 .db
-                .get_json::<DeviceRecord>(Cf::Devices, device_key(user, d))?
+                .get_json::<DeviceRecord>(Cf::Devices, keys::device(user, d))?
                 && !deleted.contains(d)
             {
                 self.delete_device_into(&mut batch, user, &record)?;
@@ -239,10 +245,10 @@ impl AccountService {
         };
         let _guard = lock(&self.write_lock);
         let mut batch = Batch::new();
-        batch.delete(Cf::Tokens, access_token);
+        batch.delete(Cf::Tokens, keys::TokenHash::of(access_token).as_key());
         if let Some(record) = self.db.get_json::<DeviceRecord>(
             Cf::Devices,
-            device_key(&session.user_id, &session.device_id),
+            keys::device(&session.user_id, &session.device_id),
         )? {
             self.delete_device_into(&mut batch, &session.user_id, &record)?;
         }
@@ -293,7 +299,7 @@ impl AccountService {
             }
         }
         let _guard = lock(&self.write_lock);
-        let key = device_key(user, device_id);
+        let key = keys::device(user, device_id);
         let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? else {
             return Ok(());
         };
@@ -329,4 +335,12 @@ pub(crate) fn check_new_device(device: &NewDevice) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Delete the `Tokens` entry of a device record's token hash (hex). A malformed entry has
+/// no `Tokens` key to delete.
+pub(crate) fn delete_token_hash(batch: &mut Batch, hex: &str) {
+    if let Some(h) = keys::TokenHash::from_hex(hex) {
+        batch.delete(Cf::Tokens, h.as_key());
+    }
 }

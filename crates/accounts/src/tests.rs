@@ -250,22 +250,19 @@ fn deleting_a_device_removes_its_transaction_ids() {
     let mut b = Batch::new();
     b.put(
         Cf::Txns,
-        Key::new()
-            .str(r.user_id.as_str())
-            .str(device.as_str())
-            .str("txn1"),
+        storage::device_scope(r.user_id.as_str(), device.as_str()).str("txn1"),
         b"$e".to_vec(),
     );
     b.put(
         Cf::Txns,
-        Key::new().str(r.user_id.as_str()).str("OTHER").str("txn1"),
+        storage::device_scope(r.user_id.as_str(), "OTHER").str("txn1"),
         b"$f".to_vec(),
     );
     svc.db.write(b).expect("write");
     svc.delete_device(&r.user_id, &device).expect("delete");
     assert_eq!(
         svc.db
-            .scan_prefix(Cf::Txns, user_prefix(&r.user_id))
+            .scan_prefix(Cf::Txns, keys::user_prefix(&r.user_id))
             .expect("scan")
             .len(),
         1
@@ -480,7 +477,7 @@ fn account_data_and_change_log() {
     // The log holds one entry per (room, type).
     assert_eq!(
         svc.db
-            .scan_prefix(Cf::AccountDataLog, user_prefix(u))
+            .scan_prefix(Cf::AccountDataLog, keys::user_prefix(u))
             .expect("scan")
             .len(),
         2

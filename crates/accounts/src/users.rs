@@ -42,7 +42,7 @@ impl AccountService {
     pub fn check_username_available(&self, localpart: &str) -> Result<OwnedUserId> {
         let localpart = self.validate_localpart(localpart)?;
         let user_id = self.user_id_for(&localpart)?;
-        if self.db.exists(Cf::Users, user_id.as_str())? {
+        if self.db.exists(Cf::Users, keys::user(&user_id))? {
             return Err(AccountError::UserInUse);
         }
         Ok(user_id)
@@ -85,7 +85,7 @@ impl AccountService {
             .transpose()
             .map_err(AccountError::Hashing)?;
         let _guard = lock(&self.write_lock);
-        if self.db.exists(Cf::Users, user_id.as_str())? {
+        if self.db.exists(Cf::Users, keys::user(&user_id))? {
             return Err(AccountError::UserInUse);
         }
         let record = UserRecord {
@@ -99,7 +99,7 @@ impl AccountService {
             },
         };
         let mut batch = Batch::new();
-        batch.put_json(Cf::Users, user_id.as_str(), &record);
+        batch.put_json(Cf::Users, keys::user(&user_id), &record);
         let (device_id, access_token) = if login {
             let (d, t) = self.add_session(&mut batch, &user_id, device, None)?;
             (Some(d), Some(t))
@@ -116,12 +116,12 @@ impl AccountService {
     }
 
     pub(crate) fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, StorageError> {
-        self.db.get_json(Cf::Users, user.as_str())
+        self.db.get_json(Cf::Users, keys::user(user))
     }
 
     /// Whether a local user with this ID exists (deactivated users still exist).
     pub fn user_exists(&self, user: &UserId) -> Result<bool, StorageError> {
-        self.db.exists(Cf::Users, user.as_str())
+        self.db.exists(Cf::Users, keys::user(user))
     }
 
     /// Whether the user is a server admin (false for unknown users).
@@ -226,7 +226,7 @@ impl AccountService {
         }
         record.password_hash = Some(hash);
         let mut batch = Batch::new();
-        batch.put_json(Cf::Users, user.as_str(), &record);
+        batch.put_json(Cf::Users, keys::user(user), &record);
         if logout_devices {
             let keep = match keep_token {
                 Some(t) => self.authenticate(t)?.filter(|s| s.user_id == user),
@@ -235,10 +235,11 @@ impl AccountService {
             for (key, mut dev) in self.device_records(user)? {
                 match (&keep, keep_token) {
                     (Some(s), Some(t)) if s.device_id == dev.device.device_id => {
-                        for other in dev.tokens.iter().filter(|x| x.as_str() != t) {
-                            batch.delete(Cf::Tokens, other);
+                        let keep = keys::TokenHash::of(t).to_hex();
+                        for other in dev.token_hashes.iter().filter(|x| **x != keep) {
+                            crate::sessions::delete_token_hash(&mut batch, other);
                         }
-                        dev.tokens.retain(|x| x == t);
+                        dev.token_hashes.retain(|x| *x == keep);
                         batch.put_json(Cf::Devices, &key, &dev);
                     }
                     _ => self.delete_device_into(&mut batch, user, &dev)?,
@@ -260,7 +261,7 @@ impl AccountService {
         record.admin = false;
         record.password_hash = None;
         let mut batch = Batch::new();
-        batch.put_json(Cf::Users, user.as_str(), &record);
+        batch.put_json(Cf::Users, keys::user(user), &record);
         for (_, dev) in self.device_records(user)? {
             self.delete_device_into(&mut batch, user, &dev)?;
         }

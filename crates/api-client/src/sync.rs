@@ -233,11 +233,21 @@ fn build_response(
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
             (l as usize).min(MAX_TIMELINE_LIMIT)
         });
-    for ur in state
+    let my_rooms = state
         .rooms
         .rooms_for_user_with_forgotten(user)
-        .map_err(room_err)?
-    {
+        .map_err(room_err)?;
+    // The rooms with new timeline events since the token (one range read): a joined room
+    // outside it has no timeline section to build. `None` (an initial sync, `full_state`,
+    // or a gap too long to read in one go) looks at every room.
+    let changed_rooms = match since {
+        Some(s) if !full_state => state
+            .rooms
+            .rooms_changed_between(s, now, max_stream_read(my_rooms.len()))
+            .map_err(room_err)?,
+        _ => None,
+    };
+    for ur in my_rooms {
         let room_id = &ur.room_id;
         if !room_filter.matches_room(room_id) {
             continue;
@@ -255,18 +265,26 @@ fn build_response(
                     newly_shared.extend(state.rooms.joined_members(room_id).map_err(room_err)?);
                 }
                 let after = if newly_joined { None } else { since };
-                let section = joined_room(
-                    state,
-                    auth,
-                    room_id,
-                    after,
-                    now,
-                    timeline_limit,
-                    newly_joined || full_state,
-                    &room_filter.timeline,
-                    &room_filter.state,
-                    now_ts,
-                )?;
+                let unchanged =
+                    !newly_joined && changed_rooms.as_ref().is_some_and(|c| !c.contains(room_id));
+                // Unchanged: no events in `(since, now]`, so `joined_room` would find an
+                // empty, unlimited timeline and return `None`.
+                let section = if unchanged {
+                    None
+                } else {
+                    joined_room(
+                        state,
+                        auth,
+                        room_id,
+                        after,
+                        now,
+                        timeline_limit,
+                        newly_joined || full_state,
+                        &room_filter.timeline,
+                        &room_filter.state,
+                        now_ts,
+                    )?
+                };
                 let account_data = room_account_data
                     .remove(room_id.as_str())
                     .unwrap_or_default();
@@ -348,6 +366,13 @@ fn build_response(
         || !body.account_data.is_empty()
         || !body.presence.is_empty();
     Ok(body)
+}
+
+/// How many stream entries an incremental sync reads to find the rooms that changed
+/// before it builds each room instead: enough for a busy few seconds of a large account,
+/// bounded so a stale token does not read the whole stream.
+fn max_stream_read(rooms: usize) -> usize {
+    rooms.saturating_mul(4).clamp(256, 10_000)
 }
 
 /// Sync's event format is the client format without `room_id`.

@@ -32,6 +32,10 @@ pub struct WakeupArgs {
     /// How long to wait for every idle long-poll to be open.
     #[arg(long, default_value_t = 600)]
     pub open_timeout_secs: u64,
+    /// Extra rooms the receiver is alone in (nothing happens there): what each of its
+    /// wake-ups has to look at besides the room the message arrives in.
+    #[arg(long, default_value_t = 0)]
+    pub receiver_rooms: usize,
 }
 
 pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
@@ -44,6 +48,10 @@ pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
     let (sender, receiver) = (pair[0].clone(), pair[1].clone());
     let rooms = setup::make_rooms(ctx, &pair, &[vec![0, 1]]).await?;
     let room = rooms[0].clone();
+    if a.receiver_rooms > 0 {
+        let alone: Vec<Vec<usize>> = vec![vec![1]; a.receiver_rooms];
+        setup::make_rooms(ctx, &pair, &alone).await?;
+    }
 
     let idle_users = if a.idle > 0 {
         setup::register_users(ctx, a.idle, "i").await?
@@ -187,7 +195,7 @@ pub async fn run(ctx: &Ctx, a: WakeupArgs) -> Res<()> {
         ctx.note(&format!("first error: {e}"));
     }
     let params = json!({
-        "sends": a.sends, "idle": a.idle, "idle_room_size": a.idle_room_size,
+        "sends": a.sends, "idle": a.idle, "idle_room_size": a.idle_room_size, "receiver_rooms": a.receiver_rooms,
         "gap_ms": a.gap_ms, "sync_timeout_ms": a.sync_timeout_ms,
         "registration": if ctx.common.shared_secret.is_some() { "shared-secret" } else { "m.login.dummy" },
     });

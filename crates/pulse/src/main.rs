@@ -26,6 +26,7 @@ use tracing::{error, info};
 
 mod config;
 mod federation;
+mod logging;
 mod remote_keys;
 mod remote_membership;
 mod tls;
@@ -139,17 +140,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("pulse: bad log filter {filter:?} ({e}); using \"info\"");
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    // Colour codes only on a terminal: `docker logs` and files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+    logging::init(filter);
 }
 
 /// Everything the server runs on, built from the configuration.
@@ -166,12 +157,15 @@ fn open_services(config: &Config) -> Result<Services, String> {
             config.data_dir.display()
         )
     })?;
-    let db = storage::Db::open(&config.data_dir, config.storage.fsync).map_err(|e| {
-        format!(
-            "cannot open the database in {} ({e}); is another pulse running on it?",
-            config.data_dir.display()
-        )
-    })?;
+    // A database of an older schema is brought up to date here (accounts owns its steps).
+    let db =
+        storage::Db::open_migrating(&config.data_dir, config.storage.fsync, accounts::MIGRATIONS)
+            .map_err(|e| {
+            format!(
+                "cannot open the database in {} ({e}); is another pulse running on it?",
+                config.data_dir.display()
+            )
+        })?;
     let db = Arc::new(db);
     let server_name = ruma::ServerName::parse(&config.server_name).map_err(|e| e.to_string())?;
     // The same stored key rooms signs events with.

@@ -369,7 +369,7 @@ impl RoomService {
             b.put_json(Cf::StateAt, event_id.as_str(), &state_rec);
             b.put(
                 Cf::RoomStream,
-                Key::new().u64(pos),
+                crate::keys::room_stream::key(pos),
                 room.as_str().as_bytes().to_vec(),
             );
             for (t, k, id) in &changes {

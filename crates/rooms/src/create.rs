@@ -4,10 +4,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use storage::Cf;
 
+use crate::keys::rooms::{RoomsKey, creating as creating_key};
 use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::store::{
-    AliasRecord, PUBLIC_PREFIX, alias_reverse_key, membership_key, public_key, summary_key,
-    timeline_prefix,
+    AliasRecord, alias_reverse_key, membership_key, public_key, summary_key, timeline_prefix,
 };
 use crate::{DEFAULT_ROOM_VERSION, MemberProfile, Result, RoomError, RoomService};
 
@@ -133,13 +133,6 @@ fn default_power_levels(
         Value::Object(m) => m,
         _ => Map::new(),
     }
-}
-
-/// `Cf::Rooms` keys `"creating" 0xFF room_id 0xFF`: a room createRoom is still building
-/// (room IDs start with `!`, so these never collide with a room's own keys).
-const CREATING_PREFIX: &str = "creating";
-fn creating_key(room: &RoomId) -> storage::Key {
-    storage::Key::new().str(CREATING_PREFIX).str(room.as_str())
 }
 
 /// Validate a `room_alias_name` and turn it into a local alias.
@@ -467,9 +460,8 @@ impl RoomService {
     pub(crate) fn purge_half_built_room(&self, room: &RoomId) -> Result<()> {
         let mut b = storage::Batch::new();
         for (k, v) in self.db.scan_prefix(Cf::Timeline, timeline_prefix(room))? {
-            let pos = storage::KeyReader::new(&k[timeline_prefix(room).as_bytes().len()..]).u64();
-            if let Some(pos) = pos {
-                b.delete(Cf::RoomStream, storage::Key::new().u64(pos));
+            if let Some((_, pos)) = crate::keys::timeline::parse(&k) {
+                b.delete(Cf::RoomStream, crate::keys::room_stream::key(pos));
             }
             if let Ok(id) = String::from_utf8(v) {
                 b.delete(Cf::Events, id.as_str());
@@ -477,17 +469,19 @@ impl RoomService {
             }
             b.delete(Cf::Timeline, k);
         }
-        for (k, _) in self.db.scan_prefix(Cf::Topo, timeline_prefix(room))? {
+        for (k, _) in self
+            .db
+            .scan_prefix(Cf::Topo, crate::keys::topo::prefix(room))?
+        {
             b.delete(Cf::Topo, k);
         }
         for (k, _) in self.db.scan_prefix(Cf::Rooms, summary_key(room))? {
             b.delete(Cf::Rooms, k);
         }
-        let reverse = storage::Key::new().str(room.as_str());
-        let rlen = reverse.as_bytes().len();
+        let reverse = crate::keys::aliases::reverse_prefix(room);
         for (k, _) in self.db.scan_prefix(Cf::Aliases, &reverse)? {
-            if let Some(alias) = storage::KeyReader::new(&k[rlen..]).str() {
-                b.delete(Cf::Aliases, alias);
+            if let Some(alias) = crate::keys::aliases::parse_reverse(&k) {
+                b.delete(Cf::Aliases, crate::keys::aliases::record(alias));
             }
             b.delete(Cf::Aliases, k);
         }
@@ -499,13 +493,12 @@ impl RoomService {
     /// At start-up: remove rooms whose creation never finished (the process died half
     /// way through createRoom).
     pub(crate) fn purge_unfinished_rooms(&self) -> Result<()> {
-        let prefix = storage::Key::new().str(CREATING_PREFIX);
-        let plen = prefix.as_bytes().len();
+        let prefix = crate::keys::rooms::creating_prefix();
         for (k, _) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
-            let Some(room) = storage::KeyReader::new(&k[plen..])
-                .str()
-                .and_then(|s| ruma::OwnedRoomId::try_from(s).ok())
-            else {
+            let Some(room) = (match RoomsKey::parse(&k) {
+                Some(RoomsKey::Creating { room }) => ruma::OwnedRoomId::try_from(room).ok(),
+                _ => None,
+            }) else {
                 continue;
             };
             tracing::warn!(room = %room, "removing a room whose creation did not finish");
@@ -532,12 +525,12 @@ impl RoomService {
 
     /// Rooms published in the room directory.
     pub fn public_rooms(&self) -> Result<Vec<OwnedRoomId>> {
-        let prefix = storage::Key::new().str(PUBLIC_PREFIX);
-        let plen = prefix.as_bytes().len();
+        let prefix = crate::keys::rooms::public_prefix();
         let mut out = Vec::new();
         for (k, _) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
-            let mut r = storage::KeyReader::new(&k[plen..]);
-            if let Some(room) = r.str().and_then(|s| OwnedRoomId::try_from(s).ok()) {
+            if let Some(RoomsKey::Public { room }) = RoomsKey::parse(&k)
+                && let Ok(room) = OwnedRoomId::try_from(room)
+            {
                 out.push(room);
             }
         }

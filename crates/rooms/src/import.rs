@@ -11,7 +11,7 @@ use ruma::{
     CanonicalJsonObject, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::Value;
-use storage::{Cf, Key};
+use storage::Cf;
 
 use crate::pdu::Pdu;
 use crate::persist::rules_for;
@@ -330,7 +330,7 @@ impl RoomService {
             );
             b.put(
                 Cf::RoomStream,
-                Key::new().u64(pos),
+                crate::keys::room_stream::key(pos),
                 room.as_str().as_bytes().to_vec(),
             );
             for (t, k) in old_state.keys() {

@@ -10,6 +10,8 @@
 //!
 //! ## Storage (all writes for one event are one [`storage::Db::write_with_position`])
 //!
+//! Every key is built and parsed in [`keys`], one module per column family.
+//!
 //! * `Events`: `event_id` → [`StoredEvent`] (stream position, canonical PDU, sending
 //!   device + txn id, `redacted_because`, the replaced state event for `unsigned`, its
 //!   [`EventStatus`] — timeline, outlier, soft-failed or rejected — and `off_stream` for
@@ -22,14 +24,19 @@
 //!   current state's changes by stream position, used for history visibility);
 //!   `room_id 0xFF "r" 0xFF target 0xFF` → a redaction that arrived before its target;
 //!   `room_id 0xFF "i" 0xFF user_id 0xFF` → stripped state of a remote invite;
-//!   `"public" 0xFF room_id 0xFF` → empty (the room directory).
+//!   `"public" 0xFF room_id 0xFF` → empty (the room directory);
+//!   `"creating" 0xFF room_id 0xFF` → empty (a createRoom still building).
 //! * `StateAt`: `event_id` → the state *before* the event, either a full snapshot or a
 //!   delta (≤ [`MAX_STATE_DELTA`] entries) on top of another event's full snapshot.
 //! * `Memberships`: `user_id 0xFF room_id 0xFF` → [`MembershipRecord`].
-//! * `RoomStream`: `pos` → room id.
+//! * `RoomStream`: `pos` → room id (every timeline event's position): what `/sync` reads
+//!   to skip rooms without new events ([`RoomService::rooms_changed_between`]) and the
+//!   federation sender's catch-up.
+//! * `Topo`: `room_id 0xFF depth pos` → event id (topological order).
 //! * `Aliases`: `alias` → alias record (room, creator); `room_id 0xFF alias 0xFF` → empty
 //!   (reverse index; room IDs start with `!`, aliases with `#`, so they never collide).
-//! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id, where scope
+//! * `Txns`: `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id (the first two
+//!   parts are [`storage::device_scope`]: `accounts` deletes them with the device), where scope
 //!   is `send <room_id>` or `redact <room_id>`; `"fed" 0xFF origin 0xFF txn_id 0xFF` → the
 //!   recorded answer to a federation transaction ([`RoomService::federation_txn`]).
 //! * `Meta`: `signing_key` → the server's ed25519 key (PKCS#8, base64) and its key id.
@@ -117,6 +124,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+pub mod keys;
 mod observer;
 mod ops;
 mod pdu;
@@ -143,6 +151,8 @@ mod tests_remote_dag;
 mod tests_remote_join;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_stream;
 #[cfg(test)]
 mod tests_template;
 #[cfg(test)]
@@ -330,8 +340,7 @@ impl RoomService {
     pub fn all_joined_memberships(&self) -> Result<Vec<(OwnedRoomId, OwnedUserId)>> {
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(storage::Cf::Memberships, [])? {
-            let mut r = storage::KeyReader::new(&k);
-            let (Some(user), Some(room)) = (r.str(), r.str()) else {
+            let Some((user, room)) = keys::memberships::parse(&k) else {
                 continue;
             };
             let rec: store::MembershipRecord = serde_json::from_slice(&v)

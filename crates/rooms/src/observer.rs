@@ -8,8 +8,9 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
     RoomId,
 };
-use storage::{Cf, Key, KeyReader};
+use storage::Cf;
 
+use crate::keys::room_stream;
 use crate::store::{StoredEvent, timeline_key};
 use crate::{Membership, Result, RoomError, RoomService};
 
@@ -66,15 +67,15 @@ impl RoomService {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<CommittedEvent>, u64)> {
-        let start = Key::new().u64(after.saturating_add(1));
-        let end = Key::new().u64(u64::MAX);
+        let start = room_stream::key(after.saturating_add(1));
+        let end = room_stream::key(u64::MAX);
         let rows = self
             .db
             .scan_range(Cf::RoomStream, &start, &end, false, limit)?;
         let mut last = after;
         let mut out = Vec::new();
         for (k, v) in rows {
-            let Some(pos) = KeyReader::new(&k).u64() else {
+            let Some(pos) = room_stream::parse(&k) else {
                 continue;
             };
             last = pos;

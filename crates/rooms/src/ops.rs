@@ -567,12 +567,11 @@ impl RoomService {
 
     /// The local aliases pointing at a room.
     pub fn room_aliases(&self, room: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
-        let prefix = storage::Key::new().str(room.as_str());
-        let plen = prefix.as_bytes().len();
+        let prefix = crate::keys::aliases::reverse_prefix(room);
         let mut out = Vec::new();
         for (k, _) in self.db.scan_prefix(Cf::Aliases, &prefix)? {
-            let mut r = storage::KeyReader::new(&k[plen..]);
-            if let Some(a) = r.str().and_then(|s| OwnedRoomAliasId::try_from(s).ok()) {
+            let alias = crate::keys::aliases::parse_reverse(&k);
+            if let Some(a) = alias.and_then(|s| OwnedRoomAliasId::try_from(s).ok()) {
                 out.push(a);
             }
         }

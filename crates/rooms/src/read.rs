@@ -2,7 +2,9 @@
 //! members, invite state and history visibility.
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
-use storage::{Cf, KeyReader};
+use storage::Cf;
+
+use crate::keys::rooms::RoomsKey;
 
 use crate::store::{
     MembershipRecord, StoredEvent, log_prefix, member_prefix, timeline_key, timeline_prefix,
@@ -54,16 +56,51 @@ impl RoomService {
             .collect())
     }
 
+    /// The rooms that got a timeline event at a stream position in `(after, up_to]`, read
+    /// from `Cf::RoomStream` (written in the batch of every timeline event), or `None` when
+    /// the range holds more than `max_events` events: then the caller looks at every room
+    /// (an incremental `/sync` skips the timeline read of the rooms not in the set).
+    pub fn rooms_changed_between(
+        &self,
+        after: u64,
+        up_to: u64,
+        max_events: usize,
+    ) -> Result<Option<std::collections::HashSet<OwnedRoomId>>> {
+        use crate::keys::room_stream;
+        let (lo, hi) = (
+            room_stream::key(after.saturating_add(1)),
+            room_stream::key(up_to.saturating_add(1)),
+        );
+        let rows = self.db.scan_range(
+            Cf::RoomStream,
+            &lo,
+            &hi,
+            false,
+            max_events.saturating_add(1),
+        )?;
+        if rows.len() > max_events {
+            return Ok(None);
+        }
+        let mut rooms = std::collections::HashSet::new();
+        for (_, room) in rows {
+            let room = String::from_utf8(room)
+                .ok()
+                .and_then(|s| OwnedRoomId::try_from(s).ok())
+                .ok_or_else(|| RoomError::Internal("corrupt room stream entry".into()))?;
+            rooms.insert(room);
+        }
+        Ok(Some(rooms))
+    }
+
     /// Every room the user has a membership in, including forgotten ones (flagged): an
     /// incremental sync still reports a leave that happened after `since` even when the
     /// room was forgotten since.
     pub fn rooms_for_user_with_forgotten(&self, user: &UserId) -> Result<Vec<UserRoom>> {
-        let prefix = storage::Key::new().str(user.as_str());
-        let plen = prefix.as_bytes().len();
+        let prefix = crate::keys::memberships::prefix(user.as_str());
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Cf::Memberships, &prefix)? {
-            let mut r = KeyReader::new(&k[plen..]);
-            let Some(room_id) = r.str().and_then(|s| OwnedRoomId::try_from(s).ok()) else {
+            let room = crate::keys::memberships::parse(&k).map(|(_, room)| room);
+            let Some(room_id) = room.and_then(|s| OwnedRoomId::try_from(s).ok()) else {
                 continue;
             };
             let rec: MembershipRecord = serde_json::from_slice(&v)
@@ -146,11 +183,12 @@ impl RoomService {
     /// Current memberships of a room: user → membership.
     pub fn members(&self, room: &RoomId) -> Result<Vec<(OwnedUserId, Membership)>> {
         let prefix = member_prefix(room);
-        let plen = prefix.as_bytes().len();
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
-            let mut r = KeyReader::new(&k[plen..]);
-            let user = r.str().and_then(|s| OwnedUserId::try_from(s).ok());
+            let user = match RoomsKey::parse(&k) {
+                Some(RoomsKey::Member { user, .. }) => OwnedUserId::try_from(user).ok(),
+                _ => None,
+            };
             let m = std::str::from_utf8(&v).ok().and_then(Membership::parse);
             if let (Some(u), Some(m)) = (user, m) {
                 out.push((u, m));

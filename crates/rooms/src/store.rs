@@ -6,7 +6,9 @@ use ruma::{
 use ruma::{RoomId, RoomVersionId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use storage::{Cf, Key};
+use storage::Cf;
+
+use crate::keys::rooms::RoomsKey;
 
 use crate::{Membership, Result, RoomError, RoomService, StateMap};
 
@@ -202,66 +204,17 @@ pub(crate) struct AliasRecord {
     pub creator: OwnedUserId,
 }
 
-/// `Cf::Rooms` keys `"public" 0xFF room_id 0xFF`: the room directory (room IDs start
-/// with `!`, so these never collide with a room's own keys).
-pub(crate) const PUBLIC_PREFIX: &str = "public";
-pub(crate) fn public_key(room: &RoomId) -> Key {
-    Key::new().str(PUBLIC_PREFIX).str(room.as_str())
-}
-pub(crate) fn summary_key(room: &RoomId) -> Key {
-    Key::new().str(room.as_str())
-}
-pub(crate) fn state_prefix(room: &RoomId) -> Key {
-    Key::new().str(room.as_str()).str("s")
-}
-pub(crate) fn state_type_prefix(room: &RoomId, kind: &str) -> Key {
-    state_prefix(room).str(kind)
-}
-pub(crate) fn state_key(room: &RoomId, kind: &str, state_key: &str) -> Key {
-    state_prefix(room).str(kind).str(state_key)
-}
-pub(crate) fn member_prefix(room: &RoomId) -> Key {
-    Key::new().str(room.as_str()).str("m")
-}
-pub(crate) fn member_key(room: &RoomId, user: &str) -> Key {
-    member_prefix(room).str(user)
-}
-pub(crate) fn log_prefix(room: &RoomId, kind: &str, state_key: &str) -> Key {
-    Key::new()
-        .str(room.as_str())
-        .str("l")
-        .str(kind)
-        .str(state_key)
-}
-pub(crate) fn timeline_prefix(room: &RoomId) -> Key {
-    Key::new().str(room.as_str())
-}
-pub(crate) fn timeline_key(room: &RoomId, pos: u64) -> Key {
-    timeline_prefix(room).u64(pos)
-}
-pub(crate) fn membership_key(user: &str, room: &RoomId) -> Key {
-    Key::new().str(user).str(room.as_str())
-}
-pub(crate) fn txn_key(user: &UserId, device: &str, scope: &str, txn: &str) -> Key {
-    Key::new()
-        .str(user.as_str())
-        .str(device)
-        .str(scope)
-        .str(txn)
-}
-/// `Cf::Rooms` `room_id 0xFF "r" 0xFF target_event_id 0xFF` → the id of a redaction that
-/// arrived before its target (applied, if allowed, when the target arrives).
-pub(crate) fn pending_redaction_key(room: &RoomId, target: &EventId) -> Key {
-    Key::new().str(room.as_str()).str("r").str(target.as_str())
-}
-/// `Cf::Rooms` `room_id 0xFF "i" 0xFF user_id 0xFF` → the stripped state of a remote
-/// invite of a local user (JSON list), until they join.
-pub(crate) fn invite_state_key(room: &RoomId, user: &UserId) -> Key {
-    Key::new().str(room.as_str()).str("i").str(user.as_str())
-}
-pub(crate) fn alias_reverse_key(room: &RoomId, alias: &str) -> Key {
-    Key::new().str(room.as_str()).str(alias)
-}
+// The key builders under the names the rest of the crate has used for them; they live in
+// `keys` (one module per column family), new code can use those directly.
+pub(crate) use crate::keys::aliases::reverse as alias_reverse_key;
+pub(crate) use crate::keys::memberships::key as membership_key;
+pub(crate) use crate::keys::rooms::{
+    invite_state as invite_state_key, member as member_key, member_prefix,
+    pending_redaction as pending_redaction_key, public as public_key, state as state_key,
+    state_log_prefix as log_prefix, state_prefix, state_type_prefix, summary as summary_key,
+};
+pub(crate) use crate::keys::timeline::{key as timeline_key, prefix as timeline_prefix};
+pub(crate) use crate::keys::txns::client as txn_key;
 
 pub(crate) fn entries_to_map(entries: &[StateEntry]) -> StateMap {
     entries
@@ -382,11 +335,14 @@ impl RoomService {
     /// The room's current state.
     pub fn current_state(&self, room: &RoomId) -> Result<StateMap> {
         let prefix = state_prefix(room);
-        let plen = prefix.as_bytes().len();
         let mut map = StateMap::new();
         for (k, v) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
-            let mut r = storage::KeyReader::new(&k[plen..]);
-            let (Some(t), Some(sk)) = (r.str(), r.str()) else {
+            let Some(RoomsKey::State {
+                kind: t,
+                state_key: sk,
+                ..
+            }) = RoomsKey::parse(&k)
+            else {
                 return Err(corrupt("state key"));
             };
             let id = String::from_utf8(v)
@@ -407,11 +363,11 @@ impl RoomService {
         kind: &str,
     ) -> Result<Vec<(String, OwnedEventId)>> {
         let prefix = state_type_prefix(room, kind);
-        let plen = prefix.as_bytes().len();
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Cf::Rooms, &prefix)? {
-            let mut r = storage::KeyReader::new(&k[plen..]);
-            let sk = r.str().ok_or_else(|| corrupt("state key"))?;
+            let Some(RoomsKey::State { state_key: sk, .. }) = RoomsKey::parse(&k) else {
+                return Err(corrupt("state key"));
+            };
             let id = String::from_utf8(v)
                 .ok()
                 .and_then(|s| OwnedEventId::try_from(s).ok());

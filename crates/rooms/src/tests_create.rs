@@ -8,9 +8,10 @@ use storage::{Cf, Db};
 use crate::tests::{SERVER, setup, user};
 use crate::*;
 
-/// Rows in `cf` whose key starts with the room's own prefix.
+/// Rows in `cf` whose key starts with the room's own prefix (`room_id 0xFF`, in every
+/// family keyed by room first).
 fn room_rows(db: &Db, cf: Cf, room: &RoomId) -> usize {
-    db.scan_prefix(cf, storage::Key::new().str(room.as_str()))
+    db.scan_prefix(cf, crate::keys::timeline::prefix(room))
         .expect("scan")
         .len()
 }
@@ -62,13 +63,12 @@ fn a_room_whose_creation_did_not_finish_is_removed_at_start() {
         // Simulate a crash half way through the second createRoom: its building marker
         // is still there (memberships were never written).
         let mut b = storage::Batch::new();
-        b.put(
-            Cf::Rooms,
-            storage::Key::new().str("creating").str(half.as_str()),
-            Vec::new(),
-        );
+        b.put(Cf::Rooms, crate::keys::rooms::creating(&half), Vec::new());
         for (k, _) in db
-            .scan_prefix(Cf::Memberships, storage::Key::new().str(alice.as_str()))
+            .scan_prefix(
+                Cf::Memberships,
+                crate::keys::memberships::prefix(alice.as_str()),
+            )
             .expect("scan")
         {
             if k.windows(half.as_str().len())

@@ -68,9 +68,7 @@ impl TopoPos {
     }
 }
 
-pub(crate) fn topo_key(room: &RoomId, depth: u64, pos: u64) -> Key {
-    Key::new().str(room.as_str()).u64(depth).u64(pos)
-}
+pub(crate) use crate::keys::topo::key as topo_key;
 
 fn point_key(room: &RoomId, at: TopoPos) -> Key {
     topo_key(room, at.depth, at.pos)
@@ -98,8 +96,7 @@ impl RoomService {
         let mut b = Batch::new();
         let mut n = 0usize;
         for (k, v) in self.db.scan_prefix(Cf::Timeline, [])? {
-            let mut r = storage::KeyReader::new(&k);
-            let (Some(room), Some(pos)) = (r.str(), r.u64()) else {
+            let Some((room, pos)) = crate::keys::timeline::parse(&k) else {
                 continue;
             };
             let (Ok(room), Some(id)) = (

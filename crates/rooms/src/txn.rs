@@ -7,17 +7,15 @@
 use ruma::ServerName;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use storage::{Batch, Cf, Key, KeyReader};
+use storage::{Batch, Cf};
 
 use crate::{KeyGuard, Result, RoomError, RoomService};
 
 /// Longest accepted transaction id, in bytes.
 pub const MAX_TXN_ID_BYTES: usize = 1024;
 
-const PREFIX: &str = "fed";
-
-fn txn_key(origin: &ServerName, txn_id: &str) -> Key {
-    Key::new().str(PREFIX).str(origin.as_str()).str(txn_id)
+fn txn_key(origin: &ServerName, txn_id: &str) -> storage::Key {
+    crate::keys::txns::federation(origin.as_str(), txn_id)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,7 +29,7 @@ struct TxnRecord {
 /// same transaction waits) until [`FederationTxn::record`] or drop.
 pub struct FederationTxn<'a> {
     svc: &'a RoomService,
-    key: Key,
+    key: storage::Key,
     previous: Option<Value>,
     _guard: KeyGuard<'a>,
 }
@@ -89,12 +87,11 @@ impl RoomService {
     /// Forget federation transactions recorded before `before_ms` (a sender retries a
     /// transaction for minutes, not days). Returns how many were removed.
     pub fn prune_federation_txns(&self, before_ms: u64) -> Result<usize> {
-        let prefix = Key::new().str(PREFIX);
+        let prefix = crate::keys::txns::federation_prefix();
         let mut b = Batch::new();
         for (k, v) in self.db.scan_prefix(Cf::Txns, &prefix)? {
             let old = serde_json::from_slice::<TxnRecord>(&v).map_or(true, |r| r.ts < before_ms);
-            let mut r = KeyReader::new(&k);
-            if old && r.str() == Some(PREFIX) {
+            if old && crate::keys::txns::is_federation(&k) {
                 b.delete(Cf::Txns, &k);
             }
         }

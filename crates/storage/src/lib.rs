@@ -4,6 +4,7 @@
 //! Every other crate speaks to it through this small API:
 //!
 //! * [`Db::open`] opens (or creates) the database and checks the schema version;
+//!   [`Db::open_migrating`] also brings an older database up to date (`migrate.rs`);
 //! * [`Db::get`], [`Db::get_json`], [`Db::scan_prefix`], [`Db::scan_range`] read;
 //! * [`Batch`] collects puts and deletes that [`Db::write`] applies **atomically**
 //!   (one RocksDB write batch, written to the WAL before `write` returns), so a
@@ -25,9 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 mod keylocks;
+mod migrate;
 mod position;
 
 pub use keylocks::KeyLocks;
+pub use migrate::Migration;
 
 use rocksdb::{
     ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode, Options, SingleThreaded,
@@ -36,8 +39,13 @@ use rocksdb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Bumped whenever an on-disk layout changes incompatibly.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Bumped whenever an on-disk layout changes incompatibly; an older database is brought
+/// up to date at open by the steps in `migrate.rs` (see [`Db::open_migrating`]).
+///
+/// * 1: the first layout.
+/// * 2: `Tokens` keyed by the SHA-256 of the access token, device records list token
+///   hashes (the `accounts` migration); the unused `presence_stream` family dropped.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The column families. Key layouts are documented per family; values are JSON unless noted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,7 +54,8 @@ pub enum Cf {
     Meta,
     /// `user_id` → account record.
     Users,
-    /// `access_token` → session (user, device).
+    /// `sha256(access_token)` (32 raw bytes) → session (user, device); the token itself is
+    /// never stored (owned by `accounts`, see `accounts::keys`).
     Tokens,
     /// `user_id 0xFF device_id` → device record.
     Devices,
@@ -56,35 +65,39 @@ pub enum Cf {
     AccountDataLog,
     /// `user_id 0xFF filter_id` → filter JSON.
     Filters,
-    /// `user_id 0xFF device_id 0xFF scope 0xFF txn_id 0xFF` → event id (send idempotency;
-    /// scope is `send <room_id>` or `redact <room_id>`).
+    /// Owned by `rooms` (`rooms::keys::txns`): `user_id 0xFF device_id 0xFF scope 0xFF
+    /// txn_id 0xFF` → event id (send idempotency; scope is `send <room_id>` or
+    /// `redact <room_id>`; the first two parts are [`device_scope`]);
+    /// `"fed" 0xFF origin 0xFF txn_id 0xFF` → federation transaction record.
     Txns,
     /// `event_id` → `rooms::StoredEvent`: the PDU (canonical JSON, redacted once redacted)
     /// plus stream position, sending device/txn, `redacted_because`, replaced state.
     Events,
     /// `room_id 0xFF pos` → event id: the room's timeline in stream order.
     Timeline,
+    /// Owned by `rooms` (`rooms::keys::rooms`, whose `RoomsKey::parse` tells the spaces apart):
     /// `room_id 0xFF` → room summary (version, creator, forward extremities, max depth);
     /// `room_id 0xFF "s" 0xFF type 0xFF state_key 0xFF` → current state event id;
     /// `room_id 0xFF "m" 0xFF user_id 0xFF` → current membership;
     /// `room_id 0xFF "l" 0xFF type 0xFF state_key 0xFF pos` → state event id (state log);
-    /// `"public" 0xFF room_id 0xFF` → empty (room directory).
+    /// `room_id 0xFF "r" 0xFF event_id 0xFF` → a redaction that came before its target;
+    /// `room_id 0xFF "i" 0xFF user_id 0xFF` → stripped state of a remote invite;
+    /// `"public" 0xFF room_id 0xFF` → empty (room directory);
+    /// `"creating" 0xFF room_id 0xFF` → empty (a createRoom still building).
     Rooms,
     /// `event_id` → the state *before* an event: a full snapshot of (type, state_key) → event
     /// id, or a delta on top of another event's full snapshot.
     StateAt,
     /// `user_id 0xFF room_id 0xFF` → membership record (membership, pos, event id, forgotten).
     Memberships,
-    /// `pos` → room id: which rooms changed at a stream position (for incremental sync).
+    /// `pos` → room id: the room of the timeline event at a stream position (owned by
+    /// `rooms`; read by incremental sync to skip unchanged rooms, and federation catch-up).
     RoomStream,
     /// `alias` → alias record (room id, creator); `room_id 0xFF alias 0xFF` → empty (reverse index).
     Aliases,
     /// `user_id` → persisted presence snapshot, with the stream position of the user's latest
     /// visible change (the presence service rebuilds its in-memory stream index from these).
     Presence,
-    /// Unused: presence changes are indexed in memory (rebuilt from `Presence` at start-up).
-    /// Kept so databases created before that change still open.
-    PresenceStream,
     /// Anything else small: nonces, rate-limit state that must survive restarts.
     Misc,
     /// `room_id 0xFF user_id 0xFF receipt_type 0xFF thread_id-or-empty 0xFF` → the latest
@@ -117,7 +130,12 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 25] = [
+    /// Families whose keys may start with [`device_scope`]: data of one device that goes
+    /// when the device goes (`accounts` deletes these prefixes with the device, in the same
+    /// batch, without knowing the rest of their layout).
+    pub const DEVICE_SCOPED: [Cf; 1] = [Cf::Txns];
+
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -134,7 +152,6 @@ impl Cf {
         Cf::RoomStream,
         Cf::Aliases,
         Cf::Presence,
-        Cf::PresenceStream,
         Cf::Misc,
         Cf::Receipts,
         Cf::ReceiptStream,
@@ -163,7 +180,6 @@ impl Cf {
             Cf::RoomStream => "room_stream",
             Cf::Aliases => "aliases",
             Cf::Presence => "presence",
-            Cf::PresenceStream => "presence_stream",
             Cf::Misc => "misc",
             Cf::Receipts => "receipts",
             Cf::ReceiptStream => "receipt_stream",
@@ -188,6 +204,17 @@ pub enum StorageError {
     MissingCf(&'static str),
     #[error("cannot serialise a value for {cf}: {reason}")]
     Serialize { cf: &'static str, reason: String },
+    #[error(
+        "database schema version {found} needs the migration {name:?} to reach version {to}, \
+         which this program does not run (open it with `pulse serve`)"
+    )]
+    MigrationMissing {
+        found: u64,
+        to: u64,
+        name: &'static str,
+    },
+    #[error("migration {name:?} failed: {reason}")]
+    Migration { name: &'static str, reason: String },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -225,6 +252,13 @@ impl AsRef<[u8]> for Key {
     }
 }
 
+/// `user_id 0xFF device_id 0xFF`: the prefix of every key in a [`Cf::DEVICE_SCOPED`]
+/// family that belongs to one device (the one contract between `accounts`, which deletes
+/// devices, and the crates that keep per-device data, such as `rooms`' send transaction IDs).
+pub fn device_scope(user: &str, device: &str) -> Key {
+    Key::new().str(user).str(device)
+}
+
 /// Reads a key built by [`Key`] back, part by part.
 pub struct KeyReader<'a> {
     rest: &'a [u8],
@@ -239,6 +273,10 @@ impl<'a> KeyReader<'a> {
         let s = std::str::from_utf8(&self.rest[..end]).ok()?;
         self.rest = &self.rest[end + 1..];
         Some(s)
+    }
+    /// Whether every part has been read.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
     }
     pub fn u64(&mut self) -> Option<u64> {
         if self.rest.len() < 8 {
@@ -328,18 +366,68 @@ const META_POSITION: &[u8] = b"stream_position";
 
 impl Db {
     /// Open or create the database at `path`, creating missing column families and
-    /// checking the schema version.
+    /// checking the schema version. A database of an older schema version is refused
+    /// ([`StorageError::MigrationMissing`]) if reaching the current one needs a migration
+    /// owned by another crate; [`Db::open_migrating`] runs those.
     pub fn open(path: &Path, fsync: bool) -> Result<Db> {
+        Self::open_migrating(path, fsync, &[])
+    }
+
+    /// [`Db::open`], bringing an older database up to [`SCHEMA_VERSION`] with storage's
+    /// own steps and `migrations` (the other crates' steps, see [`Migration`]).
+    pub fn open_migrating(path: &Path, fsync: bool, migrations: &[Migration]) -> Result<Db> {
+        let mut db = Self::open_raw(path, fsync)?;
+        let found = match db.get(Cf::Meta, META_SCHEMA)? {
+            Some(v) => decode_u64(&v).ok_or(StorageError::Corrupt {
+                cf: "meta",
+                reason: "schema_version".into(),
+            })?,
+            None => {
+                let mut b = Batch::new();
+                b.put(Cf::Meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+                db.write(b)?;
+                SCHEMA_VERSION
+            }
+        };
+        if found > SCHEMA_VERSION || found == 0 {
+            return Err(StorageError::SchemaMismatch {
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            db.migrate(found, migrations)?;
+            // Old keys and values (plain access tokens) may still sit in SST files, the WAL
+            // and the MANIFEST (which records each file's smallest and largest key): the
+            // migration compacted every family, and reopening starts a new WAL and MANIFEST
+            // and deletes the old ones.
+            drop(db);
+            db = Self::open_raw(path, fsync)?;
+        }
+        db.load_position()?;
+        Ok(db)
+    }
+
+    /// Open every column family (ours, plus any other the database has, which RocksDB
+    /// insists on), without looking at the schema.
+    fn open_raw(path: &Path, fsync: bool) -> Result<Db> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = Cf::ALL
+        let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
+        // A database that does not exist yet has no families to list.
+        for existing in Rocks::list_cf(&Options::default(), path).unwrap_or_default() {
+            if existing != "default" && !names.contains(&existing) {
+                names.push(existing);
+            }
+        }
+        let cfs = names
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let rocks = Rocks::open_cf_descriptors(&opts, path, cfs)?;
-        let db = Db {
+        Ok(Db {
             rocks,
             fsync,
             position: AtomicU64::new(0),
@@ -348,37 +436,31 @@ impl Db {
             turn: Condvar::new(),
             #[cfg(feature = "fault-injection")]
             failing: std::sync::atomic::AtomicBool::new(false),
-        };
-        match db.get(Cf::Meta, META_SCHEMA)? {
-            Some(v) => {
-                let found = decode_u64(&v).ok_or(StorageError::Corrupt {
-                    cf: "meta",
-                    reason: "schema_version".into(),
-                })?;
-                if found != SCHEMA_VERSION {
-                    return Err(StorageError::SchemaMismatch {
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
-                }
-            }
-            None => {
-                let mut b = Batch::new();
-                b.put(Cf::Meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
-                db.write(b)?;
-            }
-        }
-        let pos = match db.get(Cf::Meta, META_POSITION)? {
+        })
+    }
+
+    fn load_position(&self) -> Result<()> {
+        let pos = match self.get(Cf::Meta, META_POSITION)? {
             Some(v) => decode_u64(&v).ok_or(StorageError::Corrupt {
                 cf: "meta",
                 reason: "stream_position".into(),
             })?,
             None => 0,
         };
-        db.position.store(pos, Ordering::SeqCst);
-        db.allocated.store(pos, Ordering::SeqCst);
-        *db.committed.lock().unwrap_or_else(|p| p.into_inner()) = pos;
-        Ok(db)
+        self.position.store(pos, Ordering::SeqCst);
+        self.allocated.store(pos, Ordering::SeqCst);
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = pos;
+        Ok(())
+    }
+
+    /// The schema version stored in the database.
+    pub fn schema_version(&self) -> Result<u64> {
+        self.get(Cf::Meta, META_SCHEMA)?
+            .and_then(|v| decode_u64(&v))
+            .ok_or(StorageError::Corrupt {
+                cf: "meta",
+                reason: "schema_version".into(),
+            })
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
