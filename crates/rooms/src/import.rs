@@ -265,20 +265,42 @@ impl RoomService {
             ("m.room.member".to_owned(), join.sender.to_string()),
             join_id.clone(),
         );
+        let old_state = self.current_state(room)?;
+        let old_summary = self.summary(room)?;
+        // Another local user may already be in the room: two first joins that raced each
+        // other through make_join/send_join each got a state without the other's join.
+        // Then the held state and the answered one are two forks of the room: resolve
+        // them (instead of replacing the held state, which would drop an acknowledged
+        // join), and both ends stay forward extremities.
+        let participating = old_summary.is_some()
+            && old_state.iter().any(|((t, k), id)| {
+                t == "m.room.member"
+                    && UserId::parse(k.as_str()).is_ok_and(|u| u.server_name() == self.server_name)
+                    && cache
+                        .get(id)
+                        .is_some_and(|p| content_membership(&p) == Some(Membership::Join))
+            });
+        if participating && old_state != after {
+            after = self.resolve_state_maps(&rules, &[old_state.clone(), after], &cache)?;
+            if after.get(&("m.room.member".to_owned(), join.sender.to_string())) != Some(&join_id) {
+                return Err(RoomError::Forbidden(
+                    "the join loses state resolution against the room's current state".into(),
+                ));
+            }
+        }
         let member_of = |id: &OwnedEventId| -> Option<Membership> {
             parsed
                 .get(id)
-                .map(|p| p.as_ref())
-                .or((*id == join_id).then_some(&*join))
-                .and_then(content_membership)
+                .cloned()
+                .or_else(|| (*id == join_id).then(|| join.clone()))
+                .or_else(|| cache.get(id))
+                .and_then(|p| content_membership(&p))
         };
         let members: Vec<(String, Membership, OwnedEventId)> = after
             .iter()
             .filter(|((t, _), _)| t == "m.room.member")
             .filter_map(|((_, k), id)| member_of(id).map(|m| (k.clone(), m, id.clone())))
             .collect();
-        let old_state = self.current_state(room)?;
-        let old_summary = self.summary(room)?;
         let prev_state = match before.get(&("m.room.member".to_owned(), join.sender.to_string())) {
             Some(id) => parsed.get(id).map(|p| PrevState {
                 event_id: id.clone(),
@@ -377,7 +399,14 @@ impl RoomService {
             b.delete(Cf::Rooms, invite_state_key(room, &join.sender));
             let summary = match old_summary {
                 Some(s) => RoomSummary {
-                    extremities: vec![join_id.clone()],
+                    extremities: if participating {
+                        let mut ends = s.extremities.clone();
+                        ends.retain(|e| *e != join_id);
+                        ends.push(join_id.clone());
+                        ends
+                    } else {
+                        vec![join_id.clone()]
+                    },
                     max_depth: s.max_depth.max(join.depth),
                     last_pos: pos,
                     ..s

@@ -355,6 +355,7 @@ mod each_version {
         remote_invite_shows_in_invite_state,
         make_join_template_round_trip,
         import_join_leaves_out_rejected_and_unsigned_state,
+        racing_first_joins_both_stay_joined,
         missing_auth_events_are_asked_for,
     );
 }

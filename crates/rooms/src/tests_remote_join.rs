@@ -204,6 +204,45 @@ pub(crate) fn import_join_leaves_out_rejected_and_unsigned_state(v: &RoomVersion
     assert!(svc2.rooms_for_user(&dave).expect("rooms").is_empty());
 }
 
+/// Two local users join the same remote room at once: each send_join answer is a state
+/// without the other's join. The second import must not drop the first (acknowledged) join.
+pub(crate) fn racing_first_joins_both_stay_joined(v: &RoomVersionId) {
+    let (_d, svc) = setup();
+    let remote = Remote::new();
+    let keys = remote.keys();
+    let rr = remote_room(v, &remote, "!race");
+    let (dave, erin) = (user("dave"), user("erin"));
+    let dave_join = local_join(&svc, v, &remote, &rr, &dave);
+    let erin_join = local_join(&svc, v, &remote, &rr, &erin);
+    svc.import_join(&rr.room, v, dave_join, rr.chain.clone(), Vec::new(), &keys)
+        .expect("dave's import");
+    let erin_sent = svc
+        .import_join(&rr.room, v, erin_join, rr.chain.clone(), Vec::new(), &keys)
+        .expect("erin's import");
+    assert!(
+        svc.is_joined(&rr.room, &dave).expect("read"),
+        "{v}: dave's join kept"
+    );
+    assert!(
+        svc.is_joined(&rr.room, &erin).expect("read"),
+        "{v}: erin joined"
+    );
+    let state = svc.current_state(&rr.room).expect("state");
+    assert!(state.contains_key(&("m.room.member".to_owned(), dave.to_string())));
+    assert_eq!(
+        state.get(&("m.room.member".to_owned(), erin.to_string())),
+        Some(&erin_sent.event_id)
+    );
+    // Both joins are forward extremities: the next local event cites both forks.
+    let summary = svc.summary(&rr.room).expect("read").expect("summary");
+    assert_eq!(
+        summary.extremities.len(),
+        2,
+        "{v}: {:?}",
+        summary.extremities
+    );
+}
+
 pub(crate) fn missing_auth_events_are_asked_for(v: &RoomVersionId) {
     let f = Fixture::new(v, 0);
     let carol = f.remote.user("carol");
