@@ -1076,3 +1076,31 @@ async fn rooms_of_every_room_version() {
         .await;
     assert_eq!((st, errcode(&resp)), (400, "M_UNSUPPORTED_ROOM_VERSION"));
 }
+
+#[tokio::test]
+async fn the_default_room_version_is_configurable() {
+    let s = TestServer::start_with("[rooms]\ndefault_room_version = \"10\"\n").await;
+    let alice = s.register("alice").await;
+    let (st, caps) = s
+        .get("/_matrix/client/v3/capabilities", Some(&alice.token))
+        .await;
+    assert_eq!(st, 200, "{caps}");
+    assert_eq!(
+        caps["capabilities"]["m.room_versions"]["default"],
+        json!("10")
+    );
+    let room = s.create_room(&alice, json!({})).await;
+    let (_, create) = s
+        .get(
+            &rooms_path(&room, "state/m.room.create"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(create["room_version"], json!("10"));
+    // An explicit version still wins.
+    let v12 = s.create_room(&alice, json!({"room_version": "12"})).await;
+    let (_, create) = s
+        .get(&rooms_path(&v12, "state/m.room.create"), Some(&alice.token))
+        .await;
+    assert_eq!(create["room_version"], json!("12"));
+}

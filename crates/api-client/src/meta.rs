@@ -68,7 +68,7 @@ async fn well_known_server(state: AppStateRef) -> Json<Value> {
     Json(json!({ "m.server": m_server }))
 }
 
-async fn capabilities(_auth: Auth) -> Json<Value> {
+async fn capabilities(state: AppStateRef, _auth: Auth) -> Json<Value> {
     let available: Map<String, Value> = rooms::supported_room_versions()
         .iter()
         .map(|v| (v.to_string(), Value::from("stable")))
@@ -76,7 +76,7 @@ async fn capabilities(_auth: Auth) -> Json<Value> {
     Json(json!({
         "capabilities": {
             "m.room_versions": {
-                "default": rooms::DEFAULT_ROOM_VERSION.to_string(),
+                "default": state.rooms.default_version().to_string(),
                 "available": available,
             },
             "m.change_password": { "enabled": true },

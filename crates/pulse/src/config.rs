@@ -36,6 +36,24 @@ pub struct Config {
     pub voip: api_client::VoipConfig,
     /// `[media]`: the media repository (files under `<data_dir>/media`).
     pub media: api_client::MediaConfig,
+    /// `[rooms]`: room creation defaults.
+    pub rooms: RoomsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsSettings {
+    /// The version of rooms created without `room_version` (and `/capabilities`' default),
+    /// like Synapse's `default_room_version`. Any stable version "1" to "12".
+    pub default_room_version: String,
+}
+
+impl Default for RoomsSettings {
+    fn default() -> Self {
+        RoomsSettings {
+            default_room_version: rooms::DEFAULT_ROOM_VERSION.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +176,7 @@ impl Default for Config {
             federation: federation_client::FederationConfig::default(),
             voip: api_client::VoipConfig::default(),
             media: api_client::MediaConfig::default(),
+            rooms: RoomsSettings::default(),
         }
     }
 }
@@ -270,6 +289,12 @@ impl Config {
                 "limits.max_request_bytes must be at least 65536 (the event size limit)".into(),
             );
         }
+        rooms::parse_room_version(&self.rooms.default_room_version).map_err(|e| {
+            format!(
+                "rooms.default_room_version {:?}: {e}",
+                self.rooms.default_room_version
+            )
+        })?;
         if self.accounts.hashing_slots > 1024 {
             return Err("accounts.hashing_slots must be at most 1024 (0: one per CPU)".into());
         }

@@ -192,7 +192,11 @@ fn open_services(config: &Config) -> Result<Services, String> {
     );
     let rooms = Arc::new(
         rooms::RoomService::new(db.clone(), server_name.clone())
-            .map_err(|e| format!("cannot open the room engine: {e}"))?,
+            .map_err(|e| format!("cannot open the room engine: {e}"))?
+            .with_default_version(
+                rooms::parse_room_version(&config.rooms.default_room_version)
+                    .map_err(|e| format!("rooms.default_room_version: {e}"))?,
+            ),
     );
     let client_config = api_client::ClientApiConfig {
         server_name,

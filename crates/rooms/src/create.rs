@@ -9,7 +9,7 @@ use crate::persist::{AppendOpts, MembershipSink, NewEvent};
 use crate::store::{
     AliasRecord, alias_reverse_key, membership_key, public_key, summary_key, timeline_prefix,
 };
-use crate::{DEFAULT_ROOM_VERSION, MemberProfile, Result, RoomError, RoomService};
+use crate::{MemberProfile, Result, RoomError, RoomService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,7 +159,7 @@ impl RoomService {
     pub fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
         let version = match &req.room_version {
             Some(v) => crate::parse_room_version(v)?,
-            None => DEFAULT_ROOM_VERSION,
+            None => self.default_version().clone(),
         };
         let rules = crate::version::rules_for(&version)?;
         let privileged_creators = rules.authorization.explicitly_privilege_room_creators;

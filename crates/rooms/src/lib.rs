@@ -305,6 +305,9 @@ pub struct RoomService {
     alias_lock: Mutex<()>,
     membership_observer: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
     event_observer: std::sync::OnceLock<Arc<dyn EventObserver>>,
+    /// The version of rooms created without `room_version` ([`DEFAULT_ROOM_VERSION`]
+    /// unless the operator chose another).
+    default_version: RoomVersionId,
 }
 
 impl RoomService {
@@ -321,10 +324,23 @@ impl RoomService {
             alias_lock: Mutex::new(()),
             membership_observer: std::sync::OnceLock::new(),
             event_observer: std::sync::OnceLock::new(),
+            default_version: DEFAULT_ROOM_VERSION,
         };
         svc.ensure_topo_index()?;
         svc.purge_unfinished_rooms()?;
         Ok(svc)
+    }
+
+    /// Rooms created without `room_version` get `version` (the operator's
+    /// `[rooms] default_room_version`).
+    pub fn with_default_version(mut self, version: RoomVersionId) -> Self {
+        self.default_version = version;
+        self
+    }
+
+    /// The version of rooms created without `room_version`.
+    pub fn default_version(&self) -> &RoomVersionId {
+        &self.default_version
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -431,7 +447,7 @@ impl Drop for KeyGuard<'_> {
 
 pub(crate) use storage::now_ms;
 
-pub(crate) use version::parse_room_version;
+pub use version::parse_room_version;
 
 pub(crate) fn owned_user(s: &str) -> Option<OwnedUserId> {
     OwnedUserId::try_from(s).ok()

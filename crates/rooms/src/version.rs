@@ -50,7 +50,7 @@ pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
 
 /// Parse a room version string a client or the create event gave; unsupported versions
 /// are `M_UNSUPPORTED_ROOM_VERSION`.
-pub(crate) fn parse_room_version(s: &str) -> Result<RoomVersionId> {
+pub fn parse_room_version(s: &str) -> Result<RoomVersionId> {
     let v =
         RoomVersionId::try_from(s).map_err(|_| RoomError::UnsupportedRoomVersion(s.to_owned()))?;
     if supported_room_versions().contains(&v) {
