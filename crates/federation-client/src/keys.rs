@@ -23,9 +23,24 @@ use storage::{Batch, Cf, Db, Key};
 use crate::{FederationClient, FederationError, Result};
 
 const MAX_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
-/// After a failed fetch of a server's keys, ask again only after this long (a flood of PDUs
-/// signed by an unreachable server must not become a flood of outbound requests).
-const FAILURE_BACKOFF_MS: u64 = 10_000;
+/// After failed fetches of a server's keys, ask again only after a pause that doubles with
+/// each further failure, from this (a flood of PDUs signed by an unreachable server must
+/// not become a flood of outbound requests)...
+const FAILURE_BACKOFF_MS: u64 = 1_000;
+/// ...up to this.
+const MAX_FAILURE_BACKOFF_MS: u64 = 60_000;
+
+/// How long to wait after `failures` consecutive failed fetches. A single failure costs
+/// nothing: a server that was not up yet a moment ago (a peer starting beside us) is asked
+/// again at once; only a second failure in a row starts the pause.
+fn failure_backoff_ms(failures: u32) -> u64 {
+    match failures {
+        0 | 1 => 0,
+        n => FAILURE_BACKOFF_MS
+            .saturating_mul(1u64 << (n - 2).min(16))
+            .min(MAX_FAILURE_BACKOFF_MS),
+    }
+}
 /// A notary answer with more entries than this is not a real one.
 const MAX_NOTARY_ENTRIES: usize = 16;
 
@@ -148,7 +163,8 @@ pub struct RemoteKeys {
     db: Option<Arc<Db>>,
     cache: Mutex<HashMap<String, StoredServerKeys>>,
     /// Server → time of its last failed fetch.
-    failures: Mutex<HashMap<String, u64>>,
+    /// Per server: when its keys were last asked for in vain, and how many times in a row.
+    failures: Mutex<HashMap<String, (u64, u32)>>,
     now: fn() -> u64,
 }
 
@@ -251,7 +267,7 @@ impl RemoteKeys {
             .lock()
             .ok()
             .and_then(|f| f.get(server).copied())
-            .is_some_and(|t| now.saturating_sub(t) < FAILURE_BACKOFF_MS)
+            .is_some_and(|(t, n)| now.saturating_sub(t) < failure_backoff_ms(n))
     }
 
     fn note_failure(&self, server: &str, ok: bool) {
@@ -259,7 +275,8 @@ impl RemoteKeys {
             if ok {
                 f.remove(server);
             } else {
-                f.insert(server.to_owned(), (self.now)());
+                let n = f.get(server).map_or(0, |(_, n)| *n);
+                f.insert(server.to_owned(), ((self.now)(), n.saturating_add(1)));
             }
         }
     }

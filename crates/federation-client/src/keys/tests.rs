@@ -134,7 +134,9 @@ async fn valid_until_ts_is_honoured_and_refetched() {
     // ... not for a request now, even after refetching the (same, stale) document.
     let err = rk.key_at("a.test", a.key_id(), now_ms()).await.unwrap_err();
     assert!(err.to_string().contains("valid at"), "{err}");
-    // Failures back off: an immediate retry does not fetch again.
+    // Failures back off: after a second failure in a row, an immediate retry does not
+    // fetch again (one failure alone is retried at once: see the test below).
+    let _ = rk.key_at("a.test", "ed25519:other", now_ms()).await;
     let calls = fetcher.calls.load(Ordering::SeqCst);
     let _ = rk.key_at("a.test", "ed25519:other", now_ms()).await;
     assert_eq!(fetcher.calls.load(Ordering::SeqCst), calls);
@@ -227,4 +229,42 @@ async fn notary_answers_need_both_signatures() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn one_failed_fetch_is_retried_at_once_and_two_start_a_pause() {
+    let a = keys("a.test");
+    let fetcher = Arc::new(FakeFetcher::default());
+    let rk = RemoteKeys::with_fetcher(fetcher.clone(), vec![], None);
+    // a.test is not up yet: the first ask fails...
+    assert!(rk.key_at("a.test", a.key_id(), now_ms()).await.is_err());
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
+    // ...and a moment later it is: the next ask goes out and succeeds.
+    fetcher
+        .direct
+        .lock()
+        .unwrap()
+        .insert("a.test".into(), doc(&a, now_ms()));
+    assert_eq!(
+        rk.key_at("a.test", a.key_id(), now_ms()).await.unwrap(),
+        b64(&a)
+    );
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 2);
+
+    // b.test stays down: two failures in a row, then asks are held back for a while.
+    let b = keys("b.test");
+    assert!(rk.key_at("b.test", b.key_id(), now_ms()).await.is_err());
+    assert!(rk.key_at("b.test", b.key_id(), now_ms()).await.is_err());
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 4);
+    assert!(rk.key_at("b.test", b.key_id(), now_ms()).await.is_err());
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 4, "paused");
+}
+
+#[test]
+fn the_pause_doubles_up_to_a_minute() {
+    assert_eq!(failure_backoff_ms(1), 0);
+    assert_eq!(failure_backoff_ms(2), 1_000);
+    assert_eq!(failure_backoff_ms(3), 2_000);
+    assert_eq!(failure_backoff_ms(8), 60_000);
+    assert_eq!(failure_backoff_ms(u32::MAX), 60_000);
 }
