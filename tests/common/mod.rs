@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod federating;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pulse");
 
 pub struct TestServer {
