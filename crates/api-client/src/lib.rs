@@ -58,6 +58,7 @@ mod sync;
 mod sync_e2ee;
 mod thirdparty;
 mod to_device;
+mod user_directory;
 mod voip;
 
 pub use ephemeral::SyncWakeObserver;
@@ -115,6 +116,8 @@ pub struct AppState {
     pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
     /// Uploaded files and their thumbnails.
     pub media: Arc<::media::MediaService>,
+    /// Full-text search, relations and threads, the user directory.
+    pub indexes: Arc<::search::Indexes>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -148,6 +151,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(to_device::routes())
         .merge(room_keys::routes())
         .merge(media::routes())
+        .merge(user_directory::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

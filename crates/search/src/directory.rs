@@ -116,7 +116,10 @@ impl Directory {
         if user.server_name() == self.rooms.server_name() {
             return (self.profiles)(user).unwrap_or_default();
         }
-        match self.rooms.current_state_event(room, "m.room.member", user.as_str()) {
+        match self
+            .rooms
+            .current_state_event(room, "m.room.member", user.as_str())
+        {
             Ok(Some(ev)) => member_profile(&ev),
             _ => (None, None),
         }
@@ -250,7 +253,12 @@ impl Directory {
     }
 
     /// Search as `searcher`: at most `limit` users, and whether more matched.
-    pub fn search(&self, searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Found>, bool)> {
+    pub fn search(
+        &self,
+        searcher: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> Result<(Vec<Found>, bool)> {
         self.catch_up()?;
         let terms = words(term);
         if terms.is_empty() {
@@ -273,7 +281,9 @@ impl Directory {
             })
             .collect();
         sets.sort_by_key(|s| s.len());
-        let (first, rest) = sets.split_first().ok_or_else(|| Error::Index("no terms".into()))?;
+        let (first, rest) = sets
+            .split_first()
+            .ok_or_else(|| Error::Index("no terms".into()))?;
         let empty = HashSet::new();
         let mine = inner.user_rooms.get(searcher).unwrap_or(&empty);
         let visible = |u: &OwnedUserId| -> bool {
@@ -342,7 +352,10 @@ mod tests {
 
     #[test]
     fn words_split_ids_and_names() {
-        assert_eq!(words("@user-1-alice:hs1"), vec!["1", "alice", "hs1", "user"]);
+        assert_eq!(
+            words("@user-1-alice:hs1"),
+            vec!["1", "alice", "hs1", "user"]
+        );
         assert_eq!(words("Alice COOPER"), vec!["alice", "cooper"]);
         assert!(words("  -- ").is_empty());
     }
@@ -397,22 +410,40 @@ mod tests {
         let ids = |r: (Vec<Found>, bool)| -> Vec<String> {
             r.0.into_iter().map(|f| f.user_id.to_string()).collect()
         };
-        assert_eq!(ids(dir.search(&eve, "alice coop", 10).expect("s")), vec![alice.to_string()]);
+        assert_eq!(
+            ids(dir.search(&eve, "alice coop", 10).expect("s")),
+            vec![alice.to_string()]
+        );
         assert!(ids(dir.search(&eve, "freddy", 10).expect("s")).is_empty());
-        assert!(ids(dir.search(&eve, "bob", 10).expect("s")).is_empty(), "private only");
-        assert_eq!(ids(dir.search(&alice, "bob", 10).expect("s")), vec![bob.to_string()]);
+        assert!(
+            ids(dir.search(&eve, "bob", 10).expect("s")).is_empty(),
+            "private only"
+        );
+        assert_eq!(
+            ids(dir.search(&alice, "bob", 10).expect("s")),
+            vec![bob.to_string()]
+        );
         // Alice finds herself (she is in a public room) and Bob; Bob finds only Alice.
         assert_eq!(dir.search(&alice, "example", 10).expect("s").0.len(), 2);
         let (found, limited) = dir.search(&alice, "example", 1).expect("s");
         assert_eq!((found.len(), limited), (1, true));
-        assert_eq!(ids(dir.search(&bob, "example", 10).expect("s")), vec![alice.to_string()]);
+        assert_eq!(
+            ids(dir.search(&bob, "example", 10).expect("s")),
+            vec![alice.to_string()]
+        );
         assert_eq!(found[0].display_name.as_deref(), Some("Alice Cooper"));
         // Bob leaves the private room: Alice no longer finds him.
         rooms.leave(&bob, &private, None).expect("leave");
         assert!(ids(dir.search(&alice, "bob", 10).expect("s")).is_empty());
         // The public room turns invite-only: Eve no longer finds Alice.
         rooms
-            .send_state_event(&alice, &public, "m.room.join_rules", "", json!({"join_rule": "invite"}))
+            .send_state_event(
+                &alice,
+                &public,
+                "m.room.join_rules",
+                "",
+                json!({"join_rule": "invite"}),
+            )
             .expect("join rules");
         assert!(ids(dir.search(&eve, "alice", 10).expect("s")).is_empty());
     }

@@ -93,7 +93,8 @@ pub struct FullText {
 impl FullText {
     /// Open (or create) the index in `dir`.
     pub fn open(dir: &Path) -> Result<FullText> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Index(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Index(format!("{}: {e}", dir.display())))?;
         let mut b = Schema::builder();
         let fields = Fields {
             event_id: b.add_text_field("event_id", STRING | STORED),
@@ -226,12 +227,8 @@ impl FullText {
             .collect();
         clauses.push((Occur::Must, any_of(f.room_id, q.rooms)));
         clauses.push((Occur::Must, any_of(f.key, q.keys)));
-        let count_query = BooleanQuery::new(
-            clauses
-                .iter()
-                .map(|(o, c)| (*o, c.box_clone()))
-                .collect(),
-        );
+        let count_query =
+            BooleanQuery::new(clauses.iter().map(|(o, c)| (*o, c.box_clone())).collect());
         if let (Order2::Recent, Some(below)) = (q.order, q.below_pos) {
             clauses.push((
                 Occur::Must,
@@ -243,7 +240,9 @@ impl FullText {
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let total = searcher.search(&count_query, &Count).map_err(Error::index)?;
+        let total = searcher
+            .search(&count_query, &Count)
+            .map_err(Error::index)?;
         let limit = q.limit.max(1);
         let addrs: Vec<(f32, DocAddress)> = match q.order {
             Order2::Rank => searcher
@@ -332,26 +331,47 @@ mod tests {
         assert!(ft.catch_up(&rooms).expect("catch up") >= 3);
         let r = [room.to_string()];
         let body = ["content.body".to_owned()];
-        let (n, hits) = ft.search(&q("WORLD hello", &r, &body, Order2::Rank)).expect("search");
+        let (n, hits) = ft
+            .search(&q("WORLD hello", &r, &body, Order2::Rank))
+            .expect("search");
         assert_eq!(n, 1);
         assert_eq!(hits[0].event_id, hello);
-        let (n, hits) = ft.search(&q("hello", &r, &body, Order2::Recent)).expect("search");
+        let (n, hits) = ft
+            .search(&q("hello", &r, &body, Order2::Recent))
+            .expect("search");
         assert_eq!(n, 2);
         assert_eq!(hits[0].event_id, other, "newest first");
         // Keys: the topic is found only under content.topic.
-        assert_eq!(ft.search(&q("gardening", &r, &body, Order2::Rank)).expect("s").0, 0);
+        assert_eq!(
+            ft.search(&q("gardening", &r, &body, Order2::Rank))
+                .expect("s")
+                .0,
+            0
+        );
         let topic = ["content.topic".to_owned()];
-        assert_eq!(ft.search(&q("gardening", &r, &topic, Order2::Rank)).expect("s").0, 1);
+        assert_eq!(
+            ft.search(&q("gardening", &r, &topic, Order2::Rank))
+                .expect("s")
+                .0,
+            1
+        );
         // Other rooms are not searched.
         let none = ["!nope:example.org".to_owned()];
-        assert_eq!(ft.search(&q("hello", &none, &body, Order2::Rank)).expect("s").0, 0);
+        assert_eq!(
+            ft.search(&q("hello", &none, &body, Order2::Rank))
+                .expect("s")
+                .0,
+            0
+        );
         // A redaction removes the event from the index.
         let id = ruma::OwnedEventId::try_from(hello.as_str()).expect("id");
         rooms
             .redact(&alice, &room, &id, None, None)
             .expect("redact");
         ft.catch_up(&rooms).expect("catch up");
-        let (n, hits) = ft.search(&q("hello", &r, &body, Order2::Rank)).expect("search");
+        let (n, hits) = ft
+            .search(&q("hello", &r, &body, Order2::Rank))
+            .expect("search");
         assert_eq!(n, 1);
         assert_eq!(hits[0].event_id, other);
         // Reopening keeps the cursor and the documents.
@@ -361,7 +381,12 @@ mod tests {
         let ft = FullText::open(&dir.path().join("search")).expect("reopen");
         assert_eq!(ft.cursor().expect("cursor"), cursor);
         assert_eq!(ft.catch_up(&rooms).expect("nothing new"), 0);
-        assert_eq!(ft.search(&q("hello", &r, &body, Order2::Rank)).expect("s").0, 1);
+        assert_eq!(
+            ft.search(&q("hello", &r, &body, Order2::Rank))
+                .expect("s")
+                .0,
+            1
+        );
     }
 
     #[test]
@@ -395,7 +420,10 @@ mod tests {
         query.below_pos = Some(first[1].pos);
         let (_, second) = ft.search(&query).expect("search");
         assert_eq!(
-            second.iter().map(|h| h.event_id.clone()).collect::<Vec<_>>(),
+            second
+                .iter()
+                .map(|h| h.event_id.clone())
+                .collect::<Vec<_>>(),
             vec![ids[2].clone(), ids[1].clone()]
         );
     }

@@ -40,12 +40,70 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The three indexes, built once by the binary and shared by the client API.
+pub struct Indexes {
+    pub rooms: std::sync::Arc<rooms::RoomService>,
+    pub fulltext: FullText,
+    pub relations: Relations,
+    pub directory: std::sync::Arc<Directory>,
+}
+
+impl Indexes {
+    /// Open the full-text index under `search_dir`, and build the user directory. Register
+    /// [`Indexes::directory`] as a membership observer of the room engine.
+    pub fn open(
+        rooms: std::sync::Arc<rooms::RoomService>,
+        search_dir: &std::path::Path,
+        profiles: std::sync::Arc<directory::ProfileSource>,
+    ) -> Result<Indexes> {
+        Ok(Indexes {
+            fulltext: FullText::open(search_dir)?,
+            relations: Relations::new(),
+            directory: std::sync::Arc::new(Directory::build(rooms.clone(), profiles)?),
+            rooms,
+        })
+    }
+
+    /// Bring every index up to the current stream position.
+    pub fn catch_up(&self) -> Result<()> {
+        self.relations.catch_up(&self.rooms)?;
+        self.fulltext.catch_up(&self.rooms)?;
+        self.directory.catch_up()
+    }
+
+    /// Follow the timeline in the background: every `interval`, if the stream position
+    /// moved, catch every index up (so reads, which catch up too, find little to do).
+    /// The thread ends when the last other reference to `self` is dropped.
+    pub fn follow(self: &std::sync::Arc<Self>, interval: std::time::Duration) {
+        let weak = std::sync::Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("index-follower".into())
+            .spawn(move || {
+                let mut seen = 0;
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(ix) = weak.upgrade() else { return };
+                    let now = ix.rooms.current_position();
+                    if now != seen {
+                        match ix.catch_up() {
+                            Ok(()) => seen = now,
+                            Err(e) => tracing::warn!(error = %e, "index catch-up failed"),
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the index follower");
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
 
-    use ruma::OwnedUserId;
     use rooms::RoomService;
+    use ruma::OwnedUserId;
     use storage::Db;
 
     pub const SERVER: &str = "example.org";

@@ -29,11 +29,17 @@ use crate::notifier::SyncNotifier;
 mod directory;
 mod events;
 mod membership;
+mod relations;
+mod report;
+mod search;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = membership::routes(r);
     let r = events::routes(r);
+    let r = relations::routes(r);
+    let r = report::routes(r);
+    let r = search::routes(r);
     directory::routes(r)
 }
 
