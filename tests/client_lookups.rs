@@ -351,6 +351,51 @@ async fn relations_and_threads_paginate_and_bundle() {
         .await;
     assert!(chunk_ids(&r).is_empty());
 
+    // /event, /context and /messages bundle the aggregations too.
+    let (st, e) = s
+        .get(
+            &format!("{V3}/rooms/{}/event/{}", enc(&room), enc(&root)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["unsigned"]["m.relations"]["m.thread"]["count"], 6, "{e}");
+    assert_eq!(
+        e["unsigned"]["m.relations"]["m.replace"]["event_id"],
+        edit.as_str()
+    );
+    let (_, c) = s
+        .get(
+            &format!(
+                "{V3}/rooms/{}/context/{}?limit=2",
+                enc(&room),
+                enc(&replies[0])
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(c["events_before"][0]["event_id"], root.as_str(), "{c}");
+    assert_eq!(
+        c["events_before"][0]["unsigned"]["m.relations"]["m.thread"]["count"],
+        6
+    );
+    let (_, m) = s
+        .get(
+            &format!("{V3}/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            Some(&alice.token),
+        )
+        .await;
+    let root_in_messages = m["chunk"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["event_id"] == root.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        root_in_messages["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"],
+        replies[5].as_str(),
+        "{m}"
+    );
+
     // /threads lists the roots with their bundled summaries, latest reply first.
     let (st, _) = s
         .post(

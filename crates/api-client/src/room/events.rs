@@ -563,6 +563,7 @@ async fn messages(
     let filter = parse_filter(q.filter.as_deref())?;
     let state = state.0;
     let auth2 = auth.clone();
+    let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let access = access(rooms, &room, &auth2.user_id)?;
@@ -587,8 +588,11 @@ async fn messages(
                 backwards,
                 limit,
             )?;
+            let mut chunk = client_events(rooms, &events, &auth2)?;
+            let refs: Vec<&StoredEvent> = events.iter().collect();
+            super::relations::bundle_events(&st, &refs, &auth2.user_id, &mut chunk)?;
             let mut body = json!({
-                "chunk": client_events(rooms, &events, &auth2)?,
+                "chunk": chunk,
                 "start": from.to_token(),
             });
             if let Some(n) = next {
@@ -613,10 +617,15 @@ async fn get_event(
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
     let state = state.0;
+    let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let ev = visible_event(rooms, &room, &auth.user_id, &event_id)?;
-            Ok(rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now_ms())?)
+            let mut v =
+                [rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now_ms())?];
+            super::relations::bundle_events(&st, &[&ev], &auth.user_id, &mut v)?;
+            let [v] = v;
+            Ok(v)
         };
         Ok(run())
     })
@@ -667,6 +676,7 @@ async fn context(
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter = parse_filter(q.filter.as_deref())?;
     let state = state.0;
+    let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let ev = visible_event(rooms, &room, &auth.user_id, &event_id)?;
@@ -707,10 +717,20 @@ async fn context(
                 state_events(rooms, &state_map, &auth)?
             };
             let now = now_ms();
+            let mut event =
+                [rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now)?];
+            super::relations::bundle_events(&st, &[&ev], &auth.user_id, &mut event)?;
+            let [event] = event;
+            let mut events_before = client_events(rooms, &before, &auth)?;
+            let refs: Vec<&StoredEvent> = before.iter().collect();
+            super::relations::bundle_events(&st, &refs, &auth.user_id, &mut events_before)?;
+            let mut events_after = client_events(rooms, &after, &auth)?;
+            let refs: Vec<&StoredEvent> = after.iter().collect();
+            super::relations::bundle_events(&st, &refs, &auth.user_id, &mut events_after)?;
             Ok(json!({
-                "event": rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now)?,
-                "events_before": client_events(rooms, &before, &auth)?,
-                "events_after": client_events(rooms, &after, &auth)?,
+                "event": event,
+                "events_before": events_before,
+                "events_after": events_after,
                 "start": start.to_token(),
                 "end": end.to_token(),
                 "state": state_events,

@@ -66,6 +66,25 @@ pub(crate) fn bundle(
     Ok(())
 }
 
+/// [`bundle`] for each of `events` (whose client forms are `values`, in the same order),
+/// after catching the relations index up. For `/messages`, `/context` and `/event`.
+pub(crate) fn bundle_events(
+    state: &AppState,
+    events: &[&StoredEvent],
+    viewer: &UserId,
+    values: &mut [Value],
+) -> ApiResult<()> {
+    state
+        .indexes
+        .relations
+        .catch_up(&state.rooms)
+        .map_err(MatrixError::internal)?;
+    for (ev, v) in events.iter().zip(values.iter_mut()) {
+        bundle(state, ev, viewer, v)?;
+    }
+    Ok(())
+}
+
 #[derive(Deserialize, Default)]
 struct RelationsQuery {
     #[serde(default)]
