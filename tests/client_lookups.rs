@@ -164,6 +164,33 @@ async fn search_finds_visible_events_by_every_word_with_pages_and_context() {
     all.sort();
     assert_eq!(ranked, all);
 
+    // A full last page still has a `next_batch` (as Synapse); the page after it is empty
+    // and has none.
+    let page = |n: Option<String>| {
+        let s = &s;
+        let alice = &alice;
+        let room = room.clone();
+        async move {
+            search(
+                s,
+                alice,
+                json!({"search_term": "message", "order_by": "recent",
+                       "filter": {"rooms": [room], "limit": 6}}),
+                n.as_deref(),
+            )
+            .await
+            .1
+        }
+    };
+    let first = page(None).await;
+    let second = page(first["next_batch"].as_str().map(str::to_owned)).await;
+    assert_eq!(ids(&second, "/results").len(), 6);
+    let n = second["next_batch"].as_str().map(str::to_owned);
+    assert!(n.is_some(), "{second}");
+    let third = page(n).await;
+    assert_eq!(ids(&third, "/results").len(), 0);
+    assert!(third.get("next_batch").is_none(), "{third}");
+
     // Topics are searched under content.topic only.
     let (_, r) = search(
         &s,

@@ -219,30 +219,15 @@ fn run(
             }
         }
         if results.len() >= limit {
-            more = fetched > 0;
+            // A full page gets a `next_batch` even when nothing follows (as Synapse: the
+            // next page is then empty and has none; Complement's back-pagination test
+            // expects exactly that).
+            more = true;
             break;
         }
         if fetched < limit {
             break;
         }
-    }
-    // A full page may be the last one: say so only when something follows.
-    if more {
-        let probe = Query2 {
-            term: &req.search_term,
-            keys,
-            rooms: &searched,
-            order,
-            offset,
-            below_pos: below,
-            limit: 1,
-        };
-        more = !ix
-            .fulltext
-            .search(&probe)
-            .map_err(MatrixError::internal)?
-            .1
-            .is_empty();
     }
     let now = now_ms();
     let mut out_results = Vec::with_capacity(results.len());
