@@ -423,6 +423,42 @@ async fn relations_and_threads_paginate_and_bundle() {
         "{m}"
     );
 
+    // MSC3874 relation filters in /messages.
+    let messages_with = |filter: &str| {
+        format!(
+            "{V3}/rooms/{}/messages?dir=b&limit=50&filter={}",
+            enc(&room),
+            enc(filter)
+        )
+    };
+    let (st, m) = s
+        .get(
+            &messages_with(r#"{"org.matrix.msc3874.rel_types": ["m.thread"]}"#),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(
+        chunk_ids(&m),
+        replies.iter().rev().cloned().collect::<Vec<_>>()
+    );
+    let (_, m) = s
+        .get(
+            &messages_with(r#"{"org.matrix.msc3874.not_rel_types": ["m.thread"]}"#),
+            Some(&alice.token),
+        )
+        .await;
+    let left = chunk_ids(&m);
+    assert!(left.contains(&root) && left.contains(&edit), "{m}");
+    assert!(!replies.iter().any(|r| left.contains(r)));
+    let (st, _) = s
+        .get(
+            &messages_with(r#"{"org.matrix.msc3874.rel_types": "m.thread"}"#),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 400);
+
     // /threads lists the roots with their bundled summaries, latest reply first.
     let (st, _) = s
         .post(

@@ -436,6 +436,7 @@ fn walk(
     room: &RoomId,
     user: &UserId,
     filter: &RoomEventFilter,
+    rel: &super::relations::RelFilter,
     from: TopoPos,
     to: Option<TopoPos>,
     cap: u64,
@@ -462,7 +463,11 @@ fn walk(
                 TopoPos::after(&ev)
             };
             scanned += 1;
-            if ev.pos <= cap && passes(filter, room, &ev) && rooms.visible_to(user, &ev)? {
+            if ev.pos <= cap
+                && passes(filter, room, &ev)
+                && rel.passes(&ev)
+                && rooms.visible_to(user, &ev)?
+            {
                 out.push(ev);
                 if out.len() >= limit {
                     return Ok((out, Some(cursor)));
@@ -561,6 +566,7 @@ async fn messages(
     let to = tok(&q.to, "to")?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter = parse_filter(q.filter.as_deref())?;
+    let rel = super::relations::RelFilter::parse(q.filter.as_deref())?;
     let state = state.0;
     let auth2 = auth.clone();
     let st = state.clone();
@@ -582,6 +588,7 @@ async fn messages(
                 &room,
                 &auth2.user_id,
                 &filter,
+                &rel,
                 from,
                 to,
                 cap,
@@ -675,6 +682,7 @@ async fn context(
     let room = parse_room_id(&room_id)?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter = parse_filter(q.filter.as_deref())?;
+    let rel = super::relations::RelFilter::parse(q.filter.as_deref())?;
     let state = state.0;
     let st = state.clone();
     let body = blocking(&state, move |rooms| {
@@ -688,6 +696,7 @@ async fn context(
                 &room,
                 &auth.user_id,
                 &filter,
+                &rel,
                 TopoPos::before(&ev),
                 None,
                 cap,
@@ -699,6 +708,7 @@ async fn context(
                 &room,
                 &auth.user_id,
                 &filter,
+                &rel,
                 TopoPos::after(&ev),
                 None,
                 cap,

@@ -85,6 +85,54 @@ pub(crate) fn bundle_events(
     Ok(())
 }
 
+/// MSC3874 relation filters of a `RoomEventFilter` (`/messages`, `/context`):
+/// `org.matrix.msc3874.rel_types` keeps only events with one of these relation types,
+/// `org.matrix.msc3874.not_rel_types` drops events with one of these.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct RelFilter {
+    rel_types: Option<Vec<String>>,
+    not_rel_types: Vec<String>,
+}
+
+impl RelFilter {
+    /// From the raw filter JSON (already validated as a `RoomEventFilter` by the caller).
+    pub(crate) fn parse(raw: Option<&str>) -> ApiResult<RelFilter> {
+        let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+            return Ok(RelFilter::default());
+        };
+        let v: Value = serde_json::from_str(raw)
+            .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
+        let list = |key: &str| -> ApiResult<Option<Vec<String>>> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(l) => serde_json::from_value(l.clone())
+                    .map(Some)
+                    .map_err(|_| MatrixError::bad_json(format!("{key} must be a list of strings"))),
+            }
+        };
+        Ok(RelFilter {
+            rel_types: list("org.matrix.msc3874.rel_types")?,
+            not_rel_types: list("org.matrix.msc3874.not_rel_types")?.unwrap_or_default(),
+        })
+    }
+
+    pub(crate) fn passes(&self, ev: &StoredEvent) -> bool {
+        if self.rel_types.is_none() && self.not_rel_types.is_empty() {
+            return true;
+        }
+        let rel = ::search::relations::relation_of(ev).map(|(r, _)| r);
+        if let Some(r) = &rel
+            && self.not_rel_types.contains(r)
+        {
+            return false;
+        }
+        match &self.rel_types {
+            None => true,
+            Some(types) => rel.is_some_and(|r| types.contains(&r)),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct RelationsQuery {
     #[serde(default)]
