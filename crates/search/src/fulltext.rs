@@ -428,3 +428,101 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use crate::tests::{setup, user};
+    use rooms::Preset;
+    use serde_json::json;
+    use std::time::Instant;
+
+    /// `cargo test -p search --release -- --ignored --nocapture measure`: indexing and
+    /// query times for N messages (N from `PULSE_MEASURE_N`, default 5000).
+    #[test]
+    #[ignore]
+    fn measure_indexing_and_queries() {
+        let n: usize = std::env::var("PULSE_MEASURE_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5000);
+        let (dir, rooms) = setup();
+        let alice = user("alice");
+        let room = rooms
+            .create_room(
+                &alice,
+                rooms::CreateRoomRequest {
+                    preset: Some(Preset::PrivateChat),
+                    ..Default::default()
+                },
+            )
+            .expect("create");
+        let words = [
+            "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
+        ];
+        let t = Instant::now();
+        for i in 0..n {
+            let body = format!(
+                "message {i} {} {} {}",
+                words[i % 7],
+                words[(i / 7) % 7],
+                words[(i / 49) % 7]
+            );
+            rooms
+                .send_message_event(&alice, &room, "m.room.message", json!({"body": body}), None)
+                .expect("send");
+        }
+        let sent = t.elapsed();
+        let ft = FullText::open(&dir.path().join("search")).expect("open");
+        let t = Instant::now();
+        let added = ft.catch_up(&rooms).expect("catch up");
+        let indexed = t.elapsed();
+        let r = [room.to_string()];
+        let keys = [KEYS[0].to_owned()];
+        for (term, order) in [
+            ("alpha", Order2::Rank),
+            ("alpha bravo", Order2::Rank),
+            ("alpha", Order2::Recent),
+        ] {
+            let t = Instant::now();
+            let rounds = 100;
+            let mut count = 0;
+            for _ in 0..rounds {
+                count = ft
+                    .search(&Query2 {
+                        term,
+                        keys: &keys,
+                        rooms: &r,
+                        order,
+                        offset: 0,
+                        below_pos: None,
+                        limit: 10,
+                    })
+                    .expect("search")
+                    .0;
+            }
+            println!(
+                "query {term:?} {order:?}: {count} hits, {:?} per query",
+                t.elapsed() / rounds
+            );
+        }
+        // One new event after a full index: the cost a read pays to catch up.
+        rooms
+            .send_message_event(
+                &alice,
+                &room,
+                "m.room.message",
+                json!({"body": "late"}),
+                None,
+            )
+            .expect("send");
+        let t = Instant::now();
+        ft.catch_up(&rooms).expect("catch up");
+        let one = t.elapsed();
+        println!(
+            "{n} messages: sent in {sent:?}; {added} documents indexed in {indexed:?} \
+             ({:.0} docs/s); catching up one new event: {one:?}",
+            added as f64 / indexed.as_secs_f64()
+        );
+    }
+}
