@@ -681,7 +681,30 @@ async fn user_directory_shows_shared_and_public_room_members_by_global_name() {
 
 #[tokio::test]
 async fn reports_need_a_visible_event_or_a_known_room() {
-    let s = TestServer::start().await;
+    let mut s = TestServer::start().await;
+    // An admin, made with the CLI while the server is stopped.
+    s.kill9();
+    let out = std::process::Command::new(common::BIN)
+        .args(["register-user", "--config"])
+        .arg(s.config_path())
+        .args(["root", "--password", "root-pw", "--admin"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.start_again().await;
+    let (st, login) = s
+        .post(
+            &format!("{V3}/login"),
+            None,
+            json!({"type": "m.login.password", "user": "root", "password": "root-pw"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{login}");
+    let admin_token = login["access_token"].as_str().expect("token").to_owned();
     let alice = s.register("alice").await;
     let mallory = s.register("mallory").await;
     let room = s
@@ -729,4 +752,22 @@ async fn reports_need_a_visible_event_or_a_known_room() {
         )
         .await;
     assert_eq!(st, 404);
+
+    // Admins list them, newest first; others may not.
+    let list = "/_synapse/admin/v1/event_reports";
+    let (st, _) = s.get(list, Some(&alice.token)).await;
+    assert_eq!(st, 403);
+    let (st, r) = s.get(list, Some(&admin_token)).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["total"], 2);
+    assert_eq!(r["event_reports"][0]["reason"], "bad room");
+    assert!(r["event_reports"][0]["event_id"].is_null());
+    assert_eq!(r["event_reports"][1]["event_id"], ev.as_str());
+    assert_eq!(r["event_reports"][1]["score"], -100);
+    assert_eq!(r["event_reports"][1]["user_id"], alice.user_id.as_str());
+    let (_, r) = s
+        .get(&format!("{list}?limit=1&dir=f"), Some(&admin_token))
+        .await;
+    assert_eq!(r["event_reports"][0]["reason"], "spam");
+    assert_eq!(r["next_token"], 1);
 }

@@ -1,6 +1,9 @@
 //! Content reports (`POST /rooms/{roomId}/report/{eventId}`, `/rooms/{roomId}/report`),
 //! stored for the server's admins in `Cf::Misc` under
-//! `"report" 0xFF received_ms id 0xFF` → [`Report`] (oldest first when listed).
+//! `"report" 0xFF received_ms seq id 0xFF` → [`Report`] (oldest first when listed; `seq`
+//! orders reports of the same millisecond in arrival order).
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 use storage::{Batch, Cf, Db, Key};
@@ -21,6 +24,8 @@ pub struct Report {
     pub score: Option<i64>,
 }
 
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
 fn prefix() -> Key {
     Key::new().str("report")
 }
@@ -31,7 +36,10 @@ pub fn store(db: &Db, mut report: Report) -> Result<String> {
     let mut b = Batch::new();
     b.put_json(
         Cf::Misc,
-        prefix().u64(report.received_ts).str(&report.id),
+        prefix()
+            .u64(report.received_ts)
+            .u64(SEQ.fetch_add(1, Ordering::Relaxed))
+            .str(&report.id),
         &report,
     );
     db.write(b)?;
@@ -66,10 +74,12 @@ mod tests {
         };
         let second = store(&db, r(20, "two")).expect("store");
         let first = store(&db, r(10, "one")).expect("store");
+        let third = store(&db, r(20, "three")).expect("store");
         let all = list(&db).expect("list");
         assert_eq!(
             all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
-            vec![first, second]
+            vec![first, second, third],
+            "by time, then arrival"
         );
         assert_eq!(all[0].reason.as_deref(), Some("one"));
     }

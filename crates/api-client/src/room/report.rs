@@ -3,23 +3,100 @@
 //!
 //! An event report needs an event the reporter may see (else 404, as Synapse: the
 //! event's existence is not revealed); `score`, when given, must be in -100..=0. A room
-//! report needs a known room (else 404).
+//! report needs a known room (else 404). Server admins list them with Synapse's
+//! `GET /_synapse/admin/v1/event_reports` (`from`, `limit`, `dir`; room reports included,
+//! without `event_id`).
 use std::sync::Arc;
 
 use ::search::reports::Report;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{parse_room_id, route};
 use crate::error::{ApiResult, MatrixError};
-use crate::extract::{Auth, JsonBody, Path};
+use crate::extract::{Auth, JsonBody, Path, Query};
 use crate::{AppState, AppStateRef, now_ms};
 
 pub(super) fn routes(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     let r = route(r, "/rooms/{room_id}/report/{event_id}", post(report_event));
-    route(r, "/rooms/{room_id}/report", post(report_room))
+    let r = route(r, "/rooms/{room_id}/report", post(report_room));
+    r.route("/_synapse/admin/v1/event_reports", get(list_reports))
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    dir: Option<String>,
+}
+
+async fn list_reports(
+    auth: Auth,
+    state: AppStateRef,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let num = |raw: &Option<String>, default: usize, name: &str| -> ApiResult<usize> {
+        match raw.as_deref() {
+            None | Some("") => Ok(default),
+            Some(s) => s.parse::<usize>().map_err(|_| {
+                MatrixError::invalid_param(format!("{name} must be a non-negative integer"))
+            }),
+        }
+    };
+    let from = num(&q.from, 0, "from")?;
+    let limit = num(&q.limit, 100, "limit")?.min(1000);
+    let newest_first = match q.dir.as_deref() {
+        None | Some("b") => true,
+        Some("f") => false,
+        Some(d) => {
+            return Err(MatrixError::invalid_param(format!(
+                "dir must be 'b' or 'f', not {d:?}"
+            )));
+        }
+    };
+    let state = state.0;
+    let body = crate::blocking::blocking(move || -> ApiResult<Value> {
+        if !state
+            .accounts
+            .is_admin(&auth.user_id)
+            .map_err(MatrixError::internal)?
+        {
+            return Err(MatrixError::forbidden("Server admins only"));
+        }
+        let mut all = ::search::reports::list(state.rooms.db()).map_err(MatrixError::internal)?;
+        if newest_first {
+            all.reverse();
+        }
+        let total = all.len();
+        let page: Vec<Value> = all
+            .into_iter()
+            .skip(from)
+            .take(limit)
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "received_ts": r.received_ts,
+                    "room_id": r.room_id,
+                    "event_id": r.event_id,
+                    "user_id": r.reporter,
+                    "reason": r.reason,
+                    "score": r.score,
+                })
+            })
+            .collect();
+        let mut body = json!({"event_reports": page, "total": total});
+        if from + limit < total {
+            body["next_token"] = Value::from(from + limit);
+        }
+        Ok(body)
+    })
+    .await??;
+    Ok(Json(body))
 }
 
 #[derive(Deserialize, Default)]
