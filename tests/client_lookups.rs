@@ -423,6 +423,26 @@ async fn relations_and_threads_paginate_and_bundle() {
         "{m}"
     );
 
+    // /sync timelines bundle them as well.
+    let (_, sync) = s
+        .get(
+            &format!(
+                "{V3}/sync?timeout=0&filter={}",
+                enc(r#"{"room": {"timeline": {"limit": 50}}}"#)
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    let root_in_sync = sync["rooms"]["join"][room.as_str()]["timeline"]["events"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["event_id"] == root.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        root_in_sync["unsigned"]["m.relations"]["m.thread"]["count"], 6,
+        "{sync}"
+    );
+
     // MSC3874 relation filters in /messages.
     let messages_with = |filter: &str| {
         format!(

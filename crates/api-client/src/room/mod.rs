@@ -29,7 +29,7 @@ use crate::notifier::SyncNotifier;
 mod directory;
 mod events;
 mod membership;
-mod relations;
+pub(crate) mod relations;
 mod report;
 mod search;
 
