@@ -32,6 +32,9 @@ mod membership;
 pub(crate) mod relations;
 mod report;
 mod search;
+mod summary;
+
+pub(crate) use summary::sync_summary;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
@@ -40,6 +43,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     let r = relations::routes(r);
     let r = report::routes(r);
     let r = search::routes(r);
+    let r = summary::routes(r);
     directory::routes(r)
 }
 
