@@ -1,5 +1,7 @@
-"""matrix-nio against a real Pulse: the basic life of a chat, plus a kill -9 restart."""
+"""matrix-nio against a real Pulse: the basic life of a chat, user directory and message
+search, plus a kill -9 restart."""
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -9,8 +11,8 @@ import tempfile
 import time
 import urllib.request
 
-from nio import (AsyncClient, JoinResponse, RegisterResponse, RoomCreateResponse,
-                 RoomInviteResponse, RoomMessagesResponse, RoomSendResponse, SyncResponse)
+from nio import (AsyncClient, JoinResponse, ProfileSetDisplayNameResponse, RegisterResponse,
+                 RoomCreateResponse, RoomInviteResponse, RoomMessagesResponse, RoomSendResponse, SyncResponse)
 
 
 def free_port():
@@ -30,6 +32,24 @@ def start(binary, config):
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("pulse did not start")
+
+
+async def post_json(client, path, body):
+    """A raw authenticated POST through nio's own HTTP session (nio has no directory or
+    search call)."""
+    resp = await client.send("POST", path, json.dumps(body), headers={
+        "Authorization": f"Bearer {client.access_token}", "Content-Type": "application/json"})
+    return resp.status, await resp.json()
+
+
+async def directory_search(client, term):
+    return await post_json(client, "/_matrix/client/v3/user_directory/search",
+                           {"search_term": term, "limit": 5})
+
+
+async def message_search(client, term):
+    return await post_json(client, "/_matrix/client/v3/search",
+                           {"search_categories": {"room_events": {"search_term": term}}})
 
 
 def check(cond, what):
@@ -71,6 +91,22 @@ async def scenario():
     bodies = [getattr(e, "body", None) for e in r.rooms.join[room_id].timeline.events] if room_id in r.rooms.join else []
     check("hello bob" in bodies, f"bob's sync has the message ({bodies})")
     check(took < 5, f"the long-poll returned promptly ({took * 1000:.0f} ms after the send)")
+
+    # The user directory: bob finds alice (they share the room) under her new name.
+    r = await alice.set_displayname("Alice Interop")
+    check(isinstance(r, ProfileSetDisplayNameResponse), f"alice sets a display name ({r})")
+    status, body = await directory_search(bob, "alice inter")
+    found = [(u.get("user_id"), u.get("display_name")) for u in body.get("results", [])]
+    check(status == 200 and found == [(alice.user_id, "Alice Interop")],
+          f"bob finds alice in the user directory ({status} {body})")
+    check(body.get("limited") is False, "the directory answer is not limited")
+    status, body = await directory_search(bob, "nobody-like-this")
+    check(status == 200 and body.get("results") == [], f"an unknown name finds nobody ({body})")
+    # Message search finds what alice sent.
+    status, body = await message_search(bob, "hello")
+    results = body.get("search_categories", {}).get("room_events", {}).get("results", [])
+    check(status == 200 and [x["result"]["content"]["body"] for x in results] == ["hello bob"],
+          f"bob finds the message with /search ({status} {body})")
     await alice.close()
     await bob.close()
     return room_id
@@ -84,6 +120,12 @@ async def after_restart(room_id):
     check(isinstance(r, RoomMessagesResponse), f"history readable after restart ({r})")
     bodies = [getattr(e, "body", None) for e in r.chunk]
     check("hello bob" in bodies, f"the message survived kill -9 ({bodies})")
+    status, body = await directory_search(bob, "Alice")
+    check(status == 200 and [u.get("display_name") for u in body.get("results", [])] == ["Alice Interop"],
+          f"the user directory is rebuilt after the restart ({body})")
+    status, body = await message_search(bob, "bob")
+    results = body.get("search_categories", {}).get("room_events", {}).get("results", [])
+    check(status == 200 and len(results) == 1, f"the search index survived kill -9 ({body})")
     await bob.close()
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop test with an independent client library: matrix-nio (Python) drives a real
 # Pulse binary: register -> create room -> invite -> join -> send -> sync sees it,
-# then restart with kill -9 and check the message is still there.
+# user directory and message search, then restart with kill -9 and check the message (and
+# the directory and search index) are still there.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="$root/.venv-interop"

@@ -60,6 +60,7 @@ mod sync;
 mod sync_e2ee;
 mod thirdparty;
 mod to_device;
+mod user_directory;
 mod voip;
 
 pub use ephemeral::SyncWakeObserver;
@@ -119,6 +120,8 @@ pub struct AppState {
     pub media: Arc<::media::MediaService>,
     /// Fetches other servers' media, once federation runs.
     pub remote_media: std::sync::OnceLock<std::sync::Arc<dyn media_remote::RemoteMedia>>,
+    /// Full-text search, relations and threads, the user directory.
+    pub indexes: Arc<::search::Indexes>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -152,6 +155,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(to_device::routes())
         .merge(room_keys::routes())
         .merge(media::routes())
+        .merge(user_directory::routes())
         .merge(media_async::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {

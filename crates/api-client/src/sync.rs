@@ -702,6 +702,9 @@ fn room_section(
                 .map_err(room_err)?,
         ));
     }
+    // Bundled aggregations (`unsigned.m.relations`: threads, edits, references).
+    let refs: Vec<&rooms::StoredEvent> = events.iter().collect();
+    crate::room::relations::bundle_events(state, &refs, user, &mut timeline)?;
     let timeline_ids: HashSet<&str> = timeline
         .iter()
         .filter_map(|e| e["event_id"].as_str())

@@ -244,7 +244,25 @@ fn open_services(config: &Config) -> Result<Services, String> {
     {
         presence.membership_changed(&room, &user, true);
     }
-    rooms.set_membership_observer(Arc::new(PresenceAudience(presence.clone())));
+    // Search, relations and the user directory (crates/search). The directory is built
+    // from the memberships now and then follows membership changes beside presence.
+    let profiles_of = accounts.clone();
+    let profiles: Arc<search::directory::ProfileSource> = Arc::new(move |user: &ruma::UserId| {
+        profiles_of
+            .profile(user)
+            .ok()
+            .flatten()
+            .map(|p| (p.displayname, p.avatar_url))
+    });
+    let indexes = Arc::new(
+        search::Indexes::open(rooms.clone(), &config.data_dir.join("search"), profiles)
+            .map_err(|e| format!("cannot open the search indexes: {e}"))?,
+    );
+    indexes.follow(std::time::Duration::from_secs(1));
+    rooms.set_membership_observer(Arc::new(MembershipFanout(vec![
+        Arc::new(PresenceAudience(presence.clone())),
+        indexes.directory.clone(),
+    ])));
     // MSC4325 sharing configs, compiled once here and again on every change (the stable
     // account-data type wins over the unstable one).
     let mut sharing_configs = std::collections::HashMap::new();
@@ -294,12 +312,29 @@ fn open_services(config: &Config) -> Result<Services, String> {
         remote_keys: Default::default(),
         media,
         remote_media: Default::default(),
+        indexes,
     });
     Ok(Services {
         db,
         server_keys,
         state,
     })
+}
+
+/// Hands each membership change to several observers, in order.
+struct MembershipFanout(Vec<Arc<dyn rooms::MembershipObserver>>);
+
+impl rooms::MembershipObserver for MembershipFanout {
+    fn membership_changed(
+        &self,
+        room: &ruma::RoomId,
+        user: &ruma::UserId,
+        membership: Option<rooms::Membership>,
+    ) {
+        for o in &self.0 {
+            o.membership_changed(room, user, membership);
+        }
+    }
 }
 
 /// Feeds room membership changes into the presence audience index.

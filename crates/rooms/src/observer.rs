@@ -108,6 +108,57 @@ impl RoomService {
         Ok((out, last))
     }
 
+    /// Timeline events of every sender (local and remote) at stream positions in
+    /// `(after, upto]`, oldest first, at most `limit`; for indexes that follow the timeline
+    /// (full-text search, relations, the user directory) and catch up after a restart.
+    /// Returns the events and the last position looked at (`upto` once the range is done:
+    /// pass it back to continue).
+    pub fn timeline_events_between(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<CommittedEvent>, u64)> {
+        if after >= upto {
+            return Ok((Vec::new(), after));
+        }
+        let start = room_stream::key(after.saturating_add(1));
+        let end = room_stream::key(upto.saturating_add(1));
+        let rows = self
+            .db
+            .scan_range(Cf::RoomStream, &start, &end, false, limit.max(1))?;
+        let full = rows.len() >= limit.max(1);
+        let mut last = after;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let Some(pos) = room_stream::parse(&k) else {
+                continue;
+            };
+            last = pos;
+            let Some(room) = String::from_utf8(v)
+                .ok()
+                .and_then(|s| OwnedRoomId::try_from(s).ok())
+            else {
+                continue;
+            };
+            let Some(id) = self
+                .db
+                .get(Cf::Timeline, timeline_key(&room, pos))?
+                .and_then(|id| String::from_utf8(id).ok())
+                .and_then(|s| OwnedEventId::try_from(s).ok())
+            else {
+                continue;
+            };
+            if let Some(event) = self.event(&id)? {
+                out.push(CommittedEvent {
+                    room_id: room,
+                    event,
+                });
+            }
+        }
+        Ok((out, if full { last } else { upto }))
+    }
+
     /// The other servers an event goes to: those with a member joined in the state after it,
     /// plus the target's server when the event makes a remote user leave (kick, ban, leave:
     /// the departing server must hear of it). Reads every member event of the room, so it is

@@ -436,6 +436,7 @@ fn walk(
     room: &RoomId,
     user: &UserId,
     filter: &RoomEventFilter,
+    rel: &super::relations::RelFilter,
     from: TopoPos,
     to: Option<TopoPos>,
     cap: u64,
@@ -462,7 +463,11 @@ fn walk(
                 TopoPos::after(&ev)
             };
             scanned += 1;
-            if ev.pos <= cap && passes(filter, room, &ev) && rooms.visible_to(user, &ev)? {
+            if ev.pos <= cap
+                && passes(filter, room, &ev)
+                && rel.passes(&ev)
+                && rooms.visible_to(user, &ev)?
+            {
                 out.push(ev);
                 if out.len() >= limit {
                     return Ok((out, Some(cursor)));
@@ -561,8 +566,10 @@ async fn messages(
     let to = tok(&q.to, "to")?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter = parse_filter(q.filter.as_deref())?;
+    let rel = super::relations::RelFilter::parse(q.filter.as_deref())?;
     let state = state.0;
     let auth2 = auth.clone();
+    let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let access = access(rooms, &room, &auth2.user_id)?;
@@ -581,14 +588,18 @@ async fn messages(
                 &room,
                 &auth2.user_id,
                 &filter,
+                &rel,
                 from,
                 to,
                 cap,
                 backwards,
                 limit,
             )?;
+            let mut chunk = client_events(rooms, &events, &auth2)?;
+            let refs: Vec<&StoredEvent> = events.iter().collect();
+            super::relations::bundle_events(&st, &refs, &auth2.user_id, &mut chunk)?;
             let mut body = json!({
-                "chunk": client_events(rooms, &events, &auth2)?,
+                "chunk": chunk,
                 "start": from.to_token(),
             });
             if let Some(n) = next {
@@ -613,10 +624,15 @@ async fn get_event(
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
     let state = state.0;
+    let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let ev = visible_event(rooms, &room, &auth.user_id, &event_id)?;
-            Ok(rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now_ms())?)
+            let mut v =
+                [rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now_ms())?];
+            super::relations::bundle_events(&st, &[&ev], &auth.user_id, &mut v)?;
+            let [v] = v;
+            Ok(v)
         };
         Ok(run())
     })
@@ -666,7 +682,9 @@ async fn context(
     let room = parse_room_id(&room_id)?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter = parse_filter(q.filter.as_deref())?;
+    let rel = super::relations::RelFilter::parse(q.filter.as_deref())?;
     let state = state.0;
+    let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let ev = visible_event(rooms, &room, &auth.user_id, &event_id)?;
@@ -678,6 +696,7 @@ async fn context(
                 &room,
                 &auth.user_id,
                 &filter,
+                &rel,
                 TopoPos::before(&ev),
                 None,
                 cap,
@@ -689,6 +708,7 @@ async fn context(
                 &room,
                 &auth.user_id,
                 &filter,
+                &rel,
                 TopoPos::after(&ev),
                 None,
                 cap,
@@ -707,10 +727,20 @@ async fn context(
                 state_events(rooms, &state_map, &auth)?
             };
             let now = now_ms();
+            let mut event =
+                [rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now)?];
+            super::relations::bundle_events(&st, &[&ev], &auth.user_id, &mut event)?;
+            let [event] = event;
+            let mut events_before = client_events(rooms, &before, &auth)?;
+            let refs: Vec<&StoredEvent> = before.iter().collect();
+            super::relations::bundle_events(&st, &refs, &auth.user_id, &mut events_before)?;
+            let mut events_after = client_events(rooms, &after, &auth)?;
+            let refs: Vec<&StoredEvent> = after.iter().collect();
+            super::relations::bundle_events(&st, &refs, &auth.user_id, &mut events_after)?;
             Ok(json!({
-                "event": rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now)?,
-                "events_before": client_events(rooms, &before, &auth)?,
-                "events_after": client_events(rooms, &after, &auth)?,
+                "event": event,
+                "events_before": events_before,
+                "events_after": events_after,
                 "start": start.to_token(),
                 "end": end.to_token(),
                 "state": state_events,

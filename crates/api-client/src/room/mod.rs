@@ -29,6 +29,9 @@ use crate::notifier::SyncNotifier;
 mod directory;
 mod events;
 mod membership;
+pub(crate) mod relations;
+mod report;
+mod search;
 mod summary;
 
 pub(crate) use summary::sync_summary;
@@ -37,6 +40,9 @@ pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = membership::routes(r);
     let r = events::routes(r);
+    let r = relations::routes(r);
+    let r = report::routes(r);
+    let r = search::routes(r);
     let r = summary::routes(r);
     directory::routes(r)
 }
