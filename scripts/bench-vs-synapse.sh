@@ -29,6 +29,8 @@
 # Environment: SERVER_CPUS / BENCH_CPUS (taskset lists, default 0 and 1 on 2+ cores),
 # SYNAPSE_PORT (18008), PULSE_PORT (18009), FED_PORT_BASE (18100: the federation pairs use
 # the five ports from it), BENCH_WORK (scratch, default target/bench-vs-synapse),
+# PULSE_BIN (the pulse binary, default target/release/pulse: e.g. an older build kept aside,
+# to measure before and after a change in interleaved runs; implies --no-build for it),
 # SYNAPSE_STOP_P99_MS (default 30000: Synapse is not run at larger sizes once its fanout p99
 # passes this or it delivers under 90% or it falls 20% behind the update rate).
 set -euo pipefail
@@ -83,7 +85,7 @@ SECRET=pulse-bench-shared-secret
 # keep git from finding our commit there.
 SYNAPSE_ENV=(env "GIT_CEILING_DIRECTORIES=$ROOT")
 BENCH=$ROOT/target/release/pulse-bench
-PULSE=$ROOT/target/release/pulse
+PULSE=$(realpath -m "${PULSE_BIN:-$ROOT/target/release/pulse}")
 mkdir -p "$WORK" "$RESULTS"
 [ "$CLEAN" = 1 ] && rm -f "$RESULTS"/*.json
 
@@ -292,7 +294,7 @@ restart_synapse_timed() { # keeps the database; prints the start timestamp
 
 # ---------------------------------------------------------------- Pulse
 setup_pulse() {
-    if [ "$BUILD" = 1 ]; then
+    if [ "$BUILD" = 1 ] && [ -z "${PULSE_BIN:-}" ]; then
         log "building pulse and pulse-bench (release)"
         cargo build --release --quiet -p pulse -p bench
     fi
@@ -300,6 +302,7 @@ setup_pulse() {
     local dirty=""
     git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes"
     PULSE_NOTE="$("$PULSE" --version), binary built $(date -u -r "$PULSE" '+%Y-%m-%d %H:%M UTC'); tree when measured: $(git rev-parse --short HEAD)$dirty"
+    [ -n "${PULSE_BIN:-}" ] && PULSE_NOTE="$("$PULSE" --version), binary $PULSE_BIN built $(date -u -r "$PULSE" '+%Y-%m-%d %H:%M UTC')"
     PULSE_VERSION=$("$PULSE" --version 2>/dev/null || echo "pulse ?")
 }
 

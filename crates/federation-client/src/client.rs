@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use hickory_resolver::TokioResolver;
 use ruma::OwnedServerName;
 use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+use ruma::signatures::KeyPair;
 use server_keys::ServerKeys;
 
 use crate::discovery::{Discovery, Lookups, Resolved};
@@ -255,7 +256,14 @@ impl FederationClient {
             }
             None => Vec::new(),
         };
-        let auth = self.authorization(&method, &destination_name, path_and_query, &body_bytes)?;
+        // serde_json's maps are sorted and its output compact: for a body without floats or
+        // out-of-range integers these bytes are already the canonical JSON the signature
+        // covers, so they are signed as they are instead of being parsed back and re-encoded.
+        let auth = if body.is_none_or(is_canonical) {
+            self.authorization_canonical(&method, &destination_name, path_and_query, &body_bytes)?
+        } else {
+            self.authorization(&method, &destination_name, path_and_query, &body_bytes)?
+        };
         self.send(method, destination, path_and_query, body_bytes, Some(auth))
             .await
     }
@@ -312,6 +320,51 @@ impl FederationClient {
         )
         .map_err(|e| FederationError::Signing(e.to_string()))?;
         Ok(xm.to_string())
+    }
+
+    /// [`Self::authorization`] for a body that is already canonical JSON (or empty): the
+    /// request object `{content, destination, method, origin, uri}` is assembled around the
+    /// body's bytes (keys in canonical order) and signed, with no parse of the body.
+    pub fn authorization_canonical(
+        &self,
+        method: &http::Method,
+        destination: &OwnedServerName,
+        path_and_query: &str,
+        canonical_body: &[u8],
+    ) -> Result<String> {
+        let uri: http::uri::PathAndQuery = path_and_query
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| FederationError::Signing(e.to_string()))?;
+        let origin = self.inner.keys.server_name();
+        let mut object = Vec::with_capacity(canonical_body.len() + 160);
+        let string = |out: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(out, s).map_err(|e| FederationError::Signing(e.to_string()))
+        };
+        object.push(b'{');
+        if !canonical_body.is_empty() {
+            object.extend_from_slice(br#""content":"#);
+            object.extend_from_slice(canonical_body);
+            object.push(b',');
+        }
+        object.extend_from_slice(br#""destination":"#);
+        string(&mut object, destination.as_str())?;
+        object.extend_from_slice(br#","method":"#);
+        string(&mut object, method.as_str())?;
+        object.extend_from_slice(br#","origin":"#);
+        string(&mut object, origin.as_str())?;
+        object.extend_from_slice(br#","uri":"#);
+        string(&mut object, uri.as_str())?;
+        object.push(b'}');
+        let (_, signature) = self.inner.keys.pair().sign(&object).into_parts();
+        let key = ruma::OwnedServerSigningKeyId::try_from(self.inner.keys.key_id())
+            .map_err(|e| FederationError::Signing(e.to_string()))?;
+        Ok(XMatrix::new(
+            origin.clone(),
+            destination.clone(),
+            key,
+            ruma::serde::Base64::new(signature),
+        )
+        .to_string())
     }
 
     async fn send(
@@ -419,6 +472,23 @@ fn expect_success(destination: &str, resp: FederationResponse) -> Result<Federat
     }
 }
 
+/// Whether `value` serialises to canonical JSON as it is: every number an integer in
+/// `[-(2^53)+1, 2^53-1]` (canonical JSON has no floats; ruma refuses the others too).
+fn is_canonical(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    const MAX: i64 = (1 << 53) - 1;
+    match value {
+        Value::Number(n) => n
+            .as_i64()
+            .map(|i| (-MAX..=MAX).contains(&i))
+            .or_else(|| n.as_u64().map(|u| u <= MAX as u64))
+            .unwrap_or(false),
+        Value::Array(items) => items.iter().all(is_canonical),
+        Value::Object(map) => map.values().all(is_canonical),
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+    }
+}
+
 /// Percent-encodes one path segment (everything but unreserved characters).
 pub fn percent_encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -499,6 +569,61 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FederationError::Denied(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn canonical_signing_matches_ruma_byte_for_byte() {
+        let keys = ServerKeys::generate_ephemeral("a.test:8448".try_into().unwrap()).unwrap();
+        let client = FederationClient::new(FederationConfig::default(), keys).unwrap();
+        let dest: OwnedServerName = "b.test".try_into().unwrap();
+        let bodies = [
+            serde_json::json!({"origin": "a.test", "origin_server_ts": 1_796_283_719_000u64,
+                "pdus": [], "edus": [{"edu_type": "m.presence", "content": {"push": [
+                    {"user_id": "@a:a.test", "presence": "online", "last_active_ago": 0,
+                     "status_msg": "caf\u{e9} \"quoted\" \\ tab\t nl\n \u{1F600} \u{7}",
+                     "currently_active": true, "allowed_recipients": ["@*:b.test"]}]}}]}),
+            serde_json::json!({"z": {"b": [1, -2, {"y": null, "x": false}]}, "a": ""}),
+            serde_json::json!([]),
+        ];
+        for (method, uri) in [
+            (http::Method::PUT, "/_matrix/federation/v1/send/p1-2"),
+            (
+                http::Method::GET,
+                "/_matrix/federation/v1/query/profile?user_id=%40a%3Aa.test&field=displayname",
+            ),
+        ] {
+            for body in &bodies {
+                assert!(is_canonical(body));
+                let bytes = serde_json::to_vec(body).unwrap();
+                assert_eq!(
+                    client
+                        .authorization_canonical(&method, &dest, uri, &bytes)
+                        .unwrap(),
+                    client.authorization(&method, &dest, uri, &bytes).unwrap(),
+                    "{method} {uri} {body}"
+                );
+            }
+            assert_eq!(
+                client
+                    .authorization_canonical(&method, &dest, uri, b"")
+                    .unwrap(),
+                client.authorization(&method, &dest, uri, b"").unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn floats_and_huge_integers_are_not_canonical() {
+        use serde_json::json;
+        assert!(is_canonical(
+            &json!({"a": [9_007_199_254_740_991u64, -9_007_199_254_740_991i64]})
+        ));
+        assert!(!is_canonical(&json!({"a": 1.5})));
+        assert!(!is_canonical(&json!({"a": [9_007_199_254_740_992u64]})));
+        assert!(!is_canonical(
+            &json!({"a": {"b": -9_007_199_254_740_992i64}})
+        ));
+        assert!(!is_canonical(&json!({"a": u64::MAX})));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use std::time::Duration;
 use ruma::{OwnedServerName, ServerName, UserId};
 use serde::Serialize;
 use serde_json::Value;
-use storage::{Batch, Db, StorageError};
+use storage::{Batch, Cf, Db, StorageError};
 use tokio::sync::{Notify, Semaphore};
 
 /// At most this many PDUs per transaction (spec).
@@ -137,6 +137,10 @@ struct Dest {
     retry_at_ms: Option<u64>,
     last_success_ms: Option<u64>,
     last_error: Option<String>,
+    /// No pending PDU has a seq below this (see `queue.rs`: reads start here).
+    pdu_floor: u64,
+    /// No pending EDU has a seq below this.
+    edu_floor: u64,
 }
 
 struct Inner<T> {
@@ -144,9 +148,15 @@ struct Inner<T> {
     transport: T,
     config: SenderConfig,
     seq: AtomicU64,
+    /// This start's boot counter (persisted): transaction IDs are `p{boot}-{txn}`.
+    boot: u64,
+    txn: AtomicU64,
     dests: Mutex<HashMap<OwnedServerName, Dest>>,
-    /// Serialises EDU enqueue and acknowledgement (both read-modify-write coalescing keys).
+    /// Serialises EDU enqueue and acknowledgement (both read-modify-write coalescing keys);
+    /// EDU seqs are allocated under it, so EDUs reach the disk in seq order.
     edu_lock: Mutex<()>,
+    /// PDU seqs are allocated and written under it, so PDUs reach the disk in seq order.
+    pdu_lock: Mutex<()>,
     permits: Semaphore,
     /// The runtime workers run on (captured at start, so enqueueing works from any thread).
     runtime: tokio::runtime::Handle,
@@ -176,6 +186,7 @@ impl<T: Transport> FederationSender<T> {
     /// items (catch-up after a restart). Must be called inside a tokio runtime.
     pub fn start(db: Arc<Db>, transport: T, config: SenderConfig) -> Result<Self, StorageError> {
         let recovered = queue::recover(&db)?;
+        let boot = queue::next_boot(&db)?;
         let permits = Semaphore::new(config.max_concurrent.max(1));
         let sender = FederationSender {
             inner: Arc::new(Inner {
@@ -183,8 +194,11 @@ impl<T: Transport> FederationSender<T> {
                 transport,
                 config,
                 seq: AtomicU64::new(recovered.max_seq + 1),
+                boot,
+                txn: AtomicU64::new(0),
                 dests: Mutex::new(HashMap::new()),
                 edu_lock: Mutex::new(()),
+                pdu_lock: Mutex::new(()),
                 permits,
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -236,17 +250,24 @@ impl<T: Transport> FederationSender<T> {
         pdu: &Value,
         mut batch: Batch,
     ) -> Result<(), StorageError> {
-        let seq = self.next_seq();
         let mut dests: Vec<&ServerName> = destinations
             .into_iter()
             .filter(|d| *d != self.inner.config.origin)
             .collect();
         dests.sort();
         dests.dedup();
-        for dest in &dests {
-            queue::put_pdu(&mut batch, dest.as_str(), seq, pdu);
+        let pdu = serde_json::to_vec(pdu).map_err(|e| StorageError::Serialize {
+            cf: Cf::FederationQueue.name(),
+            reason: e.to_string(),
+        })?;
+        {
+            let _guard = lock(&self.inner.pdu_lock);
+            let seq = self.next_seq();
+            for dest in &dests {
+                queue::put_pdu(&mut batch, dest.as_str(), seq, &pdu);
+            }
+            self.inner.db.write(batch)?;
         }
-        self.inner.db.write(batch)?;
         for dest in dests {
             self.touch(dest, 1, 0);
         }

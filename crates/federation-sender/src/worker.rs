@@ -95,16 +95,19 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
     let Ok(_permit) = inner.permits.acquire().await else {
         return Step::Idle; // semaphore closed: shutting down
     };
-    {
+    let (pdu_floor, edu_floor) = {
         let mut dests = lock(&inner.dests);
-        dests.entry(dest.clone()).or_default().signal = false;
-    }
-    let read = queue::read_pdus(&inner.db, dest.as_str(), MAX_PDUS_PER_TXN).and_then(|p| {
-        Ok((
-            p,
-            queue::read_edus(&inner.db, dest.as_str(), MAX_EDUS_PER_TXN)?,
-        ))
-    });
+        let d = dests.entry(dest.clone()).or_default();
+        d.signal = false;
+        (d.pdu_floor, d.edu_floor)
+    };
+    let read =
+        queue::read_pdus(&inner.db, dest.as_str(), pdu_floor, MAX_PDUS_PER_TXN).and_then(|p| {
+            Ok((
+                p,
+                queue::read_edus(&inner.db, dest.as_str(), edu_floor, MAX_EDUS_PER_TXN)?,
+            ))
+        });
     let (pdus, mut edus) = match read {
         Ok(x) => x,
         Err(e) => return Step::Failed(format!("storage: {e}")),
@@ -123,18 +126,14 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
         return Step::Idle;
     }
 
-    // The ID is persisted before use, so it is unique for this destination across crashes.
-    let txn_id = match queue::load_record(&inner.db, dest.as_str()).and_then(|mut record| {
-        let id = record.next_txn;
-        record.next_txn += 1;
-        let mut batch = storage::Batch::new();
-        queue::put_record(&mut batch, dest.as_str(), &record);
-        inner.db.write(batch)?;
-        Ok(id)
-    }) {
-        Ok(id) => format!("p{id}"),
-        Err(e) => return Step::Failed(format!("storage: {e}")),
-    };
+    // Unique across crashes without a write per transaction: the boot counter was persisted
+    // at start, and within one boot the counter never repeats (nor is an ID reused for a
+    // retry, whose contents may differ after coalescing).
+    let txn_id = format!(
+        "p{}-{}",
+        inner.boot,
+        inner.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let now = now_ms();
     let body = json!({
         "origin": inner.config.origin.as_str(),
@@ -172,6 +171,14 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
     let d = dests.entry(dest.clone()).or_default();
     d.pending_pdus = d.pending_pdus.saturating_sub(pdus.len());
     d.pending_edus = d.pending_edus.saturating_sub(edus.len());
+    // What was sent is the oldest of each prefix (a prefix of seq order, see queue.rs): nothing
+    // at or below its last seq is pending any more.
+    if let Some(last) = pdus.last() {
+        d.pdu_floor = d.pdu_floor.max(last.seq + 1);
+    }
+    if let Some(last) = edus.last() {
+        d.edu_floor = d.edu_floor.max(last.seq + 1);
+    }
     if sent {
         if d.failures > 0 {
             tracing::info!(destination = %dest, after_failures = d.failures, "destination reachable again");
