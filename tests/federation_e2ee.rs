@@ -11,12 +11,7 @@ use common::federating::{Server, User, join};
 use serde_json::{Value, json};
 
 fn device_keys(u: &User) -> Value {
-    json!({
-        "user_id": u.id, "device_id": u.device,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": { format!("curve25519:{}", u.device): "c", format!("ed25519:{}", u.device): "e" },
-        "signatures": { u.id.clone(): { format!("ed25519:{}", u.device): "sig" } },
-    })
+    common::signing::device_keys(&u.id, &u.device)
 }
 
 async fn upload_keys(s: &Server, u: &User) {

@@ -56,6 +56,9 @@ impl From<E2eeError> for MatrixError {
             E2eeError::BadJson(m) => MatrixError::bad_json(m),
             E2eeError::InvalidParam(m) | E2eeError::TooMany(m) => MatrixError::invalid_param(m),
             E2eeError::NotFound(m) => MatrixError::not_found(m),
+            E2eeError::InvalidSignature(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", m)
+            }
             E2eeError::Forbidden(m) => MatrixError::forbidden(m),
             E2eeError::WrongBackupVersion { current } => MatrixError::new(
                 StatusCode::FORBIDDEN,

@@ -68,6 +68,15 @@ pub fn validate_device_keys(user: &UserId, device: &DeviceId, keys: &Value) -> R
         }
     }
     validate_signatures(field("signatures")?, "device_keys.signatures")?;
+    // The device signs its own keys with its ed25519 key: a client that relies on these
+    // keys checks that, and so do we, so that a corrupted upload is refused at once.
+    let key_id = format!("ed25519:{device}");
+    let public = keys_obj
+        .get(&key_id)
+        .and_then(Value::as_str)
+        .ok_or_else(|| E2eeError::BadJson(format!("device_keys.keys must hold {key_id:?}")))?;
+    crate::verify::check_signature(keys, user.as_str(), &key_id, public)
+        .map_err(|p| E2eeError::InvalidSignature(format!("device_keys: {}", p.message())))?;
     Ok(())
 }
 

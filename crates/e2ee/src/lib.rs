@@ -38,6 +38,7 @@ pub mod keys;
 pub mod otk;
 pub mod query;
 pub mod to_device;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,9 @@ pub enum E2eeError {
     /// Well-formed but not acceptable, e.g. keys for another device (`M_INVALID_PARAM`).
     #[error("{0}")]
     InvalidParam(String),
+    /// A signature that is missing or does not verify (`M_INVALID_SIGNATURE`).
+    #[error("{0}")]
+    InvalidSignature(String),
     /// `M_NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
