@@ -41,7 +41,7 @@ async fn sync_since(s: &Server, u: &User, since: &str) -> Value {
 #[tokio::test]
 async fn keys_claims_to_device_and_device_lists_across_two_servers() {
     let a = Server::start().await;
-    let b = Server::start().await;
+    let mut b = Server::start().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     upload_keys(&a, &alice).await;
@@ -188,5 +188,29 @@ async fn keys_claims_to_device_and_device_lists_across_two_servers() {
         r["device_keys"][&bob.id].as_object().map(|o| o.len()),
         Some(2),
         "{r}"
+    );
+
+    // Alice's server keeps bob's device list (resynced once through /user/devices, then
+    // kept current by the EDU): with bob's server down, the query still answers in full.
+    b.kill();
+    let (st, r) = a
+        .req(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            &alice.token,
+            Some(json!({ "device_keys": { bob.id.clone(): [bob2.device.clone()] } })),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["failures"], json!({}), "{r}");
+    assert_eq!(
+        r["device_keys"][&bob.id][&bob2.device]["keys"],
+        device_keys(&bob2)["keys"],
+        "{r}"
+    );
+    assert_eq!(
+        r["device_keys"][&bob.id].as_object().map(|o| o.len()),
+        Some(1),
+        "only the device asked for: {r}"
     );
 }

@@ -391,7 +391,12 @@ impl E2eeService {
                     }
                 } else {
                     // Another user's master key, signed with the signer's user-signing key.
-                    let Some(master) = self.cross_signing_key(target_id, MASTER)? else {
+                    // A remote user's master key comes from their cached device list.
+                    let master = match self.cross_signing_key(target_id, MASTER)? {
+                        Some(m) => Some(m),
+                        None => self.remote_devices(target_id)?.and_then(|l| l.master_key),
+                    };
+                    let Some(master) = master else {
                         failures.push(fail("M_NOT_FOUND", "that user has no master key"));
                         continue;
                     };

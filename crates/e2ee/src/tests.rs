@@ -498,3 +498,83 @@ fn key_backup_versions_and_better_keys() {
         .expect("create");
     assert!(v3 > v2, "version numbers are never reused");
 }
+
+#[test]
+fn remote_device_lists_follow_the_prev_id_chain() {
+    use crate::remote::RemoteUpdate;
+    let (_d, s) = svc();
+    let u = user("@r:remote");
+    let (d1, d2, d3) = (
+        OwnedDeviceId::from("D1"),
+        OwnedDeviceId::from("D2"),
+        OwnedDeviceId::from("D3"),
+    );
+    let mut forged = device_keys(&u, &d2);
+    forged["algorithms"] = json!(["x"]);
+    // Not cached yet: the update is only recorded.
+    let edu = |id: u64, prev: &[u64], d: &DeviceId, keys: Option<Value>, deleted: bool| {
+        json!({ "user_id": u, "device_id": d, "stream_id": id, "prev_id": prev,
+                "deleted": deleted, "keys": keys })
+    };
+    let (out, _) = s
+        .apply_remote_device_update(&u, &edu(1, &[], &d1, Some(device_keys(&u, &d1)), false))
+        .expect("edu");
+    assert_eq!(out, RemoteUpdate::NotCached);
+    assert!(s.remote_devices(&u).expect("read").is_none());
+    // A snapshot: the badly signed device is left out, a display name kept in unsigned.
+    let snapshot = json!({ "user_id": u, "stream_id": 5, "devices": [
+        { "device_id": "D1", "keys": device_keys(&u, &d1), "device_display_name": "phone" },
+        { "device_id": "D2", "keys": forged },
+        { "device_id": "D3", "keys": {} },
+    ]});
+    let (list, _) = s.store_remote_devices(&u, &snapshot).expect("store");
+    assert_eq!(list.devices.keys().collect::<Vec<_>>(), ["D1"]);
+    assert_eq!(
+        list.devices["D1"]["unsigned"]["device_display_name"],
+        "phone"
+    );
+    assert!(
+        s.store_remote_devices(&user("@other:remote"), &snapshot)
+            .is_err()
+    );
+    // Updates chained to what we saw apply; a repeat is a duplicate.
+    let before = s.current_position();
+    let (out, pos) = s
+        .apply_remote_device_update(&u, &edu(7, &[5], &d2, Some(device_keys(&u, &d2)), false))
+        .expect("edu");
+    assert_eq!(out, RemoteUpdate::Applied);
+    assert!(pos > before);
+    assert!(
+        s.device_list_changes(before, pos)
+            .expect("changes")
+            .contains(&u)
+    );
+    let (out, _) = s
+        .apply_remote_device_update(&u, &edu(7, &[5], &d2, Some(device_keys(&u, &d2)), false))
+        .expect("edu");
+    assert_eq!(out, RemoteUpdate::Duplicate);
+    let (out, _) = s
+        .apply_remote_device_update(&u, &edu(8, &[7], &d1, None, true))
+        .expect("edu");
+    assert_eq!(out, RemoteUpdate::Applied);
+    let list = s.remote_devices(&u).expect("read").expect("cached");
+    assert_eq!(list.answer(&[]).0.keys().collect::<Vec<_>>(), ["D2"]);
+    // A cross-signing update replaces the cached master key.
+    let mk = TestKey::new();
+    let master = json!({ "user_id": u, "usage": ["master"], "keys": { mk.own_id(): mk.public } });
+    s.apply_remote_signing_update(&u, &json!({ "user_id": u, "master_key": master }))
+        .expect("signing");
+    assert_eq!(
+        s.remote_devices(&u)
+            .expect("read")
+            .expect("cached")
+            .master_key,
+        Some(master)
+    );
+    // A prev_id we never saw: an update was lost, the entry is dropped for a resync.
+    let (out, _) = s
+        .apply_remote_device_update(&u, &edu(12, &[11], &d3, Some(device_keys(&u, &d3)), false))
+        .expect("edu");
+    assert_eq!(out, RemoteUpdate::Dropped);
+    assert!(s.remote_devices(&u).expect("read").is_none());
+}

@@ -3,9 +3,9 @@
 //! `m.signing_key_update` and `m.direct_to_device` EDUs in the durable per-destination
 //! queues).
 //!
-//! Device-list updates carry `prev_id: []`: Pulse does not keep the chain of its own
-//! updates, and a receiver that sees no `prev_id` resyncs the user through
-//! `/user/devices/{userId}` (Synapse does), which always has the full, current list.
+//! Device-list updates are chained: `stream_id` is the user's device-list version and
+//! `prev_id` the `stream_id` of the update sent before (none for the first), so a receiver
+//! that missed one resyncs through `/user/devices/{userId}`.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use api_client::remote_keys::{DeviceChange, RemoteKeys};
 use federation_client::FederationClient;
 use futures::future::BoxFuture;
-use ruma::{OwnedServerName, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::federation::Sender;
@@ -87,6 +87,27 @@ impl RemoteKeys for Remote {
         Box::pin(self.post(server, "/_matrix/federation/v1/user/keys/query", body))
     }
 
+    fn user_devices(
+        &self,
+        server: OwnedServerName,
+        user: OwnedUserId,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, String>> {
+        Box::pin(async move {
+            let path = api_client::remote_keys::user_devices_path(&user);
+            let resp = self
+                .client
+                .request(http::Method::GET, server.as_str(), &path, None::<&Value>)
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.status == 200 {
+                Ok(resp.body)
+            } else {
+                Err(format!("{server} answered {}", resp.status))
+            }
+        })
+    }
+
     fn claim(
         &self,
         server: OwnedServerName,
@@ -103,10 +124,16 @@ impl RemoteKeys for Remote {
         }
         match change {
             DeviceChange::Device { device_id, deleted } => {
-                let stream_id = self.e2ee.device_list_version(user).unwrap_or(0);
+                let (stream_id, prev_id) = self
+                    .e2ee
+                    .next_device_list_update_ids(user)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(%user, "reading the device-list chain failed: {e}");
+                        (self.e2ee.device_list_version(user).unwrap_or(0), Vec::new())
+                    });
                 let mut content = json!({
                     "user_id": user, "device_id": device_id, "stream_id": stream_id,
-                    "prev_id": [], "deleted": deleted,
+                    "prev_id": prev_id, "deleted": deleted,
                 });
                 // Keys only: device names stay on this server (docs/decisions.md).
                 if !deleted && let Ok(Some(keys)) = self.e2ee.device_keys(user, &device_id) {
