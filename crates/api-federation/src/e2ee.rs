@@ -177,7 +177,7 @@ pub(crate) async fn user_devices(
             .collect();
         let mut out = json!({
             "user_id": user,
-            "stream_id": e.e2ee.device_list_version(&user).map_err(internal)?,
+            "stream_id": e.e2ee.device_list_snapshot_id(&user).map_err(internal)?,
             "devices": devices,
         });
         if let Some(k) = e.e2ee.master_key_for(&user, &user).map_err(internal)? {

@@ -303,26 +303,31 @@ impl E2eeService {
     }
 
     /// The `stream_id` and `prev_id` of the next `m.device_list_update` about local `user`:
-    /// the user's current device-list version, chained to the one sent before it.
+    /// a new id (the user's device-list version, or one past the last id sent when that is
+    /// not newer: every update gets its own), chained to the one sent before it.
     pub fn next_device_list_update_ids(&self, user: &UserId) -> Result<(u64, Vec<u64>)> {
         let u = user.as_str();
         let _guard = self.locks.lock(keys::device_list_sent(u));
         let current = self.device_list_version(user)?;
-        let last = self
-            .db()
-            .get(Cf::E2ee, keys::device_list_sent(u))?
-            .and_then(|v| storage::decode_u64(&v));
-        if last == Some(current) {
-            // Two announcements of one change: the same ids again.
-            return Ok((current, Vec::new()));
-        }
+        let last = self.last_device_list_update_id(user)?;
+        let id = last.map_or(current, |l| current.max(l + 1));
         let mut b = storage::Batch::new();
-        b.put(
-            Cf::E2ee,
-            keys::device_list_sent(u),
-            current.to_be_bytes().to_vec(),
-        );
+        b.put(Cf::E2ee, keys::device_list_sent(u), id.to_be_bytes().to_vec());
         self.db().write(b)?;
-        Ok((current, last.into_iter().collect()))
+        Ok((id, last.into_iter().collect()))
+    }
+
+    fn last_device_list_update_id(&self, user: &UserId) -> Result<Option<u64>> {
+        Ok(self
+            .db()
+            .get(Cf::E2ee, keys::device_list_sent(user.as_str()))?
+            .and_then(|v| storage::decode_u64(&v)))
+    }
+
+    /// The `stream_id` of a `/user/devices` snapshot of local `user`: it includes every
+    /// update announced so far.
+    pub fn device_list_snapshot_id(&self, user: &UserId) -> Result<u64> {
+        let last = self.last_device_list_update_id(user)?.unwrap_or(0);
+        Ok(self.device_list_version(user)?.max(last))
     }
 }

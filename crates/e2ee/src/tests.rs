@@ -578,3 +578,21 @@ fn remote_device_lists_follow_the_prev_id_chain() {
     assert_eq!(out, RemoteUpdate::Dropped);
     assert!(s.remote_devices(&u).expect("read").is_none());
 }
+
+#[test]
+fn outgoing_device_list_updates_are_chained_with_unique_ids() {
+    let (_d, s) = svc();
+    let (u, d) = (user("@a:x"), OwnedDeviceId::from("D"));
+    s.upload_keys(&u, &d, Some(&device_keys(&u, &d)), &Map::new(), &Map::new())
+        .expect("upload");
+    let v = s.device_list_version(&u).expect("version");
+    let (id1, prev1) = s.next_device_list_update_ids(&u).expect("ids");
+    assert_eq!((id1, prev1), (v, vec![]));
+    // Two announcements of one change (two devices signed at once): distinct ids, chained.
+    let (id2, prev2) = s.next_device_list_update_ids(&u).expect("ids");
+    assert_eq!((id2, prev2), (v + 1, vec![v]));
+    assert!(s.device_list_snapshot_id(&u).expect("snapshot") >= id2);
+    let pos = s.mark_device_list_changed(&u).expect("change");
+    let (id3, prev3) = s.next_device_list_update_ids(&u).expect("ids");
+    assert_eq!((id3, prev3), (pos.max(id2 + 1), vec![id2]));
+}
