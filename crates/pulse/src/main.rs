@@ -148,7 +148,12 @@ struct Services {
     db: Arc<storage::Db>,
     server_keys: server_keys::ServerKeys,
     state: Arc<api_client::AppState>,
+    /// Told when a local user joins a room (installed with federation: device lists).
+    join_hook: Arc<std::sync::OnceLock<JoinHook>>,
 }
+
+/// Called after a user's join to a room is committed.
+type JoinHook = Arc<dyn Fn(&ruma::RoomId, &ruma::UserId) + Send + Sync>;
 
 fn open_services(config: &Config) -> Result<Services, String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -243,7 +248,11 @@ fn open_services(config: &Config) -> Result<Services, String> {
     {
         presence.membership_changed(&room, &user, true);
     }
-    rooms.set_membership_observer(Arc::new(PresenceAudience(presence.clone())));
+    let join_hook: Arc<std::sync::OnceLock<JoinHook>> = Arc::default();
+    rooms.set_membership_observer(Arc::new(PresenceAudience(
+        presence.clone(),
+        join_hook.clone(),
+    )));
     // MSC4325 sharing configs, compiled once here and again on every change (the stable
     // account-data type wins over the unstable one).
     let mut sharing_configs = std::collections::HashMap::new();
@@ -297,11 +306,16 @@ fn open_services(config: &Config) -> Result<Services, String> {
         db,
         server_keys,
         state,
+        join_hook,
     })
 }
 
-/// Feeds room membership changes into the presence audience index.
-struct PresenceAudience(Arc<presence_service::PresenceService>);
+/// Feeds room membership changes into the presence audience index (and joins into the
+/// join hook).
+struct PresenceAudience(
+    Arc<presence_service::PresenceService>,
+    Arc<std::sync::OnceLock<JoinHook>>,
+);
 
 impl rooms::MembershipObserver for PresenceAudience {
     fn membership_changed(
@@ -313,6 +327,11 @@ impl rooms::MembershipObserver for PresenceAudience {
         self.0
             .membership_changed(room, user, membership == Some(rooms::Membership::Join));
         self.0.membership_observed(room, user);
+        if membership == Some(rooms::Membership::Join)
+            && let Some(hook) = self.1.get()
+        {
+            hook(room, user);
+        }
     }
 }
 
@@ -347,11 +366,16 @@ async fn serve(config: Config) -> Result<(), String> {
             s.rooms.clone(),
             client.clone(),
         )));
-        let _ = s.remote_keys.set(Arc::new(remote_keys::Remote {
+        let remote = Arc::new(remote_keys::Remote {
             client: client.clone(),
             sender: fed.sender(),
             rooms: s.rooms.clone(),
             e2ee: s.e2ee.clone(),
+        });
+        let _ = s.remote_keys.set(remote.clone());
+        let accounts = s.accounts.clone();
+        let _ = services.join_hook.set(Arc::new(move |room, user| {
+            remote.local_user_joined(room, user, &accounts)
         }));
         let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
         let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {

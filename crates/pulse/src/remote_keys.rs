@@ -68,6 +68,63 @@ impl Remote {
         out
     }
 
+    /// A user joined `room`: if local, tell the room's other servers about each of the
+    /// user's devices (`m.device_list_update`, keys when uploaded), as the spec asks for
+    /// servers that may not track the user yet. These carry the current snapshot id and no
+    /// `prev_id`: a server that tracks the user already sees a known id and ignores them.
+    /// The work runs on the blocking pool, after the join's commit.
+    pub fn local_user_joined(
+        self: &Arc<Self>,
+        room: &ruma::RoomId,
+        user: &UserId,
+        accounts: &Arc<accounts::AccountService>,
+    ) {
+        if user.server_name() != self.rooms.server_name() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (this, room, user, accounts) = (
+            self.clone(),
+            room.to_owned(),
+            user.to_owned(),
+            accounts.clone(),
+        );
+        handle.spawn_blocking(move || {
+            let own = this.rooms.server_name();
+            let servers: Vec<OwnedServerName> = this
+                .rooms
+                .servers_in_room(&room)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|s| OwnedServerName::try_from(s.as_str()).ok())
+                .filter(|s| s != own)
+                .collect();
+            if servers.is_empty() {
+                return;
+            }
+            let devices = match accounts.devices(&user) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%user, "cannot list devices after a join: {e}");
+                    return;
+                }
+            };
+            let stream_id = this.e2ee.device_list_snapshot_id(&user).unwrap_or(0);
+            for d in devices {
+                let mut content = json!({
+                    "user_id": user, "device_id": d.device_id, "stream_id": stream_id,
+                    "prev_id": [], "deleted": false,
+                });
+                if let Ok(Some(keys)) = this.e2ee.device_keys(&user, &d.device_id) {
+                    content["keys"] = keys;
+                }
+                this.queue(&servers, None, "m.device_list_update", &content);
+            }
+        });
+    }
+
     fn queue(&self, servers: &[OwnedServerName], key: Option<String>, kind: &str, content: &Value) {
         for s in servers {
             if let Err(e) = self.sender.queue_edu(s, key.clone(), kind, content.clone()) {
