@@ -425,9 +425,7 @@ async fn signatures_upload(
                     .flat_map(|o| o.keys())
                 {
                     let id = ruma::OwnedDeviceId::from(device.as_str());
-                    if !failed_here(device)
-                        && st.e2ee.device_keys(&auth.user_id, &id)?.is_some()
-                    {
+                    if !failed_here(device) && st.e2ee.device_keys(&auth.user_id, &id)?.is_some() {
                         let change = DeviceChange::Device {
                             device_id: id,
                             deleted: false,

@@ -218,10 +218,11 @@ pub(crate) fn device_list_edu(state: &FederationState, origin: &ServerName, cont
                 pos
             })
     } else {
-        e.e2ee.apply_remote_signing_update(&user, content)
+        e.e2ee.apply_remote_signing_update(&user, content).map(Some)
     };
     match result {
-        Ok(pos) => (e.wake_device_list)(&user, pos),
+        Ok(Some(pos)) => (e.wake_device_list)(&user, pos),
+        Ok(None) => {}
         Err(err) => tracing::warn!(%origin, %user, "recording a device list change failed: {err}"),
     }
 }

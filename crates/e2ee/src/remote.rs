@@ -26,6 +26,10 @@ use crate::{E2eeError, E2eeService, Result, device_lists, keys};
 
 /// Devices kept for one remote user, at most (the rest of a snapshot is left out).
 pub const MAX_REMOTE_DEVICES: usize = 1_000;
+/// Set (`true`) in the `m.device_list_update`s Pulse sends when a local user joins a room,
+/// announcing devices that did not change: a receiver that does not track the user need
+/// not tell its clients (other servers ignore the field).
+pub const JOIN_ANNOUNCEMENT: &str = "org.pulse.join_announcement";
 /// Stream ids remembered per user to recognise `prev_id`s.
 const SEEN_IDS: usize = 16;
 
@@ -205,12 +209,13 @@ impl E2eeService {
 
     /// An `m.device_list_update` from remote `user`'s server (the caller checked the
     /// origin owns `user`): applied to the cache when its `prev_id` chain is known, and
-    /// always logged as a device-list change. Returns what happened and the position.
+    /// logged as a device-list change unless it tells nothing new. Returns what happened
+    /// and the change's position.
     pub fn apply_remote_device_update(
         &self,
         user: &UserId,
         edu: &Value,
-    ) -> Result<(RemoteUpdate, u64)> {
+    ) -> Result<(RemoteUpdate, Option<u64>)> {
         let u = user.as_str();
         let _guard = self.locks.lock(keys::remote_device_list(u));
         let cached = self.remote_devices(user)?;
@@ -264,6 +269,15 @@ impl E2eeService {
                 _ => (RemoteUpdate::Dropped, None),
             },
         };
+        // Nothing new for local viewers: a repeat, or a join announcement
+        // ([`JOIN_ANNOUNCEMENT`]) about a user nobody here tracks (their join already put
+        // them in room-mates' `device_lists.changed`).
+        let announcement = edu.get(JOIN_ANNOUNCEMENT).and_then(Value::as_bool) == Some(true);
+        if outcome == RemoteUpdate::Duplicate
+            || (outcome == RemoteUpdate::NotCached && announcement)
+        {
+            return Ok((outcome, None));
+        }
         let (pos, ()) = self.db().write_with_position(|pos, b| {
             match (&outcome, &list) {
                 (RemoteUpdate::Applied, Some(l)) => {
@@ -275,7 +289,7 @@ impl E2eeService {
             device_lists::log_change(b, pos, u);
             Ok::<_, E2eeError>(())
         })?;
-        Ok((outcome, pos))
+        Ok((outcome, Some(pos)))
     }
 
     /// An `m.signing_key_update` for remote `user`: the cached master and self-signing keys
@@ -312,7 +326,11 @@ impl E2eeService {
         let last = self.last_device_list_update_id(user)?;
         let id = last.map_or(current, |l| current.max(l + 1));
         let mut b = storage::Batch::new();
-        b.put(Cf::E2ee, keys::device_list_sent(u), id.to_be_bytes().to_vec());
+        b.put(
+            Cf::E2ee,
+            keys::device_list_sent(u),
+            id.to_be_bytes().to_vec(),
+        );
         self.db().write(b)?;
         Ok((id, last.into_iter().collect()))
     }

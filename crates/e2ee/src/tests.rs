@@ -522,6 +522,11 @@ fn remote_device_lists_follow_the_prev_id_chain() {
         .expect("edu");
     assert_eq!(out, RemoteUpdate::NotCached);
     assert!(s.remote_devices(&u).expect("read").is_none());
+    // A join announcement about a user nobody tracks tells local viewers nothing.
+    let mut announce = edu(2, &[], &d1, Some(device_keys(&u, &d1)), false);
+    announce[crate::remote::JOIN_ANNOUNCEMENT] = json!(true);
+    let (out, pos) = s.apply_remote_device_update(&u, &announce).expect("edu");
+    assert_eq!((out, pos), (RemoteUpdate::NotCached, None));
     // A snapshot: the badly signed device is left out, a display name kept in unsigned.
     let snapshot = json!({ "user_id": u, "stream_id": 5, "devices": [
         { "device_id": "D1", "keys": device_keys(&u, &d1), "device_display_name": "phone" },
@@ -544,16 +549,17 @@ fn remote_device_lists_follow_the_prev_id_chain() {
         .apply_remote_device_update(&u, &edu(7, &[5], &d2, Some(device_keys(&u, &d2)), false))
         .expect("edu");
     assert_eq!(out, RemoteUpdate::Applied);
+    let pos = pos.expect("a change");
     assert!(pos > before);
     assert!(
         s.device_list_changes(before, pos)
             .expect("changes")
             .contains(&u)
     );
-    let (out, _) = s
+    let (out, pos) = s
         .apply_remote_device_update(&u, &edu(7, &[5], &d2, Some(device_keys(&u, &d2)), false))
         .expect("edu");
-    assert_eq!(out, RemoteUpdate::Duplicate);
+    assert_eq!((out, pos), (RemoteUpdate::Duplicate, None));
     let (out, _) = s
         .apply_remote_device_update(&u, &edu(8, &[7], &d1, None, true))
         .expect("edu");

@@ -148,12 +148,12 @@ struct Services {
     db: Arc<storage::Db>,
     server_keys: server_keys::ServerKeys,
     state: Arc<api_client::AppState>,
-    /// Told when a local user joins a room (installed with federation: device lists).
+    /// Told of membership changes (installed with federation: device lists).
     join_hook: Arc<std::sync::OnceLock<JoinHook>>,
 }
 
-/// Called after a user's join to a room is committed.
-type JoinHook = Arc<dyn Fn(&ruma::RoomId, &ruma::UserId) + Send + Sync>;
+/// Called after a membership change is committed: `(room, user, joined now)`.
+type JoinHook = Arc<dyn Fn(&ruma::RoomId, &ruma::UserId, bool) + Send + Sync>;
 
 fn open_services(config: &Config) -> Result<Services, String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -327,10 +327,8 @@ impl rooms::MembershipObserver for PresenceAudience {
         self.0
             .membership_changed(room, user, membership == Some(rooms::Membership::Join));
         self.0.membership_observed(room, user);
-        if membership == Some(rooms::Membership::Join)
-            && let Some(hook) = self.1.get()
-        {
-            hook(room, user);
+        if let Some(hook) = self.1.get() {
+            hook(room, user, membership == Some(rooms::Membership::Join));
         }
     }
 }
@@ -374,8 +372,8 @@ async fn serve(config: Config) -> Result<(), String> {
         });
         let _ = s.remote_keys.set(remote.clone());
         let accounts = s.accounts.clone();
-        let _ = services.join_hook.set(Arc::new(move |room, user| {
-            remote.local_user_joined(room, user, &accounts)
+        let _ = services.join_hook.set(Arc::new(move |room, user, joined| {
+            remote.membership_changed(room, user, joined, &accounts)
         }));
         let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
         let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {

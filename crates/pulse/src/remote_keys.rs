@@ -68,12 +68,61 @@ impl Remote {
         out
     }
 
+    /// A membership change in `room`: a local user's join is announced
+    /// ([`Remote::local_user_joined`]); after a leave, remote users who no longer share a
+    /// room with any local user lose their cached device list (their server stops sending
+    /// us updates, so it would go stale; a later query resyncs).
+    pub fn membership_changed(
+        self: &Arc<Self>,
+        room: &ruma::RoomId,
+        user: &UserId,
+        joined: bool,
+        accounts: &Arc<accounts::AccountService>,
+    ) {
+        if joined {
+            self.local_user_joined(room, user, accounts);
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (this, room, user) = (self.clone(), room.to_owned(), user.to_owned());
+        handle.spawn_blocking(move || {
+            let own = this.rooms.server_name().to_owned();
+            let candidates: Vec<ruma::OwnedUserId> = if user.server_name() == own {
+                this.rooms
+                    .joined_members(&room)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|u| u.server_name() != own)
+                    .collect()
+            } else {
+                vec![user]
+            };
+            for u in candidates {
+                let shares = this.rooms.joined_rooms(&u).is_ok_and(|rooms| {
+                    rooms.iter().any(|r| {
+                        this.rooms
+                            .joined_members(r)
+                            .is_ok_and(|m| m.iter().any(|m| m.server_name() == own))
+                    })
+                });
+                if !shares
+                    && matches!(this.e2ee.remote_devices(&u), Ok(Some(_)))
+                    && let Err(e) = this.e2ee.drop_remote_devices(&u)
+                {
+                    tracing::warn!(user = %u, "dropping a cached device list failed: {e}");
+                }
+            }
+        });
+    }
+
     /// A user joined `room`: if local, tell the room's other servers about each of the
     /// user's devices (`m.device_list_update`, keys when uploaded), as the spec asks for
     /// servers that may not track the user yet. These carry the current snapshot id and no
     /// `prev_id`: a server that tracks the user already sees a known id and ignores them.
     /// The work runs on the blocking pool, after the join's commit.
-    pub fn local_user_joined(
+    fn local_user_joined(
         self: &Arc<Self>,
         room: &ruma::RoomId,
         user: &UserId,
@@ -116,6 +165,7 @@ impl Remote {
                 let mut content = json!({
                     "user_id": user, "device_id": d.device_id, "stream_id": stream_id,
                     "prev_id": [], "deleted": false,
+                    e2ee::remote::JOIN_ANNOUNCEMENT: true,
                 });
                 if let Ok(Some(keys)) = this.e2ee.device_keys(&user, &d.device_id) {
                     content["keys"] = keys;
