@@ -213,4 +213,64 @@ async fn keys_claims_to_device_and_device_lists_across_two_servers() {
         Some(1),
         "only the device asked for: {r}"
     );
+
+    // No shared room, no updates: bob leaves, his second device logs out meanwhile (nothing
+    // reaches alice's server), he rejoins. Alice's server dropped its copy at the leave and
+    // resyncs: the logged-out device is gone.
+    b.restart().await;
+    let (st, r) = b
+        .req(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", common::enc(&room)),
+            &bob.token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.membership_of(&alice, &room, &bob.id).await.as_deref() != Some("leave") {
+        assert!(
+            Instant::now() < deadline,
+            "bob's leave did not reach alice's server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cache entry is dropped after the leave's commit, on the blocking pool.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, r) = b
+        .req(
+            "POST",
+            "/_matrix/client/v3/logout",
+            &bob2.token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = join(&b, &bob, &room, &a).await;
+    assert_eq!(st, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, r) = a
+            .req(
+                "POST",
+                "/_matrix/client/v3/keys/query",
+                &alice.token,
+                Some(json!({ "device_keys": { bob.id.clone(): [] } })),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        let devices = r["device_keys"][&bob.id]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if devices.len() == 1 {
+            assert!(devices.contains_key(&bob.device), "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's server still shows bob's logged-out device: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
