@@ -48,15 +48,7 @@ async fn sync_until(s: &TestServer, u: &User, since: &str, pred: impl Fn(&Value)
 }
 
 fn device_keys(u: &User) -> Value {
-    json!({
-        "user_id": u.user_id, "device_id": u.device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            format!("curve25519:{}", u.device_id): format!("curve-{}", u.device_id),
-            format!("ed25519:{}", u.device_id): format!("ed-{}", u.device_id),
-        },
-        "signatures": { u.user_id.clone(): { format!("ed25519:{}", u.device_id): "sig" } },
-    })
+    common::signing::device_keys(&u.user_id, &u.device_id)
 }
 
 fn otk(id: &str) -> (String, Value) {
@@ -447,44 +439,87 @@ async fn to_device_delivery_idempotency_and_deletion() {
 
 #[tokio::test]
 async fn cross_signing_signatures_and_uia() {
+    use common::signing::{Key, cross_signing_key as key};
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let key = |u: &User, usage: &str, pk: &str| json!({ "user_id": u.user_id, "usage": [usage], "keys": { format!("ed25519:{pk}"): pk } });
-    // First upload: no UIA needed.
-    let (st, r) = s
-        .post(
-            "/_matrix/client/v3/keys/device_signing/upload",
-            Some(&alice.token),
-            json!({
-                "master_key": key(&alice, "master", "AM"),
-                "self_signing_key": key(&alice, "self_signing", "ASS"),
-                "user_signing_key": key(&alice, "user_signing", "AUS"),
-            }),
-        )
+    let a = alice.user_id.as_str();
+    let (am, ass, aus) = (
+        Key::from_label("alice master"),
+        Key::from_label("alice ssk"),
+        Key::from_label("alice usk"),
+    );
+    let upload_signing = |body: Value| {
+        let (s, token) = (&s, alice.token.clone());
+        async move {
+            s.post(
+                "/_matrix/client/v3/keys/device_signing/upload",
+                Some(&token),
+                body,
+            )
+            .await
+        }
+    };
+    // Keys not signed by the master key, or with a broken signature: 400 M_INVALID_SIGNATURE,
+    // nothing stored.
+    let mut broken = key(a, "self_signing", &ass, Some(&am));
+    broken["usage"] = json!(["self_signing", "x"]);
+    for bad in [
+        key(a, "self_signing", &ass, None),
+        key(a, "self_signing", &ass, Some(&aus)),
+        broken,
+    ] {
+        let (st, r) = upload_signing(json!({
+            "master_key": key(a, "master", &am, None),
+            "self_signing_key": bad,
+        }))
         .await;
+        assert_eq!(
+            (st, r["errcode"].as_str()),
+            (400, Some("M_INVALID_SIGNATURE")),
+            "{r}"
+        );
+    }
+    // First upload: no UIA needed.
+    let (st, r) = upload_signing(json!({
+        "master_key": key(a, "master", &am, None),
+        "self_signing_key": key(a, "self_signing", &ass, Some(&am)),
+        "user_signing_key": key(a, "user_signing", &aus, Some(&am)),
+    }))
+    .await;
     assert_eq!(st, 200, "{r}");
     // Replacing them: 401 with a password flow, then accepted with the password.
-    let replace = json!({ "master_key": key(&alice, "master", "AM2") });
-    let (st, r) = s
-        .post(
-            "/_matrix/client/v3/keys/device_signing/upload",
-            Some(&alice.token),
-            replace.clone(),
-        )
-        .await;
+    let am2 = Key::from_label("alice master 2");
+    let replace = json!({ "master_key": key(a, "master", &am2, None) });
+    let (st, r) = upload_signing(replace.clone()).await;
     assert_eq!(st, 401, "{r}");
     assert_eq!(r["flows"][0]["stages"][0], "m.login.password");
     let mut with_auth = replace.clone();
     with_auth["auth"] = json!({ "type": "m.login.password", "session": r["session"],
         "identifier": { "type": "m.id.user", "user": alice.user_id }, "password": "password" });
-    let (st, r) = s
-        .post(
-            "/_matrix/client/v3/keys/device_signing/upload",
-            Some(&alice.token),
-            with_auth,
-        )
-        .await;
+    let (st, r) = upload_signing(with_auth).await;
+    assert_eq!(st, 200, "{r}");
+    // A new self-signing key must now be signed by the new master key.
+    let ass2 = Key::from_label("alice ssk 2");
+    let (st, r) =
+        upload_signing(json!({ "self_signing_key": key(a, "self_signing", &ass2, Some(&am)) }))
+            .await;
+    assert_eq!(st, 401, "{r}");
+    let auth = json!({ "type": "m.login.password", "session": r["session"],
+        "identifier": { "type": "m.id.user", "user": alice.user_id }, "password": "password" });
+    let (st, r) = upload_signing(
+        json!({ "self_signing_key": key(a, "self_signing", &ass2, Some(&am)), "auth": auth }),
+    )
+    .await;
+    assert_eq!(
+        (st, r["errcode"].as_str()),
+        (400, Some("M_INVALID_SIGNATURE")),
+        "{r}"
+    );
+    let (st, r) = upload_signing(
+        json!({ "self_signing_key": key(a, "self_signing", &ass2, Some(&am2)), "auth": auth }),
+    )
+    .await;
     assert_eq!(st, 200, "{r}");
 
     // Bob sees alice's master and self-signing keys, not her user-signing key.
@@ -496,7 +531,8 @@ async fn cross_signing_signatures_and_uia() {
         )
         .await;
     assert_eq!(
-        r["master_keys"][&alice.user_id]["keys"]["ed25519:AM2"], "AM2",
+        r["master_keys"][&alice.user_id]["keys"][am2.own_id()],
+        am2.public,
         "{r}"
     );
     assert!(r["self_signing_keys"][&alice.user_id].is_object(), "{r}");
@@ -510,32 +546,56 @@ async fn cross_signing_signatures_and_uia() {
         .await;
     assert!(r["user_signing_keys"][&alice.user_id].is_object(), "{r}");
 
-    // Alice signs her device; a signature on a key that is not the stored one fails.
+    // Device keys with a bad signature are refused.
+    let mut bad_dk = device_keys(&alice);
+    bad_dk["algorithms"] = json!(["m.megolm.v1.aes-sha2"]);
+    let (st, r) = s
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.token),
+            json!({ "device_keys": bad_dk }),
+        )
+        .await;
+    assert_eq!(
+        (st, r["errcode"].as_str()),
+        (400, Some("M_INVALID_SIGNATURE")),
+        "{r}"
+    );
+
+    // Alice signs her device with her self-signing key. Failures, per item: a signature on
+    // a key that is not the stored one, one by another key, one that does not verify.
     upload(&s, &alice, json!({ "device_keys": device_keys(&alice) })).await;
     let mut signed = device_keys(&alice);
-    signed["signatures"][&alice.user_id]["ed25519:ASS"] = json!("by-ssk");
+    ass2.sign(&mut signed, a, &ass2.public);
     let mut forged = device_keys(&alice);
     forged["keys"] = json!({ "ed25519:X": "other" });
-    forged["signatures"][&alice.user_id]["ed25519:ASS"] = json!("by-ssk");
+    ass2.sign(&mut forged, a, &ass2.public);
+    let mut by_old_key = device_keys(&alice);
+    ass.sign(&mut by_old_key, a, &ass.public);
+    let mut garbled = device_keys(&alice);
+    garbled["signatures"][a][ass2.own_id()] = json!("AAAA");
+    for bad in [forged, by_old_key, garbled] {
+        let (st, r) = s
+            .post(
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(&alice.token),
+                json!({ a: { alice.device_id.clone(): bad } }),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(
+            r["failures"][a][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
+            "{r}"
+        );
+    }
     let (st, r) = s
         .post(
             "/_matrix/client/v3/keys/signatures/upload",
             Some(&alice.token),
-            json!({ alice.user_id.clone(): { alice.device_id.clone(): signed } }),
+            json!({ a: { alice.device_id.clone(): signed.clone() } }),
         )
         .await;
     assert_eq!((st, &r["failures"]), (200, &json!({})), "{r}");
-    let (_, r) = s
-        .post(
-            "/_matrix/client/v3/keys/signatures/upload",
-            Some(&alice.token),
-            json!({ alice.user_id.clone(): { alice.device_id.clone(): forged } }),
-        )
-        .await;
-    assert!(
-        r["failures"][&alice.user_id][&alice.device_id]["errcode"].is_string(),
-        "{r}"
-    );
     let (_, r) = s
         .post(
             "/_matrix/client/v3/keys/query",
@@ -544,8 +604,8 @@ async fn cross_signing_signatures_and_uia() {
         )
         .await;
     assert_eq!(
-        r["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id]["ed25519:ASS"],
-        "by-ssk",
+        r["device_keys"][a][&alice.device_id]["signatures"][a][ass2.own_id()],
+        signed["signatures"][a][ass2.own_id()],
         "{r}"
     );
 }

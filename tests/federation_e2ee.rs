@@ -11,12 +11,7 @@ use common::federating::{Server, User, join};
 use serde_json::{Value, json};
 
 fn device_keys(u: &User) -> Value {
-    json!({
-        "user_id": u.id, "device_id": u.device,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": { format!("curve25519:{}", u.device): "c", format!("ed25519:{}", u.device): "e" },
-        "signatures": { u.id.clone(): { format!("ed25519:{}", u.device): "sig" } },
-    })
+    common::signing::device_keys(&u.id, &u.device)
 }
 
 async fn upload_keys(s: &Server, u: &User) {
@@ -46,7 +41,7 @@ async fn sync_since(s: &Server, u: &User, since: &str) -> Value {
 #[tokio::test]
 async fn keys_claims_to_device_and_device_lists_across_two_servers() {
     let a = Server::start().await;
-    let b = Server::start().await;
+    let mut b = Server::start().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     upload_keys(&a, &alice).await;
@@ -194,4 +189,88 @@ async fn keys_claims_to_device_and_device_lists_across_two_servers() {
         Some(2),
         "{r}"
     );
+
+    // Alice's server keeps bob's device list (resynced once through /user/devices, then
+    // kept current by the EDU): with bob's server down, the query still answers in full.
+    b.kill();
+    let (st, r) = a
+        .req(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            &alice.token,
+            Some(json!({ "device_keys": { bob.id.clone(): [bob2.device.clone()] } })),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["failures"], json!({}), "{r}");
+    assert_eq!(
+        r["device_keys"][&bob.id][&bob2.device]["keys"],
+        device_keys(&bob2)["keys"],
+        "{r}"
+    );
+    assert_eq!(
+        r["device_keys"][&bob.id].as_object().map(|o| o.len()),
+        Some(1),
+        "only the device asked for: {r}"
+    );
+
+    // No shared room, no updates: bob leaves, his second device logs out meanwhile (nothing
+    // reaches alice's server), he rejoins. Alice's server dropped its copy at the leave and
+    // resyncs: the logged-out device is gone.
+    b.restart().await;
+    let (st, r) = b
+        .req(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", common::enc(&room)),
+            &bob.token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.membership_of(&alice, &room, &bob.id).await.as_deref() != Some("leave") {
+        assert!(
+            Instant::now() < deadline,
+            "bob's leave did not reach alice's server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cache entry is dropped after the leave's commit, on the blocking pool.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, r) = b
+        .req(
+            "POST",
+            "/_matrix/client/v3/logout",
+            &bob2.token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = join(&b, &bob, &room, &a).await;
+    assert_eq!(st, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, r) = a
+            .req(
+                "POST",
+                "/_matrix/client/v3/keys/query",
+                &alice.token,
+                Some(json!({ "device_keys": { bob.id.clone(): [] } })),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        let devices = r["device_keys"][&bob.id]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if devices.len() == 1 {
+            assert!(devices.contains_key(&bob.device), "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's server still shows bob's logged-out device: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

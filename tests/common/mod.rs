@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod federating;
+pub mod signing;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pulse");
 

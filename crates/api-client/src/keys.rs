@@ -56,6 +56,9 @@ impl From<E2eeError> for MatrixError {
             E2eeError::BadJson(m) => MatrixError::bad_json(m),
             E2eeError::InvalidParam(m) | E2eeError::TooMany(m) => MatrixError::invalid_param(m),
             E2eeError::NotFound(m) => MatrixError::not_found(m),
+            E2eeError::InvalidSignature(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", m)
+            }
             E2eeError::Forbidden(m) => MatrixError::forbidden(m),
             E2eeError::WrongBackupVersion { current } => MatrixError::new(
                 StatusCode::FORBIDDEN,
@@ -406,6 +409,30 @@ async fn signatures_upload(
             for u in &changed {
                 wake_device_list(&st, u, pos);
                 announce(&st, u, DeviceChange::CrossSigning);
+            }
+            // Signatures on the signer's own devices change those devices' keys: servers
+            // caching this user's device list get each one as an m.device_list_update.
+            if changed.contains(&auth.user_id) {
+                let failed_here = |d: &str| {
+                    failed
+                        .iter()
+                        .any(|(u, k, _, _)| u == auth.user_id.as_str() && k == d)
+                };
+                for device in body
+                    .get(auth.user_id.as_str())
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|o| o.keys())
+                {
+                    let id = ruma::OwnedDeviceId::from(device.as_str());
+                    if !failed_here(device) && st.e2ee.device_keys(&auth.user_id, &id)?.is_some() {
+                        let change = DeviceChange::Device {
+                            device_id: id,
+                            deleted: false,
+                        };
+                        announce(&st, &auth.user_id, change);
+                    }
+                }
             }
         }
         let mut failures: Map<String, Value> = Map::new();

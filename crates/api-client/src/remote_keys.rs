@@ -5,7 +5,13 @@
 //!
 //! A remote server's answer is trusted only for its own users: entries for anyone else
 //! are dropped before they are merged into the client's response.
+//!
+//! Key queries for remote users a local user shares a room with are answered from the
+//! device-list cache (`e2ee::remote`), filled on a miss from that server's
+//! `/user/devices/{userId}` and kept current by its EDUs; for anyone else (no shared room:
+//! no updates reach us) the user's server is asked each time, and a stale entry dropped.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -34,6 +40,13 @@ pub trait RemoteKeys: Send + Sync {
         body: Value,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Value, String>>;
+    /// `GET /_matrix/federation/v1/user/devices/{userId}` ([`user_devices_path`]).
+    fn user_devices(
+        &self,
+        server: OwnedServerName,
+        user: OwnedUserId,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, String>>;
     /// `POST /_matrix/federation/v1/user/keys/claim` with `{"one_time_keys": ...}`.
     fn claim(
         &self,
@@ -55,6 +68,125 @@ pub trait RemoteKeys: Send + Sync {
     );
 }
 
+/// The federation path of `GET /user/devices/{userId}`, the user ID percent-encoded.
+pub fn user_devices_path(user: &UserId) -> String {
+    format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        percent_encoding::utf8_percent_encode(user.as_str(), percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// Whether remote `user` is joined to a room a local user is joined to (then their server
+/// sends us their device-list updates and the cache can be trusted).
+fn shares_room_with_local_user(state: &AppState, user: &UserId) -> bool {
+    let own = &state.config.server_name;
+    state.rooms.joined_rooms(user).is_ok_and(|rooms| {
+        rooms.iter().any(|r| {
+            state
+                .rooms
+                .joined_members(r)
+                .is_ok_and(|m| m.iter().any(|u| u.server_name() == own))
+        })
+    })
+}
+
+/// Put one user's cached answer into a `/keys/query` response.
+fn merge_cached(
+    out: &mut Map<String, Value>,
+    user: &UserId,
+    list: &e2ee::remote::RemoteDeviceList,
+    wanted: &[String],
+) {
+    let (devices, master, self_signing) = list.answer(wanted);
+    let mut put = |section: &str, v: Value| {
+        if let Some(Value::Object(target)) = out.get_mut(section) {
+            target.insert(user.to_string(), v);
+        }
+    };
+    put("device_keys", Value::Object(devices));
+    if let Some(m) = master {
+        put("master_keys", m);
+    }
+    if let Some(s) = self_signing {
+        put("self_signing_keys", s);
+    }
+}
+
+/// Answer what the cache can (resyncing missing entries of users we share a room with);
+/// returns the users left for a live `/user/keys/query`.
+async fn query_cached(
+    state: &Arc<AppState>,
+    hook: &dyn RemoteKeys,
+    remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>>,
+    timeout: Duration,
+    out: &mut Map<String, Value>,
+) -> BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>> {
+    type Sorted = (
+        Vec<(OwnedUserId, Vec<String>, e2ee::remote::RemoteDeviceList)>,
+        Vec<(OwnedServerName, OwnedUserId, Vec<String>)>,
+        BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>>,
+    );
+    let st = state.clone();
+    let sorted = crate::blocking::blocking(move || -> Sorted {
+        let (mut cached, mut resync, mut live) = (Vec::new(), Vec::new(), BTreeMap::new());
+        for (server, users) in remote {
+            for (user, wanted) in users {
+                if !shares_room_with_local_user(&st, &user) {
+                    if let Err(e) = st.e2ee.drop_remote_devices(&user) {
+                        tracing::warn!(%user, "dropping a cached device list failed: {e}");
+                    }
+                    live.entry(server.clone())
+                        .or_insert_with(BTreeMap::new)
+                        .insert(user, wanted);
+                    continue;
+                }
+                match st.e2ee.remote_devices(&user) {
+                    Ok(Some(list)) => cached.push((user, wanted, list)),
+                    _ => resync.push((server.clone(), user, wanted)),
+                }
+            }
+        }
+        (cached, resync, live)
+    })
+    .await;
+    let Ok((cached, resync, mut live)) = sorted else {
+        return BTreeMap::new();
+    };
+    for (user, wanted, list) in &cached {
+        merge_cached(out, user, list, wanted);
+    }
+    let calls = resync.into_iter().map(|(server, user, wanted)| async move {
+        let r = tokio::time::timeout(
+            timeout,
+            hook.user_devices(server.clone(), user.clone(), timeout),
+        )
+        .await;
+        (server, user, wanted, r)
+    });
+    for (server, user, wanted, r) in futures::future::join_all(calls).await {
+        let stored = match r {
+            Ok(Ok(answer)) => {
+                let (st, u) = (state.clone(), user.clone());
+                crate::blocking::blocking(move || st.e2ee.store_remote_devices(&u, &answer))
+                    .await
+                    .map_err(|e| e.message.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("timed out".to_owned()),
+        };
+        match stored {
+            Ok((list, _)) => merge_cached(out, &user, &list, &wanted),
+            Err(e) => {
+                // The live query below reports the server in `failures` if it fails too.
+                tracing::info!(%user, "resyncing a remote device list failed: {e}");
+                live.entry(server).or_default().insert(user, wanted);
+            }
+        }
+    }
+    live
+}
+
 fn failure(message: impl Into<String>) -> Value {
     json!({ "status": 503, "message": message.into() })
 }
@@ -72,7 +204,7 @@ fn own_users(section: &Value, server: &ruma::ServerName) -> Map<String, Value> {
 
 /// Query remote servers concurrently and merge their answers into `out`; returns `failures`.
 pub(crate) async fn query_remote(
-    state: &AppState,
+    state: &Arc<AppState>,
     remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>>,
     timeout: Duration,
     out: &mut Map<String, Value>,
@@ -87,6 +219,7 @@ pub(crate) async fn query_remote(
         }
         return failures;
     };
+    let remote = query_cached(state, hook.as_ref(), remote, timeout, out).await;
     let calls = remote.into_iter().map(|(server, users)| {
         let body = json!({ "device_keys": users });
         async move {

@@ -3,11 +3,11 @@
 //! users only), and the EDUs `m.device_list_update`, `m.signing_key_update` and
 //! `m.direct_to_device` (accepted only for users of the origin server).
 //!
-//! Pulse keeps no cache of remote users' devices: a client's `/keys/query` for a remote
-//! user always asks that user's server. An `m.device_list_update` therefore only has to be
-//! recorded on the device-list stream (so local room-mates see the user in
-//! `device_lists.changed` and re-query); there is nothing to resync when a `prev_id` is
-//! unknown.
+//! Remote users' device lists are cached (`e2ee::remote`): an `m.device_list_update` is
+//! applied to the cache when its `prev_id` chain is known; one with an unknown `prev_id`
+//! drops the entry, so the next `/keys/query` resyncs through `/user/devices/{userId}`.
+//! `m.signing_key_update` replaces the cached cross-signing keys. Either is recorded on the
+//! device-list stream, so local room-mates see the user in `device_lists.changed`.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -177,7 +177,7 @@ pub(crate) async fn user_devices(
             .collect();
         let mut out = json!({
             "user_id": user,
-            "stream_id": e.e2ee.device_list_version(&user).map_err(internal)?,
+            "stream_id": e.e2ee.device_list_snapshot_id(&user).map_err(internal)?,
             "devices": devices,
         });
         if let Some(k) = e.e2ee.master_key_for(&user, &user).map_err(internal)? {
@@ -209,8 +209,20 @@ pub(crate) fn device_list_edu(state: &FederationState, origin: &ServerName, cont
         tracing::info!(%origin, "device list EDU for a user of another server; dropped");
         return;
     };
-    match e.e2ee.mark_device_list_changed(&user) {
-        Ok(pos) => (e.wake_device_list)(&user, pos),
+    // `m.device_list_update` names a device; `m.signing_key_update` does not.
+    let result = if content.get("device_id").is_some() {
+        e.e2ee
+            .apply_remote_device_update(&user, content)
+            .map(|(outcome, pos)| {
+                tracing::debug!(%origin, %user, ?outcome, "device list update");
+                pos
+            })
+    } else {
+        e.e2ee.apply_remote_signing_update(&user, content).map(Some)
+    };
+    match result {
+        Ok(Some(pos)) => (e.wake_device_list)(&user, pos),
+        Ok(None) => {}
         Err(err) => tracing::warn!(%origin, %user, "recording a device list change failed: {err}"),
     }
 }

@@ -6,8 +6,11 @@
 //! signer's user-signing key) is stored beside it and shown only to the signer, as the
 //! spec says user-signing signatures are private. Whether an upload needs user-interactive
 //! auth is decided here ([`E2eeService::signing_upload_needs_auth`]) and enforced by the
-//! HTTP layer. Signatures are checked for shape and that they sign the stored object; the
-//! ed25519 signature itself is verified by the clients that rely on it (not here, yet).
+//! HTTP layer. Every signature is verified (ed25519, [`crate::verify`]) against the key the
+//! spec says makes it: self-signing and user-signing keys by the master key; a master key's
+//! own signatures by itself or one of the user's devices; in `/keys/signatures/upload`, a
+//! device by the self-signing key, one's own master key by a device, another user's master
+//! key by the user-signing key. A bad one is refused with `M_INVALID_SIGNATURE`.
 use std::collections::BTreeSet;
 
 use ruma::UserId;
@@ -15,6 +18,7 @@ use serde_json::{Map, Value, json};
 use storage::{Batch, Cf};
 
 use crate::device_keys::{MAX_KEY_OBJECT_BYTES, validate_signatures};
+use crate::verify::check_one;
 use crate::{E2eeError, E2eeService, Result, device_lists, keys};
 
 /// The three kinds, as stored and as `usage` names them.
@@ -109,6 +113,14 @@ fn merge_signatures(into: &mut Value, from: &Value, signer: &str) -> bool {
     changed
 }
 
+/// Which key must have made a new signature.
+#[derive(Clone, Copy)]
+enum Expected {
+    SelfSigning,
+    UserSigning,
+    Device,
+}
+
 /// One failed item of a signature upload: `(user, key id, errcode, message)`.
 pub type SignatureFailure = (String, String, &'static str, String);
 
@@ -179,6 +191,14 @@ impl E2eeService {
         }
         let u = user.as_str();
         let _guard = self.locks.lock(keys::cross_signing(u, MASTER));
+        let master = match uploads.iter().find(|(k, _)| *k == MASTER) {
+            Some((_, m)) => Some((*m).clone()),
+            None => self.cross_signing_key(user, MASTER)?,
+        };
+        let master_pk = master.as_ref().and_then(public_key).map(str::to_owned);
+        for (kind, key) in uploads {
+            self.check_key_signatures(user, kind, key, master_pk.as_deref())?;
+        }
         let (pos, ()) = self.db().write_with_position(|pos, b| {
             for (kind, key) in uploads {
                 b.put_json(Cf::E2ee, keys::cross_signing(u, kind), *key);
@@ -187,6 +207,104 @@ impl E2eeService {
             Ok::<_, E2eeError>(())
         })?;
         Ok(pos)
+    }
+
+    /// Verify the signatures `user` made on their cross-signing key `key` of `kind`:
+    /// self-signing and user-signing keys must be signed by the master key (`master_pk`);
+    /// a master key's signatures by the user must be its own or a device's.
+    fn check_key_signatures(
+        &self,
+        user: &UserId,
+        kind: &str,
+        key: &Value,
+        master_pk: Option<&str>,
+    ) -> Result<()> {
+        let u = user.as_str();
+        let bad = |m: String| E2eeError::InvalidSignature(format!("{kind}_key: {m}"));
+        let sigs = key["signatures"][u].as_object();
+        if kind != MASTER {
+            let pk = master_pk.ok_or_else(|| bad("there is no master key to check it".into()))?;
+            let key_id = format!("ed25519:{pk}");
+            return crate::verify::check_signature(key, u, &key_id, pk)
+                .map_err(|p| bad(format!("must be signed by the master key: {}", p.message())));
+        }
+        for (key_id, sig) in sigs.into_iter().flatten() {
+            let sig = sig.as_str().unwrap_or_default();
+            let own = public_key(key).filter(|pk| key_id.strip_prefix("ed25519:") == Some(*pk));
+            let pk = match own {
+                Some(pk) => Some(pk.to_owned()),
+                None => self.device_signing_key(user, key_id)?,
+            };
+            let Some(pk) = pk else {
+                return Err(bad(format!(
+                    "signed by {key_id}, which is not a key of {u}"
+                )));
+            };
+            check_one(key, sig, key_id, &pk).map_err(|p| bad(p.message().to_owned()))?;
+        }
+        Ok(())
+    }
+
+    /// The ed25519 key of `user`'s device named by `key_id` (`ed25519:<device>`).
+    fn device_signing_key(&self, user: &UserId, key_id: &str) -> Result<Option<String>> {
+        let Some(device) = key_id.strip_prefix("ed25519:") else {
+            return Ok(None);
+        };
+        let stored: Option<Value> = self
+            .db()
+            .get_json(Cf::E2ee, keys::device_keys(user.as_str(), device))?;
+        Ok(stored.and_then(|d| d["keys"][key_id].as_str().map(str::to_owned)))
+    }
+
+    /// The public key of `user`'s cross-signing key of `kind`, if they have one.
+    fn cross_signing_public(&self, user: &UserId, kind: &str) -> Result<Option<String>> {
+        Ok(self
+            .cross_signing_key(user, kind)?
+            .as_ref()
+            .and_then(public_key)
+            .map(str::to_owned))
+    }
+
+    /// Verify the signatures `signer` adds to `stored` in `obj` (those not stored yet), each
+    /// made with the key `expected` names: `Err((errcode, message))` for the failures list.
+    fn check_new_signatures(
+        &self,
+        signer: &UserId,
+        stored: &Value,
+        obj: &Value,
+        expected: Expected,
+    ) -> Result<std::result::Result<(), (&'static str, String)>> {
+        let s = signer.as_str();
+        for (key_id, sig) in obj["signatures"][s].as_object().into_iter().flatten() {
+            if stored["signatures"][s].get(key_id) == Some(sig) {
+                continue;
+            }
+            let pk = match expected {
+                Expected::SelfSigning => self
+                    .cross_signing_public(signer, SELF_SIGNING)?
+                    .filter(|pk| key_id.strip_prefix("ed25519:") == Some(pk.as_str())),
+                Expected::UserSigning => self
+                    .cross_signing_public(signer, USER_SIGNING)?
+                    .filter(|pk| key_id.strip_prefix("ed25519:") == Some(pk.as_str())),
+                Expected::Device => self.device_signing_key(signer, key_id)?,
+            };
+            let Some(pk) = pk else {
+                let what = match expected {
+                    Expected::SelfSigning => "the uploader's self-signing key",
+                    Expected::UserSigning => "the uploader's user-signing key",
+                    Expected::Device => "one of the uploader's devices",
+                };
+                return Ok(Err((
+                    "M_INVALID_SIGNATURE",
+                    format!("{key_id} is not {what}, which must make this signature"),
+                )));
+            };
+            let sig = sig.as_str().unwrap_or_default();
+            if let Err(p) = check_one(obj, sig, key_id, &pk) {
+                return Ok(Err(("M_INVALID_SIGNATURE", p.message().to_owned())));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// `/keys/signatures/upload` by `signer`: `{user_id: {key_id or device_id: signed
@@ -239,21 +357,31 @@ impl E2eeService {
                     // One of the signer's devices, or their master key.
                     let dk = keys::device_keys(s, key_id);
                     let master_k = keys::cross_signing(s, MASTER);
-                    let (store_key, stored) = match self.db().get_json::<Value>(Cf::E2ee, &dk)? {
-                        Some(v) => (dk, v),
-                        None => match self.db().get_json::<Value>(Cf::E2ee, &master_k)? {
-                            Some(m) if public_key(&m) == Some(key_id.as_str()) => (master_k, m),
-                            _ => {
-                                failures.push(fail("M_NOT_FOUND", "no such device or key"));
-                                continue;
-                            }
-                        },
-                    };
+                    // A device is signed by the self-signing key, the master key by a device.
+                    let (store_key, stored, expected) =
+                        match self.db().get_json::<Value>(Cf::E2ee, &dk)? {
+                            Some(v) => (dk, v, Expected::SelfSigning),
+                            None => match self.db().get_json::<Value>(Cf::E2ee, &master_k)? {
+                                Some(m) if public_key(&m) == Some(key_id.as_str()) => {
+                                    (master_k, m, Expected::Device)
+                                }
+                                _ => {
+                                    failures.push(fail("M_NOT_FOUND", "no such device or key"));
+                                    continue;
+                                }
+                            },
+                        };
                     if signed_part(&stored) != signed_part(obj) {
                         failures.push(fail(
                             "M_INVALID_SIGNATURE",
                             "the signed object differs from the stored keys",
                         ));
+                        continue;
+                    }
+                    if let Err((code, msg)) =
+                        self.check_new_signatures(signer, &stored, obj, expected)?
+                    {
+                        failures.push(fail(code, &msg));
                         continue;
                     }
                     let mut updated = stored;
@@ -263,7 +391,12 @@ impl E2eeService {
                     }
                 } else {
                     // Another user's master key, signed with the signer's user-signing key.
-                    let Some(master) = self.cross_signing_key(target_id, MASTER)? else {
+                    // A remote user's master key comes from their cached device list.
+                    let master = match self.cross_signing_key(target_id, MASTER)? {
+                        Some(m) => Some(m),
+                        None => self.remote_devices(target_id)?.and_then(|l| l.master_key),
+                    };
+                    let Some(master) = master else {
                         failures.push(fail("M_NOT_FOUND", "that user has no master key"));
                         continue;
                     };
@@ -282,6 +415,17 @@ impl E2eeService {
                         continue;
                     }
                     let k = keys::signatures(target, key_id, s);
+                    let mine_before: Value = self
+                        .db()
+                        .get_json(Cf::E2ee, &k)?
+                        .unwrap_or_else(|| json!({}));
+                    let before = json!({ "signatures": { s: mine_before } });
+                    if let Err((code, msg)) =
+                        self.check_new_signatures(signer, &before, obj, Expected::UserSigning)?
+                    {
+                        failures.push(fail(code, &msg));
+                        continue;
+                    }
                     let mut mine: Value = self
                         .db()
                         .get_json(Cf::E2ee, &k)?

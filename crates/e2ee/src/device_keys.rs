@@ -68,6 +68,23 @@ pub fn validate_device_keys(user: &UserId, device: &DeviceId, keys: &Value) -> R
         }
     }
     validate_signatures(field("signatures")?, "device_keys.signatures")?;
+    // The device signs its own keys with its ed25519 key: a client that relies on these
+    // keys checks that, and so do we, so that a corrupted or forged upload is refused at
+    // once. Keys without that self-signature are accepted (as Synapse does, and
+    // Complement's csapi device-list tests upload such keys): clients ignore them.
+    let key_id = format!("ed25519:{device}");
+    if let Some(sig) = obj["signatures"][user.as_str()][&key_id].as_str() {
+        let public = keys_obj
+            .get(&key_id)
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                E2eeError::InvalidSignature(format!(
+                    "device_keys: signed with {key_id}, which device_keys.keys does not hold"
+                ))
+            })?;
+        crate::verify::check_one(keys, sig, &key_id, public)
+            .map_err(|p| E2eeError::InvalidSignature(format!("device_keys: {}", p.message())))?;
+    }
     Ok(())
 }
 

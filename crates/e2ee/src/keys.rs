@@ -13,6 +13,8 @@
 //! | `sig` | target user, target key id, signer user | signatures by that signer (JSON map) |
 //! | `dl`  | pos, user | empty: the user's devices or keys changed at pos |
 //! | `dlv` | user | u64: position of the user's latest device-list change |
+//! | `rdl` | remote user | [`crate::remote::RemoteDeviceList`]: the cached devices of a remote user |
+//! | `dls` | local user | u64: stream id of the user's last `m.device_list_update` sent out |
 //! | `td`  | user, device, pos, seq | a to-device message waiting for that device |
 //! | `tda` | user, device | [`crate::to_device::Ack`]: delivered up to, in a response at token |
 //! | `tdt` | sender, sender device, txn id | pos of the `sendToDevice` with that txn |
@@ -76,6 +78,13 @@ pub fn device_list_from(pos: u64) -> Key {
 }
 pub fn device_list_version(user: &str) -> Key {
     space("dlv").str(user)
+}
+
+pub fn remote_device_list(user: &str) -> Key {
+    space("rdl").str(user)
+}
+pub fn device_list_sent(user: &str) -> Key {
+    space("dls").str(user)
 }
 
 pub fn to_device(user: &str, device: &str, pos: u64, seq: u64) -> Key {

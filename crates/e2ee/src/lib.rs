@@ -17,6 +17,9 @@
 //!   keys is a positioned write on the single stream, so `/sync` and `/keys/changes` read
 //!   "who changed in `(from, to]`" with one range scan; which of those a viewer is told
 //!   about (shared rooms) is decided by the caller, which knows rooms;
+//! * **remote users' device lists** ([`remote`]): a cache filled from a remote server's
+//!   `/user/devices` and kept current by its `m.device_list_update` (`prev_id` chain) and
+//!   `m.signing_key_update` EDUs; a broken chain drops the entry, so the next query resyncs;
 //! * **to-device messages** ([`to_device`]): a per-device inbox on the stream, idempotent
 //!   per `(sender, device, txn id)`, deleted once a later sync acknowledges the response
 //!   that delivered them;
@@ -37,7 +40,9 @@ pub mod device_lists;
 pub mod keys;
 pub mod otk;
 pub mod query;
+pub mod remote;
 pub mod to_device;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +58,9 @@ pub enum E2eeError {
     /// Well-formed but not acceptable, e.g. keys for another device (`M_INVALID_PARAM`).
     #[error("{0}")]
     InvalidParam(String),
+    /// A signature that is missing or does not verify (`M_INVALID_SIGNATURE`).
+    #[error("{0}")]
+    InvalidSignature(String),
     /// `M_NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),

@@ -149,7 +149,12 @@ struct Services {
     db: Arc<storage::Db>,
     server_keys: server_keys::ServerKeys,
     state: Arc<api_client::AppState>,
+    /// Told of membership changes (installed with federation: device lists).
+    join_hook: Arc<std::sync::OnceLock<JoinHook>>,
 }
+
+/// Called after a membership change is committed: `(room, user, joined now)`.
+type JoinHook = Arc<dyn Fn(&ruma::RoomId, &ruma::UserId, bool) + Send + Sync>;
 
 fn open_services(config: &Config) -> Result<Services, String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -259,8 +264,9 @@ fn open_services(config: &Config) -> Result<Services, String> {
             .map_err(|e| format!("cannot open the search indexes: {e}"))?,
     );
     indexes.follow(std::time::Duration::from_secs(1));
+    let join_hook: Arc<std::sync::OnceLock<JoinHook>> = Arc::default();
     rooms.set_membership_observer(Arc::new(MembershipFanout(vec![
-        Arc::new(PresenceAudience(presence.clone())),
+        Arc::new(PresenceAudience(presence.clone(), join_hook.clone())),
         indexes.directory.clone(),
     ])));
     // MSC4325 sharing configs, compiled once here and again on every change (the stable
@@ -318,6 +324,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         db,
         server_keys,
         state,
+        join_hook,
     })
 }
 
@@ -337,8 +344,12 @@ impl rooms::MembershipObserver for MembershipFanout {
     }
 }
 
-/// Feeds room membership changes into the presence audience index.
-struct PresenceAudience(Arc<presence_service::PresenceService>);
+/// Feeds room membership changes into the presence audience index (and joins into the
+/// join hook).
+struct PresenceAudience(
+    Arc<presence_service::PresenceService>,
+    Arc<std::sync::OnceLock<JoinHook>>,
+);
 
 impl rooms::MembershipObserver for PresenceAudience {
     fn membership_changed(
@@ -350,6 +361,9 @@ impl rooms::MembershipObserver for PresenceAudience {
         self.0
             .membership_changed(room, user, membership == Some(rooms::Membership::Join));
         self.0.membership_observed(room, user);
+        if let Some(hook) = self.1.get() {
+            hook(room, user, membership == Some(rooms::Membership::Join));
+        }
     }
 }
 
@@ -387,11 +401,16 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = s
             .remote_media
             .set(Arc::new(remote_media::Remote(client.clone())));
-        let _ = s.remote_keys.set(Arc::new(remote_keys::Remote {
+        let remote = Arc::new(remote_keys::Remote {
             client: client.clone(),
             sender: fed.sender(),
             rooms: s.rooms.clone(),
             e2ee: s.e2ee.clone(),
+        });
+        let _ = s.remote_keys.set(remote.clone());
+        let accounts = s.accounts.clone();
+        let _ = services.join_hook.set(Arc::new(move |room, user, joined| {
+            remote.membership_changed(room, user, joined, &accounts)
         }));
         let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
         let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {
