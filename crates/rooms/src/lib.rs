@@ -124,6 +124,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+mod jump;
 pub mod keys;
 mod observer;
 mod ops;
@@ -186,6 +187,7 @@ pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
 
 pub use topo::TopoPos;
+pub use jump::{MAX_TS_SCAN, TimeDirection, TimestampHit};
 pub use version::supported_room_versions;
 
 #[derive(Debug, thiserror::Error)]

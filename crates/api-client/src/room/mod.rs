@@ -29,11 +29,13 @@ use crate::notifier::SyncNotifier;
 mod directory;
 mod events;
 mod membership;
+mod timestamp;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = membership::routes(r);
     let r = events::routes(r);
+    let r = timestamp::routes(r);
     directory::routes(r)
 }
 
