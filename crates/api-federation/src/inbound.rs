@@ -198,7 +198,6 @@ async fn outlier(
     .await
 }
 
-
 async fn federation_get(
     state: &FederationState,
     origin: &ServerName,
@@ -291,8 +290,16 @@ async fn pull_missing_events(
                 if prev_events.is_empty() {
                     receive(state, origin, version, ev, None).await
                 } else {
-                    match state_at_gap(state, origin, room, version, &event_id, &prev_events, fetched)
-                        .await
+                    match state_at_gap(
+                        state,
+                        origin,
+                        room,
+                        version,
+                        &event_id,
+                        &prev_events,
+                        fetched,
+                    )
+                    .await
                     {
                         Ok(ids) => receive(state, origin, version, ev, Some(ids)).await,
                         Err(e) => Err(e),
@@ -327,7 +334,9 @@ fn usable_events(resp: &Value, room: &RoomId, limit: usize) -> Vec<CanonicalJson
         match serde_json::from_value::<CanonicalJsonObject>(e.clone()) {
             Ok(pdu) if in_room(&pdu, room) => out.push(pdu),
             Ok(_) => tracing::info!(%room, "left out an event of another room"),
-            Err(err) => tracing::info!(%room, "left out an event that is not canonical JSON: {err}"),
+            Err(err) => {
+                tracing::info!(%room, "left out an event that is not canonical JSON: {err}")
+            }
         }
     }
     out
@@ -510,4 +519,42 @@ async fn state_at_gap(
         }
     }
     Ok(pdu_ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One event with a float (not canonical JSON) or of another room does not spoil an
+    /// answer: the others are used (TestOutboundFederationIgnoresMissingEventWithBadJSON…).
+    #[test]
+    fn usable_events_keep_the_good_ones() {
+        let room: ruma::OwnedRoomId = "!r:a.test".try_into().unwrap();
+        let ev = |room: &str, extra: Value| {
+            let mut v = json!({
+                "room_id": room, "type": "m.room.message", "sender": "@c:a.test",
+                "depth": 3, "content": {"body": "x"},
+            });
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                for (k, x) in e {
+                    o.insert(k.clone(), x.clone());
+                }
+            }
+            v
+        };
+        let answer = json!({ "events": [
+            ev("!r:a.test", json!({"content": {"body": "bad", "bad_val": 1.1}})),
+            ev("!r:a.test", json!({"depth": 4})),
+            ev("!other:a.test", json!({})),
+            ev("!r:a.test", json!({"depth": 5})),
+        ]});
+        let got = usable_events(&answer, &room, 10);
+        assert_eq!(got.iter().map(depth).collect::<Vec<_>>(), vec![4, 5]);
+        // The limit counts the answer's entries, good or bad.
+        assert_eq!(usable_events(&answer, &room, 2).len(), 1);
+        // `/event` answers say `pdus`.
+        let one = json!({ "pdus": [ev("!r:a.test", json!({}))] });
+        assert_eq!(usable_events(&one, &room, 1).len(), 1);
+        assert!(usable_events(&json!({}), &room, 10).is_empty());
+    }
 }

@@ -488,12 +488,11 @@ pub(crate) async fn timestamp_to_event(
     Query(q): Query<TimestampQuery>,
 ) -> ReadResult {
     let room = parse_room(&room)?;
-    let ts: u64 = q
-        .ts
-        .as_deref()
-        .ok_or_else(|| bad("ts is required"))?
-        .parse()
-        .map_err(|_| bad("ts must be a timestamp in milliseconds"))?;
+    let ts: u64 =
+        q.ts.as_deref()
+            .ok_or_else(|| bad("ts is required"))?
+            .parse()
+            .map_err(|_| bad("ts must be a timestamp in milliseconds"))?;
     let dir = q
         .dir
         .as_deref()

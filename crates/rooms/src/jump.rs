@@ -116,7 +116,10 @@ mod tests {
     use serde_json::json;
 
     fn ts_of(svc: &RoomService, id: &ruma::EventId) -> u64 {
-        svc.event(id).expect("read").expect("event").origin_server_ts()
+        svc.event(id)
+            .expect("read")
+            .expect("event")
+            .origin_server_ts()
     }
 
     #[test]

@@ -186,8 +186,8 @@ pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 /// The room version used when a client does not ask for one.
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
 
-pub use topo::TopoPos;
 pub use jump::{MAX_TS_SCAN, TimeDirection, TimestampHit};
+pub use topo::TopoPos;
 pub use version::supported_room_versions;
 
 #[derive(Debug, thiserror::Error)]

@@ -39,19 +39,19 @@ struct TsQuery {
 
 /// `ts` (milliseconds since the epoch) and `dir` (`f`/`b`), both required.
 fn parse_query(q: &TsQuery) -> ApiResult<(u64, TimeDirection)> {
-    let ts = q
-        .ts
-        .as_deref()
-        .ok_or_else(|| MatrixError::missing_param("ts is required"))?;
-    let ts: u64 = ts
-        .parse()
-        .map_err(|_| MatrixError::invalid_param(format!("ts must be a timestamp in ms, not {ts:?}")))?;
+    let ts =
+        q.ts.as_deref()
+            .ok_or_else(|| MatrixError::missing_param("ts is required"))?;
+    let ts: u64 = ts.parse().map_err(|_| {
+        MatrixError::invalid_param(format!("ts must be a timestamp in ms, not {ts:?}"))
+    })?;
     let dir = q
         .dir
         .as_deref()
         .ok_or_else(|| MatrixError::missing_param("dir is required"))?;
-    let dir = TimeDirection::parse(dir)
-        .ok_or_else(|| MatrixError::invalid_param(format!("dir must be 'f' or 'b', not {dir:?}")))?;
+    let dir = TimeDirection::parse(dir).ok_or_else(|| {
+        MatrixError::invalid_param(format!("dir must be 'f' or 'b', not {dir:?}"))
+    })?;
     Ok((ts, dir))
 }
 
@@ -118,7 +118,9 @@ async fn timestamp_to_event(
         }
     }
     match local {
-        Some((id, local_ts, _)) => Ok(Json(json!({ "event_id": id, "origin_server_ts": local_ts }))),
+        Some((id, local_ts, _)) => Ok(Json(
+            json!({ "event_id": id, "origin_server_ts": local_ts }),
+        )),
         None => Err(MatrixError::not_found(format!(
             "No event found in room {room} {} {ts}",
             match dir {
