@@ -63,9 +63,9 @@ fn is_forwarded_membership(pdu: &CanonicalJsonObject, sender: &OwnedUserId) -> b
 /// Unknown auth events are fetched (`/event`, with their own missing auth events, see
 /// [`fetch_events`]); unknown `prev_events` through `/get_missing_events`, whose events
 /// may themselves close a gap with the state from `/state_ids` ([`pull_missing_events`]).
-/// A pushed PDU whose prev events are still unknown after that is refused, as Synapse
-/// does ("your server isn't divulging details about prev_events"): the state at a gap is
-/// only ever taken for events the origin handed over when asked.
+/// A pushed PDU whose prev events are still unknown after that is dropped (logged, no
+/// per-PDU error, as Synapse): the state at a gap is only ever taken for events the
+/// origin handed over when asked.
 pub(crate) async fn pushed_pdu(
     state: &Arc<FederationState>,
     origin: &ServerName,
@@ -105,7 +105,20 @@ pub(crate) async fn pushed_pdu(
     if !prev_events.is_empty() {
         pull_missing_events(state, origin, room, version, &event_id, &mut fetched).await;
     }
-    outcome(receive(state, origin, version, pdu, None).await?)
+    match receive(state, origin, version, pdu, None).await? {
+        // Still unlinked: dropped without an error, as Synapse does nowadays (an error
+        // would only make the origin retry what it cannot supply); a later event that
+        // links to it brings it back through get_missing_events.
+        rooms::Received::NeedsMissingEvents {
+            prev_events,
+            auth_events,
+            event_id,
+        } if !prev_events.is_empty() => {
+            tracing::info!(%origin, %event_id, prev = %join_ids(&prev_events), auth = %join_ids(&auth_events), "pushed event dropped: its prev events could not be had");
+            Ok(())
+        }
+        r => outcome(r),
+    }
 }
 
 fn outcome(r: rooms::Received) -> Result<(), String> {
