@@ -1104,3 +1104,49 @@ async fn the_default_room_version_is_configurable() {
         .await;
     assert_eq!(create["room_version"], json!("12"));
 }
+
+/// A sync timeline's `prev_batch` is a stream token just before its first event:
+/// `/messages` backwards from it gives the events before that one, newest first, and its
+/// `end` continues from there (TestNetworkPartitionOrdering pins the same after a fork).
+#[tokio::test]
+async fn messages_backwards_from_a_sync_prev_batch() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
+    for (i, b) in ["one", "two", "three", "four"].iter().enumerate() {
+        send(&s, &alice, &room, &format!("pb{i}"), b).await;
+    }
+    let (_, sync) = s
+        .get(
+            &format!(
+                "{V3}/sync?timeout=0&filter={}",
+                enc(r#"{"room":{"timeline":{"limit":1}}}"#)
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    let tl = &sync["rooms"]["join"][&room]["timeline"];
+    assert_eq!(tl["events"][0]["content"]["body"], "four", "{tl}");
+    let prev = tl["prev_batch"].as_str().expect("prev_batch");
+    assert!(prev.starts_with('s'), "{prev}");
+    let (st, page) = s
+        .get(
+            &rooms_path(&room, &format!("messages?dir=b&limit=2&from={prev}")),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(chunk_bodies(&page), ["three", "two"]);
+    assert_eq!(page["start"], prev);
+    let end = page["end"].as_str().expect("end");
+    let (st, page) = s
+        .get(
+            &rooms_path(&room, &format!("messages?dir=b&limit=1&from={end}")),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(chunk_bodies(&page), ["one"]);
+}

@@ -67,6 +67,18 @@ pub trait RemoteMembership: Send + Sync {
         user: OwnedUserId,
         field: Option<&'static str>,
     ) -> BoxFuture<'_, Result<Map<String, Value>, MatrixError>>;
+    /// The event of `room` closest to `ts_ms` in `dir` as another server in the room knows
+    /// it (`/_matrix/federation/v1/timestamp_to_event`): its id and `origin_server_ts`;
+    /// `None` when no server had one. Without federation: `None`.
+    fn timestamp_to_event(
+        &self,
+        room: OwnedRoomId,
+        ts_ms: u64,
+        dir: rooms::TimeDirection,
+    ) -> BoxFuture<'_, Result<Option<(OwnedEventId, u64)>, MatrixError>> {
+        let _ = (room, ts_ms, dir);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// `server_name` and `via` query parameters (repeated), in order, without duplicates.

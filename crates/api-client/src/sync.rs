@@ -773,9 +773,11 @@ fn room_section(
         }
     }
     let prev_batch = match events.first() {
-        // A topological token (see `rooms::TopoPos`): `/messages` pages back from the
-        // timeline's first event in the room's DAG order.
-        Some(first) => rooms::TopoPos::before(first).to_token(),
+        // A stream token just before the timeline's first event: `/messages` pages back
+        // through the events that arrived before it, in the room's DAG order (as
+        // Synapse's stream tokens do: after a fork, a late event that is first in the
+        // timeline must not hide the events sent before it that sit above it in the DAG).
+        Some(first) => token(first.pos.saturating_sub(1)),
         None => token(after.unwrap_or(0)),
     };
     Ok(json!({

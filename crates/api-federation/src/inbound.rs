@@ -3,6 +3,7 @@
 //! and what the engine asks for when it knows too little — `get_missing_events` for the
 //! `prev_events`, `/event` for missing auth events, and `/state_ids` at the event when the
 //! gap cannot be closed.
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use ruma::{
@@ -16,8 +17,15 @@ use crate::{FederationState, acl};
 
 /// Events asked for with `get_missing_events` (Synapse asks for 10 as well).
 const MISSING_EVENTS_LIMIT: usize = 10;
-/// Events fetched one by one (`/event`) to fill in auth events or the state at a gap.
-const MAX_FETCHED_EVENTS: usize = 100;
+/// Most events fetched one by one (`/event`) for one pushed PDU: the auth events it and
+/// the events before it lack, and the state at a gap (which `/state_ids` names; a real
+/// room's state runs to thousands of events, MSC4297's Complement test to 250).
+const MAX_FETCHED_EVENTS: usize = 5_000;
+/// `/event` requests in flight at once.
+const FETCH_CONCURRENCY: usize = 8;
+/// Rounds of auth-event fetching (each fetches the auth events the previous round's
+/// events lack): bounds an origin that feeds a chain one event at a time.
+const MAX_AUTH_ROUNDS: usize = 20;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
@@ -51,6 +59,13 @@ fn is_forwarded_membership(pdu: &CanonicalJsonObject, sender: &OwnedUserId) -> b
 
 /// A PDU pushed by `origin` in a transaction. `Ok` = accepted (or soft-failed, which the
 /// sender need not know), `Err` = the reason, for the per-PDU result.
+///
+/// Unknown auth events are fetched (`/event`, with their own missing auth events, see
+/// [`fetch_events`]); unknown `prev_events` through `/get_missing_events`, whose events
+/// may themselves close a gap with the state from `/state_ids` ([`pull_missing_events`]).
+/// A pushed PDU whose prev events are still unknown after that is dropped (logged, no
+/// per-PDU error, as Synapse): the state at a gap is only ever taken for events the
+/// origin handed over when asked.
 pub(crate) async fn pushed_pdu(
     state: &Arc<FederationState>,
     origin: &ServerName,
@@ -75,28 +90,32 @@ pub(crate) async fn pushed_pdu(
     }
     acl::check(state, room, sender.server_name())?;
     let mut fetched = 0usize;
-    match receive(state, origin, version, pdu.clone(), None).await? {
+    let (prev_events, auth_events, event_id) =
+        match receive(state, origin, version, pdu.clone(), None).await? {
+            rooms::Received::NeedsMissingEvents {
+                prev_events,
+                auth_events,
+                event_id,
+            } => (prev_events, auth_events, event_id),
+            r => return outcome(r),
+        };
+    if !auth_events.is_empty() {
+        fetch_events(state, origin, room, version, &auth_events, &mut fetched).await;
+    }
+    if !prev_events.is_empty() {
+        pull_missing_events(state, origin, room, version, &event_id, &mut fetched).await;
+    }
+    match receive(state, origin, version, pdu, None).await? {
+        // Still unlinked: dropped without an error, as Synapse does nowadays (an error
+        // would only make the origin retry what it cannot supply); a later event that
+        // links to it brings it back through get_missing_events.
         rooms::Received::NeedsMissingEvents {
             prev_events,
             auth_events,
             event_id,
-        } => {
-            if !auth_events.is_empty() {
-                fetch_outliers(state, origin, room, version, &auth_events, &mut fetched).await;
-            }
-            if !prev_events.is_empty() {
-                get_missing_events(state, origin, room, version, &event_id).await;
-            }
-            match receive(state, origin, version, pdu.clone(), None).await? {
-                rooms::Received::NeedsMissingEvents { prev_events, .. }
-                    if !prev_events.is_empty() =>
-                {
-                    let ids =
-                        state_ids_at(state, origin, room, version, &event_id, &mut fetched).await?;
-                    outcome(receive(state, origin, version, pdu, Some(ids)).await?)
-                }
-                r => outcome(r),
-            }
+        } if !prev_events.is_empty() => {
+            tracing::info!(%origin, %event_id, prev = %join_ids(&prev_events), auth = %join_ids(&auth_events), "pushed event dropped: its prev events could not be had");
+            Ok(())
         }
         r => outcome(r),
     }
@@ -192,10 +211,6 @@ async fn outlier(
     .await
 }
 
-fn known(state: &FederationState, id: &OwnedEventId) -> bool {
-    state.rooms.pdu_for_federation(id).ok().flatten().is_some()
-}
-
 async fn federation_get(
     state: &FederationState,
     origin: &ServerName,
@@ -234,20 +249,25 @@ fn depth(pdu: &CanonicalJsonObject) -> i64 {
     }
 }
 
-/// `POST /get_missing_events/{room}` to the origin; the events come back oldest first into
-/// the engine (they may be other servers' events: each carries its own signatures). Failures
-/// are logged: the caller then tries a gap, or refuses the pushed event.
-async fn get_missing_events(
+/// `POST /get_missing_events/{room}` to the origin (`earliest_events`: our forward
+/// extremities, where it stops walking back), and the events it answers into the engine,
+/// oldest first. They may be other servers' events: each carries its own signatures. An
+/// event of the answer that is not valid JSON for the room (e.g. a float in room v6+) or
+/// of another room is left out; the others are used. The oldest of them usually cites
+/// prev events we do not have: that gap is closed with the state the origin reports
+/// there ([`state_at_gap`]). Failures are logged: the pushed event is then refused.
+async fn pull_missing_events(
     state: &Arc<FederationState>,
     origin: &ServerName,
     room: &RoomId,
     version: &RoomVersionId,
     latest: &OwnedEventId,
+    fetched: &mut usize,
 ) {
-    let earliest = match recent_event_ids(state, room) {
+    let earliest = match state.rooms.forward_extremities(room) {
         Ok(ids) => ids,
         Err(e) => {
-            tracing::warn!(%room, "cannot list recent events: {e}");
+            tracing::warn!(%room, "cannot list the forward extremities: {e}");
             return;
         }
     };
@@ -268,20 +288,40 @@ async fn get_missing_events(
             return;
         }
     };
-    let mut events: Vec<CanonicalJsonObject> = resp
-        .get("events")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .take(MISSING_EVENTS_LIMIT)
-                .filter_map(|e| serde_json::from_value(e.clone()).ok())
-                .filter(|e| in_room(e, room))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut events = usable_events(&resp, room, MISSING_EVENTS_LIMIT);
     events.sort_by_key(depth);
     for ev in events {
-        match receive(state, origin, version, ev, None).await {
+        let result = match receive(state, origin, version, ev.clone(), None).await {
+            Ok(rooms::Received::NeedsMissingEvents {
+                prev_events,
+                auth_events,
+                event_id,
+            }) => {
+                if !auth_events.is_empty() {
+                    fetch_events(state, origin, room, version, &auth_events, fetched).await;
+                }
+                if prev_events.is_empty() {
+                    receive(state, origin, version, ev, None).await
+                } else {
+                    match state_at_gap(
+                        state,
+                        origin,
+                        room,
+                        version,
+                        &event_id,
+                        &prev_events,
+                        fetched,
+                    )
+                    .await
+                    {
+                        Ok(ids) => receive(state, origin, version, ev, Some(ids)).await,
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            r => r,
+        };
+        match result {
             Ok(rooms::Received::Accepted { .. } | rooms::Received::SoftFailed { .. }) => {}
             Ok(other) => {
                 tracing::info!(%origin, event_id = %other.event_id(), "missing event not accepted: {other:?}")
@@ -291,21 +331,64 @@ async fn get_missing_events(
     }
 }
 
-/// The newest events we have of the room (what `earliest_events` means: the origin stops
-/// walking back when it reaches one of them).
-fn recent_event_ids(state: &FederationState, room: &RoomId) -> Result<Vec<String>, String> {
-    let last = state.rooms.room_last_pos(room).map_err(|e| e.to_string())?;
-    let (events, _) = state
-        .rooms
-        .timeline(room, None, last, 10)
-        .map_err(|e| e.to_string())?;
-    Ok(events.into_iter().map(|e| e.event_id.to_string()).collect())
+/// The PDUs of an answer's `events` (or `pdus`) array that parse as canonical JSON (no
+/// floats, integers in range) and belong to `room`, at most `limit`. One bad event does
+/// not spoil the others.
+fn usable_events(resp: &Value, room: &RoomId, limit: usize) -> Vec<CanonicalJsonObject> {
+    let Some(list) = resp
+        .get("events")
+        .or_else(|| resp.get("pdus"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in list.iter().take(limit) {
+        match serde_json::from_value::<CanonicalJsonObject>(e.clone()) {
+            Ok(pdu) if in_room(&pdu, room) => out.push(pdu),
+            Ok(_) => tracing::info!(%room, "left out an event of another room"),
+            Err(err) => {
+                tracing::info!(%room, "left out an event that is not canonical JSON: {err}")
+            }
+        }
+    }
+    out
 }
 
-/// Fetches unknown events with `/event/{id}` and stores them as outliers, oldest first
-/// (each one's auth events must be stored before it). At most [`MAX_FETCHED_EVENTS`] per
-/// pushed PDU over all calls.
-async fn fetch_outliers(
+fn known(state: &FederationState, id: &OwnedEventId) -> bool {
+    state.rooms.has_event(id).unwrap_or(false)
+}
+
+/// `GET /event/{id}` from `origin`: the PDU, if it is one of `room`'s.
+async fn fetch_one(
+    state: &FederationState,
+    origin: &ServerName,
+    room: &RoomId,
+    id: OwnedEventId,
+) -> Option<CanonicalJsonObject> {
+    let path = format!("/_matrix/federation/v1/event/{}", seg(id.as_str()));
+    match federation_get(state, origin, &path, None).await {
+        Ok(body) => {
+            let pdu = usable_events(&body, room, 1).pop();
+            if pdu.is_none() {
+                tracing::info!(%origin, "/event/{id} gave no PDU of {room}");
+            }
+            pdu
+        }
+        Err(e) => {
+            tracing::info!(%origin, "cannot fetch {id}: {e}");
+            None
+        }
+    }
+}
+
+/// Fetch the unknown events of `ids` with `/event/{id}` ([`FETCH_CONCURRENCY`] at a
+/// time) and store them as outliers, by depth (auth events before what they authorise).
+/// An event whose own auth events are unknown has them fetched in the next round, then is
+/// stored (at most [`MAX_AUTH_ROUNDS`] rounds). At most [`MAX_FETCHED_EVENTS`] requests
+/// per pushed PDU over all calls (`fetched` counts them). An event the origin cannot
+/// supply stays unknown, and so do the events it authorises.
+async fn fetch_events(
     state: &Arc<FederationState>,
     origin: &ServerName,
     room: &RoomId,
@@ -313,54 +396,95 @@ async fn fetch_outliers(
     ids: &[OwnedEventId],
     fetched: &mut usize,
 ) {
-    let mut events = Vec::new();
-    for id in ids {
-        if known(state, id) {
-            continue;
+    use futures::StreamExt;
+    let mut asked: HashSet<OwnedEventId> = HashSet::new();
+    let mut want: Vec<OwnedEventId> = ids.to_vec();
+    let mut pending: Vec<CanonicalJsonObject> = Vec::new();
+    for _ in 0..MAX_AUTH_ROUNDS {
+        want.retain(|id| !known(state, id) && asked.insert(id.clone()));
+        let room_left = MAX_FETCHED_EVENTS.saturating_sub(*fetched);
+        if want.len() > room_left {
+            tracing::info!(%origin, %room, wanted = want.len(), "fetch budget spent; fetching {room_left}");
+            want.truncate(room_left);
         }
-        if *fetched >= MAX_FETCHED_EVENTS {
-            tracing::info!(%origin, %room, "fetch budget spent; not fetching {id}");
-            break;
-        }
-        *fetched += 1;
-        let path = format!("/_matrix/federation/v1/event/{}", seg(id.as_str()));
-        match federation_get(state, origin, &path, None).await {
-            Ok(body) => {
-                let pdu = body
-                    .get("pdus")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.first())
-                    .and_then(|p| serde_json::from_value::<CanonicalJsonObject>(p.clone()).ok());
-                match pdu {
-                    Some(p) if in_room(&p, room) => events.push(p),
-                    _ => tracing::info!(%origin, "/event/{id} gave no PDU of {room}"),
+        *fetched += want.len();
+        let got: Vec<Option<CanonicalJsonObject>> = futures::stream::iter(
+            std::mem::take(&mut want)
+                .into_iter()
+                .map(|id| fetch_one(state, origin, room, id)),
+        )
+        .buffer_unordered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+        pending.extend(got.into_iter().flatten());
+        pending.sort_by_key(depth);
+        let mut waiting = Vec::new();
+        for ev in std::mem::take(&mut pending) {
+            match outlier(state, version, ev.clone()).await {
+                Ok(rooms::Received::NeedsMissingEvents { auth_events, .. }) => {
+                    // Fetched this round, or stored earlier in this pass: retried next round.
+                    want.extend(auth_events.into_iter().filter(|a| !asked.contains(a)));
+                    waiting.push(ev);
                 }
+                Ok(rooms::Received::Rejected { event_id, reason }) => {
+                    tracing::info!(%origin, %event_id, "fetched event rejected: {reason}")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::info!(%origin, "fetched event not stored: {e}"),
             }
-            Err(e) => tracing::info!(%origin, "cannot fetch {id}: {e}"),
         }
-    }
-    events.sort_by_key(depth);
-    for ev in events {
-        if let Err(e) = outlier(state, version, ev).await {
-            tracing::info!(%origin, "fetched event not stored: {e}");
+        pending = waiting;
+        if pending.is_empty() {
+            return;
+        }
+        if want.is_empty() {
+            // Nothing new to ask for: one more pass may store what waited on an event
+            // stored later in the same pass; beyond that the chain is broken.
+            let mut progress = true;
+            while progress && !pending.is_empty() {
+                progress = false;
+                let mut still = Vec::new();
+                for ev in std::mem::take(&mut pending) {
+                    match outlier(state, version, ev.clone()).await {
+                        Ok(rooms::Received::NeedsMissingEvents { .. }) => still.push(ev),
+                        _ => progress = true,
+                    }
+                }
+                pending = still;
+            }
+            if !pending.is_empty() {
+                tracing::info!(%origin, %room, events = pending.len(), "fetched events not stored: their auth events are unavailable");
+            }
+            return;
         }
     }
 }
 
-/// `GET /state_ids/{room}?event_id=` at the pushed event: the state before it, with the
-/// unknown state and auth-chain events fetched as outliers. Returns the state's event ids.
-async fn state_ids_at(
+/// The state just before `event_id` (an event `/get_missing_events` gave us whose
+/// `missing_prevs` we do not have), as event ids for
+/// [`rooms::RoomService::receive_pdu_after_gap`]. With one missing prev event `P` (the
+/// usual case): `GET /state_ids?event_id=P` (the state before `P`) plus `P` itself — the
+/// state after it, as Synapse computes it; with several, `/state_ids` at the event itself
+/// (the origin's resolution of them). The unknown state and auth-chain events are fetched
+/// ([`fetch_events`]: by id, only what we do not hold, in parallel, within the budget).
+async fn state_at_gap(
     state: &Arc<FederationState>,
     origin: &ServerName,
     room: &RoomId,
     version: &RoomVersionId,
     event_id: &OwnedEventId,
+    missing_prevs: &[OwnedEventId],
     fetched: &mut usize,
 ) -> Result<Vec<OwnedEventId>, String> {
+    let single = match missing_prevs {
+        [p] => Some(p.clone()),
+        _ => None,
+    };
+    let at = single.as_ref().unwrap_or(event_id);
     let path = format!(
         "/_matrix/federation/v1/state_ids/{}?event_id={}",
         seg(room.as_str()),
-        seg(event_id.as_str())
+        seg(at.as_str())
     );
     let body = federation_get(state, origin, &path, None)
         .await
@@ -378,21 +502,72 @@ async fn state_ids_at(
             })
             .unwrap_or_default()
     };
-    let pdu_ids = list("pdu_ids");
+    let mut pdu_ids = list("pdu_ids");
     let auth_ids = list("auth_chain_ids");
-    let unknown: Vec<OwnedEventId> = auth_ids
+    let mut unknown: Vec<OwnedEventId> = auth_ids
         .iter()
         .chain(pdu_ids.iter())
+        .chain(single.iter())
         .filter(|id| !known(state, id))
         .cloned()
         .collect();
+    unknown.sort();
+    unknown.dedup();
     if unknown.len() + *fetched > MAX_FETCHED_EVENTS {
         return Err(format!(
             "prev_events are unknown and the state at the gap needs {} more events (limit {MAX_FETCHED_EVENTS})",
             unknown.len()
         ));
     }
-    // Fetched together and stored by depth, so auth events precede what they authorise.
-    fetch_outliers(state, origin, room, version, &unknown, fetched).await;
+    fetch_events(state, origin, room, version, &unknown, fetched).await;
+    if let Some(p) = single {
+        // The state after P: P in its own place if it is a state event.
+        let prev = state
+            .rooms
+            .pdu_for_federation(&p)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the missing prev event {p} could not be fetched"))?;
+        if prev.state_key().is_some() {
+            pdu_ids.push(p);
+        }
+    }
     Ok(pdu_ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One event with a float (not canonical JSON) or of another room does not spoil an
+    /// answer: the others are used (TestOutboundFederationIgnoresMissingEventWithBadJSON…).
+    #[test]
+    fn usable_events_keep_the_good_ones() {
+        let room: ruma::OwnedRoomId = "!r:a.test".try_into().unwrap();
+        let ev = |room: &str, extra: Value| {
+            let mut v = json!({
+                "room_id": room, "type": "m.room.message", "sender": "@c:a.test",
+                "depth": 3, "content": {"body": "x"},
+            });
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                for (k, x) in e {
+                    o.insert(k.clone(), x.clone());
+                }
+            }
+            v
+        };
+        let answer = json!({ "events": [
+            ev("!r:a.test", json!({"content": {"body": "bad", "bad_val": 1.1}})),
+            ev("!r:a.test", json!({"depth": 4})),
+            ev("!other:a.test", json!({})),
+            ev("!r:a.test", json!({"depth": 5})),
+        ]});
+        let got = usable_events(&answer, &room, 10);
+        assert_eq!(got.iter().map(depth).collect::<Vec<_>>(), vec![4, 5]);
+        // The limit counts the answer's entries, good or bad.
+        assert_eq!(usable_events(&answer, &room, 2).len(), 1);
+        // `/event` answers say `pdus`.
+        let one = json!({ "pdus": [ev("!r:a.test", json!({}))] });
+        assert_eq!(usable_events(&one, &room, 1).len(), 1);
+        assert!(usable_events(&json!({}), &room, 10).is_empty());
+    }
 }

@@ -144,6 +144,10 @@ pub fn router(state: Arc<FederationState>) -> Router {
         .route("/v1/event/{event_id}", get(reads::get_event))
         .route("/v1/state/{room_id}", get(reads::get_state))
         .route("/v1/state_ids/{room_id}", get(reads::get_state_ids))
+        .route(
+            "/v1/timestamp_to_event/{room_id}",
+            get(reads::timestamp_to_event),
+        )
         .route("/v1/backfill/{room_id}", get(reads::backfill))
         .route(
             "/v1/get_missing_events/{room_id}",

@@ -468,3 +468,47 @@ pub(crate) async fn get_missing_events(
     })
     .await
 }
+
+#[derive(Deserialize, Default)]
+pub(crate) struct TimestampQuery {
+    #[serde(default)]
+    ts: Option<String>,
+    #[serde(default)]
+    dir: Option<String>,
+}
+
+/// `GET /v1/timestamp_to_event/{roomId}?ts=&dir=`: our timeline event closest to `ts`
+/// (ms) in `dir` (`f`/`b`), for a server in the room: `{event_id, origin_server_ts}`, or
+/// 404 `M_NOT_FOUND`. Only an event id and a timestamp leave: the asking server fetches
+/// the event itself through `/event`, which applies history visibility (as Synapse).
+pub(crate) async fn timestamp_to_event(
+    State(state): State<Arc<FederationState>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path(room): Path<String>,
+    Query(q): Query<TimestampQuery>,
+) -> ReadResult {
+    let room = parse_room(&room)?;
+    let ts: u64 =
+        q.ts.as_deref()
+            .ok_or_else(|| bad("ts is required"))?
+            .parse()
+            .map_err(|_| bad("ts must be a timestamp in milliseconds"))?;
+    let dir = q
+        .dir
+        .as_deref()
+        .and_then(rooms::TimeDirection::parse)
+        .ok_or_else(|| bad("dir must be 'f' or 'b'"))?;
+    blocking(&state, move |state| {
+        view(state, &room, &origin)?;
+        let hit = state
+            .rooms
+            .event_at_timestamp(&room, ts, dir, |_| Ok(true))
+            .map_err(internal)?
+            .ok_or_else(|| not_found(format!("no event of {room} found on that side of {ts}")))?;
+        Ok(Json(json!({
+            "event_id": hit.event.event_id,
+            "origin_server_ts": hit.event.origin_server_ts(),
+        })))
+    })
+    .await
+}

@@ -19,6 +19,9 @@ pub struct Remote(
 /// Largest display name / avatar URL taken from a remote profile answer.
 const MAX_PROFILE_FIELD_BYTES: usize = 1024;
 
+/// Servers asked in turn for `/timestamp_to_event` before giving up.
+const MAX_TIMESTAMP_SERVERS: usize = 5;
+
 /// Remote errcodes a client may see as they are; anything else is `M_UNKNOWN`.
 fn known_errcode(code: &str) -> &'static str {
     match code {
@@ -257,6 +260,66 @@ impl RemoteMembership for Remote {
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn timestamp_to_event(
+        &self,
+        room: OwnedRoomId,
+        ts_ms: u64,
+        dir: rooms::TimeDirection,
+    ) -> BoxFuture<'_, Result<Option<(OwnedEventId, u64)>, MatrixError>> {
+        Box::pin(async move {
+            // The other servers with a joined member, a few at most, in a stable order.
+            let rooms = self.1.clone();
+            let room2 = room.clone();
+            let members = tokio::task::spawn_blocking(move || rooms.joined_members(&room2))
+                .await
+                .map_err(|e| MatrixError::internal(e.to_string()))?
+                .map_err(MatrixError::from)?;
+            let own = self.1.server_name().to_owned();
+            let mut servers: Vec<OwnedServerName> = members
+                .iter()
+                .map(|u| u.server_name().to_owned())
+                .filter(|s| *s != own)
+                .collect();
+            servers.sort();
+            servers.dedup();
+            let dir = match dir {
+                rooms::TimeDirection::Forward => "f",
+                rooms::TimeDirection::Backward => "b",
+            };
+            let path = format!(
+                "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts_ms}&dir={dir}",
+                federation_client::percent_encode_segment(room.as_str())
+            );
+            for server in servers.iter().take(MAX_TIMESTAMP_SERVERS) {
+                let resp = match self
+                    .2
+                    .request(axum::http::Method::GET, server.as_str(), &path, None)
+                    .await
+                {
+                    Ok(r) if r.status == 200 => r,
+                    Ok(r) => {
+                        tracing::debug!(%server, status = r.status, "timestamp_to_event refused");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%server, "timestamp_to_event failed: {e}");
+                        continue;
+                    }
+                };
+                let id = resp
+                    .body
+                    .get("event_id")
+                    .and_then(Value::as_str)
+                    .and_then(|s| OwnedEventId::try_from(s).ok());
+                let ts = resp.body.get("origin_server_ts").and_then(Value::as_u64);
+                if let (Some(id), Some(ts)) = (id, ts) {
+                    return Ok(Some((id, ts)));
+                }
+            }
+            Ok(None)
         })
     }
 }

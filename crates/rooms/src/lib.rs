@@ -124,6 +124,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+mod jump;
 pub mod keys;
 mod observer;
 mod ops;
@@ -185,6 +186,7 @@ pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
 /// The room version used when a client does not ask for one.
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
 
+pub use jump::{MAX_TS_SCAN, TimeDirection, TimestampHit};
 pub use topo::TopoPos;
 pub use version::supported_room_versions;
 

@@ -109,6 +109,13 @@ impl RoomService {
     ) -> Result<SentEvent> {
         let _guard = self.lock_room(room);
         self.require_summary(room)?;
+        if kind == "m.room.create" {
+            // A room has one create event, the one that made it (the auth rules would
+            // reject a second; say so as a bad request, as Synapse does, not 403).
+            return Err(RoomError::InvalidParam(format!(
+                "room {room} already has its m.room.create event; another cannot be sent"
+            )));
+        }
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room, &content)?;
         }

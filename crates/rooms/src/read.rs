@@ -410,4 +410,16 @@ impl RoomService {
     pub fn room_last_pos(&self, room: &RoomId) -> Result<u64> {
         Ok(self.require_summary(room)?.last_pos)
     }
+
+    /// The room's forward extremities (the events with no successor yet): what
+    /// `earliest_events` of an outbound `/get_missing_events` names.
+    pub fn forward_extremities(&self, room: &RoomId) -> Result<Vec<OwnedEventId>> {
+        Ok(self.require_summary(room)?.extremities)
+    }
+
+    /// Whether the event is stored in any status (timeline, outlier, soft-failed or
+    /// rejected): the federation layer does not fetch it again.
+    pub fn has_event(&self, event_id: &ruma::EventId) -> Result<bool> {
+        Ok(self.event_any(event_id)?.is_some())
+    }
 }

@@ -93,3 +93,33 @@ fn a_room_whose_creation_did_not_finish_is_removed_at_start() {
     let events = db.scan_prefix(Cf::Events, []).expect("scan");
     assert_eq!(events.len(), room_rows(&db, Cf::Timeline, &done));
 }
+
+/// A room has one create event: sending another through the state API is a bad request
+/// (400 `M_INVALID_PARAM` at the client API), in every room version, and nothing is stored.
+#[test]
+fn a_second_create_event_is_a_bad_request() {
+    for v in crate::tests_versions::tested_versions() {
+        let (_d, svc) = crate::tests::setup();
+        let alice = crate::tests::user("alice");
+        let req = crate::CreateRoomRequest {
+            room_version: Some(v.to_string()),
+            ..Default::default()
+        };
+        let room = svc.create_room(&alice, req).expect("create");
+        let before = svc.room_last_pos(&room).expect("pos");
+        let err = svc
+            .send_state_event(
+                &alice,
+                &room,
+                "m.room.create",
+                "",
+                serde_json::json!({"room_version": v.to_string(), "entropy": 100}),
+            )
+            .expect_err("second create event");
+        assert!(
+            matches!(err, crate::RoomError::InvalidParam(_)),
+            "v{v}: {err:?}"
+        );
+        assert_eq!(svc.room_last_pos(&room).expect("pos"), before, "v{v}");
+    }
+}

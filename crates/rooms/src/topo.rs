@@ -7,9 +7,14 @@
 //! tokens). A [`TopoPos`] is a point *between* events: backwards pagination from it
 //! yields events ordered below it, forwards pagination events at or above it.
 //!
-//! Tokens are `t<depth>-<pos>`. The older stream tokens (`t<pos>`, and sync's `s<pos>`)
-//! stay valid: [`RoomService::topo_at_stream`] maps a stream position to the point just
-//! after the room's last event at or before it, which is what those tokens meant.
+//! Tokens are `t<depth>-<pos>`. Stream tokens (`t<pos>`, and sync's `s<pos>`, which is
+//! what a sync timeline's `prev_batch` is: the position just before its first event)
+//! stay valid. Paging *backwards* from one walks the whole order from the top and keeps
+//! the events at or before that stream position (Synapse's semantics: after a fork, a
+//! late event first in the timeline must not hide the events that arrived before it but
+//! sit above it in the DAG); the page's `end` is topological again. Other uses map it with
+//! [`RoomService::topo_at_stream`] to the point just after the room's last event at or
+//! before it.
 use ruma::{OwnedEventId, RoomId};
 use storage::{Batch, Cf, Key};
 

@@ -573,8 +573,19 @@ async fn messages(
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let access = access(rooms, &room, &auth2.user_id)?;
-            let cap = read_cap(&access);
+            let mut cap = read_cap(&access);
+            let start = match (&q.from, from) {
+                (Some(given), Some(_)) => given.clone(),
+                _ => String::new(),
+            };
             let from = match from {
+                // Backwards from a stream token (sync's `prev_batch`): the events that
+                // arrived at or before it, newest in DAG order first (Synapse's
+                // semantics); the `end` token of the page is topological again.
+                Some(PageToken::Stream(pos)) if backwards => {
+                    cap = cap.min(pos);
+                    TopoPos::MAX
+                }
                 Some(t) => t.resolve(rooms, &room)?,
                 None if backwards => rooms.topo_at_stream(&room, rooms.current_position())?,
                 None => TopoPos::MIN,
@@ -600,7 +611,7 @@ async fn messages(
             super::relations::bundle_events(&st, &refs, &auth2.user_id, &mut chunk)?;
             let mut body = json!({
                 "chunk": chunk,
-                "start": from.to_token(),
+                "start": if start.is_empty() { from.to_token() } else { start },
             });
             if let Some(n) = next {
                 body["end"] = Value::from(n.to_token());

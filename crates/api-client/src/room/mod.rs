@@ -35,6 +35,7 @@ mod search;
 mod summary;
 
 pub(crate) use summary::sync_summary;
+mod timestamp;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
@@ -44,6 +45,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     let r = report::routes(r);
     let r = search::routes(r);
     let r = summary::routes(r);
+    let r = timestamp::routes(r);
     directory::routes(r)
 }
 
