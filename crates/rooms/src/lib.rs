@@ -125,6 +125,7 @@ mod client;
 mod create;
 mod import;
 pub mod keys;
+mod knock;
 mod observer;
 mod ops;
 mod pdu;
@@ -225,6 +226,14 @@ pub enum RoomError {
     /// 500.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 400 `M_UNABLE_TO_AUTHORISE_JOIN`: a restricted join whose allow conditions this
+    /// server cannot check (no local member in any allowed room): try another server.
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
+    /// 400 `M_UNABLE_TO_GRANT_JOIN`: a restricted join this server cannot vouch for (no
+    /// local member who may invite): try another server.
+    #[error("{0}")]
+    UnableToGrantJoin(String),
 }
 
 pub type Result<T, E = RoomError> = std::result::Result<T, E>;

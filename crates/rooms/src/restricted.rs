@@ -57,7 +57,10 @@ impl RoomService {
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // A condition counts only for a room this server takes part in (a local member is
+        // joined): a stale copy of a room we left cannot tell who is in it now.
         let mut satisfied = false;
+        let mut checkable = false;
         for cond in allowed {
             if cond.get("type").and_then(Value::as_str) != Some("m.room_membership") {
                 continue;
@@ -69,10 +72,24 @@ impl RoomService {
             else {
                 continue;
             };
-            if self.room_exists(&r)? && self.is_joined(&r, sender)? {
+            if !self.room_exists(&r)?
+                || !self
+                    .joined_members(&r)?
+                    .iter()
+                    .any(|u| u.server_name() == self.server_name)
+            {
+                continue;
+            }
+            checkable = true;
+            if self.is_joined(&r, sender)? {
                 satisfied = true;
                 break;
             }
+        }
+        if !checkable {
+            return Err(RoomError::UnableToAuthoriseJoin(format!(
+                "this server is in none of the rooms that {room}'s join rules allow"
+            )));
         }
         if !satisfied {
             return Err(RoomError::Forbidden(format!(
@@ -91,7 +108,7 @@ impl RoomService {
             .map(|(u, _)| u)
             .max_by_key(|u| pl.for_user(u));
         let Some(authoriser) = authoriser else {
-            return Err(RoomError::Forbidden(format!(
+            return Err(RoomError::UnableToGrantJoin(format!(
                 "no local member of {room} may invite, so this server cannot authorise the join"
             )));
         };

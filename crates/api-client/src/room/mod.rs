@@ -28,12 +28,14 @@ use crate::notifier::SyncNotifier;
 
 mod directory;
 mod events;
+mod knock;
 mod membership;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = membership::routes(r);
     let r = events::routes(r);
+    let r = knock::routes(r);
     directory::routes(r)
 }
 
@@ -62,6 +64,12 @@ impl From<RoomError> for MatrixError {
             RoomError::BadAlias(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_ALIAS", m),
             RoomError::BadState(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", m),
             RoomError::Internal(m) => MatrixError::internal(m),
+            RoomError::UnableToAuthoriseJoin(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN", m)
+            }
+            RoomError::UnableToGrantJoin(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN", m)
+            }
         }
     }
 }
