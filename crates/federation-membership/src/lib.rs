@@ -234,7 +234,9 @@ impl MembershipService {
     }
 
     /// Servers to ask, in order: the caller's `via`, the inviter's server (if `user` has
-    /// an invite), the room ID's server; never ourselves, no repeats.
+    /// an invite), the servers of a knock's stripped state, the servers in a room we have
+    /// the state of, and only when none of those exists the room ID's server; never
+    /// ourselves, no repeats.
     fn candidates(&self, user: &UserId, room: &RoomId, via: &[OwnedServerName]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut push = |s: &str| {
@@ -273,8 +275,13 @@ impl MembershipService {
                 push(s);
             }
         }
-        if let Some(s) = room.server_name() {
-            push(s.as_str());
+        // The room ID's server only when nothing else is known: a caller that names
+        // servers means those (a restricted join through them may fail on purpose).
+        if out.is_empty()
+            && let Some(s) = room.server_name()
+            && s != self.our_name()
+        {
+            out.push(s.to_string());
         }
         out.truncate(MAX_JOIN_CANDIDATES);
         out

@@ -160,6 +160,7 @@ mod tests_template;
 mod tests_versions;
 mod topo;
 mod txn;
+mod upgrade;
 mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
@@ -173,6 +174,7 @@ pub use remote::{
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
 pub use template::AcceptedMember;
 pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
+pub use upgrade::{UPGRADE_COPIED_STATE, Upgraded};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;

@@ -90,6 +90,8 @@ async fn create_room(
     let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
     wake(&state, &room, pos, &extra).await;
     push_remote_invites(&state, &room, &invited).await;
+    // A room created by hand as another's successor (`predecessor`).
+    super::upgrade::carry_over(&state, &auth.user_id, &room).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -153,6 +155,7 @@ async fn do_join(
                 .join(auth.user_id.clone(), target, via, content)
                 .await?;
             wake(&state, &done.room_id, done.pos, &[&auth.user_id]).await;
+            super::upgrade::carry_over(&state, &auth.user_id, &done.room_id).await;
             return Ok(Json(json!({ "room_id": done.room_id })));
         }
     }
@@ -178,11 +181,13 @@ async fn do_join(
             let via = via_from_query(query.as_deref());
             let done = remote.join(user.clone(), target, via, content).await?;
             wake(&state, &done.room_id, done.pos, &[&auth.user_id]).await;
+            super::upgrade::carry_over(&state, &auth.user_id, &done.room_id).await;
             return Ok(Json(json!({ "room_id": done.room_id })));
         }
         r => r?,
     };
     wake(&state, &room, sent.pos, &[&auth.user_id]).await;
+    super::upgrade::carry_over(&state, &auth.user_id, &room).await;
     Ok(Json(json!({ "room_id": room })))
 }
 

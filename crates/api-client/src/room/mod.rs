@@ -30,12 +30,14 @@ mod directory;
 mod events;
 mod knock;
 mod membership;
+mod upgrade;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = membership::routes(r);
     let r = events::routes(r);
     let r = knock::routes(r);
+    let r = upgrade::routes(r);
     directory::routes(r)
 }
 
