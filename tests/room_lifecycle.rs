@@ -522,3 +522,101 @@ async fn upgrading_to_v12_makes_creators_of_the_upgrader_and_additional_creators
     // Creators are not listed (they have unlimited power); carol keeps her level.
     assert_eq!(pl["users"], json!({ carol.id.clone(): 50 }), "{pl}");
 }
+
+#[tokio::test]
+async fn space_hierarchy_walks_visible_rooms_depth_first() {
+    let a = Server::start().await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let space = |name: &str| json!({"preset": "public_chat", "name": name, "creation_content": {"type": "m.space"}});
+    let root = a.create_room(&alice, space("Root")).await;
+    let r1 = a
+        .create_room(&alice, json!({"preset": "public_chat", "name": "R1"}))
+        .await;
+    let ss1 = a.create_room(&alice, space("SS1")).await;
+    let hidden = a
+        .create_room(&alice, json!({"preset": "private_chat", "name": "hidden"}))
+        .await;
+    let r2 = a
+        .create_room(&alice, json!({"preset": "public_chat", "name": "R2"}))
+        .await;
+    let link = |parent: &str, child: &str, suggested: bool| {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+            enc(parent),
+            enc(child)
+        );
+        let body = json!({"via": [a.name()], "suggested": suggested});
+        (path, body)
+    };
+    for (parent, child, suggested) in [
+        (&root, &r1, true),
+        (&root, &ss1, false),
+        (&ss1, &hidden, false),
+        (&ss1, &r2, false),
+    ] {
+        let (path, body) = link(parent, child, suggested);
+        assert_eq!(a.req("PUT", &path, &alice.token, Some(body)).await.0, 200);
+    }
+    let get = |who: &User, query: &str| {
+        let path = format!("/_matrix/client/v1/rooms/{}/hierarchy{query}", enc(&root));
+        let token = who.token.clone();
+        let a = &a;
+        async move { a.req("GET", &path, &token, None).await }
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["room_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // alice sees everything, depth first, in link order.
+    let (status, body) = get(&alice, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        ids(&body),
+        [
+            root.as_str(),
+            r1.as_str(),
+            ss1.as_str(),
+            hidden.as_str(),
+            r2.as_str()
+        ]
+    );
+    assert_eq!(body["rooms"][0]["room_type"], "m.space");
+    assert_eq!(
+        body["rooms"][0]["children_state"].as_array().unwrap().len(),
+        2
+    );
+    // bob (in no room) sees the public ones only.
+    let (_, body) = get(&bob, "").await;
+    assert_eq!(
+        ids(&body),
+        [root.as_str(), r1.as_str(), ss1.as_str(), r2.as_str()]
+    );
+    // max_depth, suggested_only, pagination.
+    assert_eq!(
+        ids(&get(&alice, "?max_depth=1").await.1),
+        [root.as_str(), r1.as_str(), ss1.as_str()]
+    );
+    assert_eq!(
+        ids(&get(&alice, "?suggested_only=true").await.1),
+        [root.as_str(), r1.as_str()]
+    );
+    let (_, page1) = get(&alice, "?limit=2").await;
+    assert_eq!(ids(&page1), [root.as_str(), r1.as_str()]);
+    let next = page1["next_batch"].as_str().unwrap().to_owned();
+    let (_, page2) = get(&alice, &format!("?limit=2&from={}", enc(&next))).await;
+    assert_eq!(ids(&page2), [ss1.as_str(), hidden.as_str()]);
+    assert_eq!(
+        get(&alice, &format!("?max_depth=1&from={}", enc(&next)))
+            .await
+            .0,
+        400
+    );
+    // A private root is not shown to outsiders.
+    let path = format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&hidden));
+    assert_eq!(a.req("GET", &path, &bob.token, None).await.0, 403);
+}

@@ -28,6 +28,7 @@ use crate::notifier::SyncNotifier;
 
 mod directory;
 mod events;
+mod hierarchy;
 mod knock;
 mod membership;
 mod upgrade;
@@ -38,6 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     let r = events::routes(r);
     let r = knock::routes(r);
     let r = upgrade::routes(r);
+    let r = hierarchy::routes(r);
     directory::routes(r)
 }
 
