@@ -134,10 +134,10 @@ fn children(rooms: &RoomService, room: &RoomId, suggested_only: bool) -> rooms::
             continue;
         };
         let content = ev.content();
-        if !content
+        if content
             .get("via")
             .and_then(Value::as_array)
-            .is_some_and(|v| !v.is_empty())
+            .is_none_or(Vec::is_empty)
         {
             continue;
         }
