@@ -234,9 +234,9 @@ impl MembershipService {
     }
 
     /// Servers to ask, in order: the caller's `via`, the inviter's server (if `user` has
-    /// an invite), the servers of a knock's stripped state, the servers in a room we have
-    /// the state of, and only when none of those exists the room ID's server; never
-    /// ourselves, no repeats.
+    /// an invite), the servers of a knock's stripped state; only when none of those
+    /// exists, the servers in a room we have the state of and the room ID's server;
+    /// never ourselves, no repeats.
     fn candidates(&self, user: &UserId, room: &RoomId, via: &[OwnedServerName]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut push = |s: &str| {
@@ -268,20 +268,21 @@ impl MembershipService {
                 }
             }
         }
-        // The servers of a room we have the state of (a restricted join that no local
-        // member can vouch for goes to a resident that can).
-        if let Ok(servers) = self.rooms.servers_in_room(room) {
-            for s in &servers {
-                push(s);
+        // Only when nothing else names a server (a caller that names servers means those:
+        // a restricted join through them may fail on purpose): the servers of a room we
+        // have the state of (a restricted join no local member can vouch for goes to a
+        // resident that can), then the room ID's server.
+        if out.is_empty() {
+            let ours = self.our_name().as_str();
+            let mut fallback = self.rooms.servers_in_room(room).unwrap_or_default();
+            if let Some(s) = room.server_name() {
+                fallback.push(s.to_string());
             }
-        }
-        // The room ID's server only when nothing else is known: a caller that names
-        // servers means those (a restricted join through them may fail on purpose).
-        if out.is_empty()
-            && let Some(s) = room.server_name()
-            && s != self.our_name()
-        {
-            out.push(s.to_string());
+            for s in fallback {
+                if s != ours && !out.contains(&s) {
+                    out.push(s);
+                }
+            }
         }
         out.truncate(MAX_JOIN_CANDIDATES);
         out
