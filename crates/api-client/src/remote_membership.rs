@@ -1,5 +1,6 @@
 //! The hook through which the membership handlers reach other servers: joining a room that
-//! lives elsewhere (by ID with `server_name`/`via`, or by a remote alias), leaving or
+//! lives elsewhere (by ID with `server_name`/`via`, or by a remote alias), knocking on one,
+//! leaving or
 //! rejecting an invite to a room this server has no state of, and inviting a remote user;
 //! and the lookups the client API forwards to another server (a remote alias through
 //! `/query/directory`, a remote user's profile through `/query/profile`).
@@ -34,6 +35,16 @@ pub trait RemoteMembership: Send + Sync {
         room_or_alias: String,
         via: Vec<OwnedServerName>,
         content: Option<Map<String, Value>>,
+    ) -> BoxFuture<'_, Result<RemoteDone, MatrixError>>;
+    /// Knock on `room_or_alias` through other servers (`make_knock` / `send_knock`).
+    /// Whether a knock needs federation is [`RemoteMembership::join_needs_federation`]'s
+    /// answer.
+    fn knock(
+        &self,
+        user: OwnedUserId,
+        room_or_alias: String,
+        via: Vec<OwnedServerName>,
+        reason: Option<String>,
     ) -> BoxFuture<'_, Result<RemoteDone, MatrixError>>;
     fn leave(
         &self,

@@ -150,6 +150,7 @@ struct SyncBody {
     join: Map<String, Value>,
     invite: Map<String, Value>,
     leave: Map<String, Value>,
+    knock: Map<String, Value>,
     account_data: Vec<Value>,
     presence: Vec<Value>,
     /// to_device, device_lists, key counts (`crate::sync_e2ee`).
@@ -160,7 +161,7 @@ impl SyncBody {
     fn into_json(self, now: u64) -> Value {
         let mut body = json!({
             "next_batch": token(now),
-            "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
+            "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": self.knock },
             "account_data": { "events": self.account_data },
             "presence": { "events": self.presence },
         });
@@ -188,6 +189,7 @@ fn build_response(
         join: Map::new(),
         invite: Map::new(),
         leave: Map::new(),
+        knock: Map::new(),
         account_data: Vec::new(),
         presence: Vec::new(),
         e2ee: Default::default(),
@@ -357,7 +359,15 @@ fn build_response(
                     body.leave.insert(room_id.to_string(), section);
                 }
             }
-            rooms::Membership::Knock => {}
+            rooms::Membership::Knock => {
+                if changed_since_token {
+                    let events = state.rooms.knock_state(room_id, user).map_err(room_err)?;
+                    body.knock.insert(
+                        room_id.to_string(),
+                        json!({ "knock_state": { "events": events } }),
+                    );
+                }
+            }
         }
     }
     // ---- push (crate::push): unread notification counts of the joined rooms sent ----
@@ -372,6 +382,7 @@ fn build_response(
         || !body.join.is_empty()
         || !body.invite.is_empty()
         || !body.leave.is_empty()
+        || !body.knock.is_empty()
         || !body.account_data.is_empty()
         || !body.presence.is_empty();
     Ok(body)

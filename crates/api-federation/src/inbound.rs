@@ -172,6 +172,9 @@ async fn receive(
         _ => None,
     });
     let wake = state.membership.as_ref().map(|m| m.wake.clone());
+    // A member event's target wakes too: an invitee is not a joined member yet, and a
+    // join or rejection waiting for the invite's PDU (api-client) waits on that wake.
+    let target = member_target(&pdu);
     blocking(move || {
         let received = match gap_state {
             None => rooms.receive_pdu(&origin, pdu, &keys),
@@ -182,7 +185,10 @@ async fn receive(
         if let (rooms::Received::Accepted { pos, .. }, Some(room), Some(wake)) =
             (&received, &room, &wake)
         {
-            wake(room, *pos, &[]);
+            match &target {
+                Some(t) => wake(room, *pos, &[&**t]),
+                None => wake(room, *pos, &[]),
+            }
         }
         Ok(received)
     })
@@ -532,6 +538,14 @@ async fn state_at_gap(
         }
     }
     Ok(pdu_ids)
+}
+
+/// The `state_key` user of an `m.room.member` PDU.
+fn member_target(pdu: &CanonicalJsonObject) -> Option<OwnedUserId> {
+    if str_field(pdu, "type") != Some("m.room.member") {
+        return None;
+    }
+    str_field(pdu, "state_key").and_then(|k| OwnedUserId::try_from(k).ok())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Membership as the resident server: `make_join` / `v2/send_join`, `make_leave` /
-//! `v2/send_leave`, and receiving invites for our users (`v2/invite`).
+//! `v2/send_leave`, `make_knock` / `v1/send_knock` (answered with `knock_room_state`),
+//! and receiving invites for our users (`v2/invite`).
 //!
 //! Every handler runs behind the X-Matrix middleware, so [`Origin`] is the authenticated
 //! requesting server; a membership event is accepted only for a user of that server (a
@@ -49,6 +50,8 @@ pub(crate) fn routes() -> Router<Arc<FederationState>> {
         .route("/v1/send_join/{room_id}/{event_id}", put(send_join_v1))
         .route("/v1/send_leave/{room_id}/{event_id}", put(send_leave_v1))
         .route("/v2/invite/{room_id}/{event_id}", put(invite))
+        .route("/v1/make_knock/{room_id}/{user_id}", get(make_knock))
+        .route("/v1/send_knock/{room_id}/{event_id}", put(send_knock))
 }
 
 /// A refusal: status, Matrix error code, message (and the room version, for
@@ -109,6 +112,12 @@ fn room_error(e: RoomError) -> Fail {
                 "M_UNKNOWN",
                 "storage error",
             )
+        }
+        RoomError::UnableToAuthoriseJoin(m) => {
+            Fail::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN", &m)
+        }
+        RoomError::UnableToGrantJoin(m) => {
+            Fail::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN", &m)
         }
         RoomError::Internal(m) => {
             tracing::error!("internal error in a federation membership request: {m}");
@@ -234,6 +243,24 @@ async fn make_leave(
     make_member(state, origin, uri, room_id, user_id, Membership::Leave).await
 }
 
+async fn make_knock(
+    State(state): State<Arc<FederationState>>,
+    Extension(origin): Extension<Origin>,
+    OriginalUri(uri): OriginalUri,
+    Path((room_id, user_id)): Path<(String, String)>,
+) -> Response {
+    make_member(state, origin, uri, room_id, user_id, Membership::Knock).await
+}
+
+async fn send_knock(
+    State(state): State<Arc<FederationState>>,
+    Extension(origin): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    send_member(state, origin, room_id, event_id, body, Membership::Knock).await
+}
+
 async fn make_member(
     state: Arc<FederationState>,
     origin: Origin,
@@ -248,7 +275,7 @@ async fn make_member(
         let user = parse_origin_user(&user_id, &origin)?;
         // make_leave has no `ver`: any version the room has is fine for a leave.
         let versions = match membership {
-            Membership::Join => versions_from_query(&uri),
+            Membership::Join | Membership::Knock => versions_from_query(&uri),
             _ => rooms::supported_room_versions().to_vec(),
         };
         let (version, template) =
@@ -464,6 +491,11 @@ async fn send_member(
                 "members_omitted": false,
                 "servers_in_room": accepted.servers_in_room,
             }),
+            Membership::Knock => {
+                let rooms = m.rooms.clone();
+                let r = room.clone();
+                json!({ "knock_room_state": blocking(move || rooms.knock_room_state(&r)).await? })
+            }
             _ => json!({}),
         };
         Ok::<_, Fail>(Json(body).into_response())

@@ -13,6 +13,10 @@
 //!   and only then marks the user joined.
 //! * **Leave / reject an invite** ([`MembershipService::leave`]) for a room this server has
 //!   no state of: `make_leave` / `v2/send_leave` through the inviter's or the room's server.
+//! * **Knock** ([`MembershipService::knock`]): `make_knock?ver=…` / `v1/send_knock`
+//!   through the candidate servers; the signed knock and the resident's
+//!   `knock_room_state` are recorded ([`rooms::RoomService::record_remote_knock`]).
+//!   Rescinding it is a leave; accepting it is the resident's invite.
 //! * **Invite a remote user** ([`MembershipService::invite`]): the invite is built and
 //!   authorised locally, counter-signed by the invitee's server (`PUT /v2/invite` with
 //!   `invite_room_state` as full PDUs), and appended once that signature checks.
@@ -230,7 +234,9 @@ impl MembershipService {
     }
 
     /// Servers to ask, in order: the caller's `via`, the inviter's server (if `user` has
-    /// an invite), the room ID's server; never ourselves, no repeats.
+    /// an invite), the servers of a knock's stripped state; only when none of those
+    /// exists, the servers in a room we have the state of and the room ID's server;
+    /// never ourselves, no repeats.
     fn candidates(&self, user: &UserId, room: &RoomId, via: &[OwnedServerName]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut push = |s: &str| {
@@ -248,8 +254,35 @@ impl MembershipService {
         {
             push(sender.server_name().as_str());
         }
-        if let Some(s) = room.server_name() {
-            push(s.as_str());
+        // A knock on a room we have no state of: the servers of the stripped state's
+        // senders (the resident answered it), e.g. to rescind the knock in a v12 room.
+        if let Ok(Some(rec)) = self.rooms.membership(room, user)
+            && rec.membership == Membership::Knock
+            && let Ok(stripped) = self.rooms.knock_state(room, user)
+        {
+            for ev in &stripped {
+                if let Some(sender) = ev.get("sender").and_then(Value::as_str)
+                    && let Ok(sender) = UserId::parse(sender)
+                {
+                    push(sender.server_name().as_str());
+                }
+            }
+        }
+        // Only when nothing else names a server (a caller that names servers means those:
+        // a restricted join through them may fail on purpose): the servers of a room we
+        // have the state of (a restricted join no local member can vouch for goes to a
+        // resident that can), then the room ID's server.
+        if out.is_empty() {
+            let ours = self.our_name().as_str();
+            let mut fallback = self.rooms.servers_in_room(room).unwrap_or_default();
+            if let Some(s) = room.server_name() {
+                fallback.push(s.to_string());
+            }
+            for s in fallback {
+                if s != ours && !out.contains(&s) {
+                    out.push(s);
+                }
+            }
         }
         out.truncate(MAX_JOIN_CANDIDATES);
         out
@@ -341,6 +374,9 @@ impl MembershipService {
                 ))),
             }
         };
+        if let Some(done) = self.join_known_room(room, server, &rules, &join).await? {
+            return Ok(done);
+        }
         let (state, auth_chain) = (list("state")?, list("auth_chain")?);
         if state.len() + auth_chain.len() > MAX_JOIN_EVENTS {
             return Err(MembershipError::BadResponse(format!(
@@ -377,6 +413,54 @@ impl MembershipService {
             event_id: sent.event_id,
             pos: sent.pos,
         })
+    }
+
+    /// A remote join to a room another local user is still joined to (a restricted join
+    /// no local member could vouch for): the returned join joins the DAG we have, like
+    /// any PDU, instead of replacing the room's state with the answer's. `None` when the
+    /// room is not such a room or the join cites events we lack (then the answer's state
+    /// is imported).
+    async fn join_known_room(
+        &self,
+        room: &RoomId,
+        server: &str,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        join: &CanonicalJsonObject,
+    ) -> Result<Option<Done>> {
+        let ours = self.our_name().to_owned();
+        let local_joined = self.rooms.room_exists(room)?
+            && self
+                .rooms
+                .joined_members(room)?
+                .iter()
+                .any(|u| u.server_name() == ours);
+        if !local_joined {
+            return Ok(None);
+        }
+        let mut memo = KeyMemo::new();
+        verify_pdu(&*self.keys, rules, join.clone(), &mut memo)
+            .await
+            .map_err(|e| MembershipError::BadResponse(format!("{server}'s join: {e}")))?;
+        let keys = static_keys(&memo);
+        let rooms = self.rooms.clone();
+        let (origin, pdu) = (ours, join.clone());
+        let received = tokio::task::spawn_blocking(move || rooms.receive_pdu(&origin, pdu, &keys))
+            .await
+            .map_err(|e| MembershipError::BadResponse(format!("join panicked: {e}")))??;
+        match received {
+            rooms::Received::Accepted { event_id, pos } => Ok(Some(Done {
+                room_id: room.to_owned(),
+                event_id,
+                pos,
+            })),
+            rooms::Received::NeedsMissingEvents { .. } => Ok(None),
+            rooms::Received::SoftFailed { reason, .. }
+            | rooms::Received::Rejected { reason, .. } => {
+                Err(MembershipError::Room(RoomError::Forbidden(format!(
+                    "the join {server} accepted is not allowed by the state here: {reason}"
+                ))))
+            }
+        }
     }
 
     /// Hands a verified `send_join` answer to the room engine, which stores the state and
@@ -448,6 +532,25 @@ impl MembershipService {
                     enc(user.as_str())
                 );
                 for (i, v) in rooms::supported_room_versions().iter().enumerate() {
+                    p.push(if i == 0 { '?' } else { '&' });
+                    p.push_str("ver=");
+                    p.push_str(&enc(v.as_str()));
+                }
+                p
+            }
+            Membership::Knock => {
+                let mut p = format!(
+                    "/_matrix/federation/v1/make_knock/{}/{}",
+                    enc(room.as_str()),
+                    enc(user.as_str())
+                );
+                // Only the versions that have knocking: the resident then refuses a room
+                // without it with M_INCOMPATIBLE_ROOM_VERSION.
+                let versions = rooms::supported_room_versions();
+                let knockable = versions
+                    .iter()
+                    .filter(|v| v.rules().is_some_and(|r| r.authorization.knocking));
+                for (i, v) in knockable.enumerate() {
                     p.push(if i == 0 { '?' } else { '&' });
                     p.push_str("ver=");
                     p.push_str(&enc(v.as_str()));
@@ -562,6 +665,92 @@ impl MembershipService {
             }
         }
         Err(last)
+    }
+
+    /// Knock on `room_or_alias` for local `user` through other servers (`make_knock` /
+    /// `send_knock` at the first candidate that accepts); the knock is recorded with the
+    /// resident's `knock_room_state`.
+    pub async fn knock(
+        &self,
+        user: &UserId,
+        room_or_alias: &str,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<Done> {
+        let mut via = via.to_vec();
+        let room = if room_or_alias.starts_with('#') {
+            let alias = RoomAliasId::parse(room_or_alias).map_err(|_| {
+                RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}"))
+            })?;
+            let (room, servers) = self.resolve_remote_alias(&alias).await?;
+            via.extend(servers);
+            via.push(alias.server_name().to_owned());
+            room
+        } else {
+            OwnedRoomId::try_from(room_or_alias).map_err(|_| {
+                RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}"))
+            })?
+        };
+        let candidates = self.candidates(user, &room, &via);
+        if candidates.is_empty() {
+            return Err(MembershipError::NotFound(format!(
+                "no server to knock on {room} through: give one with server_name or via"
+            )));
+        }
+        let mut content = Map::new();
+        if let Some(r) = reason {
+            content.insert("reason".into(), Value::from(r));
+        }
+        let mut last = MembershipError::Unreachable(format!("no server could knock on {room}"));
+        for server in &candidates {
+            match self.knock_via(user, &room, server, content.clone()).await {
+                Ok(done) => return Ok(done),
+                Err(e @ MembershipError::IncompatibleVersion(_)) => return Err(e),
+                // A refusal by the room's rules (banned, already invited or joined, not a
+                // knock room) is the room's answer: every resident would give it.
+                Err(e @ MembershipError::Refused { status: 403, .. }) => return Err(e),
+                Err(e) => {
+                    tracing::info!(%room, %server, error = %e, "knock through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn knock_via(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        server: &str,
+        content: Map<String, Value>,
+    ) -> Result<Done> {
+        let (version, signed, event_id) = self
+            .make_member(user, room, server, Membership::Knock, Some(content))
+            .await?;
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            enc(room.as_str()),
+            enc(event_id.as_str())
+        );
+        let body = Value::from(CanonicalJsonValue::Object(signed.clone()));
+        let resp = self.put(server, &path, &body).await?;
+        let stripped: Vec<Value> = match resp.body.get("knock_room_state") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        let rooms = self.rooms.clone();
+        let (r, u) = (room.to_owned(), user.to_owned());
+        let sent = tokio::task::spawn_blocking(move || {
+            rooms.record_remote_knock(&r, &u, &version, signed, stripped)
+        })
+        .await
+        .map_err(|e| MembershipError::BadResponse(format!("knock panicked: {e}")))??;
+        Ok(Done {
+            room_id: room.to_owned(),
+            event_id: sent.event_id,
+            pos: sent.pos,
+        })
     }
 
     /// Records a leave a resident accepted for a room we have no state of.

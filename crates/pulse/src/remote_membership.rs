@@ -107,6 +107,26 @@ impl RemoteMembership for Remote {
         })
     }
 
+    fn knock(
+        &self,
+        user: OwnedUserId,
+        room_or_alias: String,
+        via: Vec<OwnedServerName>,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Result<RemoteDone, MatrixError>> {
+        Box::pin(async move {
+            let done = self
+                .0
+                .knock(&user, &room_or_alias, &via, reason.as_deref())
+                .await
+                .map_err(to_matrix)?;
+            Ok(RemoteDone {
+                room_id: done.room_id,
+                pos: done.pos,
+            })
+        })
+    }
+
     fn leave(
         &self,
         user: OwnedUserId,

@@ -126,6 +126,7 @@ mod create;
 mod import;
 mod jump;
 pub mod keys;
+mod knock;
 mod observer;
 mod ops;
 mod pdu;
@@ -160,6 +161,7 @@ mod tests_template;
 mod tests_versions;
 mod topo;
 mod txn;
+mod upgrade;
 mod version;
 
 pub use create::{CreateRoomRequest, InitialStateEvent, Preset, Visibility};
@@ -173,6 +175,7 @@ pub use remote::{
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
 pub use template::AcceptedMember;
 pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};
+pub use upgrade::{UPGRADE_COPIED_STATE, Upgraded};
 
 /// Deltas in `StateAt` longer than this are replaced by a full snapshot.
 pub const MAX_STATE_DELTA: usize = 100;
@@ -227,6 +230,14 @@ pub enum RoomError {
     /// 500.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 400 `M_UNABLE_TO_AUTHORISE_JOIN`: a restricted join whose allow conditions this
+    /// server cannot check (no local member in any allowed room): try another server.
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
+    /// 400 `M_UNABLE_TO_GRANT_JOIN`: a restricted join this server cannot vouch for (no
+    /// local member who may invite): try another server.
+    #[error("{0}")]
+    UnableToGrantJoin(String),
 }
 
 pub type Result<T, E = RoomError> = std::result::Result<T, E>;

@@ -178,7 +178,7 @@ impl RoomService {
 
     /// A membership change by `sender` for `target`; a repeat of the current member event
     /// (same sender, same content) returns it instead of sending a new one.
-    fn member_locked(
+    pub(crate) fn member_locked(
         &self,
         sender: &UserId,
         room: &RoomId,

@@ -57,7 +57,13 @@ impl RoomService {
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // A condition counts only for a room this server takes part in (a local member is
+        // joined): a stale copy of a room we left cannot tell who is in it now. A remote
+        // user we cannot place may be in an allowed room we are not in: that is
+        // M_UNABLE_TO_AUTHORISE_JOIN (another resident may know), as Synapse answers; a
+        // local user's rooms are all known here, so theirs is a plain 403.
         let mut satisfied = false;
+        let mut unknown_room = false;
         for cond in allowed {
             if cond.get("type").and_then(Value::as_str) != Some("m.room_membership") {
                 continue;
@@ -69,12 +75,26 @@ impl RoomService {
             else {
                 continue;
             };
-            if self.room_exists(&r)? && self.is_joined(&r, sender)? {
+            if !self.room_exists(&r)?
+                || !self
+                    .joined_members(&r)?
+                    .iter()
+                    .any(|u| u.server_name() == self.server_name)
+            {
+                unknown_room = true;
+                continue;
+            }
+            if self.is_joined(&r, sender)? {
                 satisfied = true;
                 break;
             }
         }
         if !satisfied {
+            if unknown_room && sender.server_name() != self.server_name {
+                return Err(RoomError::UnableToAuthoriseJoin(format!(
+                    "this server is not in every room that {room}'s join rules allow"
+                )));
+            }
             return Err(RoomError::Forbidden(format!(
                 "{sender} is not joined to any room that {room}'s join rules allow"
             )));
@@ -91,7 +111,7 @@ impl RoomService {
             .map(|(u, _)| u)
             .max_by_key(|u| pl.for_user(u));
         let Some(authoriser) = authoriser else {
-            return Err(RoomError::Forbidden(format!(
+            return Err(RoomError::UnableToGrantJoin(format!(
                 "no local member of {room} may invite, so this server cannot authorise the join"
             )));
         };

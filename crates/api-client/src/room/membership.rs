@@ -90,6 +90,8 @@ async fn create_room(
     let extra: Vec<&ruma::UserId> = invited.iter().map(|u| &**u).collect();
     wake(&state, &room, pos, &extra).await;
     push_remote_invites(&state, &room, &invited).await;
+    // A room created by hand as another's successor (`predecessor`).
+    super::upgrade::carry_over(&state, &auth.user_id, &room).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -153,6 +155,7 @@ async fn do_join(
                 .join(auth.user_id.clone(), target, via, content)
                 .await?;
             wake(&state, &done.room_id, done.pos, &[&auth.user_id]).await;
+            super::upgrade::carry_over(&state, &auth.user_id, &done.room_id).await;
             return Ok(Json(json!({ "room_id": done.room_id })));
         }
     }
@@ -169,9 +172,22 @@ async fn do_join(
             tracing::debug!(%user, room = %target, "join retried once the invite arrived: {m}");
             join(prof, content).await?
         }
+        // A restricted room no local member can let us into: a resident elsewhere may.
+        Err(RoomError::UnableToGrantJoin(m) | RoomError::UnableToAuthoriseJoin(m))
+            if remote(&state).is_some() =>
+        {
+            tracing::debug!(%user, room = %target, "restricted join goes to another server: {m}");
+            let remote = remote(&state).ok_or_else(|| MatrixError::internal("no federation"))?;
+            let via = via_from_query(query.as_deref());
+            let done = remote.join(user.clone(), target, via, content).await?;
+            wake(&state, &done.room_id, done.pos, &[&auth.user_id]).await;
+            super::upgrade::carry_over(&state, &auth.user_id, &done.room_id).await;
+            return Ok(Json(json!({ "room_id": done.room_id })));
+        }
         r => r?,
     };
     wake(&state, &room, sent.pos, &[&auth.user_id]).await;
+    super::upgrade::carry_over(&state, &auth.user_id, &room).await;
     Ok(Json(json!({ "room_id": room })))
 }
 
@@ -180,7 +196,8 @@ async fn do_join(
 const INVITE_PDU_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Whether `user` holds an invite to `room` (a room we take part in) that the room's state
-/// does not have yet, and it got there within [`INVITE_PDU_WAIT`]. A remote inviter's
+/// does not have yet, and it got there within [`INVITE_PDU_WAIT`] (woken by the PDU's
+/// arrival through the sync notifier; no polling). A remote inviter's
 /// server first sends the invite itself (`PUT /invite`: our user sees it at once), then the
 /// same event as a PDU of the room (`/send`); a join or rejection made in between is
 /// checked against a state without the invite. Waiting for the PDU, then trying again,
@@ -202,19 +219,25 @@ async fn awaited_remote_invite(state: &Arc<AppState>, room: &str, user: &ruma::U
             Ok(Some(in_state.as_deref() == Some(&*rec.event_id)))
         })
     };
+    // Subscribed before the first check: the PDU's arrival wakes the invitee (the inbound
+    // `/send` wakes a member event's target), so no arrival between check and wait is lost.
+    let mut woken = state.notifier.subscribe(user);
     if !matches!(pending().await, Ok(Some(false))) {
         return false;
     }
     let deadline = tokio::time::Instant::now() + INVITE_PDU_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    loop {
+        match tokio::time::timeout_at(deadline, woken.changed()).await {
+            Ok(Ok(())) => {}
+            // The deadline passed, or the notifier is gone (shutting down).
+            _ => return false,
+        }
         match pending().await {
             Ok(Some(true)) => return true,
             Ok(Some(false)) => {}
             _ => return false,
         }
     }
-    false
 }
 
 async fn join_by_id_or_alias(

@@ -28,6 +28,8 @@ use crate::notifier::SyncNotifier;
 
 mod directory;
 mod events;
+mod hierarchy;
+mod knock;
 mod membership;
 pub(crate) mod relations;
 mod report;
@@ -36,6 +38,7 @@ mod summary;
 
 pub(crate) use summary::sync_summary;
 mod timestamp;
+mod upgrade;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
@@ -46,6 +49,9 @@ pub fn routes() -> Router<Arc<AppState>> {
     let r = search::routes(r);
     let r = summary::routes(r);
     let r = timestamp::routes(r);
+    let r = knock::routes(r);
+    let r = upgrade::routes(r);
+    let r = hierarchy::routes(r);
     directory::routes(r)
 }
 
@@ -74,6 +80,12 @@ impl From<RoomError> for MatrixError {
             RoomError::BadAlias(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_ALIAS", m),
             RoomError::BadState(m) => MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", m),
             RoomError::Internal(m) => MatrixError::internal(m),
+            RoomError::UnableToAuthoriseJoin(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN", m)
+            }
+            RoomError::UnableToGrantJoin(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN", m)
+            }
         }
     }
 }
