@@ -95,6 +95,8 @@ async fn send(
 }
 
 type Field = fn(&mut Acked) -> &mut Versions;
+/// Builds the request (path, body) for a counter.
+type MakeRequest = fn(&Load, u64) -> (String, Value);
 
 impl Load {
     fn url(&self, path: &str) -> String {
@@ -111,7 +113,15 @@ impl Load {
                 self.round
             ));
             let body = json!({"msgtype": "m.text", "body": format!("round {} #{i}", self.round)});
-            match send(&self.http, reqwest::Method::PUT, url, &self.alice.token, body).await {
+            match send(
+                &self.http,
+                reqwest::Method::PUT,
+                url,
+                &self.alice.token,
+                body,
+            )
+            .await
+            {
                 Some(b) => {
                     let id = b["event_id"].as_str().expect("event_id").to_owned();
                     self.acked.lock().expect("lock").messages.push(id);
@@ -142,7 +152,11 @@ impl Load {
             };
             let device = b["device_id"].as_str().expect("device_id").to_owned();
             let token = b["access_token"].as_str().expect("token").to_owned();
-            self.acked.lock().expect("lock").logins.push((device, token));
+            self.acked
+                .lock()
+                .expect("lock")
+                .logins
+                .push((device, token));
         }
     }
 
@@ -157,9 +171,15 @@ impl Load {
             };
             let (path, body) = make(&self, n);
             let url = self.url(&path);
-            if send(&self.http, reqwest::Method::PUT, url, &self.alice.token, body)
-                .await
-                .is_none()
+            if send(
+                &self.http,
+                reqwest::Method::PUT,
+                url,
+                &self.alice.token,
+                body,
+            )
+            .await
+            .is_none()
             {
                 return;
             }
@@ -239,7 +259,9 @@ async fn verify(s: &TestServer, load: &Load, acked: &Acked, round: usize) {
         );
     }
     // Logins: every acknowledged device is listed and its token works.
-    let (st, body) = s.get("/_matrix/client/v3/devices", Some(&alice.token)).await;
+    let (st, body) = s
+        .get("/_matrix/client/v3/devices", Some(&alice.token))
+        .await;
     assert_eq!(st, 200, "{body}");
     let devices: std::collections::HashMap<String, Value> = body["devices"]
         .as_array()
@@ -254,7 +276,9 @@ async fn verify(s: &TestServer, load: &Load, acked: &Acked, round: usize) {
         );
     }
     if let Some((device, token)) = acked.logins.last() {
-        let (st, body) = s.get("/_matrix/client/v3/account/whoami", Some(token)).await;
+        let (st, body) = s
+            .get("/_matrix/client/v3/account/whoami", Some(token))
+            .await;
         assert_eq!(st, 200, "round {round}: token of {device} rejected: {body}");
         assert_eq!(body["device_id"], json!(device));
     }
@@ -278,7 +302,9 @@ async fn verify(s: &TestServer, load: &Load, acked: &Acked, round: usize) {
         )
         .await;
     assert_eq!(st, 200, "{body}");
-    let found = body["status_msg"].as_str().map(|m| counter_of(m, "status "));
+    let found = body["status_msg"]
+        .as_str()
+        .map(|m| counter_of(m, "status "));
     check("presence status_msg", acked.presence, found, round);
     // Account data.
     let (st, body) = s
@@ -360,7 +386,7 @@ async fn acknowledged_writes_survive_fifty_random_kill_9s() {
             tokio::spawn(load.clone().messages()),
             tokio::spawn(load.clone().logins()),
         ];
-        let writers: Vec<(Field, fn(&Load, u64) -> (String, Value))> = vec![
+        let writers: Vec<(Field, MakeRequest)> = vec![
             (
                 |a| &mut a.state,
                 |l, n| {
