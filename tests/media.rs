@@ -263,3 +263,140 @@ fn png_size(b: &[u8]) -> (u32, u32) {
     let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     (be(16), be(20))
 }
+
+/// Asynchronous uploads: reserve, wait, upload once, by the owner only; bounded per user.
+#[tokio::test]
+async fn asynchronous_uploads() {
+    let mut s = TestServer::start_with("[media]\nmax_pending_uploads = 3\n").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let t = alice.token.as_str();
+
+    let create = |token: String| {
+        let s = &s;
+        async move {
+            let (st, _, b) = fetch(
+                s,
+                "POST",
+                "/_matrix/media/v1/create",
+                Some(&token),
+                None,
+                vec![],
+            )
+            .await;
+            (st, json(&b))
+        }
+    };
+    let (st, v) = create(t.to_owned()).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["unused_expires_at"].as_u64().is_some_and(|e| e > 0),
+        "{v}"
+    );
+    let id = v["content_uri"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("mxc://localhost/"))
+        .expect("local mxc")
+        .to_owned();
+
+    // Not uploaded yet: a short wait ends in 504 M_NOT_YET_UPLOADED.
+    let (st, _, b) = fetch(
+        &s,
+        "GET",
+        &format!("/_matrix/client/v1/media/download/localhost/{id}?timeout_ms=200"),
+        Some(t),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (st, json(&b)["errcode"].as_str()),
+        (504, Some("M_NOT_YET_UPLOADED"))
+    );
+
+    // A download that waits is answered once the content arrives.
+    let url = s.url(&format!(
+        "/_matrix/client/v1/media/download/localhost/{id}?timeout_ms=30000"
+    ));
+    let token = t.to_owned();
+    let waiting = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent");
+        (r.status().as_u16(), r.bytes().await.expect("body").to_vec())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let put_path = format!("/_matrix/media/v3/upload/localhost/{id}?filename=a.png");
+    // Only the user who reserved it may upload.
+    let (st, _, b) = fetch(
+        &s,
+        "PUT",
+        &put_path,
+        Some(&bob.token),
+        Some("image/png"),
+        png(),
+    )
+    .await;
+    assert_eq!(
+        (st, json(&b)["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN"))
+    );
+    let (st, _, b) = fetch(&s, "PUT", &put_path, Some(t), Some("image/png"), png()).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let (st, body) = waiting.await.expect("join");
+    assert_eq!((st, body), (200, png()));
+    // Once only.
+    let (st, _, b) = fetch(&s, "PUT", &put_path, Some(t), Some("image/png"), png()).await;
+    assert_eq!(
+        (st, json(&b)["errcode"].as_str()),
+        (409, Some("M_CANNOT_OVERWRITE_MEDIA"))
+    );
+    // Unknown IDs are 404 at once, for upload and download.
+    let (st, _, _) = fetch(
+        &s,
+        "PUT",
+        "/_matrix/media/v3/upload/localhost/nosuchid",
+        Some(t),
+        Some("text/plain"),
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // Three unexpired reservations at most.
+    for _ in 0..3 {
+        assert_eq!(create(t.to_owned()).await.0, 200);
+    }
+    let (st, v) = create(t.to_owned()).await;
+    assert_eq!(
+        (st, v["errcode"].as_str()),
+        (429, Some("M_LIMIT_EXCEEDED")),
+        "{v}"
+    );
+    assert_eq!(
+        create(bob.token.clone()).await.0,
+        200,
+        "bob has his own allowance"
+    );
+
+    // The uploaded content survives a restart, with its name.
+    s.kill9_and_restart().await;
+    let (st, h, b) = fetch(
+        &s,
+        "GET",
+        &format!("/_matrix/client/v1/media/download/localhost/{id}"),
+        Some(t),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!((st, b), (200, png()));
+    assert!(
+        h["content-disposition"]
+            .to_str()
+            .is_ok_and(|d| d.contains("a.png"))
+    );
+}

@@ -48,6 +48,7 @@ mod ephemeral;
 mod filter;
 mod keys;
 mod media;
+mod media_async;
 mod meta;
 mod presence;
 mod profile;
@@ -148,6 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(to_device::routes())
         .merge(room_keys::routes())
         .merge(media::routes())
+        .merge(media_async::routes())
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

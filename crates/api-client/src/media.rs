@@ -9,8 +9,9 @@
 //!   local media (the spec deprecates them but still allows them), and
 //!   `GET /_matrix/media/v3/config` (with a token).
 //! * Media of another server is 404 `M_NOT_FOUND`: fetching it over federation is not done.
-//!   Neither are `/create` (asynchronous uploads) nor URL previews (`preview_url`: 404
-//!   `M_UNRECOGNIZED`, the fallback).
+//!   Nor are URL previews (`preview_url`: 404 `M_UNRECOGNIZED`, the fallback).
+//! * Asynchronous uploads (`/create`, `PUT /upload/{server}/{id}`) are in `media_async`;
+//!   downloads and thumbnails of a reserved ID wait for its content there.
 //!
 //! Downloads carry the headers the spec asks for against stored XSS: a sandboxing
 //! `Content-Security-Policy`, `Cross-Origin-Resource-Policy: cross-origin`, and
@@ -37,12 +38,18 @@ use crate::{AppState, AppStateRef};
 pub struct MediaConfig {
     /// Largest upload, in bytes (413 `M_TOO_LARGE` above it).
     pub max_upload_bytes: usize,
+    /// Unexpired asynchronous-upload reservations one user may hold (`/create`).
+    pub max_pending_uploads: usize,
+    /// How long a reserved media ID waits for its content, in seconds.
+    pub pending_upload_lifetime_secs: u64,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             max_upload_bytes: 50 * 1024 * 1024,
+            max_pending_uploads: 10,
+            pending_upload_lifetime_secs: 24 * 60 * 60,
         }
     }
 }
@@ -93,17 +100,17 @@ async fn config(state: AppStateRef, _auth: Auth) -> Json<Value> {
 }
 
 #[derive(Debug, Deserialize)]
-struct UploadQuery {
+pub(crate) struct UploadQuery {
     filename: Option<String>,
 }
 
-async fn upload(
-    state: AppStateRef,
-    auth: Auth,
-    Query(q): Query<UploadQuery>,
-    headers: HeaderMap,
+/// An upload's body (bounded by `[media] max_upload_bytes`), content type and file name.
+pub(crate) async fn read_upload(
+    state: &AppState,
+    q: UploadQuery,
+    headers: &HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(axum::body::Bytes, String, Option<String>)> {
     let limit = state.config.media.max_upload_bytes;
     let bytes = axum::body::to_bytes(body, limit)
         .await
@@ -120,6 +127,17 @@ async fn upload(
             "The file name is longer than 255 bytes",
         ));
     }
+    Ok((bytes, content_type, filename))
+}
+
+async fn upload(
+    state: AppStateRef,
+    auth: Auth,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let (bytes, content_type, filename) = read_upload(&state, q, &headers, body).await?;
     let st = state.0.clone();
     let id = blocking(move || {
         st.media.upload(
@@ -136,7 +154,7 @@ async fn upload(
 }
 
 /// Only this server's media exists here (remote media is not fetched yet).
-fn check_local(state: &AppState, server: &str) -> ApiResult<()> {
+pub(crate) fn check_local(state: &AppState, server: &str) -> ApiResult<()> {
     if server != state.config.server_name.as_str() {
         return Err(MatrixError::not_found(
             "Media of other servers is not available here (remote media is not fetched yet)",
@@ -231,13 +249,19 @@ fn media_response(content_type: &str, filename: Option<&str>, bytes: Vec<u8>) ->
     resp
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct DownloadQuery {
+    timeout_ms: Option<u64>,
+}
+
 async fn download(
     state: &Arc<AppState>,
     server: String,
     media_id: String,
     file_name: Option<String>,
+    q: DownloadQuery,
 ) -> ApiResult<Response> {
-    check_local(state, &server)?;
+    crate::media_async::wait_for_upload(state, &server, &media_id, q.timeout_ms).await?;
     let st = state.clone();
     let found = blocking(move || st.media.download(&media_id)).await??;
     let Some((record, bytes)) = found else {
@@ -251,30 +275,34 @@ async fn download_auth(
     state: AppStateRef,
     _auth: Auth,
     Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<DownloadQuery>,
 ) -> ApiResult<Response> {
-    download(&state.0, server, media_id, None).await
+    download(&state.0, server, media_id, None, q).await
 }
 
 async fn download_auth_named(
     state: AppStateRef,
     _auth: Auth,
     Path((server, media_id, file_name)): Path<(String, String, String)>,
+    Query(q): Query<DownloadQuery>,
 ) -> ApiResult<Response> {
-    download(&state.0, server, media_id, Some(file_name)).await
+    download(&state.0, server, media_id, Some(file_name), q).await
 }
 
 async fn download_legacy(
     state: AppStateRef,
     Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<DownloadQuery>,
 ) -> ApiResult<Response> {
-    download(&state.0, server, media_id, None).await
+    download(&state.0, server, media_id, None, q).await
 }
 
 async fn download_legacy_named(
     state: AppStateRef,
     Path((server, media_id, file_name)): Path<(String, String, String)>,
+    Query(q): Query<DownloadQuery>,
 ) -> ApiResult<Response> {
-    download(&state.0, server, media_id, Some(file_name)).await
+    download(&state.0, server, media_id, Some(file_name), q).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +310,7 @@ struct ThumbnailQuery {
     width: Option<String>,
     height: Option<String>,
     method: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 async fn thumbnail(
@@ -310,6 +339,7 @@ async fn thumbnail(
             )));
         }
     };
+    crate::media_async::wait_for_upload(state, &server, &media_id, q.timeout_ms).await?;
     let st = state.clone();
     let png = blocking(move || st.media.thumbnail(&media_id, w, h, method)).await??;
     match png {

@@ -11,8 +11,11 @@
 //! originals (`thumbnails/<hash>-<w>x<h>-<method>.png`). Other types get 400 from the API
 //! layer, as the spec allows.
 //!
-//! Not done: remote media (`/_matrix/federation/v1/media/download`), asynchronous uploads
-//! (`/create`), URL previews, quotas per user, deleting media.
+//! Asynchronous uploads (a media ID reserved first, its content `PUT` later) are in
+//! [`pending`].
+//!
+//! Not done: remote media (`/_matrix/federation/v1/media/download`), URL previews, quotas per
+//! user, deleting media.
 //!
 //! All methods do file and storage I/O: call them from the blocking pool.
 use std::io::Write;
@@ -23,6 +26,9 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{Batch, Cf, Db, StorageError};
+
+pub mod pending;
+pub use pending::{Completed, MediaState, PendingLimits, PendingUpload, Reserved};
 
 /// Largest width or height of a thumbnail, and of an image a thumbnail is made from (a
 /// decompression bomb is refused before it is decoded in full).
@@ -65,13 +71,22 @@ pub enum ThumbnailMethod {
 pub struct MediaService {
     db: Arc<Db>,
     dir: PathBuf,
+    /// Serialises reserving and completing asynchronous uploads.
+    pending_lock: std::sync::Mutex<()>,
+    /// Woken when an asynchronous upload completes (downloads waiting for it).
+    uploaded: tokio::sync::Notify,
 }
 
 impl MediaService {
     /// Media under `dir` (created if missing).
     pub fn new(db: Arc<Db>, dir: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(dir.join("thumbnails"))?;
-        Ok(MediaService { db, dir })
+        Ok(MediaService {
+            db,
+            dir,
+            pending_lock: std::sync::Mutex::new(()),
+            uploaded: tokio::sync::Notify::new(),
+        })
     }
 
     fn file_path(&self, sha256: &str) -> PathBuf {
