@@ -28,7 +28,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.server_name();
     }
     let _ = ruma::ServerName::parse(s);
-    let _ = ruma::DeviceId::new();
     let _ = presence_core::sharing::SharingEntry::parse(s);
-    let _ = rooms::parse_room_version(s);
+    let _ = ruma::RoomVersionId::try_from(s).map(|v| v.rules());
 });

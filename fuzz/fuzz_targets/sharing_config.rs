@@ -1,6 +1,7 @@
-//! The MSC4325 presence sharing config and its globs: validation as the account-data PUT
-//! does it, compilation, and the visibility decision for viewers taken from the input
-//! (glob matching against arbitrary user IDs), with a small room index.
+//! The MSC4325 presence sharing config and its globs (presence-core, Pulse's own code):
+//! parsing (`SharingConfig::from_json`, the core of the account-data PUT's validation),
+//! compilation, and the visibility decision for viewers taken from the input (glob matching
+//! against arbitrary user IDs), with a small room index.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use presence_core::audience::AudienceIndex;
@@ -14,8 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let owner = user_id!("@owner:example.org");
     let mut rooms = AudienceIndex::new();
     rooms.apply_membership(room_id!("!shared:example.org"), owner, true);
-    rooms.apply_membership(room_id!("!shared:example.org"), user_id!("@friend:example.org"), true);
-    let _ = presence_service::sharing::validate_sharing_config(&content);
+    rooms.apply_membership(
+        room_id!("!shared:example.org"),
+        user_id!("@friend:example.org"),
+        true,
+    );
+    if let Ok(config) = presence_core::sharing::SharingConfig::from_json(&content) {
+        let _ = SharingPolicy::compile(&config);
+    }
     let policy = SharingPolicy::from_account_data(Some(&content));
     // Viewers: every string in the input that is a user ID, plus a few fixed ones.
     let mut viewers: Vec<OwnedUserId> = vec![

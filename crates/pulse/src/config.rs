@@ -239,7 +239,7 @@ impl Default for Limits {
             failed_logins_per_address_burst: api_client::ratelimit::FAILED_LOGIN_BURST_PER_ADDRESS,
             failed_logins_per_address_per_second:
                 api_client::ratelimit::FAILED_LOGINS_PER_SECOND_PER_ADDRESS,
-            header_read_timeout_ms: 10_000,
+            header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 60_000,
             max_connections_per_address: 256,
             connection_limit_exempt: vec![
