@@ -59,9 +59,10 @@ docker_ready() { docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&
 start_dockerd() {
   local driver=$1
   log "starting dockerd${driver:+ (storage driver $driver)}"
-  # setsid + redirections: dockerd outlives this script and holds none of its output pipes.
+  # setsid + redirections: dockerd outlives this script and holds none of its output pipes,
+  # nor fd 9 (the run lock: a dockerd holding it would block every later run for good).
   setsid dockerd --log-level=warn ${driver:+--storage-driver=$driver} \
-    </dev/null >"$work/dockerd.log" 2>&1 &
+    </dev/null >"$work/dockerd.log" 2>&1 9>&- &
   local pid=$!
   for _ in $(seq 1 60); do
     docker_ready && return 0

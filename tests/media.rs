@@ -1,6 +1,6 @@
 //! The media repository through the real binary: upload (size limit, content type, file
 //! name), authenticated and legacy download with the safety headers, config, thumbnails
-//! (scale, crop, refused for non-images), unknown and remote media, and files surviving a
+//! (scale, crop, refused for non-images), unknown and unreachable remote media, and files surviving a
 //! restart.
 mod common;
 
@@ -179,15 +179,22 @@ async fn upload_download_and_thumbnails() {
     let (st, _, _) = fetch(&s, "POST", "/_matrix/media/v3/upload", None, None, vec![1]).await;
     assert_eq!(st, 401);
 
-    // Unknown and remote media.
-    for path in [
-        "/_matrix/client/v1/media/download/localhost/nope".to_owned(),
-        format!("/_matrix/client/v1/media/download/elsewhere.org/{id}"),
+    // Unknown media is 404; media of a server that cannot be reached is 502 (fetching it
+    // over federation: tests/federation_media.rs).
+    for (path, want) in [
+        (
+            "/_matrix/client/v1/media/download/localhost/nope".to_owned(),
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            format!("/_matrix/client/v1/media/download/elsewhere.invalid/{id}"),
+            (502, "M_UNKNOWN"),
+        ),
     ] {
         let (st, _, b) = fetch(&s, "GET", &path, Some(t), None, vec![]).await;
         assert_eq!(
             (st, json(&b)["errcode"].as_str()),
-            (404, Some("M_NOT_FOUND")),
+            (want.0, Some(want.1)),
             "{path}"
         );
     }

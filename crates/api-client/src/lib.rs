@@ -49,6 +49,7 @@ mod filter;
 mod keys;
 mod media;
 mod media_async;
+pub mod media_remote;
 mod meta;
 mod presence;
 mod profile;
@@ -116,6 +117,8 @@ pub struct AppState {
     pub remote_keys: std::sync::OnceLock<std::sync::Arc<dyn remote_keys::RemoteKeys>>,
     /// Uploaded files and their thumbnails.
     pub media: Arc<::media::MediaService>,
+    /// Fetches other servers' media, once federation runs.
+    pub remote_media: std::sync::OnceLock<std::sync::Arc<dyn media_remote::RemoteMedia>>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;

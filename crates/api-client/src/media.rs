@@ -8,8 +8,8 @@
 //! * The legacy unauthenticated `GET /_matrix/media/v3/download|thumbnail/…` for the same
 //!   local media (the spec deprecates them but still allows them), and
 //!   `GET /_matrix/media/v3/config` (with a token).
-//! * Media of another server is 404 `M_NOT_FOUND`: fetching it over federation is not done.
-//!   Nor are URL previews (`preview_url`: 404 `M_UNRECOGNIZED`, the fallback).
+//! * Media of another server is fetched over federation and cached (`media_remote`).
+//!   URL previews are not done (`preview_url`: 404 `M_UNRECOGNIZED`, the fallback).
 //! * Asynchronous uploads (`/create`, `PUT /upload/{server}/{id}`) are in `media_async`;
 //!   downloads and thumbnails of a reserved ID wait for its content there.
 //!
@@ -153,77 +153,12 @@ async fn upload(
     })))
 }
 
-/// Only this server's media exists here (remote media is not fetched yet).
+/// For what only this server's own media IDs can have (pending asynchronous uploads).
 pub(crate) fn check_local(state: &AppState, server: &str) -> ApiResult<()> {
     if server != state.config.server_name.as_str() {
-        return Err(MatrixError::not_found(
-            "Media of other servers is not available here (remote media is not fetched yet)",
-        ));
+        return Err(MatrixError::not_found("Not a media ID of this server"));
     }
     Ok(())
-}
-
-/// Types a browser shows without running script: these may be `inline`.
-fn inline_safe(content_type: &str) -> bool {
-    let base = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    matches!(
-        base.as_str(),
-        "text/plain"
-            | "text/csv"
-            | "application/json"
-            | "application/ld+json"
-            | "image/jpeg"
-            | "image/gif"
-            | "image/png"
-            | "image/apng"
-            | "image/webp"
-            | "image/avif"
-            | "video/mp4"
-            | "video/webm"
-            | "video/ogg"
-            | "video/quicktime"
-            | "audio/mp4"
-            | "audio/webm"
-            | "audio/aac"
-            | "audio/mpeg"
-            | "audio/ogg"
-            | "audio/wave"
-            | "audio/wav"
-            | "audio/x-wav"
-            | "audio/x-pn-wav"
-            | "audio/flac"
-            | "audio/x-flac"
-    )
-}
-
-/// `Content-Disposition` with the file name, RFC 6266 (`filename*` for non-ASCII names).
-fn disposition(content_type: &str, filename: Option<&str>) -> String {
-    let kind = if inline_safe(content_type) {
-        "inline"
-    } else {
-        "attachment"
-    };
-    match filename {
-        None => kind.to_owned(),
-        Some(name)
-            if name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-                && !name.contains('"')
-                && !name.contains('\\') =>
-        {
-            format!("{kind}; filename=\"{name}\"")
-        }
-        Some(name) => {
-            let enc: String =
-                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string();
-            format!("{kind}; filename*=utf-8''{enc}")
-        }
-    }
 }
 
 fn media_response(content_type: &str, filename: Option<&str>, bytes: Vec<u8>) -> Response {
@@ -232,7 +167,7 @@ fn media_response(content_type: &str, filename: Option<&str>, bytes: Vec<u8>) ->
     let ct = HeaderValue::from_str(content_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_TYPE, ct);
-    if let Ok(v) = HeaderValue::from_str(&disposition(content_type, filename)) {
+    if let Ok(v) = HeaderValue::from_str(&::media::disposition(content_type, filename)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(
@@ -252,6 +187,8 @@ fn media_response(content_type: &str, filename: Option<&str>, bytes: Vec<u8>) ->
 #[derive(Debug, Default, Deserialize)]
 struct DownloadQuery {
     timeout_ms: Option<u64>,
+    /// Legacy endpoints: `false` keeps the server from asking others.
+    allow_remote: Option<bool>,
 }
 
 async fn download(
@@ -261,6 +198,14 @@ async fn download(
     file_name: Option<String>,
     q: DownloadQuery,
 ) -> ApiResult<Response> {
+    if server != state.config.server_name.as_str() {
+        if q.allow_remote == Some(false) {
+            return Err(MatrixError::not_found("Remote media was not asked for"));
+        }
+        let c = crate::media_remote::download(state, &server, &media_id).await?;
+        let name = file_name.or(c.filename);
+        return Ok(media_response(&c.content_type, name.as_deref(), c.bytes));
+    }
     crate::media_async::wait_for_upload(state, &server, &media_id, q.timeout_ms).await?;
     let st = state.clone();
     let found = blocking(move || st.media.download(&media_id)).await??;
@@ -311,6 +256,7 @@ struct ThumbnailQuery {
     height: Option<String>,
     method: Option<String>,
     timeout_ms: Option<u64>,
+    allow_remote: Option<bool>,
 }
 
 async fn thumbnail(
@@ -319,7 +265,6 @@ async fn thumbnail(
     media_id: String,
     q: ThumbnailQuery,
 ) -> ApiResult<Response> {
-    check_local(state, &server)?;
     let dim = |v: Option<String>, name: &str| -> ApiResult<u32> {
         v.ok_or_else(|| MatrixError::missing_param(format!("Missing '{name}'")))?
             .parse::<u32>()
@@ -339,6 +284,19 @@ async fn thumbnail(
             )));
         }
     };
+    if server != state.config.server_name.as_str() {
+        if q.allow_remote == Some(false) {
+            return Err(MatrixError::not_found("Remote media was not asked for"));
+        }
+        let side = ::media::MAX_THUMBNAIL_SIDE;
+        let size = (w.min(side), h.min(side), method);
+        let c = crate::media_remote::thumbnail(state, &server, &media_id, size).await?;
+        return Ok(media_response(
+            &c.content_type,
+            Some("thumbnail.png"),
+            c.bytes,
+        ));
+    }
     crate::media_async::wait_for_upload(state, &server, &media_id, q.timeout_ms).await?;
     let st = state.clone();
     let png = blocking(move || st.media.thumbnail(&media_id, w, h, method)).await??;
@@ -363,27 +321,4 @@ async fn thumbnail_legacy(
     Query(q): Query<ThumbnailQuery>,
 ) -> ApiResult<Response> {
     thumbnail(&state.0, server, media_id, q).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dispositions_are_inline_only_for_safe_types_and_encode_names() {
-        assert_eq!(
-            disposition("image/png", Some("a.png")),
-            "inline; filename=\"a.png\""
-        );
-        assert_eq!(disposition("text/html", None), "attachment");
-        assert_eq!(
-            disposition("application/octet-stream", Some("naïve.txt")),
-            "attachment; filename*=utf-8''na%C3%AFve%2Etxt"
-        );
-        assert!(disposition("text/plain; charset=utf-8", Some("x")).starts_with("inline"));
-        assert!(
-            disposition("image/svg+xml", None).starts_with("attachment"),
-            "SVG can script"
-        );
-    }
 }

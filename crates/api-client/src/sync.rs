@@ -309,13 +309,22 @@ fn build_response(
                 if let Some(mut section) = section.or_else(|| {
                     (!account_data.is_empty() || !ephemeral.is_empty()).then(empty_joined_room)
                 }) {
+                    section["summary"] = crate::room::sync_summary(
+                        &state.rooms,
+                        room_id,
+                        user,
+                        &section,
+                        newly_joined || full_state,
+                    )
+                    .map_err(room_err)?;
                     section["account_data"] = json!({ "events": account_data });
                     section["ephemeral"] = json!({ "events": ephemeral });
                     body.join.insert(room_id.to_string(), section);
                 }
             }
             rooms::Membership::Invite => {
-                if changed_since_token {
+                // Invites from users this one ignores are not shown (spec: ignoring users).
+                if changed_since_token && !invited_by_ignored(state, user, &ur.event_id)? {
                     let events = state.rooms.invite_state(room_id, user).map_err(room_err)?;
                     body.invite.insert(
                         room_id.to_string(),
@@ -366,6 +375,28 @@ fn build_response(
         || !body.account_data.is_empty()
         || !body.presence.is_empty();
     Ok(body)
+}
+
+/// Whether the invite `event_id` was sent by a user on `user`'s `m.ignored_user_list`.
+fn invited_by_ignored(
+    state: &AppState,
+    user: &UserId,
+    event_id: &ruma::EventId,
+) -> ApiResult<bool> {
+    let ignored = state
+        .accounts
+        .account_data(user, None, "m.ignored_user_list")
+        .map_err(MatrixError::internal)?;
+    let Some(list) = ignored
+        .as_ref()
+        .and_then(|c| c.get("ignored_users"))
+        .and_then(Value::as_object)
+        .filter(|o| !o.is_empty())
+    else {
+        return Ok(false);
+    };
+    let sender = state.rooms.event(event_id).map_err(room_err)?;
+    Ok(sender.is_some_and(|ev| list.contains_key(ev.sender())))
 }
 
 /// How many stream entries an incremental sync reads to find the rooms that changed

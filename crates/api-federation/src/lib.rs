@@ -29,6 +29,7 @@ mod auth;
 pub mod e2ee;
 mod inbound;
 mod keys;
+mod media;
 pub mod membership;
 mod queries;
 mod reads;
@@ -78,6 +79,8 @@ pub struct FederationState {
     pub membership: Option<Arc<membership::MembershipState>>,
     /// Key queries and claims, device lists, to-device EDUs; `None`: not served.
     pub e2ee: Option<Arc<e2ee::E2eeState>>,
+    /// This server's uploads, for the federation media endpoints; `None`: 404.
+    pub media: Option<Arc<::media::MediaService>>,
 }
 
 impl FederationState {
@@ -103,6 +106,7 @@ impl FederationState {
             txn_locks: Default::default(),
             membership: None,
             e2ee: None,
+            media: None,
         }
     }
 
@@ -117,6 +121,12 @@ impl FederationState {
         membership: Arc<membership::MembershipState>,
     ) -> FederationState {
         self.membership = Some(membership);
+        self
+    }
+
+    /// Serves `/v1/media/download|thumbnail` from `media`.
+    pub fn with_media(mut self, media: Arc<::media::MediaService>) -> FederationState {
+        self.media = Some(media);
         self
     }
 
@@ -146,6 +156,8 @@ pub fn router(state: Arc<FederationState>) -> Router {
         .route("/v1/user/keys/query", post(e2ee::user_keys_query))
         .route("/v1/user/keys/claim", post(e2ee::user_keys_claim))
         .route("/v1/user/devices/{user_id}", get(e2ee::user_devices))
+        .route("/v1/media/download/{media_id}", get(media::download))
+        .route("/v1/media/thumbnail/{media_id}", get(media::thumbnail))
         .route("/v1/query/profile", get(queries::profile))
         .route("/v1/query/directory", get(queries::directory))
         .route(

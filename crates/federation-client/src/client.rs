@@ -25,6 +25,14 @@ pub struct FederationResponse {
     pub body: serde_json::Value,
 }
 
+/// An answer read as bytes (media), not parsed as JSON.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
 /// DNS for reqwest: hickory (reads `/etc/hosts`), SRV target overrides, IP filter.
 struct FilteredDns {
     resolver: TokioResolver,
@@ -252,6 +260,29 @@ impl FederationClient {
             .await
     }
 
+    /// A signed GET whose answer is read as bytes, at most `max_bytes` (media downloads,
+    /// which are larger than JSON answers and not JSON).
+    pub async fn get_raw(
+        &self,
+        destination: &str,
+        path_and_query: &str,
+        max_bytes: usize,
+    ) -> Result<RawResponse> {
+        let destination_name = OwnedServerName::try_from(destination)
+            .map_err(|_| FederationError::BadServerName(destination.to_owned()))?;
+        let method = http::Method::GET;
+        let auth = self.authorization(&method, &destination_name, path_and_query, &[])?;
+        self.send_raw(
+            method,
+            destination,
+            path_and_query,
+            Vec::new(),
+            Some(auth),
+            max_bytes,
+        )
+        .await
+    }
+
     /// An unauthenticated GET (e.g. `/_matrix/key/v2/server`).
     pub async fn get_unsigned(&self, destination: &str, path: &str) -> Result<FederationResponse> {
         self.send(http::Method::GET, destination, path, Vec::new(), None)
@@ -291,6 +322,33 @@ impl FederationClient {
         body: Vec<u8>,
         auth: Option<String>,
     ) -> Result<FederationResponse> {
+        let limit = self.inner.config.max_response_bytes;
+        let raw = self
+            .send_raw(method, destination, path_and_query, body, auth, limit)
+            .await?;
+        let body = if raw.bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&raw.bytes).map_err(|e| FederationError::BadJson {
+                destination: destination.to_owned(),
+                message: e.to_string(),
+            })?
+        };
+        Ok(FederationResponse {
+            status: raw.status,
+            body,
+        })
+    }
+
+    async fn send_raw(
+        &self,
+        method: http::Method,
+        destination: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+        auth: Option<String>,
+        limit: usize,
+    ) -> Result<RawResponse> {
         if !self.inner.config.enabled {
             return Err(FederationError::Disabled);
         }
@@ -316,21 +374,20 @@ impl FederationClient {
         };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let bytes = read_bounded(resp, self.inner.config.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                Some(e) => transport(e),
-                None => FederationError::TooLarge(destination.to_owned()),
-            })?;
-        let body = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| FederationError::BadJson {
-                destination: destination.to_owned(),
-                message: e.to_string(),
-            })?
-        };
-        Ok(FederationResponse { status, body })
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_bounded(resp, limit).await.map_err(|e| match e {
+            Some(e) => transport(e),
+            None => FederationError::TooLarge(destination.to_owned()),
+        })?;
+        Ok(RawResponse {
+            status,
+            content_type,
+            bytes,
+        })
     }
 
     /// IP literals never reach the DNS resolver, so they are filtered here; SRV targets are

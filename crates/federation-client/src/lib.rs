@@ -27,7 +27,7 @@ pub mod discovery;
 pub mod ip_filter;
 pub mod keys;
 
-pub use client::{FederationClient, FederationResponse, percent_encode_segment};
+pub use client::{FederationClient, FederationResponse, RawResponse, percent_encode_segment};
 pub use config::FederationConfig;
 
 /// Why an outbound federation request failed.

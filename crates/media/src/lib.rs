@@ -14,8 +14,10 @@
 //! Asynchronous uploads (a media ID reserved first, its content `PUT` later) are in
 //! [`pending`].
 //!
-//! Not done: remote media (`/_matrix/federation/v1/media/download`), URL previews, quotas per
-//! user, deleting media.
+//! Media of other servers is cached in [`remote`] once fetched (by the API layer, over
+//! federation), which also builds the federation endpoints' `multipart/mixed` answer.
+//!
+//! Not done: URL previews, quotas per user, deleting media, evicting the remote cache.
 //!
 //! All methods do file and storage I/O: call them from the blocking pool.
 use std::io::Write;
@@ -27,7 +29,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{Batch, Cf, Db, StorageError};
 
+pub mod headers;
 pub mod pending;
+pub use headers::{disposition, inline_safe};
+pub mod remote;
 pub use pending::{Completed, MediaState, PendingLimits, PendingUpload, Reserved};
 
 /// Largest width or height of a thumbnail, and of an image a thumbnail is made from (a

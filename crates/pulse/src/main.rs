@@ -29,6 +29,7 @@ mod federation;
 mod limits;
 mod logging;
 mod remote_keys;
+mod remote_media;
 mod remote_membership;
 mod tls;
 
@@ -299,6 +300,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         e2ee: Arc::new(e2ee::E2eeService::new(db.clone())),
         remote_keys: Default::default(),
         media,
+        remote_media: Default::default(),
     });
     Ok(Services {
         db,
@@ -362,6 +364,9 @@ async fn serve(config: Config) -> Result<(), String> {
             s.rooms.clone(),
             client.clone(),
         )));
+        let _ = s
+            .remote_media
+            .set(Arc::new(remote_media::Remote(client.clone())));
         let _ = s.remote_keys.set(Arc::new(remote_keys::Remote {
             client: client.clone(),
             sender: fed.sender(),
@@ -390,6 +395,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 client,
             )
             .with_peer_observer(fed.peer_observer())
+            .with_media(s.media.clone())
             .with_e2ee(e2ee_state)
             .with_membership(Arc::new(api_federation::membership::MembershipState {
                 forward: Some(fed.resident_forwarder(s.presence.clone())),

@@ -201,7 +201,10 @@ async fn public_rooms_post(
 }
 
 /// One published room's directory entry.
-fn directory_entry(rooms: &RoomService, room: &RoomId) -> Result<Value, rooms::RoomError> {
+pub(super) fn directory_entry(
+    rooms: &RoomService,
+    room: &RoomId,
+) -> Result<Value, rooms::RoomError> {
     let get = |t: &str, field: &str| -> Result<Option<String>, rooms::RoomError> {
         Ok(rooms
             .current_state_event(room, t, "")?

@@ -29,11 +29,15 @@ use crate::notifier::SyncNotifier;
 mod directory;
 mod events;
 mod membership;
+mod summary;
+
+pub(crate) use summary::sync_summary;
 
 pub fn routes() -> Router<Arc<AppState>> {
     let r = Router::new();
     let r = membership::routes(r);
     let r = events::routes(r);
+    let r = summary::routes(r);
     directory::routes(r)
 }
 
