@@ -419,16 +419,17 @@ async fn login(
         // whether an account exists.
         None => user.clone(),
     };
+    let addr = ip.as_deref().and_then(|a| a.parse().ok());
     state
         .limiter
-        .login_allowed(&target)
+        .login_allowed_from(&target, addr)
         .map_err(MatrixError::limit_exceeded)?;
     let accounts = state.accounts.clone();
     let result =
         blocking(move || accounts.login_password(&user, &password, device, ip.as_deref())).await?;
     let session = match result {
         Err(AccountError::Forbidden) => {
-            state.limiter.login_failed(&target);
+            state.limiter.login_failed_from(&target, addr);
             return Err(AccountError::Forbidden.into());
         }
         other => other?,

@@ -79,6 +79,16 @@ impl MatrixError {
     }
     pub fn internal(context: impl std::fmt::Display) -> Self {
         tracing::error!(%context, "internal error");
+        // A full disk is the one internal error a client should be told about plainly
+        // (issue 19 item 4): the write was not stored, and retrying later may work.
+        let context = context.to_string();
+        if context.contains("No space left on device") || context.contains("NoSpace") {
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "The server's storage is full: this change was not saved. Try again later.",
+            );
+        }
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "M_UNKNOWN",

@@ -68,7 +68,7 @@ pub use error::{ApiResult, MatrixError};
 pub use keys::{device_names, wake_device_list};
 pub use media::MediaConfig;
 pub use notifier::SyncNotifier;
-pub use ratelimit::{RateKey, RateLimitConfig, RateLimiter};
+pub use ratelimit::{Buckets, LoginLimits, RateKey, RateLimitConfig, RateLimiter};
 pub use voip::VoipConfig;
 
 /// Settings the client API needs (built by the `pulse` binary from its config file).

@@ -34,12 +34,42 @@ pub struct RateLimitConfig {
     pub burst: f64,
     /// Peers whose `X-Forwarded-For` header is believed (a reverse proxy in front of Pulse).
     pub trusted_proxies: Vec<IpAddr>,
+    /// Failed-password budgets (`[limits]`, Synapse's `rc_login.failed_attempts` model).
+    pub login: LoginLimits,
+}
+
+/// Failed-password budgets: one per account (whatever address the guesses come from) and one
+/// per client address (whatever accounts it tries). A budget is a token bucket: `burst`
+/// failures at once, refilled at `per_second`. While one is empty, password checks for that
+/// account or from that address get 429 `M_LIMIT_EXCEEDED` with `retry_after_ms` before the
+/// password is even hashed (the right password too, so a guesser learns nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoginLimits {
+    pub per_account_burst: f64,
+    pub per_account_per_second: f64,
+    pub per_address_burst: f64,
+    pub per_address_per_second: f64,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            per_account_burst: FAILED_LOGIN_BURST,
+            per_account_per_second: FAILED_LOGINS_PER_SECOND,
+            per_address_burst: FAILED_LOGIN_BURST_PER_ADDRESS,
+            per_address_per_second: FAILED_LOGINS_PER_SECOND_PER_ADDRESS,
+        }
+    }
 }
 
 /// Failed password attempts allowed per account in a burst...
 pub const FAILED_LOGIN_BURST: f64 = 5.0;
 /// ...and refilled at this rate (one every 30 seconds).
 pub const FAILED_LOGINS_PER_SECOND: f64 = 1.0 / 30.0;
+/// Failed password attempts allowed per client address in a burst (any accounts)...
+pub const FAILED_LOGIN_BURST_PER_ADDRESS: f64 = 20.0;
+/// ...and refilled at this rate (one every 10 seconds).
+pub const FAILED_LOGINS_PER_SECOND_PER_ADDRESS: f64 = 0.1;
 const SHARDS: usize = 16;
 /// Live keys per shard generation (so at most 2 × 16 × this many buckets).
 const SHARD_CAPACITY: usize = 8192;
@@ -172,6 +202,8 @@ pub struct RateLimiter {
     /// Keyed by the account's user ID, or for names that are no account, by the name as
     /// typed (lower-cased): unknown names are limited alike, so a 429 reveals nothing.
     failed_logins: Buckets<String>,
+    /// Failed passwords per client address, whatever accounts they were for.
+    failed_logins_by_addr: Buckets<IpAddr>,
 }
 
 impl RateLimiter {
@@ -183,7 +215,14 @@ impl RateLimiter {
         };
         RateLimiter {
             requests: Buckets::new(per_second, config.burst.max(1.0)),
-            failed_logins: Buckets::new(FAILED_LOGINS_PER_SECOND, FAILED_LOGIN_BURST),
+            failed_logins: Buckets::new(
+                config.login.per_account_per_second.max(0.0),
+                config.login.per_account_burst.max(1.0),
+            ),
+            failed_logins_by_addr: Buckets::new(
+                config.login.per_address_per_second.max(0.0),
+                config.login.per_address_burst.max(1.0),
+            ),
             config,
         }
     }
@@ -222,6 +261,31 @@ impl RateLimiter {
                 .charge(&account.to_lowercase(), Instant::now());
         }
     }
+
+    /// [`Self::login_allowed`], and the failed-password budget of the client address `addr`
+    /// (`None`: unknown, only the account is checked). The longer wait is returned.
+    pub fn login_allowed_from(&self, account: &str, addr: Option<IpAddr>) -> Result<(), u64> {
+        let by_account = self.login_allowed(account);
+        let by_addr = match addr {
+            Some(a) if self.config.enabled => self.failed_logins_by_addr.peek(&a, Instant::now()),
+            _ => Ok(()),
+        };
+        match (by_account, by_addr) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(a), Ok(())) | (Ok(()), Err(a)) => Err(a),
+        }
+    }
+
+    /// Record a wrong password for `account` coming from `addr`.
+    pub fn login_failed_from(&self, account: &str, addr: Option<IpAddr>) {
+        self.login_failed(account);
+        if let Some(a) = addr
+            && self.config.enabled
+        {
+            self.failed_logins_by_addr.charge(&a, Instant::now());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +299,7 @@ mod tests {
             per_second,
             burst,
             trusted_proxies: Vec::new(),
+            login: LoginLimits::default(),
         }
     }
 
@@ -319,5 +384,32 @@ mod tests {
             l.login_failed("Nobody");
         }
         assert!(l.login_allowed("nobody").is_err());
+    }
+
+    #[test]
+    fn failed_logins_are_limited_per_address_across_accounts() {
+        let mut c = config(true, 10.0, 10.0);
+        c.login.per_address_burst = 3.0;
+        let l = RateLimiter::new(c);
+        let guesser: IpAddr = "198.51.100.9".parse().expect("ip");
+        let other: IpAddr = "198.51.100.10".parse().expect("ip");
+        // One failure each on three different accounts: no account budget is used up...
+        for name in ["@a:x", "@b:x", "@c:x"] {
+            assert!(l.login_allowed_from(name, Some(guesser)).is_ok());
+            l.login_failed_from(name, Some(guesser));
+        }
+        // ...but the address is done, for a fresh account too; others are not affected.
+        let retry = l
+            .login_allowed_from("@d:x", Some(guesser))
+            .expect_err("address limited");
+        assert!(retry > 0);
+        assert!(l.login_allowed_from("@d:x", Some(other)).is_ok());
+        assert!(l.login_allowed_from("@d:x", None).is_ok());
+        // Disabled limits never refuse.
+        let off = RateLimiter::new(config(false, 10.0, 10.0));
+        for _ in 0..100 {
+            off.login_failed_from("@a:x", Some(guesser));
+        }
+        assert!(off.login_allowed_from("@a:x", Some(guesser)).is_ok());
     }
 }

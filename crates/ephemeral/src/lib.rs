@@ -36,6 +36,7 @@ mod receipts;
 mod typing;
 
 use typing::TypingRooms;
+pub use typing::{IDLE_ROOM_RETENTION, MAX_IDLE_ROOMS};
 
 /// Upper bound (and default) of a typing notification's timeout, in milliseconds.
 pub const MAX_TYPING_TIMEOUT_MS: u64 = 30_000;
@@ -236,6 +237,12 @@ impl EphemeralService {
         now: u64,
     ) -> Option<Vec<OwnedUserId>> {
         self.lock().due(room, since, now)
+    }
+
+    /// Rooms whose typing state is held in memory (typed in now, or idle and not yet
+    /// forgotten: see `typing.rs`).
+    pub fn typing_room_count(&self) -> usize {
+        self.lock().room_count()
     }
 
     /// Who types in `room` now.

@@ -145,3 +145,28 @@ fn receipts_move_forwards_and_private_ones_stay_private() {
     assert!(later.is_none(), "the private receipt is not b's to see");
     assert_eq!(rec.0.lock().expect("lock").len(), 2);
 }
+
+#[test]
+fn typing_churn_over_many_rooms_keeps_memory_flat() {
+    // Issue 19 item 6: rooms typed in once and left idle used to stay in memory forever.
+    let (_d, svc, _rec) = setup();
+    let a = user("@a:x");
+    let t = Duration::from_secs(10);
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        for i in 0..MAX_IDLE_ROOMS {
+            let r: OwnedRoomId = format!("!r{round}_{i}:x").try_into().expect("room");
+            svc.set_typing(&r, &a, true, t, Origin::Local)
+                .expect("start");
+            svc.set_typing(&r, &a, false, t, Origin::Local)
+                .expect("stop");
+        }
+        sizes.push(svc.typing_room_count());
+    }
+    // 40,000 rooms churned; what is held stays at the bound, round after round.
+    assert!(
+        sizes.iter().all(|n| *n <= MAX_IDLE_ROOMS),
+        "typing rooms held per round: {sizes:?}"
+    );
+    assert_eq!(sizes[1], sizes[3], "memory grew between rounds: {sizes:?}");
+}

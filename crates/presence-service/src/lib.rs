@@ -176,6 +176,9 @@ pub struct PresenceService {
     armed_deadline: AtomicU64,
     kick: Notify,
     status_buckets: Mutex<HashMap<OwnedUserId, presence_core::token_bucket::TokenBucket>>,
+    /// (time, stream position) samples of the timer task, oldest first: the position a
+    /// marker must be at to be younger than `MARKER_RETENTION` ([`sharing`], pruning).
+    position_samples: Mutex<std::collections::VecDeque<(Instant, u64)>>,
     /// Presence of remote users received over federation ([`remote`]).
     remote: Mutex<remote::RemoteStore>,
     /// Told about every published change of a local user (the federation sender).
@@ -231,6 +234,7 @@ impl PresenceService {
             armed_deadline: AtomicU64::new(u64::MAX),
             kick: Notify::new(),
             status_buckets: Mutex::new(HashMap::new()),
+            position_samples: Mutex::new(std::collections::VecDeque::new()),
             remote: Mutex::new(remote),
             observer: OnceLock::new(),
         });
@@ -282,6 +286,7 @@ impl PresenceService {
             tracing::error!("writing timed presence changes failed: {e}");
         }
         self.expire_remote(now_ms());
+        self.prune_markers_if_due(Instant::now());
         if last_persist.elapsed() < self.config.persist_interval {
             return last_persist;
         }
@@ -289,6 +294,40 @@ impl PresenceService {
             tracing::error!("persisting presence snapshots failed: {e}");
         }
         Instant::now()
+    }
+
+    /// Sample the stream position (one sample per prune interval) and delete markers older
+    /// than `MARKER_RETENTION`: those before the newest sample at least that old.
+    fn prune_markers_if_due(&self, now: Instant) {
+        let horizon = {
+            let mut samples = self
+                .position_samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = samples
+                .back()
+                .is_none_or(|(t, _)| now.duration_since(*t) >= sharing::MARKER_PRUNE_INTERVAL);
+            if !due {
+                return;
+            }
+            samples.push_back((now, self.db.current_position()));
+            let mut horizon = None;
+            while let Some((t, pos)) = samples.front().copied() {
+                if now.duration_since(t) < sharing::MARKER_RETENTION {
+                    break;
+                }
+                horizon = Some(pos);
+                samples.pop_front();
+            }
+            horizon
+        };
+        if let Some(horizon) = horizon {
+            match self.prune_markers_before(horizon) {
+                Ok(n) if n > 0 => tracing::debug!("pruned {n} presence visibility markers"),
+                Ok(_) => {}
+                Err(e) => tracing::error!("pruning presence visibility markers failed: {e}"),
+            }
+        }
     }
 
     /// Write the snapshots of users whose state changed invisibly (at shutdown too).

@@ -42,6 +42,7 @@ pub use config::{
     IGNORED_USER_LIST, SHARING_CONFIG_TYPES, is_sharing_config_type, validate_sharing_config,
 };
 pub(crate) use markers::final_offline;
+pub use markers::{MARKER_PRUNE_INTERVAL, MARKER_RETENTION};
 pub use policy::MAX_CACHED_VIEWERS;
 pub(crate) use policy::SharingState;
 pub use presence_core::sharing::{EVENT_TYPE, UNSTABLE_EVENT_TYPE};

@@ -97,6 +97,32 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// `/sync?timeout=` is capped at this many milliseconds.
     pub max_sync_timeout_ms: u64,
+    /// Failed passwords per account: this many at once (while `[rate_limits] enabled`)...
+    pub failed_logins_per_account_burst: f64,
+    /// ...refilled at this rate.
+    pub failed_logins_per_account_per_second: f64,
+    /// Failed passwords per client address, whatever the accounts: burst...
+    pub failed_logins_per_address_burst: f64,
+    /// ...and refill rate.
+    pub failed_logins_per_address_per_second: f64,
+    /// A request's headers must arrive within this (also the keep-alive idle limit).
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this, counted from its headers.
+    pub body_read_timeout_ms: u64,
+    /// Open connections per client address (0: unlimited).
+    pub max_connections_per_address: usize,
+    /// Addresses not subject to `max_connections_per_address` (besides trusted proxies).
+    pub connection_limit_exempt: Vec<std::net::IpAddr>,
+    /// Inbound federation requests per remote origin (and address): sustained rate (0: off)...
+    pub federation_per_origin_per_second: f64,
+    /// ...and burst.
+    pub federation_per_origin_burst: f64,
+    /// Inbound federation requests per remote address, all origins together: rate...
+    pub federation_per_address_per_second: f64,
+    /// ...and burst.
+    pub federation_per_address_burst: f64,
+    /// Raise the soft open-files limit to this at start (0: to the hard limit).
+    pub open_files: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +234,23 @@ impl Default for Limits {
         Limits {
             max_request_bytes: 1024 * 1024,
             max_sync_timeout_ms: 120_000,
+            failed_logins_per_account_burst: api_client::ratelimit::FAILED_LOGIN_BURST,
+            failed_logins_per_account_per_second: api_client::ratelimit::FAILED_LOGINS_PER_SECOND,
+            failed_logins_per_address_burst: api_client::ratelimit::FAILED_LOGIN_BURST_PER_ADDRESS,
+            failed_logins_per_address_per_second:
+                api_client::ratelimit::FAILED_LOGINS_PER_SECOND_PER_ADDRESS,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
+            max_connections_per_address: 256,
+            connection_limit_exempt: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            federation_per_origin_per_second: 50.0,
+            federation_per_origin_burst: 200.0,
+            federation_per_address_per_second: 200.0,
+            federation_per_address_burst: 800.0,
+            open_files: 0,
         }
     }
 }
@@ -288,6 +331,40 @@ impl Config {
             return Err(
                 "limits.max_request_bytes must be at least 65536 (the event size limit)".into(),
             );
+        }
+        let l = &self.limits;
+        if l.header_read_timeout_ms == 0 || l.body_read_timeout_ms == 0 {
+            return Err(
+                "limits.header_read_timeout_ms and body_read_timeout_ms must be > 0".into(),
+            );
+        }
+        for (name, burst, rate) in [
+            (
+                "failed_logins_per_account",
+                l.failed_logins_per_account_burst,
+                l.failed_logins_per_account_per_second,
+            ),
+            (
+                "failed_logins_per_address",
+                l.failed_logins_per_address_burst,
+                l.failed_logins_per_address_per_second,
+            ),
+            (
+                "federation_per_origin",
+                l.federation_per_origin_burst,
+                l.federation_per_origin_per_second,
+            ),
+            (
+                "federation_per_address",
+                l.federation_per_address_burst,
+                l.federation_per_address_per_second,
+            ),
+        ] {
+            if burst < 1.0 || rate < 0.0 || !rate.is_finite() {
+                return Err(format!(
+                    "limits.{name}_burst must be >= 1 and limits.{name}_per_second >= 0"
+                ));
+            }
         }
         rooms::parse_room_version(&self.rooms.default_room_version).map_err(|e| {
             format!(

@@ -26,6 +26,7 @@ use tracing::{error, info};
 
 mod config;
 mod federation;
+mod limits;
 mod logging;
 mod remote_keys;
 mod remote_media;
@@ -219,6 +220,12 @@ fn open_services(config: &Config) -> Result<Services, String> {
             per_second: config.rate_limits.per_second,
             burst: config.rate_limits.burst,
             trusted_proxies: config.rate_limits.trusted_proxies.clone(),
+            login: api_client::LoginLimits {
+                per_account_burst: config.limits.failed_logins_per_account_burst,
+                per_account_per_second: config.limits.failed_logins_per_account_per_second,
+                per_address_burst: config.limits.failed_logins_per_address_burst,
+                per_address_per_second: config.limits.failed_logins_per_address_per_second,
+            },
         },
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
         voip: config.voip.clone(),
@@ -369,6 +376,14 @@ impl rooms::MembershipObserver for PresenceAudience {
 
 async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
+    match limits::raise_open_files_limit(config.limits.open_files) {
+        Ok((before, after)) if after < 10_240 => tracing::warn!(
+            "open-files limit is {after} (was {before}): fewer than 10,000 long-polls fit; \
+             raise the hard limit (ulimit -Hn / LimitNOFILE=)"
+        ),
+        Ok((before, after)) => info!("open-files limit {after} (was {before})"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     let services = open_services(&config)?;
     let mut app = api_client::router(services.state.clone());
     let mut outbound = None;
@@ -445,11 +460,20 @@ async fn serve(config: Config) -> Result<(), String> {
             })),
         );
         outbound = Some(fed);
-        app = app.merge(api_federation::router(federation));
+        let fed_limits = limits::FederationLimiter::from_config(&config.limits);
+        app = app.merge(api_federation::router(federation).layer(
+            axum::middleware::from_fn_with_state(fed_limits, limits::federation_limit),
+        ));
     }
     let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
+    let app = limits::with_body_timeout(
+        app,
+        Duration::from_millis(config.limits.body_read_timeout_ms),
+    );
+    let listener_limits =
+        limits::ListenerLimits::from_config(&config.limits, &config.rate_limits.trusted_proxies);
     for listener in &config.listeners {
         let make = app
             .clone()
@@ -460,17 +484,12 @@ async fn serve(config: Config) -> Result<(), String> {
                     .await
                     .map_err(|e| format!("cannot listen on {}: {e}", listener.bind))?;
                 info!("client API listening on http://{}", listener.bind);
-                let mut stop = stop_rx.clone();
-                servers.push(tokio::spawn(async move {
-                    let res = axum::serve(tcp, make)
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-                    if let Err(e) = res {
-                        error!("listener failed: {e}");
-                    }
-                }));
+                servers.push(tokio::spawn(limits::serve_plain(
+                    tcp,
+                    app.clone(),
+                    listener_limits.clone(),
+                    stop_rx.clone(),
+                )));
             }
             Some(tls) => {
                 let rustls = tls::load_rustls_config(tls, &config.server_name)?;
@@ -481,8 +500,17 @@ async fn serve(config: Config) -> Result<(), String> {
                     .set_nonblocking(true)
                     .map_err(|e| e.to_string())?;
                 info!("client API listening on https://{}", listener.bind);
-                let server = axum_server::from_tcp_rustls(std_listener, rustls)
-                    .map_err(|e| e.to_string())?;
+                let mut server = axum_server::from_tcp_rustls(std_listener, rustls)
+                    .map_err(|e| e.to_string())?
+                    .map(|inner| limits::CappedAcceptor {
+                        inner,
+                        conns: listener_limits.conns.clone(),
+                    });
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(listener_limits.header_read_timeout);
                 let mut stop = stop_rx.clone();
                 let h = handle.clone();
                 tokio::spawn(async move {

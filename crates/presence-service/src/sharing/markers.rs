@@ -8,6 +8,14 @@
 //! `last_active_ago` — so V is not left showing a stale "online", and nobody else sees
 //! anything. Joins need no marker: `/sync` already sends the presence of users who newly
 //! share a room (from the join events).
+//!
+//! **Pruning** (issue 19 item 6): a marker is only read by a sync whose `since` is before it,
+//! so markers older than [`MARKER_RETENTION`] are deleted (by the presence timer, every
+//! [`MARKER_PRUNE_INTERVAL`]; [`PresenceService::prune_markers_before`]). A sync from a token
+//! older than that gets the owners' current presence as usual but no final `offline` for an
+//! owner it lost sight of — what a homeserver without markers (Synapse) does for every
+//! token. Stored markers are therefore bounded by the visibility changes of one retention
+//! period, not by every (viewer, owner) pair that ever flipped.
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 use storage::{Cf, Key, KeyReader, StorageError};
@@ -18,6 +26,12 @@ use crate::PresenceService;
 const MARKER: &str = "presence_vis";
 /// Key prefix of the marker index: `presence_vis_pair 0xFF viewer 0xFF owner 0xFF` → pos.
 const MARKER_PAIR: &str = "presence_vis_pair";
+/// Markers older than this are deleted.
+pub const MARKER_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// How often the presence timer prunes markers.
+pub const MARKER_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Keys read (and deleted) per batch while pruning.
+const PRUNE_CHUNK: usize = 1000;
 
 impl PresenceService {
     /// Writes a marker for each `(viewer, owner)` whose `/sync` view changed, then wakes those
@@ -90,6 +104,70 @@ impl PresenceService {
             }
         }
         Ok(out)
+    }
+}
+
+impl PresenceService {
+    /// Delete every visibility marker at a position before `horizon`, with its pair index
+    /// entry when that still points at it. Returns how many markers were deleted. Holds the
+    /// marker lock per chunk, so a concurrent marker write never sees a half-pruned pair.
+    pub fn prune_markers_before(&self, horizon: u64) -> Result<usize, StorageError> {
+        let prefix = Key::new().str(MARKER);
+        let skip = prefix.as_bytes().len();
+        let mut end = prefix.as_bytes().to_vec();
+        // Every marker key starts with the prefix; 0xFF bytes end each part, so this is
+        // past all of them.
+        end.extend_from_slice(&[0xFF; 8]);
+        let mut start = prefix.as_bytes().to_vec();
+        let mut deleted = 0;
+        loop {
+            let _markers = self.markers.lock().unwrap_or_else(|p| p.into_inner());
+            let chunk = self
+                .db
+                .scan_range(Cf::Misc, &start, &end, false, PRUNE_CHUNK)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            start = last.clone();
+            start.push(0); // just after the last key read
+            let mut batch = storage::Batch::new();
+            for (k, _) in &chunk {
+                let mut r = KeyReader::new(&k[skip..]);
+                let (Some(viewer), Some(pos), Some(owner)) = (r.str(), r.u64(), r.str()) else {
+                    continue;
+                };
+                if pos >= horizon {
+                    continue;
+                }
+                batch.delete(Cf::Misc, k);
+                let pair_key = Key::new().str(MARKER_PAIR).str(viewer).str(owner);
+                if self
+                    .db
+                    .get(Cf::Misc, &pair_key)?
+                    .and_then(|v| storage::decode_u64(&v))
+                    == Some(pos)
+                {
+                    batch.delete(Cf::Misc, pair_key);
+                }
+                deleted += 1;
+            }
+            if !batch.is_empty() {
+                self.db.write(batch)?;
+            }
+            if chunk.len() < PRUNE_CHUNK {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Stored marker keys (markers and their pair index), for tests and metrics.
+    pub fn stored_marker_keys(&self) -> Result<usize, StorageError> {
+        Ok(self.db.scan_prefix(Cf::Misc, Key::new().str(MARKER))?.len()
+            + self
+                .db
+                .scan_prefix(Cf::Misc, Key::new().str(MARKER_PAIR))?
+                .len())
     }
 }
 

@@ -590,3 +590,42 @@ fn a_sync_racing_a_join_gets_the_joined_users_presence_on_its_next_sync() {
         .expect("a's presence after the join");
     assert_eq!(seen["status_msg"], "here");
 }
+
+#[test]
+fn visibility_markers_are_pruned_and_stay_flat_under_churn() {
+    // Issue 19 item 6: every (viewer, owner) flip left two keys behind forever.
+    let f = fixture();
+    let a = uid("@a:x");
+    let viewers: Vec<OwnedUserId> = (0..50).map(|i| uid(&format!("@v{i}:x"))).collect();
+    let mut members: Vec<&OwnedUserId> = viewers.iter().collect();
+    members.push(&a);
+    f.join(&rid("!r:x"), &members);
+    f.status(&a, DeviceState::Online, None);
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        // Hide a from everyone, then show again: 2 markers per viewer per round.
+        f.config(&a, json!({"denied_users": ["@v*:x"]}));
+        f.config(&a, json!({}));
+        let stored = f.svc.stored_marker_keys().expect("count");
+        assert!(stored > 0, "round {round}: the churn wrote no markers");
+        // The timer would prune what is older than the retention; here: everything so far
+        // but the newest position (kept, and still served).
+        let newest = f.pos();
+        f.svc.prune_markers_before(newest).expect("prune");
+        sizes.push(f.svc.stored_marker_keys().expect("count"));
+    }
+    assert!(
+        sizes.windows(2).all(|w| w[0] == w[1]),
+        "stored marker keys per round: {sizes:?}"
+    );
+    // What survived is exactly the newest flip, and a sync from before it still sees it.
+    let v0 = &viewers[0];
+    let marked = f
+        .svc
+        .marked_owners(v0, f.pos() - 1, f.pos())
+        .expect("markers");
+    assert_eq!(marked, vec![a.clone()]);
+    // Pruning past everything leaves nothing, pair index included.
+    f.svc.prune_markers_before(f.pos() + 1).expect("prune");
+    assert_eq!(f.svc.stored_marker_keys().expect("count"), 0);
+}
