@@ -288,6 +288,29 @@ impl MembershipService {
         out
     }
 
+    /// The room a join or knock names, and the servers to try: `via` plus, for an alias,
+    /// the servers the alias lookup named and the alias's own server.
+    async fn resolve_target(
+        &self,
+        room_or_alias: &str,
+        via: &[OwnedServerName],
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        let mut via = via.to_vec();
+        if !room_or_alias.starts_with('#') {
+            let room = OwnedRoomId::try_from(room_or_alias).map_err(|_| {
+                RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}"))
+            })?;
+            return Ok((room, via));
+        }
+        let alias = RoomAliasId::parse(room_or_alias).map_err(|_| {
+            RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}"))
+        })?;
+        let (room, servers) = self.resolve_remote_alias(&alias).await?;
+        via.extend(servers);
+        via.push(alias.server_name().to_owned());
+        Ok((room, via))
+    }
+
     /// Join `room_or_alias` for local `user` through other servers.
     pub async fn join(
         &self,
@@ -296,20 +319,7 @@ impl MembershipService {
         via: &[OwnedServerName],
         content: Option<Map<String, Value>>,
     ) -> Result<Done> {
-        let mut via = via.to_vec();
-        let room = if room_or_alias.starts_with('#') {
-            let alias = RoomAliasId::parse(room_or_alias).map_err(|_| {
-                RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}"))
-            })?;
-            let (room, servers) = self.resolve_remote_alias(&alias).await?;
-            via.extend(servers);
-            via.push(alias.server_name().to_owned());
-            room
-        } else {
-            OwnedRoomId::try_from(room_or_alias).map_err(|_| {
-                RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}"))
-            })?
-        };
+        let (room, via) = self.resolve_target(room_or_alias, via).await?;
         let candidates = self.candidates(user, &room, &via);
         if candidates.is_empty() {
             return Err(MembershipError::NotFound(format!(
@@ -677,20 +687,7 @@ impl MembershipService {
         via: &[OwnedServerName],
         reason: Option<&str>,
     ) -> Result<Done> {
-        let mut via = via.to_vec();
-        let room = if room_or_alias.starts_with('#') {
-            let alias = RoomAliasId::parse(room_or_alias).map_err(|_| {
-                RoomError::InvalidParam(format!("invalid room alias {room_or_alias:?}"))
-            })?;
-            let (room, servers) = self.resolve_remote_alias(&alias).await?;
-            via.extend(servers);
-            via.push(alias.server_name().to_owned());
-            room
-        } else {
-            OwnedRoomId::try_from(room_or_alias).map_err(|_| {
-                RoomError::InvalidParam(format!("invalid room id {room_or_alias:?}"))
-            })?
-        };
+        let (room, via) = self.resolve_target(room_or_alias, via).await?;
         let candidates = self.candidates(user, &room, &via);
         if candidates.is_empty() {
             return Err(MembershipError::NotFound(format!(

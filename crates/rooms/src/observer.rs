@@ -69,65 +69,27 @@ impl RoomService {
     ) -> Result<(Vec<CommittedEvent>, u64)> {
         let start = room_stream::key(after.saturating_add(1));
         let end = room_stream::key(u64::MAX);
-        let rows = self
-            .db
-            .scan_range(Cf::RoomStream, &start, &end, false, limit)?;
-        let mut last = after;
-        let mut out = Vec::new();
-        for (k, v) in rows {
-            let Some(pos) = room_stream::parse(&k) else {
-                continue;
-            };
-            last = pos;
-            let Some(room) = String::from_utf8(v)
-                .ok()
-                .and_then(|s| OwnedRoomId::try_from(s).ok())
-            else {
-                continue;
-            };
-            let Some(id) = self
-                .db
-                .get(Cf::Timeline, timeline_key(&room, pos))?
-                .and_then(|id| String::from_utf8(id).ok())
-                .and_then(|s| OwnedEventId::try_from(s).ok())
-            else {
-                continue;
-            };
-            let Some(event) = self.event(&id)? else {
-                continue;
-            };
-            let local = <&ruma::UserId>::try_from(event.sender())
-                .is_ok_and(|s| s.server_name() == self.server_name);
-            if local {
-                out.push(CommittedEvent {
-                    room_id: room,
-                    event,
-                });
-            }
-        }
-        Ok((out, last))
+        let (events, last, _) = self.stream_events(start.as_ref(), end.as_ref(), limit, after)?;
+        let own = |e: &CommittedEvent| {
+            <&ruma::UserId>::try_from(e.event.sender())
+                .is_ok_and(|s| s.server_name() == self.server_name)
+        };
+        Ok((events.into_iter().filter(own).collect(), last))
     }
 
-    /// Timeline events of every sender (local and remote) at stream positions in
-    /// `(after, upto]`, oldest first, at most `limit`; for indexes that follow the timeline
-    /// (full-text search, relations, the user directory) and catch up after a restart.
-    /// Returns the events and the last position looked at (`upto` once the range is done:
-    /// pass it back to continue).
-    pub fn timeline_events_between(
+    /// The timeline events at the `Cf::RoomStream` rows in `[start, end)`, at most `limit`
+    /// rows, the last position read (`after` when none was) and how many rows were read.
+    fn stream_events(
         &self,
-        after: u64,
-        upto: u64,
+        start: &[u8],
+        end: &[u8],
         limit: usize,
-    ) -> Result<(Vec<CommittedEvent>, u64)> {
-        if after >= upto {
-            return Ok((Vec::new(), after));
-        }
-        let start = room_stream::key(after.saturating_add(1));
-        let end = room_stream::key(upto.saturating_add(1));
+        after: u64,
+    ) -> Result<(Vec<CommittedEvent>, u64, usize)> {
         let rows = self
             .db
-            .scan_range(Cf::RoomStream, &start, &end, false, limit.max(1))?;
-        let full = rows.len() >= limit.max(1);
+            .scan_range(Cf::RoomStream, start, end, false, limit)?;
+        let read = rows.len();
         let mut last = after;
         let mut out = Vec::new();
         for (k, v) in rows {
@@ -156,7 +118,30 @@ impl RoomService {
                 });
             }
         }
-        Ok((out, if full { last } else { upto }))
+        Ok((out, last, read))
+    }
+
+    /// Timeline events of every sender (local and remote) at stream positions in
+    /// `(after, upto]`, oldest first, at most `limit`; for indexes that follow the timeline
+    /// (full-text search, relations, the user directory) and catch up after a restart.
+    /// Returns the events and the last position looked at (`upto` once the range is done:
+    /// pass it back to continue).
+    pub fn timeline_events_between(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<CommittedEvent>, u64)> {
+        if after >= upto {
+            return Ok((Vec::new(), after));
+        }
+        let start = room_stream::key(after.saturating_add(1));
+        let end = room_stream::key(upto.saturating_add(1));
+        let limit = limit.max(1);
+        // Rows, not events, decide whether the range is done: a row whose event is gone
+        // still counts.
+        let (events, last, rows) = self.stream_events(start.as_ref(), end.as_ref(), limit, after)?;
+        Ok((events, if rows >= limit { last } else { upto }))
     }
 
     /// The other servers an event goes to: those with a member joined in the state after it,
