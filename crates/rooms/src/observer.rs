@@ -140,7 +140,8 @@ impl RoomService {
         let limit = limit.max(1);
         // Rows, not events, decide whether the range is done: a row whose event is gone
         // still counts.
-        let (events, last, rows) = self.stream_events(start.as_ref(), end.as_ref(), limit, after)?;
+        let (events, last, rows) =
+            self.stream_events(start.as_ref(), end.as_ref(), limit, after)?;
         Ok((events, if rows >= limit { last } else { upto }))
     }
 

@@ -528,7 +528,7 @@ struct MessagesQuery {
     filter: Option<String>,
 }
 
-fn parse_limit(raw: Option<&str>, default: usize) -> ApiResult<usize> {
+pub(super) fn parse_limit(raw: Option<&str>, default: usize) -> ApiResult<usize> {
     match raw {
         None | Some("") => Ok(default),
         Some(s) => s

@@ -162,14 +162,9 @@ fn gap(t: &Option<String>, name: &str) -> ApiResult<Option<u64>> {
     }
 }
 
+/// `/messages`' limit rule, but at least 1 (a page of nothing would never advance).
 fn limit(raw: Option<&str>, default: usize) -> ApiResult<usize> {
-    match raw {
-        None | Some("") => Ok(default),
-        Some(s) => s
-            .parse::<u64>()
-            .map(|n| n.clamp(1, 1000) as usize)
-            .map_err(|_| MatrixError::invalid_param("limit must be a non-negative integer")),
-    }
+    super::events::parse_limit(raw, default).map(|n| n.max(1))
 }
 
 fn flag(raw: Option<&str>) -> ApiResult<bool> {
