@@ -474,15 +474,31 @@ async fn serve(config: Config) -> Result<(), String> {
     );
     let listener_limits =
         limits::ListenerLimits::from_config(&config.limits, &config.rate_limits.trusted_proxies);
+    // Bind every socket before serving any: a peer that sees the client port answer may
+    // call the federation port next, and a TLS listener still loading its certificate would
+    // refuse it (Complement's first /join once hit exactly that window).
+    let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let make = app
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        match &listener.tls {
-            None => {
-                let tcp = tokio::net::TcpListener::bind(listener.bind)
+        bound.push(match &listener.tls {
+            None => BoundListener::Plain(
+                tokio::net::TcpListener::bind(listener.bind)
                     .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", listener.bind))?,
+            ),
+            Some(tls) => {
+                let rustls = tls::load_rustls_config(tls, &config.server_name)?;
+                let std_listener = std::net::TcpListener::bind(listener.bind)
                     .map_err(|e| format!("cannot listen on {}: {e}", listener.bind))?;
+                std_listener
+                    .set_nonblocking(true)
+                    .map_err(|e| e.to_string())?;
+                BoundListener::Tls(std_listener, rustls)
+            }
+        });
+    }
+    for (listener, socket) in config.listeners.iter().zip(bound) {
+        match socket {
+            BoundListener::Plain(tcp) => {
                 info!("client API listening on http://{}", listener.bind);
                 servers.push(tokio::spawn(limits::serve_plain(
                     tcp,
@@ -491,14 +507,11 @@ async fn serve(config: Config) -> Result<(), String> {
                     stop_rx.clone(),
                 )));
             }
-            Some(tls) => {
-                let rustls = tls::load_rustls_config(tls, &config.server_name)?;
+            BoundListener::Tls(std_listener, rustls) => {
+                let make = app
+                    .clone()
+                    .into_make_service_with_connect_info::<SocketAddr>();
                 let handle = axum_server::Handle::new();
-                let std_listener = std::net::TcpListener::bind(listener.bind)
-                    .map_err(|e| format!("cannot listen on {}: {e}", listener.bind))?;
-                std_listener
-                    .set_nonblocking(true)
-                    .map_err(|e| e.to_string())?;
                 info!("client API listening on https://{}", listener.bind);
                 let mut server = axum_server::from_tcp_rustls(std_listener, rustls)
                     .map_err(|e| e.to_string())?
@@ -550,6 +563,12 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// A listener's socket, bound (and its TLS configuration loaded) before any is served.
+enum BoundListener {
+    Plain(tokio::net::TcpListener),
+    Tls(std::net::TcpListener, axum_server::tls_rustls::RustlsConfig),
 }
 
 async fn shutdown_signal() {

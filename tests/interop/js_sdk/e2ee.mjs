@@ -315,7 +315,16 @@ try {
     },
   });
   check(await aliceCrypto.isCrossSigningReady(), "alice bootstraps cross-signing (keys and her device's signature uploaded)");
-  const own = await aliceCrypto.getDeviceVerificationStatus(alice.getUserId(), alice.getDeviceId());
+  // The client learns its own device's new signature from its next /keys/query, which it makes
+  // when /sync lists alice in device_lists.changed: eventually, not at once.
+  const own = await waitUntil(
+    async () => {
+      const st = await aliceCrypto.getDeviceVerificationStatus(alice.getUserId(), alice.getDeviceId());
+      return st?.crossSigningVerified ? st : null;
+    },
+    20000,
+    "alice's first device to show as cross-signed",
+  ).catch(() => null);
   check(own?.crossSigningVerified, "alice's first device is cross-signed");
 
   // A new device of alice's, verified with SAS over to-device messages.
