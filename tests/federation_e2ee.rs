@@ -274,3 +274,126 @@ async fn keys_claims_to_device_and_device_lists_across_two_servers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn user_signing_signatures_on_a_remote_master_key_are_shown_to_the_signer_only() {
+    use common::signing::{Key, cross_signing_key as key};
+    let a = Server::start().await;
+    let b = Server::start().await;
+    let alice = a.register("alice").await;
+    let dave = a.register("dave").await;
+    let bob = b.register("bob").await;
+    // Bob (Pulse B) has a master key; alice (Pulse A) a master and user-signing key.
+    let bm = Key::from_label("bob master");
+    let (st, r) = b
+        .req(
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            &bob.token,
+            Some(json!({ "master_key": key(&bob.id, "master", &bm, None) })),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (am, aus) = (
+        Key::from_label("alice master"),
+        Key::from_label("alice usk"),
+    );
+    let (st, r) = a
+        .req(
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            &alice.token,
+            Some(json!({
+                "master_key": key(&alice.id, "master", &am, None),
+                "user_signing_key": key(&alice.id, "user_signing", &aus, Some(&am)),
+            })),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let room = a
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (st, r) = a
+        .req(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", common::enc(&room)),
+            &dave.token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = join(&b, &bob, &room, &a).await;
+    assert_eq!(st, 200, "{r}");
+    let query = |who: &User| {
+        let (a, token, bob_id) = (&a, who.token.clone(), bob.id.clone());
+        async move {
+            let (st, r) = a
+                .req(
+                    "POST",
+                    "/_matrix/client/v3/keys/query",
+                    &token,
+                    Some(json!({ "device_keys": { bob_id: [] } })),
+                )
+                .await;
+            assert_eq!(st, 200, "{r}");
+            r
+        }
+    };
+    let r = query(&alice).await;
+    let mut master = r["master_keys"][&bob.id].clone();
+    assert_eq!(master["keys"][bm.own_id()], json!(bm.public), "{r}");
+    // Alice verifies bob: she signs his master key with her user-signing key.
+    aus.sign(&mut master, &alice.id, &aus.public);
+    let (st, r) = a
+        .req(
+            "POST",
+            "/_matrix/client/v3/keys/signatures/upload",
+            &alice.token,
+            Some(json!({ bob.id.clone(): { bm.public.clone(): master.clone() } })),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["failures"], json!({}), "{r}");
+    let sig = &master["signatures"][&alice.id][aus.own_id()];
+    // Alice's answers about bob carry her signature, from the cache…
+    let r = query(&alice).await;
+    assert_eq!(
+        &r["master_keys"][&bob.id]["signatures"][&alice.id][aus.own_id()],
+        sig,
+        "{r}"
+    );
+    // …dave's (same server, same cache) do not.
+    let r = query(&dave).await;
+    assert!(
+        r["master_keys"][&bob.id]["signatures"]
+            .get(&alice.id)
+            .is_none(),
+        "{r}"
+    );
+    // Bob's own server never had it: when alice asks without a shared room (a live query of
+    // Pulse B), the signature is still added.
+    let (st, r) = b
+        .req(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", common::enc(&room)),
+            &bob.token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.membership_of(&alice, &room, &bob.id).await.as_deref() != Some("leave") {
+        assert!(
+            Instant::now() < deadline,
+            "bob's leave did not reach alice's server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = query(&alice).await;
+    assert_eq!(r["failures"], json!({}), "{r}");
+    assert_eq!(
+        &r["master_keys"][&bob.id]["signatures"][&alice.id][aus.own_id()],
+        sig,
+        "{r}"
+    );
+}

@@ -282,7 +282,8 @@ async fn query(
             .unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS)
             .min(DEFAULT_REMOTE_TIMEOUT_MS),
     );
-    let failures = crate::remote_keys::query_remote(&state, remote, timeout, &mut out).await;
+    let failures =
+        crate::remote_keys::query_remote(&state, &auth.user_id, remote, timeout, &mut out).await;
     out.insert("failures".into(), Value::Object(failures));
     Ok(Json(Value::Object(out)))
 }

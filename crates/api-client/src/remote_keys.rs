@@ -76,6 +76,86 @@ pub fn user_devices_path(user: &UserId) -> String {
     )
 }
 
+/// Resyncs a remote user's cached device list as soon as an update shows one was missed
+/// (a `prev_id` we never saw), so the next `/keys/query` of a local client finds it ready
+/// instead of waiting for `/user/devices`. At most one resync per user per
+/// [`DeviceListResync::MIN_INTERVAL`]: a server that keeps sending broken chains does not
+/// get us to fetch its lists in a loop (the client's own query still resyncs on a miss).
+pub struct DeviceListResync {
+    state: Arc<AppState>,
+    recent: std::sync::Mutex<std::collections::HashMap<OwnedUserId, std::time::Instant>>,
+}
+
+impl DeviceListResync {
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
+    /// Users remembered at most; older entries are forgotten first.
+    const MAX_REMEMBERED: usize = 10_000;
+
+    pub fn new(state: Arc<AppState>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            recent: Default::default(),
+        })
+    }
+
+    /// Whether a resync of `user` may start now (and note that it did).
+    fn may_start(&self, user: &UserId) -> bool {
+        let now = std::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent
+            .get(user)
+            .is_some_and(|t| now.duration_since(*t) < Self::MIN_INTERVAL)
+        {
+            return false;
+        }
+        if recent.len() >= Self::MAX_REMEMBERED {
+            recent.retain(|_, t| now.duration_since(*t) < Self::MIN_INTERVAL);
+        }
+        recent.insert(user.to_owned(), now);
+        true
+    }
+
+    /// Fetch and store `user`'s list from their server, if a local user shares a room with
+    /// them (otherwise no cache is kept). Logs and gives up on failure.
+    pub async fn resync(self: Arc<Self>, user: OwnedUserId) {
+        if !self.may_start(&user) {
+            return;
+        }
+        let Some(hook) = self.state.remote_keys.get() else {
+            return;
+        };
+        let (st, u) = (self.state.clone(), user.clone());
+        match crate::blocking::blocking(move || shares_room_with_local_user(&st, &u)).await {
+            Ok(true) => {}
+            _ => return,
+        }
+        let timeout = Duration::from_secs(10);
+        let server = user.server_name().to_owned();
+        let answer = match tokio::time::timeout(
+            timeout,
+            hook.user_devices(server, user.clone(), timeout),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::info!(%user, "resyncing a device list after a missed update failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%user, "resyncing a device list after a missed update timed out");
+                return;
+            }
+        };
+        let (st, u) = (self.state.clone(), user.clone());
+        match crate::blocking::blocking(move || st.e2ee.store_remote_devices(&u, &answer)).await {
+            Ok(Ok(_)) => tracing::debug!(%user, "device list resynced after a missed update"),
+            Ok(Err(e)) => tracing::info!(%user, "storing a resynced device list failed: {e}"),
+            Err(e) => tracing::info!(%user, "storing a resynced device list failed: {}", e.message),
+        }
+    }
+}
+
 /// Whether remote `user` is joined to a room a local user is joined to (then their server
 /// sends us their device-list updates and the cache can be trusted).
 fn shares_room_with_local_user(state: &AppState, user: &UserId) -> bool {
@@ -202,17 +282,67 @@ fn own_users(section: &Value, server: &ruma::ServerName) -> Map<String, Value> {
         .collect()
 }
 
-/// Query remote servers concurrently and merge their answers into `out`; returns `failures`.
+/// Query remote servers concurrently and merge their answers into `out`, with `viewer`'s own
+/// signatures on the remote master keys; returns `failures`.
 pub(crate) async fn query_remote(
+    state: &Arc<AppState>,
+    viewer: &UserId,
+    remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>>,
+    timeout: Duration,
+    out: &mut Map<String, Value>,
+) -> Map<String, Value> {
+    if remote.is_empty() {
+        return Map::new();
+    }
+    let failures = query_remote_servers(state, remote, timeout, out).await;
+    add_viewer_signatures(state, viewer, out).await;
+    failures
+}
+
+/// The remote master keys of a key-query answer as `viewer` sees them: with the signatures
+/// `viewer` made on them (kept only here, see `E2eeService::add_viewer_signatures`).
+async fn add_viewer_signatures(
+    state: &Arc<AppState>,
+    viewer: &UserId,
+    out: &mut Map<String, Value>,
+) {
+    let Some(Value::Object(masters)) = out.get_mut("master_keys") else {
+        return;
+    };
+    let own = state.config.server_name.clone();
+    let remote: Map<String, Value> = masters
+        .iter()
+        .filter(|(u, _)| <&UserId>::try_from(u.as_str()).is_ok_and(|u| u.server_name() != own))
+        .map(|(u, k)| (u.clone(), k.clone()))
+        .collect();
+    if remote.is_empty() {
+        return;
+    }
+    let (st, viewer) = (state.clone(), viewer.to_owned());
+    let signed = crate::blocking::blocking(move || {
+        let mut remote = remote;
+        for (user, key) in remote.iter_mut() {
+            if let Ok(user) = <&UserId>::try_from(user.as_str())
+                && let Err(e) = st.e2ee.add_viewer_signatures(user, key, &viewer)
+            {
+                tracing::warn!(%user, "reading user-signing signatures failed: {e}");
+            }
+        }
+        remote
+    })
+    .await;
+    if let Ok(signed) = signed {
+        masters.extend(signed);
+    }
+}
+
+async fn query_remote_servers(
     state: &Arc<AppState>,
     remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>>,
     timeout: Duration,
     out: &mut Map<String, Value>,
 ) -> Map<String, Value> {
     let mut failures = Map::new();
-    if remote.is_empty() {
-        return failures;
-    }
     let Some(hook) = state.remote_keys.get() else {
         for server in remote.keys() {
             failures.insert(server.to_string(), failure("federation is disabled"));

@@ -26,6 +26,8 @@ use crate::reads::ReadError;
 pub type WakeUsers = Arc<dyn Fn(&[&UserId], u64) + Send + Sync>;
 /// Wakes everyone sharing a room with this user, at a stream position.
 pub type WakeDeviceList = Arc<dyn Fn(&UserId, u64) + Send + Sync>;
+/// Starts fetching a remote user's whole device list again (in the background).
+pub type ResyncDeviceList = Arc<dyn Fn(&UserId) + Send + Sync>;
 
 /// The e2ee store and how to wake local `/sync`s (installed by the binary).
 pub struct E2eeState {
@@ -34,6 +36,8 @@ pub struct E2eeState {
     pub wake_users: WakeUsers,
     /// Wake everyone sharing a room with this user (their device list changed).
     pub wake_device_list: WakeDeviceList,
+    /// Fetch a remote user's device list again: an update showed we missed one.
+    pub resync_device_list: ResyncDeviceList,
 }
 
 type KeysResult = Result<Json<Value>, ReadError>;
@@ -215,6 +219,9 @@ pub(crate) fn device_list_edu(state: &FederationState, origin: &ServerName, cont
             .apply_remote_device_update(&user, content)
             .map(|(outcome, pos)| {
                 tracing::debug!(%origin, %user, ?outcome, "device list update");
+                if outcome == e2ee::remote::RemoteUpdate::Dropped {
+                    (e.resync_device_list)(&user);
+                }
                 pos
             })
     } else {

@@ -137,20 +137,34 @@ impl E2eeService {
         let Some(mut key) = self.cross_signing_key(user, MASTER)? else {
             return Ok(None);
         };
+        self.add_viewer_signatures(user, &mut key, viewer)?;
+        Ok(Some(key))
+    }
+
+    /// Add to `user`'s master key `key` (ours, cached, or just fetched from the user's
+    /// server) the signatures `viewer` made on it with their user-signing key. Those stay
+    /// here: the spec shows them only to the signer, so the user's own server never has
+    /// them and every answer about a remote user needs them merged in.
+    pub fn add_viewer_signatures(
+        &self,
+        user: &UserId,
+        key: &mut Value,
+        viewer: &UserId,
+    ) -> Result<()> {
         if viewer != user
-            && let Some(pk) = public_key(&key).map(str::to_owned)
+            && let Some(pk) = public_key(key).map(str::to_owned)
             && let Some(sigs) = self.db().get_json::<Value>(
                 Cf::E2ee,
                 keys::signatures(user.as_str(), &pk, viewer.as_str()),
             )?
         {
             merge_signatures(
-                &mut key,
+                key,
                 &json!({ "signatures": { viewer.as_str(): sigs } }),
                 viewer.as_str(),
             );
         }
-        Ok(Some(key))
+        Ok(())
     }
 
     /// Whether this upload replaces keys that exist (then UIA is required; a first

@@ -603,3 +603,50 @@ fn outgoing_device_list_updates_are_chained_with_unique_ids() {
     let (id3, prev3) = s.next_device_list_update_ids(&u).expect("ids");
     assert_eq!((id3, prev3), (pos.max(id2 + 1), vec![id2]));
 }
+
+#[test]
+fn user_signing_signatures_on_remote_master_keys_reach_only_the_signer() {
+    let (_d, s) = svc();
+    let (r, b, c) = (user("@r:remote"), user("@b:x"), user("@c:x"));
+    // r's server gave us r's list (a snapshot with a master key).
+    let rmk = TestKey::new();
+    let rm = cs_key(&r, "master", &rmk);
+    s.store_remote_devices(
+        &r,
+        &json!({ "user_id": r, "stream_id": 3, "devices": [], "master_key": rm }),
+    )
+    .expect("store");
+    // b signs it with b's user-signing key.
+    let (bmk, busk) = (TestKey::new(), TestKey::new());
+    let bm = cs_key(&b, "master", &bmk);
+    let mut bus = cs_key(&b, "user_signing", &busk);
+    bmk.sign(&mut bus, "@b:x", &bmk.own_id());
+    s.upload_signing_keys(&b, &[("master", &bm), ("user_signing", &bus)])
+        .expect("upload");
+    let mut signed = rm.clone();
+    busk.sign(&mut signed, "@b:x", &busk.own_id());
+    let (_, _, failures) = s
+        .add_signatures(&b, &one("@r:remote", &rmk.public, signed.clone()))
+        .expect("sign");
+    assert!(failures.is_empty(), "{failures:?}");
+    // Any copy of r's master key (cached, or fresh from r's server) shows b's signature to b…
+    let mut for_b = rm.clone();
+    s.add_viewer_signatures(&r, &mut for_b, &b).expect("merge");
+    assert_eq!(
+        for_b["signatures"]["@b:x"][busk.own_id()],
+        signed["signatures"]["@b:x"][busk.own_id()]
+    );
+    // …and to nobody else, not even r.
+    for viewer in [&c, &r] {
+        let mut other = rm.clone();
+        s.add_viewer_signatures(&r, &mut other, viewer)
+            .expect("merge");
+        assert_eq!(other, rm);
+    }
+    // A different master key (r reset cross-signing) does not carry the old signature.
+    let mut new_key = cs_key(&r, "master", &TestKey::new());
+    let before = new_key.clone();
+    s.add_viewer_signatures(&r, &mut new_key, &b)
+        .expect("merge");
+    assert_eq!(new_key, before);
+}

@@ -428,6 +428,9 @@ async fn serve(config: Config) -> Result<(), String> {
             remote.membership_changed(room, user, joined, &accounts)
         }));
         let (wake_state, wake_dl_state) = (services.state.clone(), services.state.clone());
+        // EDUs are handled on the blocking pool: the resync is spawned on the runtime.
+        let runtime = tokio::runtime::Handle::current();
+        let resync = api_client::remote_keys::DeviceListResync::new(services.state.clone());
         let e2ee_state = Arc::new(api_federation::e2ee::E2eeState {
             e2ee: s.e2ee.clone(),
             wake_users: Arc::new(move |users, pos| {
@@ -435,6 +438,9 @@ async fn serve(config: Config) -> Result<(), String> {
             }),
             wake_device_list: Arc::new(move |user, pos| {
                 api_client::wake_device_list(&wake_dl_state, user, pos)
+            }),
+            resync_device_list: Arc::new(move |user| {
+                runtime.spawn(resync.clone().resync(user.to_owned()));
             }),
         });
         let app_state = services.state.clone();
