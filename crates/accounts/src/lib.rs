@@ -44,6 +44,7 @@ use serde_json::Value;
 use storage::{Batch, Cf, Db, StorageError};
 
 mod account_data;
+pub mod admin;
 pub mod filter;
 mod filter_store;
 pub mod keys;

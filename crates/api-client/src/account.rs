@@ -525,7 +525,7 @@ async fn deactivate(
 
 /// Leave every joined, invited or knocked room, so a deactivated account disappears
 /// from member lists (best effort: failures are logged). Blocking.
-fn leave_all_rooms(state: &AppState, user: &UserId) {
+pub(crate) fn leave_all_rooms(state: &AppState, user: &UserId) {
     match state.rooms.rooms_for_user(user) {
         Ok(rooms) => {
             let mut left = Vec::new();

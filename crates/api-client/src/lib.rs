@@ -42,6 +42,7 @@ pub mod remote_membership;
 mod account;
 mod account_data;
 mod admin;
+pub mod admin_api;
 mod blocking;
 mod device_lists;
 mod ephemeral;
@@ -122,6 +123,8 @@ pub struct AppState {
     pub remote_media: std::sync::OnceLock<std::sync::Arc<dyn media_remote::RemoteMedia>>,
     /// Full-text search, relations and threads, the user directory.
     pub indexes: Arc<::search::Indexes>,
+    /// Online backups for the admin API, once the binary installs them.
+    pub backups: std::sync::OnceLock<Arc<dyn admin_api::Backups>>,
 }
 
 pub type AppStateRef = State<Arc<AppState>>;
@@ -140,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(meta::routes())
         .merge(account::routes())
         .merge(admin::routes())
+        .merge(admin_api::routes())
         .merge(federation_admin::routes())
         .merge(profile::routes())
         .merge(account_data::routes())

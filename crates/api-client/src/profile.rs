@@ -134,27 +134,36 @@ async fn put_field(
     let (state, user) = (state.clone(), auth.user_id.clone());
     // A storage write, then one member event per joined room and member scans to wake:
     // all on the blocking pool, not a tokio worker.
-    crate::blocking::blocking(move || -> ApiResult<()> {
-        let profile = if is_displayname {
-            state.accounts.set_displayname(&user, value)?
-        } else {
-            state.accounts.set_avatar_url(&user, value)?
-        };
-        // The profile is saved; propagation to rooms is best effort.
-        let member = rooms::MemberProfile {
-            displayname: profile.displayname,
-            avatar_url: profile.avatar_url,
-        };
-        match state.rooms.update_member_profile(&user, &member) {
-            Ok(rooms) => wake_rooms(&state, &user, &rooms),
-            Err(e) => {
-                tracing::warn!(user = %user, error = %e, "profile change not propagated to rooms")
-            }
-        }
-        Ok(())
-    })
-    .await??;
+    crate::blocking::blocking(move || set_profile_field(&state, &user, is_displayname, value))
+        .await??;
     Ok(Json(json!({})))
+}
+
+/// Set a user's display name (`is_displayname`) or avatar URL and carry it into their
+/// member events (the client API's profile endpoints and the admin API). Blocking.
+pub(crate) fn set_profile_field(
+    state: &AppState,
+    user: &UserId,
+    is_displayname: bool,
+    value: Option<String>,
+) -> ApiResult<()> {
+    let profile = if is_displayname {
+        state.accounts.set_displayname(user, value)?
+    } else {
+        state.accounts.set_avatar_url(user, value)?
+    };
+    // The profile is saved; propagation to rooms is best effort.
+    let member = rooms::MemberProfile {
+        displayname: profile.displayname,
+        avatar_url: profile.avatar_url,
+    };
+    match state.rooms.update_member_profile(user, &member) {
+        Ok(rooms) => wake_rooms(state, user, &rooms),
+        Err(e) => {
+            tracing::warn!(user = %user, error = %e, "profile change not propagated to rooms")
+        }
+    }
+    Ok(())
 }
 
 async fn put_displayname(

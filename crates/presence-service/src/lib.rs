@@ -538,6 +538,12 @@ impl PresenceService {
         self.engine().current(user, now_ms())
     }
 
+    /// What the engine holds about `user` (override, devices, last published presence):
+    /// the admin API's presence view. `None` for a user it knows nothing about.
+    pub fn snapshot(&self, user: &UserId) -> Option<PresenceSnapshot> {
+        self.engine().snapshot(user)
+    }
+
     /// The `m.presence` event of `user` as a local client sees it now.
     pub fn event_for(&self, user: &UserId) -> Value {
         let now = now_ms();

@@ -24,6 +24,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
+mod backup;
 mod config;
 mod federation;
 mod limits;
@@ -77,6 +78,27 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Ask the running server for a consistent backup into DIR (a new directory), without
+    /// stopping it. A server admin's access token goes in the PULSE_ADMIN_TOKEN variable.
+    Backup {
+        /// Configuration file (TOML), to find the server's listener.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The server's base URL (default: its first plain HTTP listener).
+        #[arg(long)]
+        url: Option<String>,
+        /// Where the backup goes (must not exist yet).
+        dir: PathBuf,
+    },
+    /// Restore a backup made by `pulse backup` into the configured data directory, which
+    /// must be empty or missing (the server must be stopped).
+    Restore {
+        /// Configuration file (TOML), to find the server name and data directory.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The backup directory.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +136,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backup { config, url, dir } => match Config::load(config.as_deref()) {
+            Err(e) => {
+                eprintln!("pulse: configuration error: {e}");
+                ExitCode::from(2)
+            }
+            Ok(config) => report(backup::request_backup(&config, &dir, url)),
+        },
+        Command::Restore { config, dir } => match Config::load(config.as_deref()) {
+            Err(e) => {
+                eprintln!("pulse: configuration error: {e}");
+                ExitCode::from(2)
+            }
+            Ok(config) => report(backup::restore(&config, &dir)),
+        },
         Command::RegisterUser {
             config,
             username,
@@ -137,6 +173,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Print a command's outcome: the message on stdout, or the error on stderr.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pulse: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -326,7 +376,13 @@ fn open_services(config: &Config) -> Result<Services, String> {
         media,
         remote_media: Default::default(),
         indexes,
+        backups: Default::default(),
     });
+    let _ = state.backups.set(Arc::new(backup::ServerBackups {
+        db: db.clone(),
+        data_dir: config.data_dir.clone(),
+        server_name: config.server_name.clone(),
+    }));
     Ok(Services {
         db,
         server_keys,

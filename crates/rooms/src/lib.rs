@@ -124,6 +124,7 @@ mod append;
 mod client;
 mod create;
 mod import;
+pub mod inventory;
 mod jump;
 pub mod keys;
 mod knock;

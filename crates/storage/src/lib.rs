@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
+mod checkpoint;
 mod keylocks;
 mod migrate;
 mod position;
