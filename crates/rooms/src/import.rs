@@ -490,21 +490,7 @@ impl RoomService {
                 pdu.sender
             )));
         }
-        let mut stripped: Vec<Value> = invite_room_state
-            .into_iter()
-            .filter(|e| {
-                e.get("type").is_some_and(Value::is_string)
-                    && e.get("state_key").is_some_and(Value::is_string)
-                    && e.get("content").is_some_and(Value::is_object)
-            })
-            .take(MAX_INVITE_STATE)
-            .map(|e| {
-                serde_json::json!({
-                    "type": e["type"], "state_key": e["state_key"],
-                    "content": e["content"], "sender": e.get("sender").cloned().unwrap_or(Value::Null),
-                })
-            })
-            .collect();
+        let mut stripped = crate::stripped::sanitize_remote(&room, invite_room_state);
         let rules = rules_for(version)?;
         ruma::signatures::hash_and_sign_event(
             self.server_name.as_str(),

@@ -14,7 +14,7 @@ use crate::create::member_content;
 use crate::ops::MemberProfile;
 use crate::persist::rules_for;
 use crate::store::{EventStatus, invite_state_key, membership_key};
-use crate::{MAX_INVITE_STATE, Membership, MembershipRecord, Result, RoomError, RoomService};
+use crate::{Membership, MembershipRecord, Result, RoomError, RoomService};
 use crate::{STRIPPED_STATE_TYPES, SentEvent};
 
 impl RoomService {
@@ -73,7 +73,7 @@ impl RoomService {
         }
         let event_id = crate::remote::event_id_for(version, &pdu)?;
         let record = crate::remote::outlier_record(&event_id, pdu, EventStatus::Outlier);
-        let mut stripped = sanitize_stripped(knock_room_state);
+        let mut stripped = crate::stripped::sanitize_remote(room, knock_room_state);
         stripped.push(record.to_stripped_state());
         let _guard = self.lock_room(room);
         if self.room_exists(room)? {
@@ -112,12 +112,7 @@ impl RoomService {
                 .get_json(Cf::Rooms, invite_state_key(room, user))?
                 .unwrap_or_default());
         }
-        let mut out = Vec::new();
-        for t in STRIPPED_STATE_TYPES {
-            if let Some(ev) = self.current_state_event(room, t, "")? {
-                out.push(ev.to_stripped_state());
-            }
-        }
+        let mut out = self.local_stripped_state(room)?;
         if let Some(ev) = self.current_state_event(room, "m.room.member", user.as_str())? {
             out.push(ev.to_stripped_state());
         }
@@ -125,55 +120,19 @@ impl RoomService {
     }
 
     /// The stripped state a resident answers `send_knock` with: the current state of the
-    /// stripped-state types (`knock_room_state`).
+    /// stripped-state types (`knock_room_state`), the create event as its full PDU
+    /// (MSC4311: the knocking server can check it against the room ID).
     pub fn knock_room_state(&self, room: &RoomId) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         for t in STRIPPED_STATE_TYPES {
             if let Some(ev) = self.current_state_event(room, t, "")? {
-                out.push(ev.to_stripped_state());
+                out.push(if t == "m.room.create" {
+                    Value::from(ruma::CanonicalJsonValue::Object(ev.pdu.clone()))
+                } else {
+                    ev.to_stripped_state()
+                });
             }
         }
         Ok(out)
-    }
-}
-
-/// Keeps the well-formed entries (`type` and `state_key` strings, `content` an object) of
-/// a remote stripped-state list, as `{type, state_key, content, sender}`, at most
-/// [`MAX_INVITE_STATE`].
-fn sanitize_stripped(events: Vec<Value>) -> Vec<Value> {
-    events
-        .into_iter()
-        .filter(|e| {
-            e.get("type").is_some_and(Value::is_string)
-                && e.get("state_key").is_some_and(Value::is_string)
-                && e.get("content").is_some_and(Value::is_object)
-        })
-        .take(MAX_INVITE_STATE)
-        .map(|e| {
-            serde_json::json!({
-                "type": e["type"], "state_key": e["state_key"], "content": e["content"],
-                "sender": e.get("sender").cloned().unwrap_or(Value::Null),
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripped_state_from_a_resident_is_sanitised() {
-        let out = sanitize_stripped(vec![
-            serde_json::json!({"type": "m.room.name", "state_key": "", "content": {"name": "x"},
-                "sender": "@a:x", "signatures": {}}),
-            serde_json::json!({"type": 5, "state_key": "", "content": {}}),
-            serde_json::json!({"type": "m.room.topic", "state_key": "", "content": "no"}),
-        ]);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0]["content"]["name"], "x");
-        assert!(out[0].get("signatures").is_none());
-        let many = vec![serde_json::json!({"type": "t", "state_key": "", "content": {}}); 500];
-        assert_eq!(sanitize_stripped(many).len(), MAX_INVITE_STATE);
     }
 }

@@ -141,6 +141,7 @@ mod restricted;
 mod security_tests;
 mod state_res_v1;
 mod store;
+mod stripped;
 mod template;
 #[cfg(test)]
 mod tests;

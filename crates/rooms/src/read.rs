@@ -214,12 +214,7 @@ impl RoomService {
         if let Some(remote) = self.remote_invite_state(room, invitee)? {
             return Ok(remote);
         }
-        let mut out = Vec::new();
-        for t in STRIPPED_STATE_TYPES {
-            if let Some(ev) = self.current_state_event(room, t, "")? {
-                out.push(ev.to_stripped_state());
-            }
-        }
+        let mut out = self.local_stripped_state(room)?;
         if let Some(invite) = self.current_state_event(room, "m.room.member", invitee.as_str())? {
             if let Ok(inviter) = UserId::parse(invite.sender())
                 && *inviter != *invitee
