@@ -119,7 +119,34 @@ impl RoomService {
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room, &content)?;
         }
+        if kind == "m.room.power_levels" {
+            self.check_no_creators_in_levels(room, &content)?;
+        }
         self.state_locked(sender, room, kind, state_key, content)
+    }
+
+    /// Rooms whose creators have unlimited power (v12) forbid listing a creator in the
+    /// power levels' `users`: the auth rules would refuse the event, but the request is
+    /// malformed rather than unauthorised, so it gets 400 (as Synapse answers), not 403.
+    fn check_no_creators_in_levels(&self, room: &RoomId, content: &Value) -> Result<()> {
+        let Some(users) = content.get("users").and_then(Value::as_object) else {
+            return Ok(());
+        };
+        let summary = self.require_summary(room)?;
+        let rules = crate::version::rules_for(&summary.version)?;
+        if !rules.authorization.explicitly_privilege_room_creators {
+            return Ok(());
+        }
+        if let Some(c) = self
+            .creators(&summary)?
+            .into_iter()
+            .find(|c| users.contains_key(c.as_str()))
+        {
+            return Err(RoomError::InvalidParam(format!(
+                "{c} is a creator of this room: creators may not be listed in the power levels' users"
+            )));
+        }
+        Ok(())
     }
 
     fn state_locked(

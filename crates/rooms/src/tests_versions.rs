@@ -449,3 +449,32 @@ fn forks_resolve_by_the_versions_state_resolution() {
         );
     }
 }
+
+#[test]
+fn listing_a_creator_in_the_power_levels_is_a_bad_request_in_v12() {
+    let (_d, svc) = crate::tests::setup();
+    let alice = crate::tests::user("alice");
+    for (version, refused) in [("12", true), ("10", false)] {
+        let room = svc
+            .create_room(
+                &alice,
+                crate::CreateRoomRequest {
+                    room_version: Some(version.into()),
+                    ..Default::default()
+                },
+            )
+            .expect("create");
+        let r = svc.send_state_event(
+            &alice,
+            &room,
+            "m.room.power_levels",
+            "",
+            serde_json::json!({ "users": { alice.as_str(): 100 } }),
+        );
+        assert_eq!(
+            matches!(r, Err(crate::RoomError::InvalidParam(_))),
+            refused,
+            "v{version}: {r:?}"
+        );
+    }
+}
