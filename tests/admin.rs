@@ -486,3 +486,157 @@ async fn backup_under_write_load_restores_every_acknowledged_write() {
     assert_eq!(media.status().as_u16(), 200);
     assert_eq!(media.text().await.expect("body"), "backed up bytes");
 }
+
+#[tokio::test]
+async fn server_notices_reach_a_user_in_one_room_they_cannot_reject() {
+    let mut s = TestServer::start_with(
+        "[server_notices]\nsystem_mxid_localpart = \"notices\"\nroom_name = \"Server Alert\"\n",
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let ops = admin(&mut s).await;
+    let notice = |txn: Option<&str>| {
+        let (s, token) = (&s, ops.token.clone());
+        let path = match txn {
+            Some(t) => format!("/_synapse/admin/v1/send_server_notice/{t}"),
+            None => "/_synapse/admin/v1/send_server_notice".to_owned(),
+        };
+        let method = if txn.is_some() { "PUT" } else { "POST" };
+        async move {
+            let (st, r) = s
+                .req(
+                    method,
+                    &path,
+                    Some(&token),
+                    Some(json!({
+                        "user_id": "@alice:localhost",
+                        "content": { "msgtype": "m.text", "body": "maintenance at noon" },
+                    })),
+                )
+                .await;
+            assert_eq!(st, 200, "{r}");
+            r["event_id"].as_str().expect("event_id").to_owned()
+        }
+    };
+    // Not an admin: 403. Nobody can log in as the system user.
+    let (st, r) = s
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            Some(&alice.token),
+            json!({ "user_id": "@alice:localhost", "content": {} }),
+        )
+        .await;
+    assert_eq!(
+        (st, r["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{r}"
+    );
+    let (st, _) = s
+        .post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "notices" }, "password": "" }))
+        .await;
+    assert_eq!(st, 403);
+
+    let first = notice(None).await;
+    let (_, r) = s
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
+        .await;
+    let invites = r["rooms"]["invite"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(invites.len(), 1, "{r}");
+    let (room, invite) = invites.into_iter().next().expect("invite");
+    let events = invite["invite_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["sender"] == "@notices:localhost" || e["state_key"] == "@alice:localhost"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Server Alert"),
+        "{events:?}"
+    );
+    // The invite cannot be rejected; joining shows the notice; then alice may leave.
+    let (st, r) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["errcode"].as_str()),
+        (403, Some("M_CANNOT_LEAVE_SERVER_NOTICE_ROOM")),
+        "{r}"
+    );
+    let (st, r) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(&first)
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(
+        (st, r["content"]["body"].as_str()),
+        (200, Some("maintenance at noon")),
+        "{r}"
+    );
+    let (_, r) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.tag",
+                enc(&alice.user_id),
+                enc(&room)
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    assert!(r["tags"]["m.server_notice"].is_object(), "{r}");
+    let (st, r) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    // The next notice re-invites her to the same room; a transaction ID makes it idempotent.
+    notice(None).await;
+    let (_, r) = s
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
+        .await;
+    let again: Vec<String> = r["rooms"]["invite"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(again, vec![room.clone()], "{r}");
+    let a = notice(Some("t1")).await;
+    let b = notice(Some("t1")).await;
+    assert_eq!(a, b);
+    // Only local users, who exist.
+    let (st, _) = s
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            Some(&ops.token),
+            json!({ "user_id": "@ghost:localhost", "content": {} }),
+        )
+        .await;
+    assert_eq!(st, 404);
+}

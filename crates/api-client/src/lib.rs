@@ -91,6 +91,8 @@ pub struct ClientApiConfig {
     pub voip: VoipConfig,
     /// `[media]`: the upload size limit.
     pub media: MediaConfig,
+    /// `[server_notices]`: on when set.
+    pub server_notices: Option<admin_api::ServerNoticesConfig>,
 }
 
 /// Everything handlers need, passed explicitly as axum state.

@@ -38,6 +38,42 @@ pub struct Config {
     pub media: api_client::MediaConfig,
     /// `[rooms]`: room creation defaults.
     pub rooms: RoomsSettings,
+    /// `[server_notices]`: off unless `system_mxid_localpart` is set.
+    pub server_notices: ServerNotices,
+}
+
+/// `[server_notices]`, as Synapse's `server_notices` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerNotices {
+    /// The localpart of the user notices come from; unset: server notices are off.
+    pub system_mxid_localpart: Option<String>,
+    pub system_mxid_display_name: Option<String>,
+    pub room_name: String,
+}
+
+impl Default for ServerNotices {
+    fn default() -> Self {
+        ServerNotices {
+            system_mxid_localpart: None,
+            system_mxid_display_name: None,
+            room_name: "Server Notices".into(),
+        }
+    }
+}
+
+impl ServerNotices {
+    pub fn to_api(&self) -> Option<api_client::admin_api::ServerNoticesConfig> {
+        let localpart = self
+            .system_mxid_localpart
+            .clone()
+            .filter(|l| !l.is_empty())?;
+        Some(api_client::admin_api::ServerNoticesConfig {
+            localpart,
+            display_name: self.system_mxid_display_name.clone(),
+            room_name: self.room_name.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +239,7 @@ impl Default for Config {
             voip: api_client::VoipConfig::default(),
             media: api_client::MediaConfig::default(),
             rooms: RoomsSettings::default(),
+            server_notices: ServerNotices::default(),
         }
     }
 }

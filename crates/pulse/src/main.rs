@@ -280,6 +280,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         max_sync_timeout_ms: config.limits.max_sync_timeout_ms,
         voip: config.voip.clone(),
         media: config.media.clone(),
+        server_notices: config.server_notices.to_api(),
     };
     let notifier = Arc::new(api_client::SyncNotifier::new());
     let p = &config.presence;
@@ -378,6 +379,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         indexes,
         backups: Default::default(),
     });
+    api_client::admin_api::server_notices::ensure_system_user(&state)?;
     let _ = state.backups.set(Arc::new(backup::ServerBackups {
         db: db.clone(),
         data_dir: config.data_dir.clone(),

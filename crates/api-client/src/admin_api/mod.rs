@@ -22,9 +22,11 @@ use crate::{AppState, AppStateRef};
 mod backup;
 mod presence;
 mod rooms;
+pub mod server_notices;
 mod users;
 
 pub use backup::Backups;
+pub use server_notices::ServerNoticesConfig;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -51,6 +53,14 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/_pulse/admin/v1/presence/{user_id}", get(presence::view))
         .route("/_pulse/admin/v1/backup", post(backup::backup))
+        .route(
+            "/_synapse/admin/v1/send_server_notice",
+            post(server_notices::send),
+        )
+        .route(
+            "/_synapse/admin/v1/send_server_notice/{txn_id}",
+            axum::routing::put(server_notices::send_txn),
+        )
 }
 
 /// A request by a server admin (checked against the account, on every call).

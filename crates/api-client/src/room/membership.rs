@@ -267,6 +267,32 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
+/// An invite to a server notices room cannot be rejected (Synapse's rule: the notices must
+/// stay reachable); once joined, the user may leave.
+async fn refuse_rejecting_server_notices(
+    state: &Arc<AppState>,
+    room: &ruma::RoomId,
+    user: &ruma::UserId,
+) -> ApiResult<()> {
+    if state.config.server_notices.is_none() {
+        return Ok(());
+    }
+    let (st, r, u) = (state.clone(), room.to_owned(), user.to_owned());
+    let refused = crate::blocking::blocking(move || {
+        st.rooms.membership_state(&r, &u).ok().flatten() == Some(rooms::Membership::Invite)
+            && crate::admin_api::server_notices::is_notices_room(&st, &r)
+    })
+    .await?;
+    if refused {
+        return Err(MatrixError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
+            "You cannot reject this invite: it is for server notices",
+        ));
+    }
+    Ok(())
+}
+
 async fn leave(
     auth: Auth,
     state: AppStateRef,
@@ -275,6 +301,7 @@ async fn leave(
 ) -> ApiResult<Json<Value>> {
     let room = parse_room_id(&room_id)?;
     let user = auth.user_id.clone();
+    refuse_rejecting_server_notices(&state, &room, &user).await?;
     if let Some(remote) = remote(&state) {
         let (r, u, rm) = (remote.clone(), user.clone(), room.clone());
         let needs = crate::blocking::blocking(move || r.leave_needs_federation(&u, &rm)).await??;
