@@ -67,7 +67,7 @@ pub(crate) fn sanitize_remote(room: &RoomId, events: Vec<Value>) -> Vec<Value> {
 /// A remote create event in client format, if it is a whole PDU whose reference hash is
 /// `room`'s ID (room versions whose room IDs come from the create event).
 fn verified_create(room: &RoomId, e: &Value) -> Option<Value> {
-    if e.get("type")?.as_str()? != "m.room.create" || e.get("state_key")?.as_str()? != "" {
+    if e.get("type")?.as_str()? != "m.room.create" || !e.get("state_key")?.as_str()?.is_empty() {
         return None;
     }
     let pdu: CanonicalJsonObject = serde_json::from_value(e.clone()).ok()?;
