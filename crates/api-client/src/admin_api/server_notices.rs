@@ -68,7 +68,7 @@ pub fn ensure_system_user(state: &AppState) -> Result<(), String> {
     }
     if let Some(name) = &c.display_name {
         crate::profile::set_profile_field(state, &user, true, Some(name.clone()))
-            .map_err(|e| format!("{}", e.message))?;
+            .map_err(|e| e.message.to_string())?;
     }
     Ok(())
 }
