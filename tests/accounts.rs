@@ -1208,3 +1208,89 @@ async fn filters() {
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn refresh_tokens_keep_the_device_and_rotate() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (st, r) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+                "password": "password", "refresh_token": true }),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (access, refresh) = (
+        r["access_token"].as_str().expect("access").to_owned(),
+        r["refresh_token"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned(),
+    );
+    assert!(r["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0), "{r}");
+    let device = r["device_id"].as_str().expect("device").to_owned();
+    // The refresh token is not an access token.
+    let (st, _) = s
+        .get("/_matrix/client/v3/account/whoami", Some(&refresh))
+        .await;
+    assert_eq!(st, 401);
+    let room = s.create_room(&alice, json!({})).await;
+    let send = |token: String| {
+        let (s, room) = (&s, room.clone());
+        async move {
+            let (st, r) = s
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                        common::enc(&room)
+                    ),
+                    Some(&token),
+                    json!({ "msgtype": "m.text", "body": "once" }),
+                )
+                .await;
+            assert_eq!(st, 200, "{r}");
+            r["event_id"].as_str().expect("event id").to_owned()
+        }
+    };
+    let first = send(access.clone()).await;
+    let (st, r) = s
+        .post(
+            "/_matrix/client/v3/refresh",
+            None,
+            json!({ "refresh_token": refresh }),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let new_access = r["access_token"].as_str().expect("access").to_owned();
+    assert!(
+        r["refresh_token"].as_str().is_some_and(|t| t != refresh),
+        "{r}"
+    );
+    let (st, r) = s
+        .get("/_matrix/client/v3/account/whoami", Some(&new_access))
+        .await;
+    assert_eq!(
+        (st, r["device_id"].as_str()),
+        (200, Some(device.as_str())),
+        "same device: {r}"
+    );
+    // Same device, so the transaction ID is still known.
+    assert_eq!(send(new_access).await, first);
+    // A used refresh token, or an access token given as one: 401 M_UNKNOWN_TOKEN.
+    for bad in [refresh, access] {
+        let (st, r) = s
+            .post(
+                "/_matrix/client/v3/refresh",
+                None,
+                json!({ "refresh_token": bad }),
+            )
+            .await;
+        assert_eq!(
+            (st, r["errcode"].as_str()),
+            (401, Some("M_UNKNOWN_TOKEN")),
+            "{r}"
+        );
+    }
+}

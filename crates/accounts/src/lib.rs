@@ -52,6 +52,8 @@ mod migrate;
 mod nonces;
 mod password;
 mod profiles;
+mod refresh;
+pub use refresh::REFRESHABLE_TOKEN_LIFETIME_MS;
 mod sessions;
 mod users;
 
@@ -94,6 +96,12 @@ const TOKEN_LEN: usize = 48;
 pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// When an access token issued with a refresh token stops working (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ts: Option<u64>,
+    /// A refresh token: only `POST /refresh` takes it, never as an access token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh: bool,
 }
 
 /// A user's public profile.
@@ -112,6 +120,9 @@ pub struct NewDevice {
     pub device_id: Option<String>,
     /// Display name for a newly created device (an existing device keeps its name).
     pub display_name: Option<String>,
+    /// The client asked for a refresh token (`refresh_token: true`): the access token
+    /// then expires after [`REFRESHABLE_TOKEN_LIFETIME_MS`].
+    pub refresh_token: bool,
 }
 
 /// The result of [`AccountService::register`]. `device_id` and `access_token` are `None`
@@ -121,6 +132,8 @@ pub struct Registered {
     pub user_id: OwnedUserId,
     pub device_id: Option<OwnedDeviceId>,
     pub access_token: Option<String>,
+    /// With `NewDevice::refresh_token`: the refresh token and the access token's lifetime.
+    pub refresh: Option<(String, u64)>,
 }
 
 /// A new logged-in session ([`AccountService::login_password`], [`AccountService::create_session`]).
@@ -129,6 +142,8 @@ pub struct LoggedIn {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub access_token: String,
+    /// With `NewDevice::refresh_token`: the refresh token and the access token's lifetime.
+    pub refresh: Option<(String, u64)>,
 }
 
 /// A device as the client API shows it (`GET /devices`).
@@ -170,6 +185,9 @@ pub enum AccountError {
     /// 404 `M_NOT_FOUND`.
     #[error("unknown user")]
     UnknownUser,
+    /// 401 `M_UNKNOWN_TOKEN`: not a live refresh token.
+    #[error("unknown or used refresh token")]
+    UnknownToken,
     /// 404 `M_NOT_FOUND`.
     #[error("unknown device")]
     UnknownDevice,

@@ -43,6 +43,8 @@ fn write_v1_database(path: &Path) -> (OwnedUserId, OwnedDeviceId) {
         &Session {
             user_id: r.user_id.clone(),
             device_id: device.clone(),
+            expires_ts: None,
+            refresh: false,
         },
     );
     b.put(Cf::Meta, "schema_version", 1u64.to_be_bytes().to_vec());

@@ -8,8 +8,10 @@ impl AccountService {
         if access_token.is_empty() {
             return Ok(None);
         }
-        self.db
-            .get_json(Cf::Tokens, keys::TokenHash::of(access_token).as_key())
+        let session: Option<Session> = self
+            .db
+            .get_json(Cf::Tokens, keys::TokenHash::of(access_token).as_key())?;
+        Ok(session.filter(|s| !s.refresh && s.expires_ts.is_none_or(|t| now_ms() < t)))
     }
 
     /// `m.login.password`: `user` is a localpart or a user ID (case-insensitive). On
@@ -46,12 +48,13 @@ impl AccountService {
             Some(_) => {}
         }
         let mut batch = Batch::new();
-        let (device_id, access_token) = self.add_session(&mut batch, user, device, ip)?;
+        let (device_id, tokens) = self.add_session(&mut batch, user, device, ip)?;
         self.db.write(batch)?;
         Ok(LoggedIn {
             user_id: user.to_owned(),
             device_id,
-            access_token,
+            access_token: tokens.access_token,
+            refresh: tokens.refresh,
         })
     }
 
@@ -62,7 +65,8 @@ impl AccountService {
         user: &UserId,
         device: NewDevice,
         ip: Option<&str>,
-    ) -> Result<(OwnedDeviceId, String)> {
+    ) -> Result<(OwnedDeviceId, crate::refresh::Issued)> {
+        let refreshable = device.refresh_token;
         let device_id: OwnedDeviceId = match device.device_id.filter(|d| !d.is_empty()) {
             Some(d) => d.into(),
             None => loop {
@@ -95,23 +99,13 @@ impl AccountService {
         for old in record.token_hashes.drain(..) {
             delete_token_hash(batch, &old);
         }
-        let token = random_string(TOKEN_LEN);
-        let hash = keys::TokenHash::of(&token);
-        record.token_hashes.push(hash.to_hex());
+        let issued = crate::refresh::issue(batch, &mut record, user, &device_id, refreshable, now);
         batch.put_json(Cf::Devices, &key, &record);
-        batch.put_json(
-            Cf::Tokens,
-            hash.as_key(),
-            &Session {
-                user_id: user.to_owned(),
-                device_id: device_id.clone(),
-            },
-        );
         lock(&self.seen).insert(
             (user.to_owned(), device_id.clone()),
             (now, ip.map(str::to_owned)),
         );
-        Ok((device_id, token))
+        Ok((device_id, issued))
     }
 
     pub(crate) fn device_records(

@@ -36,6 +36,7 @@ fn register_and_authenticate() {
             NewDevice {
                 device_id: Some("PHONE".into()),
                 display_name: Some("My phone".into()),
+                ..Default::default()
             },
             false,
             true,
@@ -173,6 +174,7 @@ fn login_with_existing_device_id_revokes_its_old_tokens() {
     let dev = NewDevice {
         device_id: Some("LAPTOP".into()),
         display_name: Some("first".into()),
+        ..Default::default()
     };
     let a = svc
         .login_password("erin", "pw", dev.clone(), None)
@@ -599,6 +601,7 @@ fn overlong_inputs_are_rejected() {
     let dev = NewDevice {
         device_id: Some("d".repeat(MAX_DEVICE_ID_LEN + 1)),
         display_name: None,
+        ..Default::default()
     };
     assert!(matches!(
         svc.register("r", Some("pw"), dev, false, true),

@@ -100,11 +100,11 @@ impl AccountService {
         };
         let mut batch = Batch::new();
         batch.put_json(Cf::Users, keys::user(&user_id), &record);
-        let (device_id, access_token) = if login {
+        let (device_id, access_token, refresh) = if login {
             let (d, t) = self.add_session(&mut batch, &user_id, device, None)?;
-            (Some(d), Some(t))
+            (Some(d), Some(t.access_token), t.refresh)
         } else {
-            (None, None)
+            (None, None, None)
         };
         self.db.write(batch)?;
         tracing::info!(%user_id, admin, "registered user");
@@ -112,6 +112,7 @@ impl AccountService {
             user_id,
             device_id,
             access_token,
+            refresh,
         })
     }
 

@@ -34,6 +34,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     r = client_route(r, "/register/available", get(register_available));
     r = client_route(r, "/login", get(login_flows).post(login));
     r = client_route(r, "/logout", post(logout));
+    r = client_route(r, "/refresh", post(refresh));
+    r = r.route("/_matrix/client/v1/refresh", post(refresh));
     r = client_route(r, "/logout/all", post(logout_all));
     r = client_route(r, "/account/whoami", get(whoami));
     r = client_route(r, "/account/password", post(change_password));
@@ -64,6 +66,7 @@ impl From<AccountError> for MatrixError {
                 MatrixError::new(StatusCode::FORBIDDEN, "M_USER_DEACTIVATED", msg)
             }
             AccountError::UnknownUser | AccountError::UnknownDevice => MatrixError::not_found(msg),
+            AccountError::UnknownToken => MatrixError::unknown_token(),
             AccountError::BadJson(_) => MatrixError::bad_json(msg),
             AccountError::InvalidParam(_) => MatrixError::invalid_param(msg),
             AccountError::HashingBusy => MatrixError::limit_exceeded(1000),
@@ -259,6 +262,9 @@ struct RegisterBody {
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
     inhibit_login: Option<bool>,
+    /// The client supports refresh tokens (spec v1.3).
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 async fn register(
@@ -308,6 +314,7 @@ async fn register(
     let device = NewDevice {
         device_id: body.device_id,
         display_name: body.initial_device_display_name,
+        refresh_token: body.refresh_token,
     };
     let (username, password) = (body.username, body.password);
     // Name generation, hashing and the writes: all on the blocking pool.
@@ -331,6 +338,10 @@ async fn register(
     if let (Some(device_id), Some(token)) = (registered.device_id, registered.access_token) {
         resp["device_id"] = json!(device_id);
         resp["access_token"] = json!(token);
+        if let Some((refresh, lifetime)) = registered.refresh {
+            resp["refresh_token"] = json!(refresh);
+            resp["expires_in_ms"] = json!(lifetime);
+        }
     }
     Ok(Json(resp))
 }
@@ -370,6 +381,9 @@ struct LoginBody {
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    /// The client supports refresh tokens (spec v1.3).
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 async fn login(
@@ -408,6 +422,7 @@ async fn login(
     let device = NewDevice {
         device_id: body.device_id,
         display_name: body.initial_device_display_name,
+        refresh_token: body.refresh_token,
     };
     // Per-account failed-login budget: checked before the (costly) hash, charged on a
     // wrong password, so guessing one account's password is slow whatever the source.
@@ -434,13 +449,38 @@ async fn login(
         }
         other => other?,
     };
-    Ok(Json(json!({
+    let mut resp = json!({
         "user_id": session.user_id,
         "access_token": session.access_token,
         "device_id": session.device_id,
         "home_server": state.config.server_name,
         "well_known": { "m.homeserver": { "base_url": state.config.public_baseurl } },
-    })))
+    });
+    if let Some((refresh, lifetime)) = session.refresh {
+        resp["refresh_token"] = json!(refresh);
+        resp["expires_in_ms"] = json!(lifetime);
+    }
+    Ok(Json(resp))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /refresh`: a new access token and refresh token for the same device.
+async fn refresh(
+    state: AppStateRef,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> ApiResult<Json<Value>> {
+    let accounts = state.accounts.clone();
+    let issued = blocking(move || accounts.refresh(&body.refresh_token)).await??;
+    let mut resp = json!({ "access_token": issued.access_token });
+    if let Some((refresh, lifetime)) = issued.refresh {
+        resp["refresh_token"] = json!(refresh);
+        resp["expires_in_ms"] = json!(lifetime);
+    }
+    Ok(Json(resp))
 }
 
 async fn logout(state: AppStateRef, auth: Auth) -> ApiResult<Json<Value>> {
