@@ -38,6 +38,27 @@ pub struct Config {
     pub media: api_client::MediaConfig,
     /// `[rooms]`: room creation defaults.
     pub rooms: RoomsSettings,
+    /// `[metrics]`: the Prometheus `/metrics` listener (off by default).
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` (Prometheus text format) on `bind`.
+    pub enabled: bool,
+    /// Its own socket, apart from the client listeners: keep it private (loopback, or a
+    /// network only the Prometheus server reaches). It has no authentication.
+    pub bind: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9108)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +224,7 @@ impl Default for Config {
             voip: api_client::VoipConfig::default(),
             media: api_client::MediaConfig::default(),
             rooms: RoomsSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -387,6 +409,12 @@ impl Config {
                 "presence.status_per_second must be >= 0 and presence.status_burst >= 1".into(),
             );
         }
+        if self.metrics.enabled && self.listeners.iter().any(|l| l.bind == self.metrics.bind) {
+            return Err(format!(
+                "metrics.bind {} is also a [[listeners]] address; give /metrics its own port",
+                self.metrics.bind
+            ));
+        }
         if self.rate_limits.enabled
             && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0)
         {
@@ -439,6 +467,23 @@ mod tests {
         assert!(err.contains("hashing_slots"), "{err}");
         let c = Config::parse("[accounts]\nhashing_wait_ms = 600000\n").expect("parses");
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_need_their_own_port() {
+        let c = Config::default();
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.metrics.bind.to_string(), "127.0.0.1:9108");
+        let c = Config::parse("[metrics]\nenabled = true\nbind = \"127.0.0.1:9200\"\n")
+            .expect("parses");
+        c.validate().expect("valid");
+        let c = Config::parse("[metrics]\nenabled = true\nbind = \"127.0.0.1:8008\"\n")
+            .expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("same port")
+                .contains("metrics.bind")
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ use std::sync::{Condvar, Mutex};
 mod keylocks;
 mod migrate;
 mod position;
+mod stats;
+
+pub use stats::DbStats;
 
 pub use keylocks::KeyLocks;
 pub use migrate::Migration;
