@@ -25,3 +25,10 @@ if [ -x tests/interop/federation-synapse.sh ]; then
   # 77: skipped (this binary cannot federate); anything else but 0 is a failure.
   [ "$rc" = 0 ] || [ "$rc" = 77 ] || exit "$rc"
 fi
+if [ -x tests/interop/prometheus.sh ]; then
+  echo "== interop (Prometheus scrapes /metrics)" >&2
+  rc=0
+  tests/interop/prometheus.sh || rc=$?
+  # 77: skipped (prometheus could not be installed); anything else but 0 is a failure.
+  [ "$rc" = 0 ] || [ "$rc" = 77 ] || exit "$rc"
+fi
