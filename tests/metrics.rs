@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::federating::{Server, eventually, join};
 use common::{TestServer, enc, free_port};
 use serde_json::json;
 
@@ -55,8 +56,11 @@ fn parse(text: &str) -> HashMap<String, f64> {
 }
 
 async fn scrape(s: &TestServer, port: u16) -> (String, HashMap<String, f64>) {
-    let r = s
-        .http
+    scrape_with(&s.http, port).await
+}
+
+async fn scrape_with(http: &reqwest::Client, port: u16) -> (String, HashMap<String, f64>) {
+    let r = http
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await
@@ -193,4 +197,62 @@ async fn metrics_are_off_unless_enabled() {
     // Nor is it on the client listener.
     let (status, _) = s.get("/metrics", None).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn federation_series_move_on_both_servers() {
+    let (port_a, port_b) = (free_port(), free_port());
+    let metrics = |p: u16| format!("[metrics]\nenabled = true\nbind = \"127.0.0.1:{p}\"\n");
+    let a = Server::start_with(&metrics(port_a)).await;
+    let b = Server::start_with(&metrics(port_b)).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let (code, body) = join(&b, &bob, &room, &a).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = a
+        .req(
+            "PUT",
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.id)),
+            &alice.token,
+            Some(json!({"presence": "online"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let http = reqwest::Client::new();
+    let dest = format!(r#"{{destination="{}"}}"#, b.name());
+    eventually(
+        "A sent a transaction with presence to B, and B received it",
+        || {
+            let http = http.clone();
+            let dest = dest.clone();
+            async move {
+                let (_, ma) = scrape_with(&http, port_a).await;
+                let (_, mb) = scrape_with(&http, port_b).await;
+                let v = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+                v(
+                    &ma,
+                    r#"pulse_federation_transactions_total{direction="out",result="sent"}"#,
+                ) >= 1.0
+                    && v(
+                        &ma,
+                        r#"pulse_presence_updates_total{direction="out",via="federation"}"#,
+                    ) >= 1.0
+                    && ma.contains_key(&format!("pulse_federation_queue_pdus{dest}"))
+                    && ma.contains_key(&format!("pulse_federation_backoff_seconds{dest}"))
+                    && v(
+                        &mb,
+                        r#"pulse_federation_transactions_total{direction="in",result="received"}"#,
+                    ) >= 1.0
+                    && v(&mb, r#"pulse_federation_edus_total{direction="in"}"#) >= 1.0
+                    && v(
+                        &mb,
+                        r#"pulse_presence_updates_total{direction="in",via="federation"}"#,
+                    ) >= 1.0
+            }
+        },
+    )
+    .await;
 }
