@@ -14,6 +14,8 @@ pub struct Server {
     client_port: u16,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// TOML appended to the generated config (its own tables, e.g. `[metrics]`).
+    extra: String,
 }
 
 impl Drop for Server {
@@ -48,6 +50,11 @@ pub struct User {
 
 impl Server {
     pub async fn start() -> Server {
+        Self::start_with("").await
+    }
+
+    /// Start with `extra` TOML (whole tables) appended to the config.
+    pub async fn start_with(extra: &str) -> Server {
         let mut s = Server {
             child: None,
             fed_port: free_port(),
@@ -57,6 +64,7 @@ impl Server {
                 .timeout(Duration::from_secs(90))
                 .build()
                 .unwrap(),
+            extra: extra.to_owned(),
         };
         s.spawn().await;
         s
@@ -87,7 +95,9 @@ level = "warn"
 [federation]
 verify_tls = false
 ip_range_allowlist = ["127.0.0.0/8"]
+{extra}
 "#,
+            extra = self.extra,
             fed = self.fed_port,
             client = self.client_port,
             data = self.dir.path().join("data").display()

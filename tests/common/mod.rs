@@ -25,7 +25,7 @@ pub struct TestServer {
     log: Option<(String, PathBuf)>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("addr").port()
 }
@@ -242,6 +242,34 @@ impl TestServer {
             )
             .await;
         assert_eq!(status, 200, "register {localpart}: {body}");
+        User {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+        }
+    }
+
+    /// Register a server admin through the shared-secret endpoint (`/_synapse/admin/v1/register`,
+    /// the test config's secret), password "password".
+    pub async fn register_admin(&self, localpart: &str) -> User {
+        use hmac::{Hmac, KeyInit, Mac};
+        let (status, body) = self.get("/_synapse/admin/v1/register", None).await;
+        assert_eq!(status, 200, "{body}");
+        let nonce = body["nonce"].as_str().expect("nonce").to_owned();
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-secret").expect("key");
+        mac.update(format!("{nonce}\0{localpart}\0password\0admin").as_bytes());
+        let mac = hex::encode(mac.finalize().into_bytes());
+        let (status, body) = self
+            .post(
+                "/_synapse/admin/v1/register",
+                None,
+                json!({"nonce": nonce, "username": localpart, "password": "password", "mac": mac, "admin": true}),
+            )
+            .await;
+        assert_eq!(status, 200, "register admin {localpart}: {body}");
         User {
             user_id: body["user_id"].as_str().expect("user_id").to_owned(),
             token: body["access_token"]

@@ -171,6 +171,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             rate_limit,
         ))
+        .layer(axum::middleware::from_fn(expose_matched_path))
         .with_state(state);
     // Strip a trailing slash *before* routing, so `/foo/` and `/foo` are the same
     // endpoint (and `/state/{type}/` means the empty state key).
@@ -196,6 +197,21 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .fallback_service(api)
         .layer(axum::middleware::from_fn(cors))
+}
+
+/// Copies the route template a request matched into its response, for layers outside the
+/// fallback this router is served behind (the binary's request metrics label by template,
+/// never by raw path).
+async fn expose_matched_path(req: Request, next: Next) -> Response {
+    let matched = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let mut resp = next.run(req).await;
+    if let Some(m) = matched {
+        resp.extensions_mut().insert(m);
+    }
+    resp
 }
 
 /// CORS for browser clients, as the spec asks: any origin, the Matrix methods and headers.

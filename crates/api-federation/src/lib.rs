@@ -35,6 +35,7 @@ mod queries;
 mod reads;
 mod rescind;
 mod send;
+pub mod stats;
 mod verify;
 
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct FederationState {
     pub e2ee: Option<Arc<e2ee::E2eeState>>,
     /// This server's uploads, for the federation media endpoints; `None`: 404.
     pub media: Option<Arc<::media::MediaService>>,
+    /// Transactions, PDUs and EDUs received (read by the binary's `/metrics`).
+    pub stats: Arc<stats::InboundStats>,
 }
 
 impl FederationState {
@@ -107,6 +110,7 @@ impl FederationState {
             membership: None,
             e2ee: None,
             media: None,
+            stats: Default::default(),
         }
     }
 

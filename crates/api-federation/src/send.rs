@@ -103,6 +103,7 @@ pub(crate) async fn send_transaction(
             );
         }
     }
+    state.stats.received(pdus.len(), edus.len());
     let mut results = serde_json::Map::new();
     for raw in pdus {
         if let Some((id, outcome)) = handle_pdu(&state, &origin, raw).await {

@@ -29,6 +29,7 @@ mod http_transport;
 pub mod pdu_out;
 pub mod presence_out;
 mod queue;
+mod stats;
 mod worker;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ use serde::Serialize;
 use serde_json::Value;
 use storage::{Batch, Cf, Db, StorageError};
 use tokio::sync::{Notify, Semaphore};
+
+pub use stats::SenderStats;
 
 /// At most this many PDUs per transaction (spec).
 pub const MAX_PDUS_PER_TXN: usize = 50;
@@ -160,6 +163,8 @@ struct Inner<T> {
     permits: Semaphore,
     /// The runtime workers run on (captured at start, so enqueueing works from any thread).
     runtime: tokio::runtime::Handle,
+    /// Transactions, PDUs and EDUs sent ([`FederationSender::stats`]).
+    counters: stats::Counters,
 }
 
 /// The outbound federation sender. Cheap to clone.
@@ -201,6 +206,7 @@ impl<T: Transport> FederationSender<T> {
                 pdu_lock: Mutex::new(()),
                 permits,
                 runtime: tokio::runtime::Handle::current(),
+                counters: stats::Counters::default(),
             }),
         };
         for (dest, pdus, edus) in recovered.destinations {
@@ -341,6 +347,11 @@ impl<T: Transport> FederationSender<T> {
     }
 
     /// Every known destination's queue and backoff state, sorted by name.
+    /// Transactions, PDUs, EDUs and presence entries sent since start.
+    pub fn stats(&self) -> SenderStats {
+        self.inner.counters.read()
+    }
+
     pub fn status(&self) -> Vec<DestinationStatus> {
         let dests = lock(&self.inner.dests);
         let mut out: Vec<DestinationStatus> = dests

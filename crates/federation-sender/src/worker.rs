@@ -135,11 +135,18 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
         inner.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let now = now_ms();
+    let built_edus = build_edus(&edus, now);
+    let edu_count = built_edus.len();
+    let presence_entries: usize = edus
+        .iter()
+        .filter(|e| e.item.edu_type == PRESENCE_EDU)
+        .map(|e| e.item.content.as_array().map_or(0, Vec::len))
+        .sum();
     let body = json!({
         "origin": inner.config.origin.as_str(),
         "origin_server_ts": now,
         "pdus": pdus.iter().map(|p| p.item.clone()).collect::<Vec<_>>(),
-        "edus": build_edus(&edus, now),
+        "edus": built_edus,
     });
     let result = inner.transport.send_transaction(dest, &txn_id, body).await;
     drop(_permit);
@@ -147,14 +154,19 @@ async fn step<T: Transport>(inner: &Inner<T>, dest: &OwnedServerName) -> Step {
     let (sent, dropped) = match result {
         Ok(response) => {
             log_pdu_errors(dest, &response);
+            inner.counters.sent(pdus.len(), edu_count, presence_entries);
             (true, false)
         }
         Err(TransportError::Rejected(error)) => {
+            inner.counters.rejected();
             tracing::error!(destination = %dest, %txn_id, %error, pdus = pdus.len(), edus = edus.len(),
                 "federation transaction rejected; its contents are dropped");
             (false, true)
         }
-        Err(TransportError::Retry(error)) => return Step::Failed(error),
+        Err(TransportError::Retry(error)) => {
+            inner.counters.failed();
+            return Step::Failed(error);
+        }
     };
     let pdu_seqs: Vec<u64> = pdus.iter().map(|p| p.seq).collect();
     let edu_seqs: Vec<(u64, Option<String>)> =

@@ -32,6 +32,7 @@
 //! hold them while waiting for its position's turn).
 mod remote;
 pub mod sharing;
+pub mod stats;
 
 pub use remote::{
     MAX_PUSH_ENTRIES, MAX_REMOTE_USERS, PresenceObserver, REMOTE_PRESENCE_TIMEOUT_MS, RemoteReceipt,
@@ -183,6 +184,8 @@ pub struct PresenceService {
     remote: Mutex<remote::RemoteStore>,
     /// Told about every published change of a local user (the federation sender).
     observer: OnceLock<Arc<dyn PresenceObserver>>,
+    /// What the service did, for `/metrics` ([`stats`]).
+    stats: stats::PresenceStats,
 }
 
 pub use storage::now_ms;
@@ -237,9 +240,15 @@ impl PresenceService {
             position_samples: Mutex::new(std::collections::VecDeque::new()),
             remote: Mutex::new(remote),
             observer: OnceLock::new(),
+            stats: stats::PresenceStats::default(),
         });
         service.publish(restored_changes)?;
         Ok(service)
+    }
+
+    /// Counters of inputs, published changes and audience decisions ([`stats`]).
+    pub fn stats(&self) -> stats::PresenceStatsSnapshot {
+        self.stats.snapshot()
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, PresenceEngine> {
@@ -409,6 +418,9 @@ impl PresenceService {
             stream_pos.set(user, pos);
         }
         drop(stream_pos);
+        for c in &changes {
+            self.stats.published(c.previous.state, c.current.state);
+        }
         // Wake each changed user's push audience (a user in several audiences may be woken
         // more than once; that is harmless and cheaper than merging big lists).
         for c in &changes {
@@ -433,6 +445,9 @@ impl PresenceService {
         device: &str,
         set_presence: Option<DeviceState>,
     ) -> SyncGuard {
+        if set_presence.is_some() {
+            self.stats.local_input();
+        }
         let started = {
             let mut engine = self.engine();
             let s = engine.sync_started(user, device, set_presence, now_ms());
@@ -466,6 +481,7 @@ impl PresenceService {
     ) -> Result<(), SetStatusError> {
         self.check_status_rate(user)
             .map_err(SetStatusError::RateLimited)?;
+        self.stats.local_input();
         let change = {
             let mut engine = self.engine();
             let c = engine.set_status(user, device, state, status_msg, now_ms());
@@ -500,6 +516,7 @@ impl PresenceService {
         user: &UserId,
         presence_override: Option<PresenceOverride>,
     ) -> Result<(), StorageError> {
+        self.stats.local_input();
         let change = {
             let mut engine = self.engine();
             let c = engine.set_override(user, presence_override, now_ms());

@@ -418,6 +418,7 @@ impl PresenceService {
             evicted.extend(self.remote().insert(user.clone(), view));
             woken.push((user, recipients));
         }
+        self.stats.federation_inputs(receipt.accepted);
         if woken.is_empty() {
             return receipt;
         }

@@ -40,6 +40,8 @@ pub struct Config {
     pub rooms: RoomsSettings,
     /// `[server_notices]`: off unless `system_mxid_localpart` is set.
     pub server_notices: ServerNotices,
+    /// `[metrics]`: the Prometheus `/metrics` listener (off by default).
+    pub metrics: MetricsSettings,
 }
 
 /// `[server_notices]`, as Synapse's `server_notices` section.
@@ -73,6 +75,25 @@ impl ServerNotices {
             display_name: self.system_mxid_display_name.clone(),
             room_name: self.room_name.clone(),
         })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` (Prometheus text format) on `bind`.
+    pub enabled: bool,
+    /// Its own socket, apart from the client listeners: keep it private (loopback, or a
+    /// network only the Prometheus server reaches). It has no authentication.
+    pub bind: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9108)),
+        }
     }
 }
 
@@ -240,6 +261,7 @@ impl Default for Config {
             media: api_client::MediaConfig::default(),
             rooms: RoomsSettings::default(),
             server_notices: ServerNotices::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -424,6 +446,12 @@ impl Config {
                 "presence.status_per_second must be >= 0 and presence.status_burst >= 1".into(),
             );
         }
+        if self.metrics.enabled && self.listeners.iter().any(|l| l.bind == self.metrics.bind) {
+            return Err(format!(
+                "metrics.bind {} is also a [[listeners]] address; give /metrics its own port",
+                self.metrics.bind
+            ));
+        }
         if self.rate_limits.enabled
             && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0)
         {
@@ -476,6 +504,23 @@ mod tests {
         assert!(err.contains("hashing_slots"), "{err}");
         let c = Config::parse("[accounts]\nhashing_wait_ms = 600000\n").expect("parses");
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_need_their_own_port() {
+        let c = Config::default();
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.metrics.bind.to_string(), "127.0.0.1:9108");
+        let c = Config::parse("[metrics]\nenabled = true\nbind = \"127.0.0.1:9200\"\n")
+            .expect("parses");
+        c.validate().expect("valid");
+        let c = Config::parse("[metrics]\nenabled = true\nbind = \"127.0.0.1:8008\"\n")
+            .expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("same port")
+                .contains("metrics.bind")
+        );
     }
 
     #[test]

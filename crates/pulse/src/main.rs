@@ -7,7 +7,8 @@
 //! (`federation.rs`) and serves the federation API on the same listeners.
 //! Subcommands:
 //!
-//! * `pulse serve [--config FILE]` — run the server;
+//! * `pulse serve [--config FILE]` — run the server (plus `/_pulse/status`, `status.rs`, and
+//!   with `[metrics] enabled` a Prometheus `/metrics` listener, `metrics/`);
 //! * `pulse generate-config` — print a fully commented configuration file;
 //! * `pulse register-user USERNAME` — create an account directly in the database
 //!   (while the server is stopped: RocksDB allows one process at a time).
@@ -29,9 +30,11 @@ mod config;
 mod federation;
 mod limits;
 mod logging;
+mod metrics;
 mod remote_keys;
 mod remote_media;
 mod remote_membership;
+mod status;
 mod tls;
 
 use config::Config;
@@ -445,6 +448,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let services = open_services(&config)?;
     let mut app = api_client::router(services.state.clone());
     let mut outbound = None;
+    let mut federation_view = None;
     if config.federation.enabled {
         let client = federation_client::FederationClient::new(
             config.federation.clone(),
@@ -523,12 +527,35 @@ async fn serve(config: Config) -> Result<(), String> {
                 }),
             })),
         );
+        federation_view = Some(metrics::FederationView {
+            sender: fed.sender(),
+            inbound: federation.stats.clone(),
+        });
         outbound = Some(fed);
         let fed_limits = limits::FederationLimiter::from_config(&config.limits);
         app = app.merge(api_federation::router(federation).layer(
             axum::middleware::from_fn_with_state(fed_limits, limits::federation_limit),
         ));
     }
+    let view = Arc::new(metrics::ServerView {
+        presence: services.state.presence.clone(),
+        db: services.db.clone(),
+        accounts: services.state.accounts.clone(),
+        federation: federation_view,
+        started,
+        rates: Default::default(),
+    });
+    let sampler = metrics::Rates::spawn_sampler(view.clone());
+    app = app.merge(status::router(view.clone()));
+    // Request metrics only while someone can read them: off, the middleware is not there.
+    let metrics_registry = config.metrics.enabled.then(|| {
+        let http = Arc::new(metrics::http::HttpMetrics::default());
+        app = std::mem::take(&mut app).layer(axum::middleware::from_fn_with_state(
+            http.clone(),
+            metrics::http::track,
+        ));
+        Arc::new(metrics::registry(http, view.clone()))
+    });
     let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -559,6 +586,28 @@ async fn serve(config: Config) -> Result<(), String> {
                 BoundListener::Tls(std_listener, rustls)
             }
         });
+    }
+    let metrics_socket = match &metrics_registry {
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(config.metrics.bind)
+                .await
+                .map_err(|e| {
+                    format!("cannot listen on {} ([metrics]): {e}", config.metrics.bind)
+                })?,
+        ),
+        None => None,
+    };
+    if let (Some(registry), Some(tcp)) = (metrics_registry, metrics_socket) {
+        info!(
+            "metrics listening on http://{}/metrics",
+            config.metrics.bind
+        );
+        servers.push(tokio::spawn(limits::serve_plain(
+            tcp,
+            metrics::router(registry),
+            listener_limits.clone(),
+            stop_rx.clone(),
+        )));
     }
     for (listener, socket) in config.listeners.iter().zip(bound) {
         match socket {
@@ -616,6 +665,7 @@ async fn serve(config: Config) -> Result<(), String> {
     // in-flight requests one second, then exit. Acknowledged writes are already durable.
     let _ = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(servers)).await;
     presence_timer.abort();
+    sampler.abort();
     if let Some(f) = &outbound {
         f.shutdown();
     }

@@ -29,6 +29,9 @@ mod checkpoint;
 mod keylocks;
 mod migrate;
 mod position;
+mod stats;
+
+pub use stats::DbStats;
 
 pub use keylocks::KeyLocks;
 pub use migrate::Migration;

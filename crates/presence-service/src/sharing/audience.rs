@@ -23,20 +23,43 @@ impl PresenceService {
         }
         let sharing = self.sharing();
         if sharing.ignores(user, viewer) {
+            self.stats.sharing_decision(false);
             return false;
         }
         let rooms = self.index();
         match sharing.owners.get(user) {
             None => rooms.shares_room(viewer, user),
-            Some(o) => o.policy.may_see(user, viewer, &*rooms),
+            Some(o) => {
+                let allowed = o.policy.may_see(user, viewer, &*rooms);
+                self.stats.sharing_decision(allowed);
+                allowed
+            }
         }
+    }
+
+    /// [`pushes_to_locked`], counted as a sharing-policy decision when `owner` has a
+    /// policy (a config or an ignore list) that could refuse `viewer`.
+    fn pushes_to_counted(
+        &self,
+        sharing: &super::SharingState,
+        rooms: &presence_core::audience::AudienceIndex,
+        owner: &UserId,
+        viewer: &UserId,
+    ) -> bool {
+        let allowed = pushes_to_locked(sharing, rooms, owner, viewer);
+        if owner != viewer
+            && (sharing.owners.contains_key(owner) || !allowed && sharing.ignores(owner, viewer))
+        {
+            self.stats.sharing_decision(allowed);
+        }
+        allowed
     }
 
     /// Whether `viewer`'s `/sync` carries `user`'s presence (the push audience).
     pub fn pushes_to(&self, viewer: &UserId, user: &UserId) -> bool {
         let sharing = self.sharing();
         let rooms = self.index();
-        pushes_to_locked(&sharing, &rooms, user, viewer)
+        self.pushes_to_counted(&sharing, &rooms, user, viewer)
     }
 
     /// Of `candidates` (owners), those whose presence `viewer`'s `/sync` carries.
@@ -49,7 +72,7 @@ impl PresenceService {
         let rooms = self.index();
         candidates
             .into_iter()
-            .filter(|owner| pushes_to_locked(&sharing, &rooms, owner, viewer))
+            .filter(|owner| self.pushes_to_counted(&sharing, &rooms, owner, viewer))
             .map(ToOwned::to_owned)
             .collect()
     }
@@ -64,7 +87,7 @@ impl PresenceService {
             set.extend(allowers.iter().map(|u| &**u));
         }
         set.into_iter()
-            .filter(|owner| pushes_to_locked(&sharing, &rooms, owner, viewer))
+            .filter(|owner| self.pushes_to_counted(&sharing, &rooms, owner, viewer))
             .map(ToOwned::to_owned)
             .collect()
     }
