@@ -46,6 +46,7 @@ mod blocking;
 mod device_lists;
 mod ephemeral;
 mod filter;
+mod ignored;
 mod keys;
 mod media;
 mod media_async;
