@@ -756,13 +756,13 @@ fn room_section(
         if timeline_ids.contains(id.as_str()) {
             continue;
         }
-        let Some(ev) = state.rooms.event(&id).map_err(room_err)? else {
+        let Some(stored) = state.rooms.event(&id).map_err(room_err)? else {
             continue;
         };
-        let ev = sync_format(
+        let mut ev = sync_format(
             state
                 .rooms
-                .client_event_for(&ev, user, device, now_ts)
+                .client_event_for(&stored, user, device, now_ts)
                 .map_err(room_err)?,
         );
         if lazy && ev["type"] == "m.room.member" {
@@ -772,6 +772,9 @@ fn room_section(
             }
         }
         if state_filter.matches_json(room_id, &ev) {
+            // State events get their aggregations too (a thread on a topic change); the
+            // index was caught up for the timeline above.
+            crate::room::relations::bundle(state, &stored, user, &mut ev)?;
             state_events.push(ev);
         }
     }
