@@ -226,7 +226,7 @@ async fn a_remote_restricted_room_shows_to_members_of_its_allowed_room() {
     for user in [&alice, &amy] {
         let (st, body) = hierarchy(&a, user, &space_id, "").await;
         assert_eq!(st, 200, "{body}");
-        assert_eq!(ids(&body), [space_id.clone()], "{body}");
+        assert_eq!(ids(&body), vec![space_id.clone()], "{body}");
     }
 
     let (st, body) = join(&b, &charlie, &space_id, &a).await;
@@ -256,5 +256,5 @@ async fn a_remote_restricted_room_shows_to_members_of_its_allowed_room() {
     assert_eq!(entry["join_rule"], "restricted");
     assert!(entry.get("allowed_room_ids").is_none(), "{entry}");
     let (_, body) = hierarchy(&a, &amy, &space_id, "").await;
-    assert_eq!(ids(&body), [space_id.clone()], "{body}");
+    assert_eq!(ids(&body), vec![space_id.clone()], "{body}");
 }

@@ -162,7 +162,7 @@ impl RoomService {
             return Ok(true);
         }
         let Some(rules) = self.current_state_event(room, "m.room.join_rules", "")? else {
-            return Ok(self.world_readable(room)?);
+            return self.world_readable(room);
         };
         let rules = rules.content();
         let open = matches!(
