@@ -791,3 +791,66 @@ async fn reports_need_a_visible_event_or_a_known_room() {
     assert_eq!(r["event_reports"][0]["reason"], "spam");
     assert_eq!(r["next_token"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_state_events_carry_their_bundled_aggregations() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
+    let (st, body) = s
+        .put(
+            &format!("{V3}/rooms/{}/state/m.room.topic", enc(&room)),
+            Some(&alice.token),
+            json!({"topic": "threads welcome"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let topic = body["event_id"].as_str().expect("event_id").to_owned();
+    for i in 0..2 {
+        send(
+            &s,
+            &alice,
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": format!("about the topic {i}"),
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": topic}}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        send(
+            &s,
+            &alice,
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": format!("later {i}")}),
+        )
+        .await;
+    }
+    // A timeline of 2: the topic change is in the state section, with its thread.
+    let filter = json!({"room": {"timeline": {"limit": 2}}}).to_string();
+    let (st, sync) = s
+        .get(
+            &format!("{V3}/sync?timeout=0&filter={}", enc(&filter)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(st, 200, "{sync}");
+    let joined = &sync["rooms"]["join"][room.as_str()];
+    let in_state = joined["state"]["events"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["event_id"] == topic.as_str())
+        .unwrap_or_else(|| panic!("topic in state: {joined}"))
+        .clone();
+    let thread = &in_state["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["count"], 2, "{in_state}");
+    assert_eq!(thread["current_user_participated"], true);
+    assert_eq!(
+        thread["latest_event"]["content"]["body"], "about the topic 1",
+        "{in_state}"
+    );
+}

@@ -47,6 +47,7 @@ mod blocking;
 mod device_lists;
 mod ephemeral;
 mod filter;
+mod ignored;
 mod keys;
 mod media;
 mod media_async;

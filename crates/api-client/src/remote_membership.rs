@@ -90,6 +90,19 @@ pub trait RemoteMembership: Send + Sync {
         let _ = (room, ts_ms, dir);
         Box::pin(async { Ok(None) })
     }
+    /// One level of a space we do not hold, from the first of `via` that answers
+    /// `GET /_matrix/federation/v1/hierarchy/{roomId}` (the answer's `room`, `children`
+    /// and `inaccessible_children`, as that server sent them); `None` when none did.
+    /// Without federation: `None`.
+    fn hierarchy(
+        &self,
+        room: OwnedRoomId,
+        via: Vec<OwnedServerName>,
+        suggested_only: bool,
+    ) -> BoxFuture<'_, Option<Value>> {
+        let _ = (room, via, suggested_only);
+        Box::pin(async { None })
+    }
 }
 
 /// `server_name` and `via` query parameters (repeated), in order, without duplicates.

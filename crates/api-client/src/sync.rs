@@ -394,20 +394,9 @@ fn invited_by_ignored(
     user: &UserId,
     event_id: &ruma::EventId,
 ) -> ApiResult<bool> {
-    let ignored = state
-        .accounts
-        .account_data(user, None, "m.ignored_user_list")
-        .map_err(MatrixError::internal)?;
-    let Some(list) = ignored
-        .as_ref()
-        .and_then(|c| c.get("ignored_users"))
-        .and_then(Value::as_object)
-        .filter(|o| !o.is_empty())
-    else {
-        return Ok(false);
-    };
+    let ignored = crate::ignored::Ignored::of(state, user)?;
     let sender = state.rooms.event(event_id).map_err(room_err)?;
-    Ok(sender.is_some_and(|ev| list.contains_key(ev.sender())))
+    Ok(sender.is_some_and(|ev| ignored.contains(ev.sender())))
 }
 
 /// How many stream entries an incremental sync reads to find the rooms that changed
@@ -606,7 +595,8 @@ fn left_remote_room(
 const MAX_TIMELINE_SCAN: usize = 5_000;
 
 /// The newest `limit` events of `room` in `(after, up_to]` that `viewer` may see (history
-/// visibility) and the timeline filter passes, oldest first. Both are applied *before* the
+/// visibility), that are not ignored users' messages and that the timeline filter passes,
+/// oldest first. All are applied *before* the
 /// limit, so a timeline is only shorter than `limit` when the range holds fewer such
 /// events. `limited` is true when the range holds events older than the oldest returned
 /// one (with `limit` 0: when it holds any event).
@@ -620,6 +610,8 @@ fn filtered_timeline(
     filter: &RoomEventFilter,
 ) -> ApiResult<(Vec<rooms::StoredEvent>, bool)> {
     let mut kept: Vec<rooms::StoredEvent> = Vec::new(); // newest first
+    // Applied with the filter, before the limit: ignored users' messages take no room.
+    let ignored = crate::ignored::Ignored::of(state, viewer)?;
     let mut hi = up_to;
     let mut scanned = 0;
     loop {
@@ -649,7 +641,7 @@ fn filtered_timeline(
             if kept.len() == limit {
                 break;
             }
-            if event_matches(filter, room, &ev) {
+            if event_matches(filter, room, &ev) && !ignored.hides(&ev) {
                 kept.push(ev);
             }
         }
@@ -764,13 +756,13 @@ fn room_section(
         if timeline_ids.contains(id.as_str()) {
             continue;
         }
-        let Some(ev) = state.rooms.event(&id).map_err(room_err)? else {
+        let Some(stored) = state.rooms.event(&id).map_err(room_err)? else {
             continue;
         };
-        let ev = sync_format(
+        let mut ev = sync_format(
             state
                 .rooms
-                .client_event_for(&ev, user, device, now_ts)
+                .client_event_for(&stored, user, device, now_ts)
                 .map_err(room_err)?,
         );
         if lazy && ev["type"] == "m.room.member" {
@@ -780,6 +772,9 @@ fn room_section(
             }
         }
         if state_filter.matches_json(room_id, &ev) {
+            // State events get their aggregations too (a thread on a topic change); the
+            // index was caught up for the timeline above.
+            crate::room::relations::bundle(state, &stored, user, &mut ev)?;
             state_events.push(ev);
         }
     }

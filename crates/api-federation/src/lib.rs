@@ -14,7 +14,8 @@
 //! the missing events it asks for); the reads `/event`, `/state`, `/state_ids`, `/backfill`,
 //! `/get_missing_events`, `/event_auth` (`reads`: ACL, server membership, history visibility),
 //! a withdrawn invite for a room we have no state of (`rescind`)
-//! and `/query/profile`, `/query/directory`, `/publicRooms` (`queries`); `m.room.server_acl`
+//! and `/query/profile`, `/query/directory`, `/publicRooms` (`queries`); a space's
+//! `/hierarchy` (`hierarchy`); `m.room.server_acl`
 //! (`acl`); end-to-end encryption: `/user/keys/query`, `/user/keys/claim`,
 //! `/user/devices/{userId}` and the `m.device_list_update`, `m.signing_key_update`,
 //! `m.direct_to_device` EDUs (`e2ee`). Joins, leaves and invites live in `membership`
@@ -27,6 +28,7 @@
 mod acl;
 mod auth;
 pub mod e2ee;
+mod hierarchy;
 mod inbound;
 mod keys;
 mod media;
@@ -153,6 +155,7 @@ pub fn router(state: Arc<FederationState>) -> Router {
             get(reads::timestamp_to_event),
         )
         .route("/v1/backfill/{room_id}", get(reads::backfill))
+        .route("/v1/hierarchy/{room_id}", get(hierarchy::hierarchy))
         .route(
             "/v1/get_missing_events/{room_id}",
             post(reads::get_missing_events),

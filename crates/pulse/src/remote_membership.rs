@@ -19,6 +19,9 @@ pub struct Remote(
 /// Largest display name / avatar URL taken from a remote profile answer.
 const MAX_PROFILE_FIELD_BYTES: usize = 1024;
 
+/// Servers asked in turn for a space's `/hierarchy` before giving up.
+const MAX_HIERARCHY_SERVERS: usize = 3;
+
 /// Servers asked in turn for `/timestamp_to_event` before giving up.
 const MAX_TIMESTAMP_SERVERS: usize = 5;
 
@@ -340,6 +343,46 @@ impl RemoteMembership for Remote {
                 }
             }
             Ok(None)
+        })
+    }
+
+    fn hierarchy(
+        &self,
+        room: OwnedRoomId,
+        via: Vec<OwnedServerName>,
+        suggested_only: bool,
+    ) -> BoxFuture<'_, Option<Value>> {
+        Box::pin(async move {
+            let own = self.1.server_name().to_owned();
+            let path = format!(
+                "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
+                federation_client::percent_encode_segment(room.as_str())
+            );
+            for server in via
+                .iter()
+                .filter(|s| **s != own)
+                .take(MAX_HIERARCHY_SERVERS)
+            {
+                match self
+                    .2
+                    .request(axum::http::Method::GET, server.as_str(), &path, None)
+                    .await
+                {
+                    // Only an answer about the room we asked for counts.
+                    Ok(r)
+                        if r.status == 200
+                            && r.body.pointer("/room/room_id").and_then(Value::as_str)
+                                == Some(room.as_str()) =>
+                    {
+                        return Some(r.body);
+                    }
+                    Ok(r) => {
+                        tracing::debug!(%server, %room, status = r.status, "hierarchy refused");
+                    }
+                    Err(e) => tracing::debug!(%server, %room, "hierarchy failed: {e}"),
+                }
+            }
+            None
         })
     }
 }

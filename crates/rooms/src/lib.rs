@@ -139,6 +139,7 @@ mod resolve;
 mod restricted;
 #[cfg(test)]
 mod security_tests;
+pub mod space;
 mod state_res_v1;
 mod store;
 mod stripped;
@@ -174,6 +175,7 @@ pub use read::{RoomAccess, STRIPPED_STATE_TYPES};
 pub use remote::{
     KeyLookup, MAX_AUTH_EVENTS, MAX_PREV_EVENTS, Received, StaticKeys, event_id_for, keys_needed,
 };
+pub use space::{SpaceChild, space_children_of, summary_open_to_all};
 pub use store::{EventStatus, MembershipRecord, PrevState, StoredEvent};
 pub use template::AcceptedMember;
 pub use txn::{FederationTxn, MAX_TXN_ID_BYTES};

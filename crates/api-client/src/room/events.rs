@@ -1,5 +1,6 @@
 //! Sending (`send`, `state`, `redact`) and reading (`state`, `members`,
 //! `joined_members`, `messages`, `event`, `context`).
+use crate::ignored::Ignored;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -437,6 +438,7 @@ fn walk(
     user: &UserId,
     filter: &RoomEventFilter,
     rel: &super::relations::RelFilter,
+    ignored: &Ignored,
     from: TopoPos,
     to: Option<TopoPos>,
     cap: u64,
@@ -466,6 +468,7 @@ fn walk(
             if ev.pos <= cap
                 && passes(filter, room, &ev)
                 && rel.passes(&ev)
+                && !ignored.hides(&ev)
                 && rooms.visible_to(user, &ev)?
             {
                 out.push(ev);
@@ -594,12 +597,14 @@ async fn messages(
                 Some(t) => Some(t.resolve(rooms, &room)?),
                 None => None,
             };
+            let ignored = Ignored::load(&st.accounts, &auth2.user_id)?;
             let (events, next) = walk(
                 rooms,
                 &room,
                 &auth2.user_id,
                 &filter,
                 &rel,
+                &ignored,
                 from,
                 to,
                 cap,
@@ -639,6 +644,9 @@ async fn get_event(
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
             let ev = visible_event(rooms, &room, &auth.user_id, &event_id)?;
+            if Ignored::load(&st.accounts, &auth.user_id)?.hides(&ev) {
+                return Err(MatrixError::not_found("Event not found"));
+            }
             let mut v =
                 [rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now_ms())?];
             super::relations::bundle_events(&st, &[&ev], &auth.user_id, &mut v)?;
@@ -698,7 +706,11 @@ async fn context(
     let st = state.clone();
     let body = blocking(&state, move |rooms| {
         let run = || -> ApiResult<Value> {
+            let ignored = Ignored::load(&st.accounts, &auth.user_id)?;
             let ev = visible_event(rooms, &room, &auth.user_id, &event_id)?;
+            if ignored.hides(&ev) {
+                return Err(MatrixError::not_found("Event not found"));
+            }
             let cap = read_cap(&access(rooms, &room, &auth.user_id)?);
             let before_limit = limit / 2;
             let after_limit = limit - before_limit;
@@ -708,6 +720,7 @@ async fn context(
                 &auth.user_id,
                 &filter,
                 &rel,
+                &ignored,
                 TopoPos::before(&ev),
                 None,
                 cap,
@@ -720,6 +733,7 @@ async fn context(
                 &auth.user_id,
                 &filter,
                 &rel,
+                &ignored,
                 TopoPos::after(&ev),
                 None,
                 cap,

@@ -130,6 +130,29 @@ fn join_content(body: Value) -> ApiResult<Option<Map<String, Value>>> {
     }
 }
 
+/// The content a join through another server carries: the client's fields plus the
+/// user's profile where the client gave none (as a local join's, `rooms::join`), so the
+/// other servers see the joiner's name and avatar (their user directory lists them so).
+fn remote_join_content(
+    state: &AppState,
+    user: &ruma::UserId,
+    content: Option<Map<String, Value>>,
+) -> ApiResult<Option<Map<String, Value>>> {
+    let prof = profile(state, user)?;
+    let mut c = content.unwrap_or_default();
+    for (field, value) in [
+        ("displayname", prof.displayname),
+        ("avatar_url", prof.avatar_url),
+    ] {
+        if let Some(v) = value
+            && !c.contains_key(field)
+        {
+            c.insert(field.into(), Value::from(v));
+        }
+    }
+    Ok(Some(c))
+}
+
 /// The federation hook, when this server federates.
 fn remote(state: &AppState) -> Option<Arc<dyn RemoteMembership>> {
     state.remote_membership.get().cloned()
@@ -151,6 +174,7 @@ async fn do_join(
         let needs = crate::blocking::blocking(move || r.join_needs_federation(&t)).await??;
         if needs {
             let via = via_from_query(query.as_deref());
+            let content = remote_join_content(&state, &auth.user_id, content)?;
             let done = remote
                 .join(auth.user_id.clone(), target, via, content)
                 .await?;
@@ -179,6 +203,7 @@ async fn do_join(
             tracing::debug!(%user, room = %target, "restricted join goes to another server: {m}");
             let remote = remote(&state).ok_or_else(|| MatrixError::internal("no federation"))?;
             let via = via_from_query(query.as_deref());
+            let content = remote_join_content(&state, &user, content)?;
             let done = remote.join(user.clone(), target, via, content).await?;
             wake(&state, &done.room_id, done.pos, &[&auth.user_id]).await;
             super::upgrade::carry_over(&state, &auth.user_id, &done.room_id).await;

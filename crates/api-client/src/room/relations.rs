@@ -8,6 +8,7 @@
 //! `/messages`). A token stands for the gap just after position `pos`: backwards pages
 //! return relations at or below it (newest first), forwards pages those above it (oldest
 //! first); `to` stops a page at the other side of its gap.
+use crate::ignored::Ignored;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -261,6 +262,10 @@ async fn relations(
     let body = crate::blocking::blocking(move || -> ApiResult<Value> {
         let rooms = &*state.rooms;
         let parent = visible_event(rooms, &room, &auth.user_id, &event_id)?;
+        let ignored = Ignored::of(&state, &auth.user_id)?;
+        if ignored.hides(&parent) {
+            return Err(MatrixError::not_found("Event not found"));
+        }
         let ix = &state.indexes.relations;
         ix.catch_up(rooms).map_err(MatrixError::internal)?;
         let mut related = ix
@@ -299,7 +304,7 @@ async fn relations(
             let Some(ev) = rooms.event(&id)? else {
                 continue;
             };
-            if !rooms.visible_to(&auth.user_id, &ev)? {
+            if ignored.hides(&ev) || !rooms.visible_to(&auth.user_id, &ev)? {
                 continue;
             }
             let mut v = rooms.client_event_for(&ev, &auth.user_id, Some(&auth.device_id), now)?;
@@ -370,6 +375,7 @@ async fn threads(
             Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
+        let ignored = Ignored::of(&state, &auth.user_id)?;
         let ix = &state.indexes.relations;
         ix.catch_up(rooms).map_err(MatrixError::internal)?;
         let db = rooms.db();
@@ -394,7 +400,7 @@ async fn threads(
                 let Some(ev) = rooms.event(&id)? else {
                     continue;
                 };
-                if !rooms.visible_to(&auth.user_id, &ev)? {
+                if ignored.hides(&ev) || !rooms.visible_to(&auth.user_id, &ev)? {
                     continue;
                 }
                 if participated {

@@ -9,6 +9,7 @@
 //! offset (`next_batch` = `r<offset>`), `recent` by stream position (`p<pos>`: hits below
 //! it). `event_context`, `include_state` and bundled aggregations as the spec has them;
 //! `groupings` are not computed (the spec lets a server omit them).
+use crate::ignored::Ignored;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -165,6 +166,7 @@ fn run(
         .catch_up(rooms)
         .map_err(MatrixError::internal)?;
     let user = &auth.user_id;
+    let ignored = Ignored::of(state, user)?;
     let searched: Vec<String> = rooms
         .joined_rooms(user)?
         .into_iter()
@@ -210,6 +212,7 @@ fn run(
             let sender = UserId::parse(ev.sender()).ok();
             let url = ev.content_str("url").is_some();
             if filter.matches(&room, ev.kind(), sender.as_deref(), url)
+                && !ignored.hides(&ev)
                 && rooms.visible_to(user, &ev)?
             {
                 results.push((hit.score, ev));
