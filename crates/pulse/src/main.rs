@@ -465,6 +465,20 @@ async fn serve(config: Config) -> Result<(), String> {
             axum::middleware::from_fn_with_state(fed_limits, limits::federation_limit),
         ));
     }
+    // Push gateway delivery: gateway URLs obey the federation IP lists (no SSRF).
+    let gateway = Arc::new(
+        push_gateway::Gateway::new(
+            services.db.clone(),
+            services.state.rooms.clone(),
+            services.state.push.clone(),
+            federation_client::ip_filter::IpFilter::new(
+                config.federation.ip_range_denylist.clone(),
+                config.federation.ip_range_allowlist.clone(),
+            ),
+        )
+        .map_err(|e| format!("[push]: {e}"))?,
+    );
+    gateway.start();
     let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
