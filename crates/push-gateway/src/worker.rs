@@ -155,7 +155,7 @@ impl Gateway {
                     Outcome::Delivered { rejected } => {
                         let key = id.clone();
                         let pos = entry.pos;
-                        if rejected.iter().any(|k| *k == id.pushkey) {
+                        if rejected.contains(&id.pushkey) {
                             tracing::info!(user = %id.user, app_id = %id.app_id, "the push gateway rejected a push key: removing its pusher");
                             self.blocking(move |g| {
                                 g.push.change_pusher(
