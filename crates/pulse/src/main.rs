@@ -32,6 +32,7 @@ mod remote_keys;
 mod remote_media;
 mod remote_membership;
 mod tls;
+mod url_preview;
 
 use config::Config;
 
@@ -325,6 +326,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         remote_keys: Default::default(),
         media,
         remote_media: Default::default(),
+        url_fetcher: Default::default(),
         indexes,
     });
     Ok(Services {
@@ -479,6 +481,10 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("[push]: {e}"))?,
     );
     gateway.start();
+    let _ = services
+        .state
+        .url_fetcher
+        .set(Arc::new(url_preview::Fetcher::new(&config.media)?));
     let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
