@@ -69,11 +69,14 @@ pub fn parse_html(html: &str, page_url: &str) -> Map<String, Value> {
         };
         let key = attrs.attr("property").or_else(|| attrs.attr("name"));
         match key {
-            Some(k) if k.starts_with("og:") && k.len() > 3 => {
-                // The first of a repeated tag wins (og:image may be listed several times).
-                if og.len() < MAX_TAGS && !og.contains_key(k) {
-                    og.insert(k.to_owned(), Value::String(clip(content)));
-                }
+            // The first of a repeated tag wins (og:image may be listed several times).
+            Some(k)
+                if k.starts_with("og:")
+                    && k.len() > 3
+                    && og.len() < MAX_TAGS
+                    && !og.contains_key(k) =>
+            {
+                og.insert(k.to_owned(), Value::String(clip(content)));
             }
             Some(k) if k.eq_ignore_ascii_case("description") => {
                 description.get_or_insert_with(|| clip(content));
