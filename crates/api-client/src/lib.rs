@@ -51,6 +51,7 @@ mod ignored;
 mod keys;
 mod media;
 mod media_async;
+pub mod media_preview;
 pub mod media_remote;
 mod meta;
 mod presence;
@@ -124,6 +125,9 @@ pub struct AppState {
     pub media: Arc<::media::MediaService>,
     /// Fetches other servers' media, once federation runs.
     pub remote_media: std::sync::OnceLock<std::sync::Arc<dyn media_remote::RemoteMedia>>,
+    /// Fetches pages and images for URL previews (installed by the binary, behind the
+    /// `[media]` IP filter).
+    pub url_fetcher: std::sync::OnceLock<std::sync::Arc<dyn media_preview::UrlFetcher>>,
     /// Full-text search, relations and threads, the user directory.
     pub indexes: Arc<::search::Indexes>,
     /// Online backups for the admin API, once the binary installs them.

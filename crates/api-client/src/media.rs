@@ -9,7 +9,7 @@
 //!   local media (the spec deprecates them but still allows them), and
 //!   `GET /_matrix/media/v3/config` (with a token).
 //! * Media of another server is fetched over federation and cached (`media_remote`).
-//!   URL previews are not done (`preview_url`: 404 `M_UNRECOGNIZED`, the fallback).
+//! * URL previews (`…/preview_url`) are in `media_preview`.
 //! * Asynchronous uploads (`/create`, `PUT /upload/{server}/{id}`) are in `media_async`;
 //!   downloads and thumbnails of a reserved ID wait for its content there.
 //!
@@ -42,6 +42,18 @@ pub struct MediaConfig {
     pub max_pending_uploads: usize,
     /// How long a reserved media ID waits for its content, in seconds.
     pub pending_upload_lifetime_secs: u64,
+    /// `GET …/preview_url` fetches pages for users (default true; false: 404).
+    pub url_preview_enabled: bool,
+    /// Addresses previews never fetch from (unset: the federation default denylist of
+    /// loopback, private, link-local and other non-routable ranges). Previews fetch URLs
+    /// that users choose: this keeps them off internal services (SSRF).
+    pub url_preview_ip_range_denylist: Option<Vec<ipnet::IpNet>>,
+    /// Exceptions to the denylist (e.g. a test network).
+    pub url_preview_ip_range_allowlist: Vec<ipnet::IpNet>,
+    /// Largest page or image a preview reads, in bytes.
+    pub url_preview_max_bytes: usize,
+    /// How long a preview is served from the cache, in seconds.
+    pub url_preview_cache_secs: u64,
 }
 
 impl Default for MediaConfig {
@@ -50,6 +62,11 @@ impl Default for MediaConfig {
             max_upload_bytes: 50 * 1024 * 1024,
             max_pending_uploads: 10,
             pending_upload_lifetime_secs: 24 * 60 * 60,
+            url_preview_enabled: true,
+            url_preview_ip_range_denylist: None,
+            url_preview_ip_range_allowlist: Vec::new(),
+            url_preview_max_bytes: 10 * 1024 * 1024,
+            url_preview_cache_secs: 60 * 60,
         }
     }
 }
@@ -93,6 +110,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/_matrix/media/v3/thumbnail/{server}/{media_id}",
             get(thumbnail_legacy),
         )
+        .merge(crate::media_preview::routes())
 }
 
 async fn config(state: AppStateRef, _auth: Auth) -> Json<Value> {

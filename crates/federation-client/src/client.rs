@@ -35,11 +35,11 @@ pub struct RawResponse {
 }
 
 /// DNS for reqwest: hickory (reads `/etc/hosts`), SRV target overrides, IP filter.
-struct FilteredDns {
-    resolver: TokioResolver,
-    filter: IpFilter,
+pub(crate) struct FilteredDns {
+    pub(crate) resolver: TokioResolver,
+    pub(crate) filter: IpFilter,
     /// Logical (TLS) host → SRV target to dial instead.
-    overrides: Mutex<HashMap<String, String>>,
+    pub(crate) overrides: Mutex<HashMap<String, String>>,
 }
 
 impl FilteredDns {
@@ -69,7 +69,7 @@ impl FilteredDns {
 }
 
 #[derive(Clone)]
-struct DnsHandle(Arc<FilteredDns>);
+pub(crate) struct DnsHandle(pub(crate) Arc<FilteredDns>);
 
 impl reqwest::dns::Resolve for DnsHandle {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -131,7 +131,7 @@ impl Lookups for NetLookups {
     }
 }
 
-async fn read_bounded(
+pub(crate) async fn read_bounded(
     mut resp: reqwest::Response,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, Option<reqwest::Error>> {

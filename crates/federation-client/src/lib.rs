@@ -18,12 +18,17 @@
 //! - [`FederationClient::get_unsigned(destination, path)`](FederationClient::get_unsigned): for
 //!   key fetching (`/_matrix/key/v2/server` needs no authentication).
 //!
+//! - [`guarded::GuardedClient`]: a plain (unsigned) HTTP client behind the same IP filter,
+//!   for the other outbound requests a user can aim at an address (push gateways, URL
+//!   previews).
+//!
 //! - [`keys::RemoteKeys`] ([`keys::KeySource`]): a remote server's key valid at a given time,
 //!   fetched from the origin (or the configured notaries when that fails) and cached in memory
 //!   and in storage.
 mod client;
 pub mod config;
 pub mod discovery;
+pub mod guarded;
 pub mod ip_filter;
 pub mod keys;
 

@@ -17,7 +17,9 @@
 //! Media of other servers is cached in [`remote`] once fetched (by the API layer, over
 //! federation), which also builds the federation endpoints' `multipart/mixed` answer.
 //!
-//! Not done: URL previews, quotas per user, deleting media, evicting the remote cache.
+//! URL previews' parsing and cache are in [`preview`] (the fetching is the API layer's).
+//!
+//! Not done: quotas per user, deleting media, evicting the remote cache.
 //!
 //! All methods do file and storage I/O: call them from the blocking pool.
 use std::io::Write;
@@ -32,6 +34,7 @@ use storage::{Batch, Cf, Db, StorageError};
 pub mod headers;
 pub mod pending;
 pub use headers::{disposition, inline_safe};
+pub mod preview;
 pub mod remote;
 pub use pending::{Completed, MediaState, PendingLimits, PendingUpload, Reserved};
 

@@ -36,6 +36,7 @@ mod remote_media;
 mod remote_membership;
 mod status;
 mod tls;
+mod url_preview;
 
 use config::Config;
 
@@ -379,6 +380,7 @@ fn open_services(config: &Config) -> Result<Services, String> {
         remote_keys: Default::default(),
         media,
         remote_media: Default::default(),
+        url_fetcher: Default::default(),
         indexes,
         backups: Default::default(),
     });
@@ -556,6 +558,24 @@ async fn serve(config: Config) -> Result<(), String> {
         ));
         Arc::new(metrics::registry(http, view.clone()))
     });
+    // Push gateway delivery: gateway URLs obey the federation IP lists (no SSRF).
+    let gateway = Arc::new(
+        push_gateway::Gateway::new(
+            services.db.clone(),
+            services.state.rooms.clone(),
+            services.state.push.clone(),
+            federation_client::ip_filter::IpFilter::new(
+                config.federation.ip_range_denylist.clone(),
+                config.federation.ip_range_allowlist.clone(),
+            ),
+        )
+        .map_err(|e| format!("[push]: {e}"))?,
+    );
+    gateway.start();
+    let _ = services
+        .state
+        .url_fetcher
+        .set(Arc::new(url_preview::Fetcher::new(&config.media)?));
     let presence_timer = services.state.presence.spawn_timer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();

@@ -15,7 +15,7 @@
 //! * **Read positions**: the user's own `m.read` / `m.read.private` receipts (per thread, as
 //!   the spec's threaded receipts ask), taken from the ephemeral service as an
 //!   [`ephemeral::EphemeralObserver`]; counts are the notifications after them.
-//! * **Pushers** (`pushers.rs`): stored and listed. Nothing is delivered to push gateways yet.
+//! * **Pushers** (`pushers.rs`): stored and listed; the `push-gateway` crate delivers to them.
 //!
 //! All methods do storage I/O: call them from the blocking pool.
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub mod notify;
 pub mod pushers;
 pub mod rules;
 
-pub use notify::{Counts, Notification, UnreadCounts};
+pub use notify::{Counts, NotifRecord, Notification, UnreadCounts};
 pub use pushers::Pusher;
 
 /// Why a push request failed; the client API maps each to its Matrix error.

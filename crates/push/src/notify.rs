@@ -244,6 +244,32 @@ impl PushService {
         Ok(out)
     }
 
+    /// The notification `event` at stream position `pos` gave `user`, if it notified
+    /// (call [`Self::catch_up`] up to `pos` first).
+    pub fn notification_at(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        pos: u64,
+    ) -> Result<Option<NotifRecord>> {
+        Ok(self
+            .db
+            .get_json::<NotifRecord>(Cf::Push, notif_prefix(user, room).u64(pos))?)
+    }
+
+    /// How many of the user's joined rooms have unread notifications at `up_to`: the badge
+    /// a push gateway shows (Synapse's default, `group_unread_count_by_room`).
+    pub fn rooms_with_unread(&self, user: &UserId, up_to: u64) -> Result<u64> {
+        let mut n = 0;
+        for room in self.rooms.joined_rooms(user)? {
+            let c = self.unread_counts(user, &room, up_to, false)?;
+            if c.main.notification_count > 0 {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The user read up to `event` in `room` (`thread`: `None` unthreaded, `main`, or a
     /// thread root): called for each of the user's own receipts.
     pub fn mark_read(

@@ -2,8 +2,10 @@
 //! `"p" user app_id pushkey`, with a by-key index `"g" app_id pushkey user` for the spec's
 //! `append: false` (setting a pusher removes the same app ID and push key for other users).
 //!
-//! Only `http` pushers are accepted (`email` needs a mailer Pulse does not have). They are
-//! stored and listed; **nothing is sent to push gateways yet** (docs/compliance.md).
+//! Only `http` pushers are accepted (`email` needs a mailer Pulse does not have). The
+//! `push-gateway` crate delivers to them ([`PushService::all_pushers`] is its view).
+use std::collections::BTreeMap;
+
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -33,6 +35,10 @@ pub struct Pusher {
     /// The device whose access token set it (a password change keeps only these).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// When it was set (ms since the epoch): the gateway's `pushkey_ts` (pushers stored
+    /// before this field was kept have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_ts: Option<u64>,
 }
 
 impl Pusher {
@@ -41,6 +47,7 @@ impl Pusher {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("device_id");
+            o.remove("set_ts");
         }
         v
     }
@@ -148,6 +155,7 @@ pub fn parse_set(body: &Value, device_id: &str) -> Result<PusherChange> {
             lang: string_field(body, "lang")?,
             data,
             device_id: Some(device_id.to_owned()),
+            set_ts: Some(storage::now_ms()),
         },
         append,
     })
@@ -160,6 +168,31 @@ impl PushService {
         for (_, v) in self.db.scan_prefix(Cf::Push, user_prefix(user))? {
             if let Ok(p) = serde_json::from_slice::<Pusher>(&v) {
                 out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pusher of the user, if set.
+    pub fn pusher(&self, user: &UserId, app_id: &str, pushkey: &str) -> Result<Option<Pusher>> {
+        Ok(self
+            .db
+            .get_json::<Pusher>(Cf::Push, pusher_key(user, app_id, pushkey))?)
+    }
+
+    /// Every user's pushers (for delivery; pushers are few, at most
+    /// [`MAX_PUSHERS_PER_USER`] a user).
+    pub fn all_pushers(&self) -> Result<BTreeMap<OwnedUserId, Vec<Pusher>>> {
+        let mut out: BTreeMap<OwnedUserId, Vec<Pusher>> = BTreeMap::new();
+        for (k, v) in self.db.scan_prefix(Cf::Push, Key::new().str("p"))? {
+            let Some(user) = KeyReader::new(&k[2..])
+                .str()
+                .and_then(|s| OwnedUserId::try_from(s).ok())
+            else {
+                continue;
+            };
+            if let Ok(p) = serde_json::from_slice::<Pusher>(&v) {
+                out.entry(user).or_default().push(p);
             }
         }
         Ok(out)

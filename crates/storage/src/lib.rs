@@ -128,6 +128,10 @@ pub enum Cf {
     /// one-time and fallback keys, cross-signing keys and signatures, the device-list
     /// change log, to-device inboxes, key backups.
     E2ee,
+    /// Push gateway deliveries (owned by `push-gateway`): `"cursor"` → the stream position
+    /// whose events have been turned into pushes; `"q" 0xFF user 0xFF app_id 0xFF pushkey
+    /// 0xFF pos` → a push waiting for that pusher (the event at `pos`).
+    PushQueue,
     /// `media_id` → media record (content type, file name, size, SHA-256 of the file under
     /// `<data_dir>/media`, uploader) (owned by `media`).
     Media,
@@ -139,7 +143,7 @@ impl Cf {
     /// batch, without knowing the rest of their layout).
     pub const DEVICE_SCOPED: [Cf; 1] = [Cf::Txns];
 
-    pub const ALL: [Cf; 24] = [
+    pub const ALL: [Cf; 25] = [
         Cf::Meta,
         Cf::Users,
         Cf::Tokens,
@@ -163,6 +167,7 @@ impl Cf {
         Cf::Topo,
         Cf::Push,
         Cf::E2ee,
+        Cf::PushQueue,
         Cf::Media,
     ];
 
@@ -191,6 +196,7 @@ impl Cf {
             Cf::Topo => "topo",
             Cf::Push => "push",
             Cf::E2ee => "e2ee",
+            Cf::PushQueue => "push_queue",
             Cf::Media => "media",
         }
     }
