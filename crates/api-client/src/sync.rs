@@ -131,7 +131,9 @@ async fn sync(
             Ok((now, build_response(&st, &a, &f, since, now, full_state)?))
         };
         let (now, body) = if builds_inline(&state, &auth.user_id, since, full_state) {
-            build()?
+            // A panic is a 500, as it is on the blocking pool.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
+                .map_err(|_| MatrixError::internal("the sync build panicked"))??
         } else {
             blocking(build).await??
         };
