@@ -302,3 +302,84 @@ async fn timeline_filter_applies_before_the_limit() {
         "{inc}"
     );
 }
+
+/// A long-poll from a token older than a change returns that change at once, also when no
+/// long-poll of the user was open while it happened; a long-poll from the newest token waits.
+#[tokio::test]
+async fn long_poll_from_before_a_change_returns_at_once() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let first = sync(&s, &bob, "timeout=0").await;
+    let mut since = first["next_batch"].as_str().expect("token").to_owned();
+    for _ in 0..5 {
+        let r = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+        let next = r["next_batch"].as_str().expect("token").to_owned();
+        if next == since {
+            break;
+        }
+        since = next;
+    }
+    // A long-poll that times out: the server now tracks bob's wake-ups.
+    let idle = sync(
+        &s,
+        &bob,
+        &format!("since={since}&timeout=300&set_presence=offline"),
+    )
+    .await;
+    let since = idle["next_batch"].as_str().expect("token").to_owned();
+    // Alice sends while none of bob's long-polls is open.
+    for (i, body) in ["while away 1", "while away 2"].iter().enumerate() {
+        send(&s, &alice, &room, &format!("a{i}"), body).await;
+    }
+    let started = Instant::now();
+    let r = sync(
+        &s,
+        &bob,
+        &format!("since={since}&timeout=20000&set_presence=offline"),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5), "waited: {r}");
+    assert_eq!(
+        timeline_bodies(&r, &room),
+        vec!["while away 1".to_owned(), "while away 2".to_owned()]
+    );
+    // The same old token again (a client retrying a lost response): the same answer, at once.
+    let started = Instant::now();
+    let again = sync(
+        &s,
+        &bob,
+        &format!("since={since}&timeout=20000&set_presence=offline"),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited: {again}"
+    );
+    assert_eq!(timeline_bodies(&again, &room).len(), 2);
+    // From the newest token nothing is new: it waits for its timeout.
+    let newest = r["next_batch"].as_str().expect("token").to_owned();
+    let started = Instant::now();
+    let idle = sync(
+        &s,
+        &bob,
+        &format!("since={newest}&timeout=500&set_presence=offline"),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "returned early: {idle}"
+    );
+    assert!(timeline_bodies(&idle, &room).is_empty(), "{idle}");
+}

@@ -55,6 +55,7 @@ mod profiles;
 mod refresh;
 pub use refresh::REFRESHABLE_TOKEN_LIFETIME_MS;
 mod sessions;
+mod token_cache;
 mod users;
 
 pub use filter::{
@@ -269,6 +270,30 @@ type DeviceKey = (OwnedUserId, OwnedDeviceId);
 /// When a device's `last_seen_*` was last written, and the IP written.
 type LastSeen = (u64, Option<String>);
 
+/// The held write lock: on release (after the change it guarded is written) the token
+/// cache is emptied. Every change that may delete a token holds one of these; changes that
+/// cannot (last-seen, profiles) take the plain lock, so they keep the cache.
+pub(crate) struct WriteGuard<'a> {
+    _lock: MutexGuard<'a, ()>,
+    tokens: &'a token_cache::TokenCache,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.tokens.invalidate();
+    }
+}
+
+impl AccountService {
+    /// Take the write lock (see [`WriteGuard`]).
+    pub(crate) fn write_guard(&self) -> WriteGuard<'_> {
+        WriteGuard {
+            _lock: lock(&self.write_lock),
+            tokens: &self.tokens,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -278,8 +303,12 @@ pub struct AccountService {
     db: Arc<Db>,
     server_name: OwnedServerName,
     hashing: PasswordHashing,
-    /// Serialises read-modify-write changes of user and device records.
+    /// Serialises read-modify-write changes of user and device records. Every change that
+    /// may delete a token takes it through [`AccountService::write_guard`], whose release
+    /// empties `tokens`.
     write_lock: Mutex<()>,
+    /// Sessions of recently used access tokens ([`token_cache`]).
+    tokens: token_cache::TokenCache,
     /// Shared-secret registration nonces and when they were issued.
     nonces: Mutex<HashMap<String, Instant>>,
     /// When each device's `last_seen_*` was last written, and with which IP.
@@ -310,6 +339,7 @@ impl AccountService {
             server_name,
             hashing,
             write_lock: Mutex::new(()),
+            tokens: token_cache::TokenCache::default(),
             nonces: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             dummy_hash: OnceLock::new(),

@@ -16,8 +16,8 @@ use storage::{Batch, Cf};
 
 use crate::sessions::delete_token_hash;
 use crate::{
-    AccountError, AccountService, DeviceRecord, LoggedIn, Result, Session, TOKEN_LEN, keys, lock,
-    now_ms, random_string,
+    AccountError, AccountService, DeviceRecord, LoggedIn, Result, Session, TOKEN_LEN, keys, now_ms,
+    random_string,
 };
 
 /// How long an access token issued with a refresh token works (Synapse's default
@@ -77,7 +77,8 @@ impl AccountService {
     /// a live refresh token.
     pub fn refresh(&self, refresh_token: &str) -> Result<LoggedIn> {
         let hash = keys::TokenHash::of(refresh_token);
-        let _guard = lock(&self.write_lock);
+        // Deletes a token: the write guard also empties the token cache.
+        let _guard = self.write_guard();
         let Some(old) = self.db.get_json::<Session>(Cf::Tokens, hash.as_key())? else {
             return Err(AccountError::UnknownToken);
         };

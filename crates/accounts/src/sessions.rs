@@ -8,10 +8,28 @@ impl AccountService {
         if access_token.is_empty() {
             return Ok(None);
         }
-        let session: Option<Session> = self
-            .db
-            .get_json(Cf::Tokens, keys::TokenHash::of(access_token).as_key())?;
-        Ok(session.filter(|s| !s.refresh && s.expires_ts.is_none_or(|t| now_ms() < t)))
+        let hash = keys::TokenHash::of(access_token);
+        if let Some(session) = self.tokens.get(&hash) {
+            return Ok(Some(session).filter(usable_as_access_token));
+        }
+        let generation = self.tokens.generation();
+        let session: Option<Session> = self.db.get_json(Cf::Tokens, hash.as_key())?;
+        if let Some(s) = &session {
+            self.tokens.insert(generation, hash, s.clone());
+        }
+        Ok(session.filter(usable_as_access_token))
+    }
+
+    /// [`AccountService::authenticate`] answered from memory, without touching storage:
+    /// `Some` for a token seen valid since the last change that could revoke it, `None`
+    /// when storage must be asked.
+    pub fn authenticate_cached(&self, access_token: &str) -> Option<Session> {
+        if access_token.is_empty() {
+            return None;
+        }
+        self.tokens
+            .get(&keys::TokenHash::of(access_token))
+            .filter(usable_as_access_token)
     }
 
     /// `m.login.password`: `user` is a localpart or a user ID (case-insensitive). On
@@ -41,7 +59,7 @@ impl AccountService {
         ip: Option<&str>,
     ) -> Result<LoggedIn> {
         check_new_device(&device)?;
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         match self.user_record(user)? {
             None => return Err(AccountError::UnknownUser),
             Some(r) if r.deactivated => return Err(AccountError::UserDeactivated),
@@ -186,7 +204,7 @@ impl AccountService {
                 "display_name is longer than {MAX_DEVICE_NAME_LEN} characters"
             )));
         }
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         let key = keys::device(user, device_id);
         let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? else {
             return Err(AccountError::UnknownDevice);
@@ -207,7 +225,7 @@ impl AccountService {
         user: &UserId,
         device_ids: &[OwnedDeviceId],
     ) -> Result<Vec<OwnedDeviceId>> {
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         let mut batch = Batch::new();
         let mut deleted = Vec::new();
         for d in device_ids {
@@ -237,7 +255,7 @@ impl AccountService {
         let Some(session) = self.authenticate(access_token)? else {
             return Ok(false);
         };
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         let mut batch = Batch::new();
         batch.delete(Cf::Tokens, keys::TokenHash::of(access_token).as_key());
         if let Some(record) = self.db.get_json::<DeviceRecord>(
@@ -252,7 +270,7 @@ impl AccountService {
 
     /// `POST /logout/all`: revoke every token and delete every device of the user.
     pub fn logout_all(&self, user: &UserId) -> Result<()> {
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         let mut batch = Batch::new();
         for (_, dev) in self.device_records(user)? {
             self.delete_device_into(&mut batch, user, &dev)?;
@@ -292,6 +310,7 @@ impl AccountService {
                 return Ok(());
             }
         }
+        // Writes no token: the plain lock, so the token cache survives last-seen updates.
         let _guard = lock(&self.write_lock);
         let key = keys::device(user, device_id);
         let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &key)? else {
@@ -329,6 +348,11 @@ pub(crate) fn check_new_device(device: &NewDevice) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether a stored session answers as an access token: not a refresh token, not expired.
+fn usable_as_access_token(s: &Session) -> bool {
+    !s.refresh && s.expires_ts.is_none_or(|t| now_ms() < t)
 }
 
 /// Delete the `Tokens` entry of a device record's token hash (hex). A malformed entry has

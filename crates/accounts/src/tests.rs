@@ -692,3 +692,48 @@ fn password_hashing_is_bounded_by_the_pool() {
     svc.login_password("pia", "pw", NewDevice::default(), None)
         .expect("login once a slot is free");
 }
+
+/// Tokens resolved just before (so held by the token cache) stop working however they are
+/// revoked: a re-login with the same device, device deletion, logout, logout of all
+/// devices, a password change that logs out the other devices, deactivation.
+#[test]
+fn revocations_reach_tokens_in_the_token_cache() {
+    let (_d, svc) = service();
+    let r = register(&svc, "grace", "pw");
+    let user = r.user_id.clone();
+    let valid = |t: &str| svc.authenticate(t).expect("auth").is_some();
+    let login = |device: &str| {
+        let dev = NewDevice {
+            device_id: Some(device.into()),
+            display_name: None,
+            ..Default::default()
+        };
+        svc.login_password("grace", "pw", dev, None)
+            .expect("login")
+            .access_token
+    };
+    let first = login("ONE");
+    assert!(valid(&first) && valid(&first));
+    let replaced_by = login("ONE");
+    assert!(!valid(&first) && valid(&replaced_by));
+    svc.delete_device(&user, "ONE".into()).expect("delete");
+    assert!(!valid(&replaced_by));
+    let two = login("TWO");
+    assert!(valid(&two));
+    assert!(svc.logout(&two).expect("logout"));
+    assert!(!valid(&two));
+    let (three, four) = (login("THREE"), login("FOUR"));
+    assert!(valid(&three) && valid(&four));
+    svc.change_password(&user, "pw2", true, Some(&three))
+        .expect("password");
+    assert!(valid(&three) && !valid(&four));
+    svc.logout_all(&user).expect("logout all");
+    assert!(!valid(&three));
+    let five = svc
+        .login_password("grace", "pw2", NewDevice::default(), None)
+        .expect("login")
+        .access_token;
+    assert!(valid(&five));
+    svc.deactivate(&user).expect("deactivate");
+    assert!(!valid(&five));
+}

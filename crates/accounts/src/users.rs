@@ -84,7 +84,7 @@ impl AccountService {
             .transpose()?
             .transpose()
             .map_err(AccountError::Hashing)?;
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         if self.db.exists(Cf::Users, keys::user(&user_id))? {
             return Err(AccountError::UserInUse);
         }
@@ -218,7 +218,7 @@ impl AccountService {
         let hash = self
             .hashing_slot(|| self.hashing.hash(new_password))?
             .map_err(AccountError::Hashing)?;
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         let Some(mut record) = self.user_record(user)? else {
             return Err(AccountError::UnknownUser);
         };
@@ -254,7 +254,7 @@ impl AccountService {
     /// Deactivate an account: it can never log in again (the password hash is dropped),
     /// all devices and tokens are deleted, and the user ID stays reserved. Idempotent.
     pub fn deactivate(&self, user: &UserId) -> Result<()> {
-        let _guard = lock(&self.write_lock);
+        let _guard = self.write_guard();
         let Some(mut record) = self.user_record(user)? else {
             return Err(AccountError::UnknownUser);
         };

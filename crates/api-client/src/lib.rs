@@ -239,19 +239,25 @@ async fn cors(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Resolves the access token once per request (on the blocking pool: it is a storage
-/// read) and charges the request to its user, or to the client address when there is no
-/// valid token. The lookup is left in the request for the [`extract::Auth`] extractor.
+/// Resolves the access token once per request (from the accounts' token cache, else on the
+/// blocking pool: a storage read) and charges the request to its user, or to the client
+/// address when there is no valid token. The lookup is left in the request for the
+/// [`extract::Auth`] extractor.
 async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let lookup = match extract::access_token_with_source(&parts) {
         Some((token, source)) => {
-            let accounts = state.accounts.clone();
-            let t = token.clone();
-            let session = match blocking::blocking(move || accounts.authenticate(&t)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return MatrixError::from(e).into_response(),
-                Err(e) => return e.into_response(),
+            let session = match state.accounts.authenticate_cached(&token) {
+                Some(s) => Some(s),
+                None => {
+                    let accounts = state.accounts.clone();
+                    let t = token.clone();
+                    match blocking::blocking(move || accounts.authenticate(&t)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return MatrixError::from(e).into_response(),
+                        Err(e) => return e.into_response(),
+                    }
+                }
             };
             Some(extract::TokenLookup {
                 token,

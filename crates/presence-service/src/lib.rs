@@ -666,6 +666,12 @@ impl PresenceService {
         Ok(out)
     }
 
+    /// How many rooms `user` is joined to, counting no further than `cap` (from the
+    /// in-memory room index, no storage read).
+    pub fn joined_room_count_up_to(&self, user: &UserId, cap: usize) -> usize {
+        self.index().rooms_of(user).take(cap).count()
+    }
+
     /// Number of users the engine holds (metrics, benchmarks).
     pub fn user_count(&self) -> usize {
         self.engine().user_count()

@@ -246,7 +246,9 @@ async fn awaited_remote_invite(state: &Arc<AppState>, room: &str, user: &ruma::U
     };
     // Subscribed before the first check: the PDU's arrival wakes the invitee (the inbound
     // `/send` wakes a member event's target), so no arrival between check and wait is lost.
-    let mut woken = state.notifier.subscribe(user);
+    let mut woken = state
+        .notifier
+        .subscribe(user, || state.rooms.current_position());
     if !matches!(pending().await, Ok(Some(false))) {
         return false;
     }
