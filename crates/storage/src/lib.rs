@@ -225,6 +225,12 @@ pub enum StorageError {
     /// next write). Nothing of the refused batch was written.
     #[error("writes are suspended until the database can be reopened, after: {cause}")]
     WritesSuspended { cause: String },
+    /// Too little free space to open the database safely (see `recover.rs`).
+    #[error(
+        "only {free} bytes free where the database is (No space left on device): at least \
+         {needed} are needed to open it"
+    )]
+    NoSpace { free: u64, needed: u64 },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -554,11 +560,8 @@ impl Db {
             // another range (a drained queue scanned often would pay that on every scan).
             let mut opts = rocksdb::ReadOptions::default();
             opts.set_iterate_upper_bound(end.to_vec());
-            let iter = rocks.iterator_cf_opt(
-                handle,
-                opts,
-                IteratorMode::From(start, Direction::Forward),
-            );
+            let iter =
+                rocks.iterator_cf_opt(handle, opts, IteratorMode::From(start, Direction::Forward));
             for item in iter {
                 let (k, v) = item?;
                 if &*k >= end || out.len() >= limit {
@@ -640,7 +643,13 @@ fn handle(rocks: &Rocks, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
 /// database has, which RocksDB insists on): read-write (creating what is missing), or
 /// read-only (no lock taken, nothing written to the database's files).
 fn open_rocks(path: &Path, read_only: bool) -> Result<Rocks> {
+    recover::check_free_space(path)?;
     let mut opts = Options::default();
+    // RocksDB's own LOG file gets only the header written at open (version, options), no
+    // runtime lines: on a full disk a failed LOG write followed by another line aborts the
+    // process (an assertion in Debian's librocksdb, see recover.rs). What goes wrong
+    // reaches Pulse's log through the failing calls instead.
+    opts.set_log_level(rocksdb::LogLevel::Header);
     opts.create_if_missing(!read_only);
     opts.create_missing_column_families(!read_only);
     opts.set_keep_log_file_num(4);

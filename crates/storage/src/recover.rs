@@ -1,34 +1,43 @@
 //! Recovering from a failed write (a full disk) without a restart.
 //!
-//! RocksDB stops taking writes after a write-ahead-log append fails (a "hard" background
-//! error) and its C API, which the `rocksdb` crate wraps, has no `DB::Resume()`. RocksDB does
-//! try to resume by itself (its `SstFileManager` polls every 5 s), but that recovery is what
-//! made Pulse abort: `DBImpl::ResumeImpl` replaces the WAL writer only when a memtable has
-//! something to flush (`SwitchMemtable`), and a failed write inserts nothing. When every
-//! memtable is empty — the failed write was the first after an earlier recovery flushed them
-//! — the resumed database keeps the WAL writer that saw the error, and the next write's
-//! `WritableFileWriter::Append` hits `AssertFalseAndGetStatusForPrevError`: an `assert` in the
-//! Debian `librocksdb` Pulse links (built without `NDEBUG`, so in debug *and* release builds
-//! of Pulse); a library built with `NDEBUG` would fail that write and stop writes again.
+//! RocksDB stops taking writes after a write fails with an I/O error (a "hard" background
+//! error), and its C API, which the `rocksdb` crate (0.20) wraps, has no `DB::Resume()`.
+//! RocksDB's own recovery (its `SstFileManager` retries every 5 s) can resume, but only the
+//! flush of a non-empty memtable replaces the WAL writer that saw the error, so Pulse never
+//! writes to an instance again once one of its writes failed; it reopens the database.
 //!
-//! So Pulse never writes to an instance again once one of its writes failed with an I/O
-//! error. [`Db::write`] runs under one lock (`Db::writes`) that also holds the suspension
-//! state, so no write can slip in between the failure and the suspension:
+//! Why Pulse used to abort on a full disk (debug and release builds alike): the process
+//! links Debian's `librocksdb` 7.8, built without `NDEBUG`. RocksDB's info log (the `LOG`
+//! file in the data directory, `EnvLogger`) writes through a `WritableFileWriter`; on a full
+//! disk one of its writes fails and marks the writer as failed, and the next log line
+//! (`ErrorHandler::SetBGError` logging "Background IO error" for the failed write) calls
+//! `WritableFileWriter::Append` on it, whose `AssertFalseAndGetStatusForPrevError` asserts
+//! (seen in gdb: `rocksdb_write` → `DBImpl::IOStatusCheck` → `SetBGError` → `EnvLogger::Logv`
+//! → `Append` → `__assert_fail`). So RocksDB's info log is set to `Header` level (`lib.rs`,
+//! `open_rocks`): only the header at open is written, nothing at run time; and the database
+//! is opened (at start-up and when reopening) only with at least [`MIN_FREE_BYTES`] free,
+//! so that header fits.
 //!
-//! 1. the failing write **suspends** writes and swaps the instance, in place behind the
-//!    `RwLock`, for a **read-only** one of the same files (a read-only instance takes no
-//!    lock and writes nothing; it sees every acknowledged write, which is in the WAL). The
-//!    failed instance is closed, which also ends RocksDB's own recovery attempts on it.
-//!    Readers keep being served throughout;
-//! 2. while suspended, a write first tries to **reopen** the database read-write (at most
-//!    once per [`RETRY_MIN`], backing off to [`RETRY_MAX`] while it keeps failing, e.g. the
-//!    disk is still full) next to the read-only instance, swaps it in and goes on. Until that
+//! [`Db::write`] runs under one lock (`Db::writes`) that also holds the suspension state, so
+//! no write can reach an instance after one of its writes failed:
+//!
+//! 1. the failing write **suspends** writes. The instance keeps serving reads (a stopped
+//!    RocksDB still reads; every acknowledged write is in its memtables and WAL). Nothing
+//!    is opened now: the disk is full;
+//! 2. while suspended, a write first tries to **reopen** the database (at most once per
+//!    [`RETRY_MIN`], backing off to [`RETRY_MAX`] while it keeps failing), once at least
+//!    [`MIN_FREE_BYTES`] are free: a read-only instance of the same files is opened next to
+//!    the failed one (read-only takes no lock and writes no data) and swapped in, in place
+//!    behind the `RwLock`, so readers go on; the failed instance is closed; then a read-write
+//!    instance is opened and swapped in, and the write goes ahead. If the read-write open
+//!    fails, the read-only instance serves reads until the next attempt. Until the reopen
 //!    works, writes get [`StorageError::WritesSuspended`] (naming the original error, so the
 //!    HTTP layer can say the disk is full) and nothing of them is written.
 //!
 //! Stream positions are kept in memory across the reopen (never reloaded: a position
 //! readers saw must not be handed out again), and a write refused while suspended gives its
 //! position back or skips it as any failed write does (`position.rs`).
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::{Batch, Db, Result, StorageError, open_rocks};
@@ -37,6 +46,9 @@ use crate::{Batch, Db, Result, StorageError, open_rocks};
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest wait between two reopen attempts (the wait doubles after each failure).
 pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Free space needed to open the database: RocksDB writes its `LOG` header (about 100 KB
+/// with Pulse's 24 column families), a new MANIFEST and the recovered memtables at open.
+pub const MIN_FREE_BYTES: u64 = 4 << 20;
 
 /// Whether writes are suspended, and since what (under `Db::writes`).
 #[derive(Default)]
@@ -50,8 +62,7 @@ pub(crate) struct WriteState {
 struct Suspension {
     /// The error of the write that failed (RocksDB's message).
     cause: String,
-    /// Whether the instance serving reads is the read-only one (false only when opening it
-    /// failed, and the failed instance still serves reads).
+    /// Whether the instance serving reads is a read-only one (false: the failed one).
     read_only: bool,
     next_attempt: Instant,
     wait: Duration,
@@ -60,6 +71,33 @@ struct Suspension {
 impl WriteState {
     pub(crate) fn suspended(&self) -> bool {
         self.suspended.is_some()
+    }
+}
+
+/// Free bytes (for unprivileged users) on the file system of `path`, or of its nearest
+/// existing ancestor; `None` if that cannot be told.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` is plain data, filled in by the call below.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable `statvfs`.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
+/// Refuse to open the database with less than [`MIN_FREE_BYTES`] free (see the module
+/// comment: RocksDB would abort).
+pub(crate) fn check_free_space(path: &Path) -> Result<()> {
+    match free_bytes(path) {
+        Some(free) if free < MIN_FREE_BYTES => Err(StorageError::NoSpace {
+            free,
+            needed: MIN_FREE_BYTES,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -75,14 +113,12 @@ impl Db {
         let wb = Self::to_rocks(&rocks, batch)?;
         #[cfg(any(test, feature = "fault-injection"))]
         if let Some(cause) = state.inject.take() {
-            drop(rocks);
             self.suspend(&mut state, cause.clone());
             return Err(StorageError::WritesSuspended { cause });
         }
         match rocks.write_opt(wb, &self.write_opts()) {
             Ok(()) => Ok(()),
             Err(e) => {
-                drop(rocks);
                 if e.kind() == rocksdb::ErrorKind::IOError {
                     self.suspend(&mut state, e.to_string());
                 }
@@ -106,73 +142,55 @@ impl Db {
         self.writes.lock().unwrap_or_else(|p| p.into_inner()).inject = Some(cause.to_owned());
     }
 
-    /// Suspend writes after `cause` and serve reads from a read-only instance.
+    /// Suspend writes after `cause`; the failed instance keeps serving reads.
     fn suspend(&self, state: &mut WriteState, cause: String) {
         tracing::error!(
             "a database write failed ({cause}); writes are refused until the database can be \
              reopened (tried on the next write), reads go on"
         );
-        let read_only = self.swap_in_read_only();
         state.suspended = Some(Suspension {
             cause,
-            read_only,
+            read_only: false,
             next_attempt: Instant::now() + RETRY_MIN,
             wait: RETRY_MIN,
         });
     }
 
-    /// Replace the current instance by a read-only one; false (the current one stays) if
-    /// that cannot be opened.
-    fn swap_in_read_only(&self) -> bool {
-        match open_rocks(&self.path, true) {
-            Ok(ro) => {
-                let failed = std::mem::replace(
-                    &mut *self.rocks.write().unwrap_or_else(|p| p.into_inner()),
-                    ro,
-                );
-                // Closing it (outside the lock readers wait on) writes nothing through its
-                // failed WAL writer: RocksDB skips the buffer flush of a writer that saw an
-                // error.
-                drop(failed);
-                true
-            }
-            Err(e) => {
-                tracing::error!(
-                    "cannot open the database read-only ({e}); the failed instance serves reads"
-                );
-                false
-            }
-        }
+    /// Replace the current instance by a freshly opened one (read-only or read-write),
+    /// closing the old one outside the lock readers wait on.
+    fn swap_in(&self, read_only: bool) -> Result<()> {
+        let new = open_rocks(&self.path, read_only)?;
+        let old = std::mem::replace(
+            &mut *self.rocks.write().unwrap_or_else(|p| p.into_inner()),
+            new,
+        );
+        drop(old);
+        Ok(())
     }
 
-    /// While suspended: reopen read-write if it is time to try, or refuse.
+    /// While suspended: reopen if it is time to try, or refuse.
     fn try_reopen(&self, state: &mut WriteState) -> Result<()> {
         let Some(s) = state.suspended.as_mut() else {
             return Ok(());
         };
-        let refused = |s: &Suspension| StorageError::WritesSuspended {
-            cause: s.cause.clone(),
-        };
         let now = Instant::now();
         if now < s.next_attempt {
-            return Err(refused(s));
+            return Err(StorageError::WritesSuspended {
+                cause: s.cause.clone(),
+            });
         }
-        // The failed instance holds the database's lock: it must go to a read-only one
-        // before a read-write one can open.
-        if !s.read_only {
-            s.read_only = self.swap_in_read_only();
-            if !s.read_only {
-                s.next_attempt = now + s.wait;
-                return Err(refused(s));
-            }
-        }
-        match open_rocks(&self.path, false) {
-            Ok(rw) => {
-                let ro = std::mem::replace(
-                    &mut *self.rocks.write().unwrap_or_else(|p| p.into_inner()),
-                    rw,
-                );
-                drop(ro);
+        // The failed instance holds the database's lock: it goes (for a read-only one,
+        // which readers use meanwhile) before a read-write one can open.
+        let reopened = if s.read_only {
+            self.swap_in(false)
+        } else {
+            self.swap_in(true).and_then(|()| {
+                s.read_only = true;
+                self.swap_in(false)
+            })
+        };
+        match reopened {
+            Ok(()) => {
                 tracing::info!(
                     "the database was reopened after \"{}\"; writes are accepted again",
                     s.cause
@@ -184,7 +202,9 @@ impl Db {
                 tracing::warn!("reopening the database failed ({e}); writes stay suspended");
                 s.wait = (s.wait * 2).min(RETRY_MAX);
                 s.next_attempt = Instant::now() + s.wait;
-                Err(refused(s))
+                Err(StorageError::WritesSuspended {
+                    cause: s.cause.clone(),
+                })
             }
         }
     }
@@ -228,9 +248,19 @@ mod tests {
             Ok(())
         });
         assert!(matches!(r, Err(StorageError::WritesSuspended { .. })));
-        assert_eq!(db.current_position(), pos, "a refused write publishes nothing");
-        assert_eq!(db.get(Cf::Users, "@a:x").expect("read"), Some(b"1".to_vec()));
-        assert_eq!(db.get(Cf::Users, "@b:x").expect("read"), Some(b"2".to_vec()));
+        assert_eq!(
+            db.current_position(),
+            pos,
+            "a refused write publishes nothing"
+        );
+        assert_eq!(
+            db.get(Cf::Users, "@a:x").expect("read"),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            db.get(Cf::Users, "@b:x").expect("read"),
+            Some(b"2".to_vec())
+        );
         for k in ["@c:x", "@d:x", "@e:x"] {
             assert_eq!(db.get(Cf::Users, k).expect("read"), None, "{k}");
         }
