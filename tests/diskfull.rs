@@ -1,16 +1,13 @@
 //! Disk full (issue 19 item 4): the data directory on a 20 MB tmpfs, filled up while the
 //! server runs. Writes then get 500 `M_UNKNOWN` saying the storage is full, reads keep
-//! working, nothing acknowledged is lost, and after space is freed and the server restarted
-//! writes work again.
+//! working, nothing acknowledged is lost, and once space is freed writes work again
+//! **without a restart** (the storage crate reopens the database in place,
+//! `crates/storage/src/recover.rs`); after a `kill -9` and restart everything acknowledged
+//! is still there.
 //!
 //! Needs `mount -t tmpfs` (root, or a container allowing it); without it the test says so
-//! on stderr and checks nothing. Known gaps (docs/security.md), which the test reports on
-//! stderr instead of asserting:
-//! * RocksDB 7.9 keeps failing writes after the space comes back until the database is
-//!   reopened — the C API Pulse uses has no `Resume()` — so recovery takes a restart;
-//! * in a **debug** build RocksDB's C++ assertions are on, and a WAL append after a failed
-//!   one trips `AssertFalseAndGetStatusForPrevError` and aborts the process. The test then
-//!   checks what must hold anyway: nothing acknowledged is lost and the restart works.
+//! on stderr and checks nothing. Before the reopen-in-place the server also aborted on the
+//! full disk (a RocksDB assertion, see `recover.rs`); the test now requires it to stay up.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -156,10 +153,6 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 assert!(died, "no answer, yet the server runs");
-                eprintln!(
-                    "diskfull: the server died on the full disk after {refused} refusals \
-                     (RocksDB's debug assertion; see the module comment)"
-                );
                 break;
             }
             500 => {
@@ -175,20 +168,43 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
             other => panic!("unexpected {other}: {b}"),
         }
     }
-    assert!(refused > 0 || died, "the full disk refused no write");
+    assert!(
+        !died,
+        "the server died on the full disk after {refused} refusals (see storage's recover.rs)"
+    );
+    assert!(refused > 0, "the full disk refused no write");
+    reads_while_full(&http, &base, &token, &data_url(0)).await;
 
-    if !died {
-        reads_while_full(&http, &base, &token, &data_url(0)).await;
-    }
+    // Space comes back: writes work again without a restart (the first may still be refused
+    // while the storage waits between reopen attempts), and nothing acknowledged is lost.
     std::fs::remove_file(&filler).expect("free space");
-    if !died {
-        // Space comes back. Without a restart (known gap, see the module comment):
-        let (st, _) = put(&http, data_url(100), &token, &json!({"after": true})).await;
-        eprintln!("diskfull: a write after freeing space, before a restart: {st}");
+    let freed = Instant::now();
+    let mut refused_after = 0;
+    loop {
+        let (st, b) = put(&http, data_url(100), &token, &json!({"after": true})).await;
         if st == 200 {
             acked.push(100);
+            break;
         }
+        assert_eq!(st, 500, "unexpected answer after freeing space: {b}");
+        refused_after += 1;
+        assert!(
+            freed.elapsed() < Duration::from_secs(30),
+            "writes did not recover within 30 s of freeing space ({refused_after} refusals): {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "diskfull: {refused} writes refused while full; writes recovered {} ms after freeing \
+         space ({refused_after} refusals meanwhile), no restart",
+        freed.elapsed().as_millis()
+    );
+    for i in 101..111 {
+        let (st, b) = put(&http, data_url(i), &token, &json!({"i": i, "pad": pad})).await;
+        assert_eq!(st, 200, "write {i} after the recovery: {b}");
+        acked.push(i);
+    }
+    check_acked(&http, &token, &acked, &data_url).await;
 
     // Restart (kill -9: nothing gets a chance to flush): everything acknowledged is there,
     // and writes work again.
@@ -196,10 +212,22 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
     let _ = server.0.wait();
     drop(server);
     let _server = start(&config, &base, &http).await;
-    for i in &acked {
+    check_acked(&http, &token, &acked, &data_url).await;
+    let (st, b) = put(&http, data_url(200), &token, &json!({"restarted": true})).await;
+    assert_eq!(st, 200, "writes do not work after the restart: {b}");
+}
+
+/// Every acknowledged write reads back with the value it was given.
+async fn check_acked(
+    http: &reqwest::Client,
+    token: &str,
+    acked: &[usize],
+    data_url: &impl Fn(usize) -> String,
+) {
+    for i in acked {
         let r = http
             .get(data_url(*i))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .send()
             .await
             .expect("get");
@@ -208,9 +236,15 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
             200,
             "acknowledged account data {i} lost"
         );
+        let body: Value = r.json().await.expect("json");
+        let want = if *i == 100 { json!(true) } else { json!(*i) };
+        let got = if *i == 100 {
+            &body["after"]
+        } else {
+            &body["i"]
+        };
+        assert_eq!(got, &want, "account data {i} has the wrong content: {body}");
     }
-    let (st, b) = put(&http, data_url(101), &token, &json!({"recovered": true})).await;
-    assert_eq!(st, 200, "writes do not work after the restart: {b}");
 }
 
 /// While the disk is full: reads answer.

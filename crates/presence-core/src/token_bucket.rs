@@ -51,6 +51,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket has refilled to `burst` by `now`: it then answers exactly as a new
+    /// [`TokenBucket::full`] would, so a caller keeping one bucket per key may drop it.
+    pub fn is_full(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * rate >= burst
+    }
+
     /// Take a token even if that empties the bucket (recording a failure after the fact).
     pub fn charge(&mut self, now: Instant, rate: f64, burst: f64) {
         self.refill(now, rate, burst);
@@ -79,5 +86,16 @@ mod tests {
         assert!(b.take(later, 10.0, 2.0).is_err());
         b.charge(later, 10.0, 2.0);
         assert!(b.peek(later, 10.0, 2.0).is_err());
+    }
+
+    #[test]
+    fn is_full_once_refilled_to_the_burst() {
+        let t = Instant::now();
+        let mut b = TokenBucket::full(2.0, t);
+        assert!(b.is_full(t, 10.0, 2.0));
+        assert!(b.take(t, 10.0, 2.0).is_ok());
+        assert!(!b.is_full(t, 10.0, 2.0));
+        assert!(!b.is_full(t + Duration::from_millis(50), 10.0, 2.0));
+        assert!(b.is_full(t + Duration::from_millis(100), 10.0, 2.0));
     }
 }

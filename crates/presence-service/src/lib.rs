@@ -153,6 +153,32 @@ impl StreamIndex {
     }
 }
 
+/// The `PUT /presence` token buckets by user, swept of refilled ones.
+struct StatusBuckets {
+    map: HashMap<OwnedUserId, presence_core::token_bucket::TokenBucket>,
+    /// Sweep again once the map holds this many (twice what the last sweep left, at least
+    /// [`StatusBuckets::MIN_SWEEP`]).
+    sweep_at: usize,
+}
+
+impl Default for StatusBuckets {
+    fn default() -> Self {
+        StatusBuckets {
+            map: HashMap::new(),
+            sweep_at: Self::MIN_SWEEP,
+        }
+    }
+}
+
+impl StatusBuckets {
+    const MIN_SWEEP: usize = 1024;
+
+    fn sweep(&mut self, now: Instant, rate: f64, burst: f64) {
+        self.map.retain(|_, b| !b.is_full(now, rate, burst));
+        self.sweep_at = (self.map.len() * 2).max(Self::MIN_SWEEP);
+    }
+}
+
 pub struct PresenceService {
     db: Arc<Db>,
     config: PresenceServiceConfig,
@@ -176,7 +202,10 @@ pub struct PresenceService {
     /// Deadline the timer task is sleeping towards (ms; u64::MAX when none).
     armed_deadline: AtomicU64,
     kick: Notify,
-    status_buckets: Mutex<HashMap<OwnedUserId, presence_core::token_bucket::TokenBucket>>,
+    /// `PUT /presence` rate limit per user. A bucket that refilled to the burst answers as a
+    /// new one, so those are dropped ([`PresenceService::prune_status_buckets`]): only users
+    /// who set a status in the last `burst / rate` seconds (10 s by default) are held.
+    status_buckets: Mutex<StatusBuckets>,
     /// (time, stream position) samples of the timer task, oldest first: the position a
     /// marker must be at to be younger than `MARKER_RETENTION` ([`sharing`], pruning).
     position_samples: Mutex<std::collections::VecDeque<(Instant, u64)>>,
@@ -236,7 +265,7 @@ impl PresenceService {
             waker,
             armed_deadline: AtomicU64::new(u64::MAX),
             kick: Notify::new(),
-            status_buckets: Mutex::new(HashMap::new()),
+            status_buckets: Mutex::new(StatusBuckets::default()),
             position_samples: Mutex::new(std::collections::VecDeque::new()),
             remote: Mutex::new(remote),
             observer: OnceLock::new(),
@@ -296,6 +325,7 @@ impl PresenceService {
         }
         self.expire_remote(now_ms());
         self.prune_markers_if_due(Instant::now());
+        self.prune_status_buckets();
         if last_persist.elapsed() < self.config.persist_interval {
             return last_persist;
         }
@@ -502,11 +532,32 @@ impl PresenceService {
             .status_buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // Amortised: sweep when the map doubled since the last sweep (and on the timer).
+        if buckets.map.len() >= buckets.sweep_at {
+            buckets.sweep(now, rate, burst);
+        }
         buckets
+            .map
             .entry(user.to_owned())
             .or_insert_with(|| presence_core::token_bucket::TokenBucket::full(burst, now))
             .take(now, rate, burst)
             .map_err(RateLimited)
+    }
+
+    /// Drop the `PUT /presence` buckets that refilled (the presence timer calls this every
+    /// tick). Returns how many are left.
+    pub fn prune_status_buckets(&self) -> usize {
+        let (rate, burst) = (self.config.status_per_second, self.config.status_burst);
+        let mut buckets = self
+            .status_buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if rate > 0.0 {
+            buckets.sweep(Instant::now(), rate, burst);
+        } else {
+            buckets.map.clear();
+        }
+        buckets.map.len()
     }
 
     /// MSC4043: set (`Some`) or clear (`None`) the override. Written at once (not batched):
@@ -854,6 +905,60 @@ mod tests {
             panic!("expected rate limiting");
         };
         assert!(ms > 0 && ms <= 1000);
+    }
+
+    /// Issue 19 item 6: one `PUT /presence` bucket per user who ever set a status used to
+    /// stay forever. Buckets that refilled are swept (on insert once the map doubled, and by
+    /// the timer), so churning through many users keeps the map flat.
+    #[test]
+    fn status_buckets_of_idle_users_are_pruned_and_stay_flat_under_churn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(dir.path(), false).expect("db"));
+        // Refills in 20 ms: a user idle that long needs no bucket.
+        let config = PresenceServiceConfig {
+            status_per_second: 100.0,
+            status_burst: 2.0,
+            ..Default::default()
+        };
+        let svc =
+            PresenceService::open(db, config, Arc::new(RecordingWaker::default())).expect("open");
+        let held = |svc: &PresenceService| svc.status_buckets.lock().expect("lock").map.len();
+        // The timer's sweep: after each round of 3000 new users nothing idle is left.
+        for round in 0..4 {
+            for i in 0..3000 {
+                svc.check_status_rate(&uid(&format!("@t{round}_{i}:x")))
+                    .expect("within the burst");
+            }
+            assert!(held(&svc) <= 3000, "round {round}: {}", held(&svc));
+            std::thread::sleep(Duration::from_millis(25));
+            assert_eq!(
+                svc.prune_status_buckets(),
+                0,
+                "round {round}: idle buckets kept"
+            );
+        }
+        // The sweep on insert alone: 12,000 users, a pause (longer than the refill) every
+        // 1000. Without pruning the map would hold 12,000; with it, at most the users of the
+        // last pause interval, twice over.
+        let mut peak = 0;
+        for i in 0..12_000 {
+            svc.check_status_rate(&uid(&format!("@c{i}:x")))
+                .expect("within the burst");
+            peak = peak.max(held(&svc));
+            if i % 1000 == 999 {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        assert!(peak <= 2048, "the map grew to {peak}");
+        // A user still limited keeps the bucket: the limit is not reset by a sweep.
+        let busy = uid("@busy:x");
+        svc.check_status_rate(&busy).expect("1st");
+        svc.check_status_rate(&busy).expect("2nd");
+        assert_eq!(svc.prune_status_buckets(), 1);
+        assert!(
+            svc.check_status_rate(&busy).is_err(),
+            "a sweep reset the limit"
+        );
     }
 
     /// Records the thread each wake-up ran on.

@@ -14,7 +14,8 @@ impl Db {
     /// returned stream position is one the copy holds everything up to (it may hold more).
     pub fn checkpoint(&self, dir: &Path) -> Result<u64> {
         let position = self.current_position();
-        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.rocks)?;
+        let rocks = self.rocks();
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&*rocks)?;
         checkpoint.create_checkpoint(dir)?;
         Ok(position)
     }

@@ -21,9 +21,13 @@
 //! Durability: writes go to the WAL before returning (`kill -9` cannot lose them);
 //! with `fsync = true` the WAL is also fsynced, which survives power loss at the
 //! cost of latency.
-use std::path::Path;
+//!
+//! A write that fails with an I/O error (a full disk) suspends writes and the database is
+//! reopened in place once it can be (`recover.rs`): reads keep being served meanwhile,
+//! writes get [`StorageError::WritesSuspended`] until then, no restart needed.
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard};
 
 mod checkpoint;
 mod keylocks;
@@ -32,6 +36,7 @@ mod position;
 mod stats;
 
 pub use stats::DbStats;
+mod recover;
 
 pub use keylocks::KeyLocks;
 pub use migrate::Migration;
@@ -225,6 +230,17 @@ pub enum StorageError {
     },
     #[error("migration {name:?} failed: {reason}")]
     Migration { name: &'static str, reason: String },
+    /// Writes are refused since a write failed with `cause` (e.g. `No space left on device`),
+    /// until the database has been reopened (tried again at most every few seconds, on the
+    /// next write). Nothing of the refused batch was written.
+    #[error("writes are suspended until the database can be reopened, after: {cause}")]
+    WritesSuspended { cause: String },
+    /// Too little free space to open the database safely (see `recover.rs`).
+    #[error(
+        "only {free} bytes free where the database is (No space left on device): at least \
+         {needed} are needed to open it"
+    )]
+    NoSpace { free: u64, needed: u64 },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -355,8 +371,15 @@ impl Batch {
 type Rocks = DBWithThreadMode<SingleThreaded>;
 
 pub struct Db {
-    rocks: Rocks,
+    /// The open RocksDB instance. Replaced in place after a failed write (`recover.rs`):
+    /// first by a read-only instance, then by a fresh read-write one; readers hold the read
+    /// side only for the duration of one call.
+    rocks: RwLock<Rocks>,
+    path: PathBuf,
     fsync: bool,
+    /// Held across every RocksDB write and the check whether writes are suspended, so no
+    /// write reaches an instance after one of its writes failed (`recover.rs` says why).
+    writes: Mutex<recover::WriteState>,
     /// Last stream position whose write has completed, and every one below it. Readers use
     /// this as "now".
     position: AtomicU64,
@@ -421,25 +444,12 @@ impl Db {
     /// Open every column family (ours, plus any other the database has, which RocksDB
     /// insists on), without looking at the schema.
     fn open_raw(path: &Path, fsync: bool) -> Result<Db> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_keep_log_file_num(4);
-        opts.set_max_total_wal_size(64 << 20);
-        let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
-        // A database that does not exist yet has no families to list.
-        for existing in Rocks::list_cf(&Options::default(), path).unwrap_or_default() {
-            if existing != "default" && !names.contains(&existing) {
-                names.push(existing);
-            }
-        }
-        let cfs = names
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let rocks = Rocks::open_cf_descriptors(&opts, path, cfs)?;
+        let rocks = open_rocks(path, false)?;
         Ok(Db {
-            rocks,
+            rocks: RwLock::new(rocks),
+            path: path.to_owned(),
             fsync,
+            writes: Mutex::new(recover::WriteState::default()),
             position: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
             committed: Mutex::new(0),
@@ -473,14 +483,14 @@ impl Db {
             })
     }
 
-    fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
-        self.rocks
-            .cf_handle(cf.name())
-            .ok_or(StorageError::MissingCf(cf.name()))
+    /// The current instance, for one read (see [`Db::rocks`]'s field).
+    fn rocks(&self) -> RwLockReadGuard<'_, Rocks> {
+        self.rocks.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        Ok(self.rocks.get_cf(self.cf(cf)?, key)?)
+        let rocks = self.rocks();
+        Ok(rocks.get_cf(handle(&rocks, cf)?, key)?)
     }
 
     pub fn get_json<T: DeserializeOwned>(
@@ -502,16 +512,19 @@ impl Db {
     }
 
     pub fn exists(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.rocks.get_pinned_cf(self.cf(cf)?, key)?.is_some())
+        let rocks = self.rocks();
+        Ok(rocks.get_pinned_cf(handle(&rocks, cf)?, key)?.is_some())
     }
 
     /// All entries whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, cf: Cf, prefix: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = prefix.as_ref();
         let mut out = Vec::new();
-        let iter = self
-            .rocks
-            .iterator_cf(self.cf(cf)?, IteratorMode::From(prefix, Direction::Forward));
+        let rocks = self.rocks();
+        let iter = rocks.iterator_cf(
+            handle(&rocks, cf)?,
+            IteratorMode::From(prefix, Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
@@ -537,11 +550,10 @@ impl Db {
         if limit == 0 || start >= end {
             return Ok(out);
         }
-        let handle = self.cf(cf)?;
+        let rocks = self.rocks();
+        let handle = handle(&rocks, cf)?;
         if reverse {
-            let iter = self
-                .rocks
-                .iterator_cf(handle, IteratorMode::From(end, Direction::Reverse));
+            let iter = rocks.iterator_cf(handle, IteratorMode::From(end, Direction::Reverse));
             for item in iter {
                 let (k, v) = item?;
                 if &*k >= end {
@@ -558,11 +570,8 @@ impl Db {
             // another range (a drained queue scanned often would pay that on every scan).
             let mut opts = rocksdb::ReadOptions::default();
             opts.set_iterate_upper_bound(end.to_vec());
-            let iter = self.rocks.iterator_cf_opt(
-                handle,
-                opts,
-                IteratorMode::From(start, Direction::Forward),
-            );
+            let iter =
+                rocks.iterator_cf_opt(handle, opts, IteratorMode::From(start, Direction::Forward));
             for item in iter {
                 let (k, v) = item?;
                 if &*k >= end || out.len() >= limit {
@@ -580,15 +589,15 @@ impl Db {
         w
     }
 
-    fn to_rocks(&self, batch: Batch) -> Result<rocksdb::WriteBatch> {
+    fn to_rocks(rocks: &Rocks, batch: Batch) -> Result<rocksdb::WriteBatch> {
         if let Some(e) = batch.failed {
             return Err(e);
         }
         let mut wb = rocksdb::WriteBatch::default();
         for op in batch.ops {
             match op {
-                Op::Put(cf, k, v) => wb.put_cf(self.cf(cf)?, k, v),
-                Op::Delete(cf, k) => wb.delete_cf(self.cf(cf)?, k),
+                Op::Put(cf, k, v) => wb.put_cf(handle(rocks, cf)?, k, v),
+                Op::Delete(cf, k) => wb.delete_cf(handle(rocks, cf)?, k),
             }
         }
         Ok(wb)
@@ -601,7 +610,9 @@ impl Db {
         self.failing.store(on, Ordering::SeqCst);
     }
 
-    /// Apply a batch atomically. Returns once it is in the WAL.
+    /// Apply a batch atomically. Returns once it is in the WAL. While writes are suspended
+    /// after a failed one, first tries to reopen the database (at most every few seconds),
+    /// and refuses the batch with [`StorageError::WritesSuspended`] if that does not work.
     pub fn write(&self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -613,18 +624,61 @@ impl Db {
                 reason: "write refused by fault injection".into(),
             });
         }
-        let wb = self.to_rocks(batch)?;
-        self.rocks.write_opt(wb, &self.write_opts())?;
-        Ok(())
+        self.write_guarded(batch)
     }
 
-    /// Flush memtables (used at shutdown; not needed for durability).
+    /// Flush memtables (used at shutdown; not needed for durability). Nothing to do while
+    /// writes are suspended (the instance is read-only then).
     pub fn flush(&self) -> Result<()> {
+        let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if _writes.suspended() {
+            return Ok(());
+        }
+        let rocks = self.rocks();
         for cf in Cf::ALL {
-            self.rocks.flush_cf(self.cf(cf)?)?;
+            rocks.flush_cf(handle(&rocks, cf)?)?;
         }
         Ok(())
     }
+}
+
+/// A column family's handle in `rocks`.
+fn handle(rocks: &Rocks, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
+    rocks
+        .cf_handle(cf.name())
+        .ok_or(StorageError::MissingCf(cf.name()))
+}
+
+/// Open the RocksDB instance at `path` with every column family (ours, plus any other the
+/// database has, which RocksDB insists on): read-write (creating what is missing), or
+/// read-only (no lock taken, nothing written to the database's files).
+fn open_rocks(path: &Path, read_only: bool) -> Result<Rocks> {
+    recover::check_free_space(path)?;
+    let mut opts = Options::default();
+    // RocksDB's own LOG file gets only the header written at open (version, options), no
+    // runtime lines: on a full disk a failed LOG write followed by another line aborts the
+    // process (an assertion in Debian's librocksdb, see recover.rs). What goes wrong
+    // reaches Pulse's log through the failing calls instead.
+    opts.set_log_level(rocksdb::LogLevel::Header);
+    opts.create_if_missing(!read_only);
+    opts.create_missing_column_families(!read_only);
+    opts.set_keep_log_file_num(4);
+    opts.set_max_total_wal_size(64 << 20);
+    let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
+    // A database that does not exist yet has no families to list.
+    for existing in Rocks::list_cf(&Options::default(), path).unwrap_or_default() {
+        if existing != "default" && !names.contains(&existing) {
+            names.push(existing);
+        }
+    }
+    let cfs = names
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    Ok(if read_only {
+        Rocks::open_cf_descriptors_read_only(&opts, path, cfs, false)?
+    } else {
+        Rocks::open_cf_descriptors(&opts, path, cfs)?
+    })
 }
 
 pub fn decode_u64(bytes: &[u8]) -> Option<u64> {

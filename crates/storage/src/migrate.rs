@@ -43,8 +43,9 @@ impl Db {
                 to - 1
             );
             for &(_, cf) in OBSOLETE.iter().filter(|(v, _)| *v == to) {
-                if self.rocks.cf_handle(cf).is_some() {
-                    self.rocks.drop_cf(cf)?;
+                let rocks = self.rocks.get_mut().unwrap_or_else(|p| p.into_inner());
+                if rocks.cf_handle(cf).is_some() {
+                    rocks.drop_cf(cf)?;
                 }
             }
             let mut batch = Batch::new();
@@ -57,9 +58,14 @@ impl Db {
         self.flush()?;
         let mut opts = CompactOptions::default();
         opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        let rocks = self.rocks();
         for cf in Cf::ALL {
-            self.rocks
-                .compact_range_cf_opt(self.cf(cf)?, None::<&[u8]>, None::<&[u8]>, &opts);
+            rocks.compact_range_cf_opt(
+                crate::handle(&rocks, cf)?,
+                None::<&[u8]>,
+                None::<&[u8]>,
+                &opts,
+            );
         }
         Ok(())
     }

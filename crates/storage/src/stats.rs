@@ -26,10 +26,13 @@ impl Db {
     /// Size on disk and compaction state. Properties RocksDB cannot answer count as 0.
     pub fn stats(&self) -> DbStats {
         let mut s = DbStats::default();
+        let rocks = self.rocks();
         for cf in Cf::ALL {
-            let Ok(handle) = self.cf(cf) else { continue };
+            let Ok(handle) = crate::handle(&rocks, cf) else {
+                continue;
+            };
             let prop = |name: &str| {
-                self.rocks
+                rocks
                     .property_int_value_cf(handle, name)
                     .ok()
                     .flatten()
@@ -42,13 +45,12 @@ impl Db {
             s.pending_compaction_bytes += prop("rocksdb.estimate-pending-compaction-bytes");
             s.per_cf_sst_bytes.push((cf.name(), sst));
         }
-        s.running_compactions = self
-            .rocks
+        s.running_compactions = rocks
             .property_int_value("rocksdb.num-running-compactions")
             .ok()
             .flatten()
             .unwrap_or(0);
-        s.disk_bytes = std::fs::read_dir(self.rocks.path())
+        s.disk_bytes = std::fs::read_dir(rocks.path())
             .map(|dir| {
                 dir.filter_map(|e| e.ok()?.metadata().ok())
                     .filter(|m| m.is_file())
