@@ -37,10 +37,7 @@ fn member_chain(
             depth,
             now_ms(),
         );
-        state.insert(
-            ("m.room.member".to_owned(), sender.to_string()),
-            id.clone(),
-        );
+        state.insert(("m.room.member".to_owned(), sender.to_string()), id.clone());
         out.push((id.clone(), pdu));
         prev = id;
         depth += 1;
@@ -86,7 +83,8 @@ fn v12_gap_with_a_stale_join_rule_keeps_the_newer_rule() {
     f.svc
         .join(&carol, f.room.as_str(), &Profile::default(), None)
         .expect("carol joins");
-    let public = f.svc.current_state(&f.room).expect("state")[&key("m.room.join_rules", "")].clone();
+    let public =
+        f.svc.current_state(&f.room).expect("state")[&key("m.room.join_rules", "")].clone();
     let invite = f
         .svc
         .send_state_event(
@@ -98,7 +96,11 @@ fn v12_gap_with_a_stale_join_rule_keeps_the_newer_rule() {
         )
         .expect("invite only")
         .event_id;
-    let alice_leave = f.svc.leave(&f.alice, &f.room, None).expect("leave").event_id;
+    let alice_leave = f
+        .svc
+        .leave(&f.alice, &f.room, None)
+        .expect("leave")
+        .event_id;
     let tip = f.extremities()[0].clone();
     let state = f.svc.current_state(&f.room).expect("state");
     let chain = member_chain(&f, &f.bob, &tip, state.clone(), 12);
@@ -112,7 +114,11 @@ fn v12_gap_with_a_stale_join_rule_keeps_the_newer_rule() {
     let r = receive_after_gap(&f, &chain, &claimed);
     assert!(matches!(r, Received::Accepted { .. }), "{r:?}");
     let now = f.svc.current_state(&f.room).expect("state");
-    assert_eq!(now[&key("m.room.join_rules", "")], invite, "the invite rule stays");
+    assert_eq!(
+        now[&key("m.room.join_rules", "")],
+        invite,
+        "the invite rule stays"
+    );
     assert_eq!(
         now[&key("m.room.member", f.alice.as_str())],
         alice_leave,
