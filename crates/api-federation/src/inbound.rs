@@ -504,6 +504,7 @@ async fn fetch_events(
 /// (the origin's resolution of them). The unknown state and auth-chain events, and the
 /// event's own `missing_auth`, are fetched
 /// ([`fetch_events`]: by id, only what we do not hold, in parallel, within the budget).
+#[allow(clippy::too_many_arguments)] // the pass's context, as its siblings take it
 async fn state_at_gap(
     state: &Arc<FederationState>,
     origin: &ServerName,

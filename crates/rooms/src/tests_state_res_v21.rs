@@ -19,7 +19,7 @@ fn member_chain(
     mut state: StateMap,
     n: usize,
 ) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
-    let mut depth = f.depth_of(prev) + 1;
+    let first_depth = f.depth_of(prev) + 1;
     let mut prev = prev.clone();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -34,13 +34,12 @@ fn member_chain(
             ),
             std::slice::from_ref(&prev),
             &state,
-            depth,
+            first_depth + i as u64,
             now_ms(),
         );
         state.insert(("m.room.member".to_owned(), sender.to_string()), id.clone());
         out.push((id.clone(), pdu));
         prev = id;
-        depth += 1;
     }
     out
 }
