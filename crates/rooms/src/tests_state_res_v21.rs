@@ -20,6 +20,8 @@ fn member_chain(
     n: usize,
 ) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
     let first_depth = f.depth_of(prev) + 1;
+    // One millisecond apart: state resolution orders same-position events by timestamp.
+    let first_ts = now_ms();
     let mut prev = prev.clone();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -35,7 +37,7 @@ fn member_chain(
             std::slice::from_ref(&prev),
             &state,
             first_depth + i as u64,
-            now_ms(),
+            first_ts + i as u64,
         );
         state.insert(("m.room.member".to_owned(), sender.to_string()), id.clone());
         out.push((id.clone(), pdu));
@@ -84,6 +86,8 @@ fn v12_gap_with_a_stale_join_rule_keeps_the_newer_rule() {
         .expect("carol joins");
     let public =
         f.svc.current_state(&f.room).expect("state")[&key("m.room.join_rules", "")].clone();
+    // A later timestamp than the public rule's (same sender and power: ts decides the order).
+    std::thread::sleep(std::time::Duration::from_millis(2));
     let invite = f
         .svc
         .send_state_event(
