@@ -157,6 +157,8 @@ mod tests_remote_join;
 #[cfg(test)]
 mod tests_security;
 #[cfg(test)]
+mod tests_state_res_v21;
+#[cfg(test)]
 mod tests_stream;
 #[cfg(test)]
 mod tests_template;
