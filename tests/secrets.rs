@@ -78,6 +78,17 @@ fn downgrade_to_v1(data: &Path, tokens: &[&str]) {
     b.put(Cf::Meta, "schema_version", 1u64.to_be_bytes().to_vec());
     db.write(b).expect("write the v1 layout");
     db.flush().expect("flush");
+    // The v1 layout holds each token in clear as its key. (Checked through the storage API:
+    // a scan of the files for the bytes failed once under CI load — SST blocks are
+    // compressed — so the files are only scanned for what must be gone after migrating.)
+    for token in tokens {
+        assert!(
+            db.get(Cf::Tokens, token.as_bytes())
+                .expect("read")
+                .is_some(),
+            "the v1 database must hold the token in clear"
+        );
+    }
 }
 
 #[tokio::test]
@@ -98,12 +109,6 @@ async fn plain_tokens_of_an_old_database_are_migrated_and_keep_working() {
     assert!(files_containing(&data, alice.token.as_bytes()).is_empty());
 
     downgrade_to_v1(&data, &[&alice.token, &second]);
-    for t in [&alice.token, &second] {
-        assert!(
-            !files_containing(&data, t.as_bytes()).is_empty(),
-            "the v1 database must hold the token in clear"
-        );
-    }
 
     s.start_again().await;
     assert_eq!(whoami(&s, &alice.token).await, 200);
