@@ -6,46 +6,15 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestServer, User, enc};
+use common::{TestServer, enc};
 use serde_json::{Value, json};
-
-/// Make `ops` (password "password") a server admin: registered with `pulse register-user
-/// --admin` while the server is stopped, then logged in.
-async fn admin(s: &mut TestServer) -> User {
-    s.terminate();
-    let made = std::process::Command::new(common::BIN)
-        .args(["register-user", "--config"])
-        .arg(s.config_path())
-        .args(["ops", "--password", "password", "--admin"])
-        .output()
-        .expect("run pulse register-user");
-    assert!(made.status.success(), "{made:?}");
-    s.start_again().await;
-    login(s, "ops").await
-}
-
-async fn login(s: &TestServer, user: &str) -> User {
-    let (st, r) = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": "password" }),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    User {
-        user_id: r["user_id"].as_str().expect("user_id").to_owned(),
-        token: r["access_token"].as_str().expect("token").to_owned(),
-        device_id: r["device_id"].as_str().expect("device").to_owned(),
-    }
-}
 
 #[tokio::test]
 async fn admin_api_users_rooms_and_presence() {
-    let mut s = TestServer::start().await;
+    let s = TestServer::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let ops = admin(&mut s).await;
+    let ops = s.register_admin("ops").await;
     let room = s
         .create_room(&alice, json!({ "preset": "public_chat", "name": "Lobby" }))
         .await;
@@ -138,7 +107,7 @@ async fn admin_api_users_rooms_and_presence() {
         .await;
     assert_eq!(st, 201, "{r}");
     assert_eq!(r["displayname"], "Carol", "{r}");
-    login(&s, "carol").await;
+    s.login("carol").await;
     let (st, r) = s
         .put(
             carol,
@@ -203,7 +172,7 @@ async fn admin_api_users_rooms_and_presence() {
         )
         .await;
     assert_eq!((st, r["deactivated"].as_bool()), (200, Some(false)), "{r}");
-    login(&s, "bob").await;
+    s.login("bob").await;
 
     // Rooms: list, search, details, members, state.
     let (st, r) = s.get("/_synapse/admin/v1/rooms", Some(&ops.token)).await;
@@ -325,7 +294,7 @@ async fn history(s: &TestServer, token: &str, room: &str) -> Vec<String> {
 async fn backup_under_write_load_restores_every_acknowledged_write() {
     let mut s = TestServer::start().await;
     let alice = s.register("alice").await;
-    let ops = admin(&mut s).await;
+    let ops = s.register_admin("ops").await;
     let room = s
         .create_room(&alice, json!({ "preset": "private_chat" }))
         .await;
@@ -467,7 +436,7 @@ async fn backup_under_write_load_restores_every_acknowledged_write() {
         .expect("run pulse restore");
     assert!(!twice.status.success(), "{twice:?}");
     s.start_again().await;
-    let alice = login(&s, "alice").await;
+    let alice = s.login("alice").await;
     let found = history(&s, &alice.token, &room).await;
     let missing: Vec<&&String> = before.iter().filter(|b| !found.contains(b)).collect();
     assert!(
@@ -489,12 +458,12 @@ async fn backup_under_write_load_restores_every_acknowledged_write() {
 
 #[tokio::test]
 async fn server_notices_reach_a_user_in_one_room_they_cannot_reject() {
-    let mut s = TestServer::start_with(
+    let s = TestServer::start_with(
         "[server_notices]\nsystem_mxid_localpart = \"notices\"\nroom_name = \"Server Alert\"\n",
     )
     .await;
     let alice = s.register("alice").await;
-    let ops = admin(&mut s).await;
+    let ops = s.register_admin("ops").await;
     let notice = |txn: Option<&str>| {
         let (s, token) = (&s, ops.token.clone());
         let path = match txn {

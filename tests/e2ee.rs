@@ -78,22 +78,6 @@ async fn claim(s: &TestServer, by: &User, of: &User) -> Value {
     r
 }
 
-async fn login(s: &TestServer, localpart: &str) -> User {
-    let (st, r) = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": localpart }, "password": "password" }),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    User {
-        user_id: r["user_id"].as_str().expect("user").into(),
-        token: r["access_token"].as_str().expect("token").into(),
-        device_id: r["device_id"].as_str().expect("device").into(),
-    }
-}
-
 #[tokio::test]
 async fn keys_upload_query_claim_and_fallback() {
     let s = TestServer::start().await;
@@ -250,7 +234,7 @@ async fn device_list_changes_reach_room_mates() {
     let carol_since = next_batch(&sync(&s, &carol, "").await);
 
     // Bob logs in a second device and uploads its keys: alice's long-poll wakes with it.
-    let bob2 = login(&s, "bob").await;
+    let bob2 = s.login("bob").await;
     let waiter = {
         let (url, token, since) = (
             s.url("/_matrix/client/v3/sync"),
@@ -414,7 +398,7 @@ async fn to_device_delivery_idempotency_and_deletion() {
     assert_eq!(later["to_device"]["events"], json!([]), "deleted: {later}");
 
     // `*` reaches every device of the user; an unknown device gets nothing stored.
-    let bob2 = login(&s, "bob").await;
+    let bob2 = s.login("bob").await;
     let b2_since = next_batch(&sync(&s, &bob2, "").await);
     send("t2", 2, "*".into()).await;
     send("t3", 3, "NOSUCHDEVICE".into()).await;
@@ -674,7 +658,7 @@ async fn key_backup_and_deleted_devices() {
     assert_eq!(r["current_version"], version.as_str());
 
     // A deleted device's keys are no longer served.
-    let second = login(&s, "alice").await;
+    let second = s.login("alice").await;
     let one = otk("1");
     upload(
         &s,

@@ -254,6 +254,23 @@ impl TestServer {
 
     /// Register a server admin through the shared-secret endpoint (`/_synapse/admin/v1/register`,
     /// the test config's secret), password "password".
+    /// Log `localpart` in with the password every test account has ("password").
+    pub async fn login(&self, localpart: &str) -> User {
+        let (st, r) = self
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": localpart }, "password": "password" }),
+            )
+            .await;
+        assert_eq!(st, 200, "login {localpart}: {r}");
+        User {
+            user_id: r["user_id"].as_str().expect("user_id").to_owned(),
+            token: r["access_token"].as_str().expect("access_token").to_owned(),
+            device_id: r["device_id"].as_str().expect("device_id").to_owned(),
+        }
+    }
+
     pub async fn register_admin(&self, localpart: &str) -> User {
         use hmac::{Hmac, KeyInit, Mac};
         let (status, body) = self.get("/_synapse/admin/v1/register", None).await;
